@@ -1,0 +1,1 @@
+"""The fake driver: in-memory hypervisor for tests and scale simulation."""

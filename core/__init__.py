@@ -1,0 +1,1 @@
+"""Core: models, config, bus, store, inventory, API, conductor and CLI."""

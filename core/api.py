@@ -1,0 +1,350 @@
+"""The API service "hvmesh-api": JSON request/reply on hvmesh.api.<resource>.<verb>.
+
+Each endpoint validates its body (msgspec), checks policy, writes records with
+compare-and-set and answers Nova-style wrapped JSON ({"server": {...}}). Records are
+scoped to the caller's project, which comes from the server-stamped Nats-Request-Info
+header; the admin project sees everything.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from nats.aio.client import Client
+
+from hvmesh.core import errors, log, states
+from hvmesh.core.bus import Caller, MicroService
+from hvmesh.core.conductor import new_request_id, publish_task
+from hvmesh.core.config import Config
+from hvmesh.core.inventory import Index
+from hvmesh.core.models import (
+    Flavor,
+    FlavorCreate,
+    Image,
+    ImageCreate,
+    Request,
+    Server,
+    ServerCreate,
+    Task,
+    new_id,
+    now,
+)
+from hvmesh.core.store import CasConflict, Store
+
+LOG = log.get_logger(__name__)
+
+VERSION = "0.1.0"
+MIN_MICROVERSION = "1.0"
+MAX_MICROVERSION = "1.0"
+
+
+class Empty(Request):
+    """A request that takes no fields."""
+
+
+class Ref(Request):
+    """A record named by id or by unique name."""
+
+    id: str | None = None
+    name: str | None = None
+
+
+class IdOnly(Request):
+    id: str
+
+
+def need_admin(caller: Caller, what: str) -> None:
+    if not caller.is_admin:
+        raise errors.Forbidden(f"{what} is admin only")
+
+
+def server_view(s: Server, caller: Caller) -> dict:
+    view = {
+        "id": s.id,
+        "name": s.name,
+        "status": states.status(s.vm_state, s.task_state),
+        "vm_state": s.vm_state,
+        "task_state": s.task_state,
+        "power_state": s.power_state,
+        "flavor": {"id": s.flavor.id, "name": s.flavor.name},
+        "image": {"id": s.image_id, "name": s.image_name},
+        "availability_zone": s.availability_zone,
+        "project": s.project,
+        "user": s.user,
+        "metadata": s.metadata,
+        "created_at": s.created_at,
+        "updated_at": s.updated_at,
+        "launched_at": s.launched_at,
+    }
+    if s.fault is not None:
+        view["fault"] = msgspec.to_builtins(s.fault)
+    if caller.is_admin:
+        view["host"] = s.host
+    return view
+
+
+class ApiService:
+    def __init__(self, nc: Client, cfg: Config) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.cfg = cfg
+        self.store: Store | None = None
+        self.index = Index(service_down_time=cfg.DEFAULT.service_down_time)
+        self.service = MicroService(
+            nc,
+            name="hvmesh-api",
+            version=VERSION,
+            description="hvmesh compute API: flavors, images, servers, hypervisors.",
+            metadata={"min_version": MIN_MICROVERSION, "max_version": MAX_MICROVERSION},
+        )
+        ep = self.service.endpoint
+        ep("flavors-create", "hvmesh.api.flavors.create", self.flavor_create, FlavorCreate)
+        ep("flavors-list", "hvmesh.api.flavors.list", self.flavor_list, Empty)
+        ep("flavors-get", "hvmesh.api.flavors.get", self.flavor_get, Ref)
+        ep("flavors-delete", "hvmesh.api.flavors.delete", self.flavor_delete, Ref)
+        ep("images-create", "hvmesh.api.images.create", self.image_create, ImageCreate)
+        ep("images-list", "hvmesh.api.images.list", self.image_list, Empty)
+        ep("images-get", "hvmesh.api.images.get", self.image_get, Ref)
+        ep("images-delete", "hvmesh.api.images.delete", self.image_delete, Ref)
+        ep("servers-create", "hvmesh.api.servers.create", self.server_create, ServerCreate)
+        ep("servers-list", "hvmesh.api.servers.list", self.server_list, Empty)
+        ep("servers-get", "hvmesh.api.servers.get", self.server_get, IdOnly)
+        ep("servers-delete", "hvmesh.api.servers.delete", self.server_delete, IdOnly)
+        ep("hypervisors-list", "hvmesh.api.hypervisors.list", self.hypervisor_list, Empty)
+
+    @property
+    def st(self) -> Store:
+        assert self.store is not None
+        return self.store
+
+    async def start(self) -> None:
+        self.store = await Store(self.js).open()
+        await self.index.start(self.store)
+        await self.service.start()
+        LOG.info("api.started")
+
+    async def stop(self) -> None:
+        await self.service.stop()
+        await self.index.stop()
+
+    # --- lookups --------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_ref(ref: Ref, what: str) -> None:
+        if not ref.id and not ref.name:
+            raise errors.BadRequest(f"give the {what}'s id or name")
+
+    async def find_flavor(self, ref: str) -> Flavor:
+        entry = await self.st.flavors.get(ref) if _is_key(ref) else None
+        if entry is not None:
+            return entry.value
+        matches = [f for f in await self.st.flavors.values() if f.name == ref]
+        if len(matches) > 1:
+            raise errors.Conflict(f"more than one flavor is named {ref!r}; use its id")
+        if not matches:
+            raise errors.NotFound(f"flavor {ref} not found")
+        return matches[0]
+
+    def _visible_image(self, image: Image, caller: Caller) -> bool:
+        return caller.is_admin or image.visibility == "public" or image.project == caller.project
+
+    async def find_image(self, ref: str, caller: Caller) -> Image:
+        entry = await self.st.images.get(ref) if _is_key(ref) else None
+        if entry is not None and self._visible_image(entry.value, caller):
+            return entry.value
+        matches = [
+            i
+            for i in await self.st.images.values()
+            if i.name == ref and self._visible_image(i, caller)
+        ]
+        if len(matches) > 1:
+            raise errors.Conflict(f"more than one image is named {ref!r}; use its id")
+        if not matches:
+            raise errors.NotFound(f"image {ref} not found")
+        return matches[0]
+
+    async def own_server(self, server_id: str, caller: Caller) -> Server:
+        entry = await self.st.servers.get(server_id) if _is_key(server_id) else None
+        if entry is None or not (caller.is_admin or entry.value.project == caller.project):
+            raise errors.NotFound(f"server {server_id} not found")
+        return entry.value
+
+    # --- flavors --------------------------------------------------------------------------
+
+    async def flavor_create(self, caller: Caller, req: FlavorCreate) -> dict:
+        need_admin(caller, "creating flavors")
+        if any(f.name == req.name for f in await self.st.flavors.values()):
+            raise errors.Conflict(f"a flavor named {req.name!r} exists")
+        flavor = Flavor(
+            id=req.id or new_id(),
+            name=req.name,
+            vcpus=req.vcpus,
+            ram_mb=req.ram_mb,
+            disk_gb=req.disk_gb,
+            extra_specs=req.extra_specs,
+            is_public=req.is_public,
+        )
+        try:
+            await self.st.flavors.create(flavor.id, flavor)
+        except CasConflict:
+            raise errors.Conflict(f"flavor id {flavor.id} exists") from None
+        return {"flavor": flavor}
+
+    async def flavor_list(self, caller: Caller, req: Empty) -> dict:
+        flavors = [f for f in await self.st.flavors.values() if f.is_public or caller.is_admin]
+        return {"flavors": sorted(flavors, key=lambda f: (f.ram_mb, f.name))}
+
+    async def flavor_get(self, caller: Caller, req: Ref) -> dict:
+        self._check_ref(req, "flavor")
+        return {"flavor": await self.find_flavor(req.id or req.name or "")}
+
+    async def flavor_delete(self, caller: Caller, req: Ref) -> dict:
+        need_admin(caller, "deleting flavors")
+        self._check_ref(req, "flavor")
+        flavor = await self.find_flavor(req.id or req.name or "")
+        await self.st.flavors.delete(flavor.id)
+        return {"deleted": flavor.id}
+
+    # --- images ---------------------------------------------------------------------------
+
+    async def image_create(self, caller: Caller, req: ImageCreate) -> dict:
+        if req.visibility == "public":
+            need_admin(caller, "creating public images")
+        image = Image(
+            id=new_id(),
+            name=req.name,
+            disk_format=req.disk_format,
+            properties=req.properties,
+            min_ram_mb=req.min_ram_mb,
+            min_disk_gb=req.min_disk_gb,
+            project=caller.project,
+            visibility=req.visibility,
+        )
+        await self.st.images.create(image.id, image)
+        return {"image": image}
+
+    async def image_list(self, caller: Caller, req: Empty) -> dict:
+        images = [i for i in await self.st.images.values() if self._visible_image(i, caller)]
+        return {"images": sorted(images, key=lambda i: (i.name, i.id))}
+
+    async def image_get(self, caller: Caller, req: Ref) -> dict:
+        self._check_ref(req, "image")
+        return {"image": await self.find_image(req.id or req.name or "", caller)}
+
+    async def image_delete(self, caller: Caller, req: Ref) -> dict:
+        self._check_ref(req, "image")
+        image = await self.find_image(req.id or req.name or "", caller)
+        if not caller.is_admin and image.project != caller.project:
+            raise errors.Forbidden(f"image {image.id} belongs to another project")
+        await self.st.images.delete(image.id)
+        return {"deleted": image.id}
+
+    # --- servers --------------------------------------------------------------------------
+
+    async def server_create(self, caller: Caller, req: ServerCreate) -> dict:
+        flavor = await self._resolve(self.find_flavor(req.flavor), "flavor")
+        image = await self._resolve(self.find_image(req.image, caller), "image")
+        if image.min_ram_mb > flavor.ram_mb:
+            raise errors.BadRequest(
+                f"flavor {flavor.name} has {flavor.ram_mb} MB RAM; image {image.name} needs "
+                f"{image.min_ram_mb}"
+            )
+        if image.min_disk_gb > flavor.disk_gb:
+            raise errors.BadRequest(
+                f"flavor {flavor.name} has a {flavor.disk_gb} GB disk; image {image.name} needs "
+                f"{image.min_disk_gb}"
+            )
+        if req.availability_zone is not None:
+            zones = {e.value.availability_zone for e in self.index.hosts.values()}
+            if req.availability_zone not in zones:
+                raise errors.BadRequest(
+                    f"availability_zone {req.availability_zone!r} does not exist"
+                )
+        server = Server(
+            id=new_id(),
+            name=req.name,
+            project=caller.project,
+            user=caller.user,
+            flavor=flavor,
+            image_id=image.id,
+            image_name=image.name,
+            availability_zone=req.availability_zone,
+            metadata=req.metadata,
+        )
+        await self.st.servers.create(server.id, server)
+        await publish_task(
+            self.js,
+            Task(kind="build", server_id=server.id, attempt=0, request_id=new_request_id()),
+        )
+        LOG.info("api.server_created", server=server.id, project=caller.project)
+        return {"server": server_view(server, caller)}
+
+    @staticmethod
+    async def _resolve(lookup, what: str):  # type: ignore[no-untyped-def]
+        try:
+            return await lookup
+        except errors.NotFound as exc:
+            raise errors.BadRequest(f"{what}: {exc.message}") from None
+
+    async def server_list(self, caller: Caller, req: Empty) -> dict:
+        servers = [
+            s
+            for s in await self.st.servers.values()
+            if caller.is_admin or s.project == caller.project
+        ]
+        servers.sort(key=lambda s: (s.created_at, s.id))
+        return {"servers": [server_view(s, caller) for s in servers]}
+
+    async def server_get(self, caller: Caller, req: IdOnly) -> dict:
+        return {"server": server_view(await self.own_server(req.id, caller), caller)}
+
+    async def server_delete(self, caller: Caller, req: IdOnly) -> dict:
+        server = await self.own_server(req.id, caller)
+        request_id = new_request_id()
+
+        def to_deleting(s: Server) -> Server | None:
+            if s.task_state == states.DELETING:
+                return None
+            return msgspec.structs.replace(s, task_state=states.DELETING, updated_at=now())
+
+        written = await self.st.servers.mutate(server.id, to_deleting)
+        if written is None:
+            raise errors.NotFound(f"server {req.id} not found")
+        await publish_task(self.js, Task(kind="delete", server_id=server.id, request_id=request_id))
+        return {"server": server_view(written.value, caller)}
+
+    # --- hypervisors ----------------------------------------------------------------------
+
+    async def hypervisor_list(self, caller: Caller, req: Empty) -> dict:
+        need_admin(caller, "listing hypervisors")
+        out = []
+        for name in sorted(self.index.hosts):
+            host = self.index.hosts[name].value
+
+            def inv(rc: str, h=host) -> int:
+                i = h.inventories.get(rc)
+                return i.total if i else 0
+
+            out.append(
+                {
+                    "name": name,
+                    "state": "up" if self.index.is_up(name) else "down",
+                    "status": host.status,
+                    "availability_zone": host.availability_zone,
+                    "hypervisor_type": host.hypervisor_type,
+                    "vcpus": inv("VCPU"),
+                    "vcpus_used": host.used("VCPU"),
+                    "memory_mb": inv("MEMORY_MB"),
+                    "memory_mb_used": host.used("MEMORY_MB"),
+                    "local_gb": inv("DISK_GB"),
+                    "local_gb_used": host.used("DISK_GB"),
+                    "running_vms": len(host.allocations),
+                }
+            )
+        return {"hypervisors": out}
+
+
+def _is_key(text: str) -> bool:
+    """Whether `text` can be a KV key (names with spaces cannot)."""
+    return (
+        bool(text) and all(c.isalnum() or c in "-_=./" for c in text) and not text.startswith(".")
+    )

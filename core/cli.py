@@ -1,0 +1,495 @@
+"""The `hvmesh` command: run the services, and talk to a running deployment.
+
+Connection: --url/--user/--password, else --context NAME (a NATS CLI context), else the
+"hvmesh-admin" context that `hvmesh up` writes, else [nats] of the config file. Output:
+tables for people, `-f json` for scripts. Errors: one line; `--debug` for the details.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from hvmesh.core import bus, config, contexts, errors, launcher, log, output
+
+SERVER_COLUMNS = ["id", "name", "status", "task_state", "power_state", "flavor", "image", "host"]
+FLAVOR_COLUMNS = ["id", "name", "vcpus", "ram_mb", "disk_gb", "is_public"]
+IMAGE_COLUMNS = ["id", "name", "disk_format", "status", "visibility"]
+HYPERVISOR_COLUMNS = [
+    "name",
+    "state",
+    "status",
+    "availability_zone",
+    "vcpus_used",
+    "vcpus",
+    "memory_mb_used",
+    "memory_mb",
+    "local_gb_used",
+    "local_gb",
+    "running_vms",
+]
+
+
+class CliError(Exception):
+    """A usage problem the CLI reports in one line."""
+
+
+def parse_properties(items: list[str] | None, what: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CliError(f"{what} {item!r}: expected KEY=VALUE")
+        out[key] = value
+    return out
+
+
+# --- connecting -----------------------------------------------------------------------------
+
+
+def nats_settings(args: argparse.Namespace) -> config.NatsSection:
+    cfg = config.load(args.config).nats
+    if args.url:
+        return msgspec.structs.replace(
+            cfg, url=args.url, user=args.user or "", password=args.password or ""
+        )
+    name = args.context or os.environ.get("HVMESH_CONTEXT")
+    ctx = contexts.read(name or "hvmesh-admin")
+    if name and ctx is None:
+        raise CliError(f"no NATS context named {name!r} in {contexts.context_dir()}")
+    if ctx is not None:
+        return msgspec.structs.replace(
+            cfg, url=ctx.url, user=ctx.user, password=ctx.password, creds=ctx.creds
+        )
+    return cfg
+
+
+async def connect_cli(args: argparse.Namespace) -> Any:
+    """Connect once, giving up after --timeout instead of retrying forever."""
+    settings = nats_settings(args)
+    try:
+        return await asyncio.wait_for(
+            bus.connect(settings, "hvmesh-cli", allow_reconnect=False, max_reconnect_attempts=0),
+            timeout=args.timeout,
+        )
+    except TimeoutError:
+        raise CliError(
+            f"cannot connect to NATS at {settings.url}: no answer within {args.timeout:g}s"
+        ) from None
+    except Exception as exc:
+        detail = str(exc) or type(exc).__name__
+        raise CliError(f"cannot connect to NATS at {settings.url}: {detail}") from None
+
+
+async def api(args: argparse.Namespace, subject: str, body: dict[str, Any]) -> Any:
+    nc = await connect_cli(args)
+    try:
+        return await bus.call(nc, subject, body, timeout=args.timeout)
+    finally:
+        await nc.close()
+
+
+def call(args: argparse.Namespace, resource: str, verb: str, body: dict[str, Any]) -> Any:
+    return launcher.run(api(args, f"hvmesh.api.{resource}.{verb}", body))
+
+
+def ref(value: str) -> dict[str, str]:
+    """A record reference: the API accepts an id or a name in the same field."""
+    return {"id": value}
+
+
+# --- services -------------------------------------------------------------------------------
+
+
+def service_config(args: argparse.Namespace) -> config.Config:
+    cfg = config.load(args.config)
+    if args.url:
+        cfg = msgspec.structs.replace(
+            cfg,
+            nats=msgspec.structs.replace(
+                cfg.nats, url=args.url, user=args.user or "", password=args.password or ""
+            ),
+        )
+    log.setup("debug" if args.debug else cfg.DEFAULT.log_level)
+    return cfg
+
+
+def run_service(args: argparse.Namespace, build: Callable[[Any, config.Config], list[Any]]) -> None:
+    cfg = service_config(args)
+
+    async def main() -> None:
+        nc = await bus.connect(cfg.nats, f"hvmesh-{args.command}")
+        try:
+            await launcher.serve(build(nc, cfg))
+        finally:
+            await nc.drain()
+
+    launcher.run(main())
+
+
+def cmd_api(args: argparse.Namespace) -> None:
+    from hvmesh.core.api import ApiService
+
+    run_service(args, lambda nc, cfg: [ApiService(nc, cfg)])
+
+
+def cmd_conductor(args: argparse.Namespace) -> None:
+    from hvmesh.core.conductor import Conductor
+
+    run_service(args, lambda nc, cfg: [Conductor(nc, cfg)])
+
+
+def cmd_scheduler(args: argparse.Namespace) -> None:
+    from hvmesh.schedulers.service import SchedulerService
+
+    run_service(args, lambda nc, cfg: [SchedulerService(nc, cfg)])
+
+
+def cmd_agent(args: argparse.Namespace) -> None:
+    def build(nc: Any, cfg: config.Config) -> list[Any]:
+        if args.count > 1:
+            if args.driver != "fake":
+                raise CliError("--count is for the fake driver only")
+            return launcher.fake_fleet(nc, cfg, args.count, prefix=args.host or "fake")
+        return [launcher.make_agent(nc, cfg, args.driver, args.host or cfg.host_name())]
+
+    run_service(args, build)
+
+
+def cmd_up(args: argparse.Namespace) -> None:
+    from hvmesh.core.up import up
+
+    cfg = service_config(args)
+    if args.fake_hosts < 0:
+        raise CliError("--fake-hosts must be 0 or more")
+    launcher.run(
+        up(
+            cfg,
+            data_dir=Path(args.data_dir).expanduser(),
+            nats_port=args.nats_port,
+            leaf_port=args.leaf_port,
+            fake_hosts=args.fake_hosts,
+            listen=args.listen,
+        )
+    )
+
+
+def cmd_config_sample(args: argparse.Namespace) -> None:
+    print(config.sample())
+
+
+# --- resources ------------------------------------------------------------------------------
+
+
+def cmd_flavor_create(args: argparse.Namespace) -> None:
+    body: dict[str, Any] = {
+        "name": args.name,
+        "vcpus": args.vcpus,
+        "ram_mb": args.ram,
+        "disk_gb": args.disk,
+        "extra_specs": parse_properties(args.property, "--property"),
+        "is_public": not args.private,
+    }
+    if args.id:
+        body["id"] = args.id
+    output.emit(call(args, "flavors", "create", body)["flavor"], args.format)
+
+
+def cmd_flavor_list(args: argparse.Namespace) -> None:
+    output.emit(call(args, "flavors", "list", {})["flavors"], args.format, FLAVOR_COLUMNS)
+
+
+def cmd_flavor_show(args: argparse.Namespace) -> None:
+    output.emit(call(args, "flavors", "get", ref(args.flavor))["flavor"], args.format)
+
+
+def cmd_flavor_delete(args: argparse.Namespace) -> None:
+    output.emit(call(args, "flavors", "delete", ref(args.flavor)), args.format)
+
+
+def cmd_image_create(args: argparse.Namespace) -> None:
+    body = {
+        "name": args.name,
+        "disk_format": args.disk_format,
+        "properties": parse_properties(args.property, "--property"),
+        "min_ram_mb": args.min_ram,
+        "min_disk_gb": args.min_disk,
+        "visibility": "private" if args.private else "public",
+    }
+    output.emit(call(args, "images", "create", body)["image"], args.format)
+
+
+def cmd_image_list(args: argparse.Namespace) -> None:
+    output.emit(call(args, "images", "list", {})["images"], args.format, IMAGE_COLUMNS)
+
+
+def cmd_image_show(args: argparse.Namespace) -> None:
+    output.emit(call(args, "images", "get", ref(args.image))["image"], args.format)
+
+
+def cmd_image_delete(args: argparse.Namespace) -> None:
+    output.emit(call(args, "images", "delete", ref(args.image)), args.format)
+
+
+def server_row(s: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **s,
+        "flavor": s["flavor"]["name"],
+        "image": s["image"]["name"],
+        "power_state": _power_name(s.get("power_state")),
+    }
+
+
+def _power_name(value: Any) -> str:
+    from hvmesh.core.states import POWER_STATE_NAMES
+
+    return POWER_STATE_NAMES.get(value, str(value))
+
+
+async def wait_for_server(
+    args: argparse.Namespace, server_id: str, done: Callable[[dict[str, Any] | None], bool]
+) -> dict[str, Any] | None:
+    """Poll the server until `done(server)`, showing each state change on stderr."""
+    nc = await connect_cli(args)
+    started = time.monotonic()
+    last = None
+    try:
+        while True:
+            try:
+                reply = await bus.call(nc, "hvmesh.api.servers.get", {"id": server_id})
+                server = reply["server"]
+            except errors.NotFound:
+                server = None
+            state = (
+                "deleted"
+                if server is None
+                else f"{server['status']} {server.get('task_state') or ''}".strip()
+            )
+            if state != last:
+                print(f"  {time.monotonic() - started:6.1f}s  {state}", file=sys.stderr, flush=True)
+                last = state
+            if done(server):
+                return server
+            if time.monotonic() - started > args.wait_timeout:
+                raise CliError(f"server {server_id} is still {state} after {args.wait_timeout:g}s")
+            await asyncio.sleep(0.25)  # polling interval between status reads
+    finally:
+        await nc.close()
+
+
+def cmd_server_create(args: argparse.Namespace) -> None:
+    body: dict[str, Any] = {
+        "name": args.name,
+        "flavor": args.flavor,
+        "image": args.image,
+        "metadata": parse_properties(args.property, "--property"),
+    }
+    if args.availability_zone:
+        body["availability_zone"] = args.availability_zone
+    server = call(args, "servers", "create", body)["server"]
+    if args.wait:
+        server = launcher.run(
+            wait_for_server(
+                args, server["id"], lambda s: s is not None and s["status"] in ("ACTIVE", "ERROR")
+            )
+        )
+        assert server is not None
+    output.emit(server_row(server) if args.format == "table" else server, args.format)
+    if args.wait and server["status"] == "ERROR":
+        fault = server.get("fault") or {}
+        raise CliError(f"server {server['id']} went to ERROR: {fault.get('message', 'no fault')}")
+
+
+def cmd_server_list(args: argparse.Namespace) -> None:
+    servers = call(args, "servers", "list", {})["servers"]
+    if args.format == "table":
+        servers = [server_row(s) for s in servers]
+    output.emit(servers, args.format, SERVER_COLUMNS)
+
+
+def cmd_server_show(args: argparse.Namespace) -> None:
+    server = call(args, "servers", "get", {"id": args.server})["server"]
+    output.emit(server_row(server) if args.format == "table" else server, args.format)
+
+
+def cmd_server_delete(args: argparse.Namespace) -> None:
+    server = call(args, "servers", "delete", {"id": args.server})["server"]
+    if args.wait:
+        launcher.run(
+            wait_for_server(args, server["id"], lambda s: s is None or s["status"] == "ERROR")
+        )
+    output.emit({"deleted": server["id"]} if args.wait else {"deleting": server["id"]}, args.format)
+
+
+def cmd_hypervisor_list(args: argparse.Namespace) -> None:
+    output.emit(
+        call(args, "hypervisors", "list", {})["hypervisors"], args.format, HYPERVISOR_COLUMNS
+    )
+
+
+def cmd_req(args: argparse.Namespace) -> None:
+    try:
+        body = json.loads(args.body) if args.body else {}
+    except ValueError as exc:
+        raise CliError(f"body is not JSON: {exc}") from None
+    output.emit(launcher.run(api(args, args.subject, body)), "json")
+
+
+# --- parser ---------------------------------------------------------------------------------
+
+
+def add_common_options(p: argparse.ArgumentParser, suppress: bool) -> None:
+    """Connection and output options, accepted before and after the command words.
+
+    The copy on each command defaults to SUPPRESS so it only overrides what was given
+    before the command when it is given itself.
+    """
+
+    def d(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress else value
+
+    g = p.add_argument_group("connection and output")
+    g.add_argument("--config", default=d(None), help="INI config file (default: $HVMESH_CONFIG)")
+    g.add_argument(
+        "--context",
+        default=d(None),
+        help="NATS CLI context to connect with (default: hvmesh-admin)",
+    )
+    g.add_argument("--url", default=d(None), help="NATS URL, overriding the context")
+    g.add_argument("--user", default=d(None), help="NATS user (with --url)")
+    g.add_argument("--password", default=d(None), help="NATS password (with --url)")
+    g.add_argument("--timeout", type=float, default=d(10.0), help="seconds to wait for a reply")
+    g.add_argument("-f", "--format", choices=["table", "json"], default=d("table"))
+    g.add_argument("--debug", action="store_true", default=d(False), help="show error details")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    add_common_options(common, suppress=True)
+    parser = argparse.ArgumentParser(
+        prog="hvmesh", description="hvmesh: a compute control plane on NATS."
+    )
+    add_common_options(parser, suppress=False)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def leaf(parent: Any, name: str, func: Callable[[argparse.Namespace], None], help: str) -> Any:
+        p = parent.add_parser(name, parents=[common], help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    p = leaf(sub, "up", cmd_up, "run everything on this box: nats-server, services, fake hosts")
+    p.add_argument("--data-dir", default="~/.local/share/hvmesh", help="state directory")
+    p.add_argument("--nats-port", type=int, default=4222)
+    p.add_argument("--leaf-port", type=int, default=7422)
+    p.add_argument("--listen", default="127.0.0.1", help="address NATS clients connect to")
+    p.add_argument("--fake-hosts", type=int, default=3, help="simulated hypervisor hosts")
+
+    leaf(sub, "api", cmd_api, "run the API service")
+    leaf(sub, "conductor", cmd_conductor, "run a conductor")
+    leaf(sub, "scheduler", cmd_scheduler, "run a scheduler")
+    p = leaf(sub, "agent", cmd_agent, "run a hypervisor agent")
+    p.add_argument("--driver", default="fake", help="driver name (fake, ...)")
+    p.add_argument("--host", help="host name (default: [compute] host or the machine's)")
+    p.add_argument("--count", type=int, default=1, help="fake driver: run this many hosts")
+
+    cfg = sub.add_parser("config", help="configuration").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    leaf(cfg, "sample", cmd_config_sample, "print every option with its default and help")
+
+    fl = sub.add_parser("flavor", help="flavors").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    p = leaf(fl, "create", cmd_flavor_create, "create a flavor (admin)")
+    p.add_argument("name")
+    p.add_argument("--vcpus", type=int, required=True)
+    p.add_argument("--ram", type=int, required=True, help="MB")
+    p.add_argument("--disk", type=int, default=0, help="GB")
+    p.add_argument("--id", help="flavor id (default: a new UUID)")
+    p.add_argument("--property", action="append", metavar="KEY=VALUE", help="extra spec")
+    p.add_argument("--private", action="store_true")
+    leaf(fl, "list", cmd_flavor_list, "list flavors")
+    leaf(fl, "show", cmd_flavor_show, "show a flavor").add_argument("flavor", help="id or name")
+    leaf(fl, "delete", cmd_flavor_delete, "delete a flavor (admin)").add_argument(
+        "flavor", help="id or name"
+    )
+
+    im = sub.add_parser("image", help="images").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    p = leaf(im, "create", cmd_image_create, "register an image")
+    p.add_argument("name")
+    p.add_argument("--disk-format", default="qcow2")
+    p.add_argument("--property", action="append", metavar="KEY=VALUE")
+    p.add_argument("--min-ram", type=int, default=0, help="MB")
+    p.add_argument("--min-disk", type=int, default=0, help="GB")
+    p.add_argument("--private", action="store_true")
+    leaf(im, "list", cmd_image_list, "list images")
+    leaf(im, "show", cmd_image_show, "show an image").add_argument("image", help="id or name")
+    leaf(im, "delete", cmd_image_delete, "delete an image").add_argument("image", help="id or name")
+
+    sv = sub.add_parser("server", help="servers").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    p = leaf(sv, "create", cmd_server_create, "boot a server")
+    p.add_argument("name")
+    p.add_argument("--flavor", required=True, help="id or name")
+    p.add_argument("--image", required=True, help="id or name")
+    p.add_argument("--availability-zone")
+    p.add_argument("--property", action="append", metavar="KEY=VALUE", help="metadata")
+    p.add_argument("--wait", action="store_true", help="show progress until ACTIVE or ERROR")
+    p.add_argument("--wait-timeout", type=float, default=300.0)
+    leaf(sv, "list", cmd_server_list, "list servers")
+    leaf(sv, "show", cmd_server_show, "show a server").add_argument("server", help="id")
+    p = leaf(sv, "delete", cmd_server_delete, "delete a server")
+    p.add_argument("server", help="id")
+    p.add_argument("--wait", action="store_true", help="wait until it is gone")
+    p.add_argument("--wait-timeout", type=float, default=300.0)
+
+    hv = sub.add_parser("hypervisor", help="hypervisors").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    leaf(hv, "list", cmd_hypervisor_list, "list hypervisors (admin)")
+
+    p = leaf(sub, "req", cmd_req, "send a raw JSON request, as `nats req` does")
+    p.add_argument("subject", help="e.g. hvmesh.api.servers.list")
+    p.add_argument("body", nargs="?", default="{}", help="JSON body")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    log.setup("debug" if args.debug else "error")
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except (CliError, errors.HvmeshError, config.ConfigError, ValueError, OSError) as exc:
+        if args.debug:
+            traceback.print_exc()
+        message = getattr(exc, "message", None) or str(exc)
+        code = getattr(exc, "code", None)
+        prefix = f"error ({code})" if isinstance(exc, errors.HvmeshError) else "error"
+        print(f"{prefix}: {message}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        if args.debug:
+            traceback.print_exc()
+        else:
+            print(f"error: {type(exc).__name__}: {exc} (--debug for details)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,380 @@
+"""The conductor: takes tasks from the durable queue, drives them, applies agents' events.
+
+Every step is a compare-and-set on the server record, checked against the state the
+step expects, so a task or event handled twice (after a conductor dies and another
+takes over) changes nothing the second time. Tasks are acknowledged only once their
+effect is written, so a conductor killed mid-task leaves the task to the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from hvmesh.agents.runtime import work_subject
+from hvmesh.core import bus, errors, log, placement, states
+from hvmesh.core.config import Config
+from hvmesh.core.models import (
+    AgentEvent,
+    Fault,
+    RequestSpec,
+    Selection,
+    Server,
+    Task,
+    Work,
+    encode,
+    now,
+)
+from hvmesh.core.store import EVENTS_STREAM, TASKS_STREAM, Store
+
+LOG = log.get_logger(__name__)
+
+SCHEDULER_RETRY_DELAY = 2.0
+
+
+def task_subject(kind: str) -> str:
+    return f"hvmesh.tasks.{kind}"
+
+
+async def publish_task(js: Any, task: Task) -> None:
+    """Queue a task; the message id makes a repeated publish of the same step a no-op."""
+    await js.publish(
+        task_subject(task.kind),
+        encode(task),
+        headers={"Nats-Msg-Id": f"{task.server_id}:{task.kind}:{task.attempt}"},
+    )
+
+
+class Conductor:
+    def __init__(self, nc: Client, cfg: Config) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.cfg = cfg
+        self.store: Store | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._running: set[asyncio.Task[None]] = set()
+        self._sem = asyncio.Semaphore(cfg.conductor.workers)
+
+    @property
+    def st(self) -> Store:
+        assert self.store is not None
+        return self.store
+
+    async def start(self) -> None:
+        self.store = await Store(self.js).open()
+        tasks = await self.js.pull_subscribe(
+            "hvmesh.tasks.>",
+            durable="conductor",
+            stream=TASKS_STREAM,
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=self.cfg.conductor.task_ack_wait,
+                max_ack_pending=self.cfg.conductor.workers * 8,
+            ),
+        )
+        events = await self.js.pull_subscribe(
+            "hvmesh.events.>",
+            durable="conductor-events",
+            stream=EVENTS_STREAM,
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=self.cfg.conductor.task_ack_wait,
+                deliver_policy=DeliverPolicy.NEW,
+                max_ack_pending=self.cfg.conductor.workers * 8,
+            ),
+        )
+        self._tasks.append(asyncio.create_task(self._consume(tasks, Task, self.handle_task)))
+        self._tasks.append(
+            asyncio.create_task(self._consume(events, AgentEvent, self.handle_event))
+        )
+        LOG.info("conductor.started")
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+
+    async def _consume(
+        self, sub: Any, type_: type, handler: Callable[[Any, Msg], Awaitable[None]]
+    ) -> None:
+        batch = max(1, self.cfg.conductor.workers // 2)
+        while True:
+            try:
+                msgs: list[Msg] = await sub.fetch(batch=batch, timeout=5.0)
+            except NatsTimeout:
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                LOG.exception("conductor.fetch_failed")
+                await asyncio.sleep(1.0)
+                continue
+            for msg in msgs:
+                try:
+                    item = msgspec.json.decode(msg.data, type=type_)
+                except msgspec.DecodeError as exc:
+                    LOG.error("conductor.bad_message", subject=msg.subject, error=str(exc))
+                    await msg.term()
+                    continue
+                await self._sem.acquire()
+                task = asyncio.create_task(self._run(handler, item, msg))
+                self._running.add(task)
+                task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._sem.release()
+
+    @staticmethod
+    async def _run(handler: Callable[[Any, Msg], Awaitable[None]], item: Any, msg: Msg) -> None:
+        try:
+            await handler(item, msg)
+        except Exception:
+            LOG.exception("conductor.handler_failed", subject=msg.subject)
+            await msg.nak(delay=SCHEDULER_RETRY_DELAY)
+
+    # --- tasks --------------------------------------------------------------------------------
+
+    async def handle_task(self, task: Task, msg: Msg) -> None:
+        if task.kind == "build":
+            done = await self.build(task)
+        elif task.kind == "delete":
+            done = await self.delete(task)
+        else:
+            LOG.error("conductor.unknown_task", kind=task.kind)
+            done = True
+        if done:
+            await msg.ack()
+        else:
+            await msg.nak(delay=SCHEDULER_RETRY_DELAY)
+
+    async def build(self, task: Task) -> bool:
+        """Schedule and hand a build to its host. False: try again later."""
+        entry = await self.st.servers.get(task.server_id)
+        if entry is None:
+            return True
+        srv = entry.value
+        if srv.vm_state != states.BUILDING or srv.attempt != task.attempt:
+            return True  # done, deleted or superseded by a later attempt
+        if srv.task_state == states.SPAWNING and srv.host:
+            await self.send_spawn(srv)  # resumed after a crash: handing over again is harmless
+            return True
+        if srv.task_state != states.SCHEDULING:
+            return True
+        spec = RequestSpec(
+            server_id=srv.id,
+            project=srv.project,
+            flavor=srv.flavor,
+            availability_zone=srv.availability_zone,
+            ignore_hosts=list(srv.retry_hosts),
+        )
+        try:
+            reply = await bus.call(
+                self.nc, "hvmesh.sched.select", spec, timeout=self.cfg.nats.request_timeout
+            )
+        except errors.ServiceUnavailable as exc:
+            LOG.warning("conductor.scheduler_unavailable", server=srv.id, error=exc.message)
+            return False
+        selection = msgspec.convert(reply, Selection)
+        if selection.host is None:
+            await self.fail_build(
+                srv.id, task.attempt, f"No valid host was found. {selection.reason}".strip()
+            )
+            return True
+        host = selection.host
+
+        def to_spawning(s: Server) -> Server | None:
+            if (
+                s.vm_state != states.BUILDING
+                or s.task_state != states.SCHEDULING
+                or s.attempt != task.attempt
+            ):
+                return None
+            return msgspec.structs.replace(
+                s, host=host, task_state=states.SPAWNING, updated_at=now()
+            )
+
+        written = await self.st.servers.mutate(srv.id, to_spawning)
+        if (
+            written is None
+            or written.value.host != host
+            or written.value.task_state != states.SPAWNING
+        ):
+            # Deleted or moved on while we scheduled: give the claim back.
+            await placement.release(self.st, host, srv.id)
+            return True
+        LOG.info("conductor.scheduled", server=srv.id, host=host, attempt=task.attempt)
+        await self.send_spawn(written.value)
+        return True
+
+    async def send_spawn(self, srv: Server) -> None:
+        assert srv.host is not None
+        image_entry = await self.st.images.get(srv.image_id)
+        work = Work(
+            kind="spawn",
+            server_id=srv.id,
+            host=srv.host,
+            attempt=srv.attempt,
+            server=srv,
+            image=image_entry.value if image_entry else None,
+        )
+        await self.js.publish(
+            work_subject(srv.host),
+            encode(work),
+            headers={"Nats-Msg-Id": f"{srv.id}:spawn:{srv.attempt}"},
+        )
+
+    async def fail_build(self, server_id: str, attempt: int, message: str) -> None:
+        def to_error(s: Server) -> Server | None:
+            if s.vm_state != states.BUILDING or s.attempt != attempt:
+                return None
+            return msgspec.structs.replace(
+                s,
+                vm_state=states.ERROR,
+                task_state=None,
+                host=None,
+                fault=Fault(code=500, message=message),
+                updated_at=now(),
+            )
+
+        await self.st.servers.mutate(server_id, to_error)
+        LOG.info("conductor.build_failed", server=server_id, reason=message)
+
+    async def delete(self, task: Task) -> bool:
+        entry = await self.st.servers.get(task.server_id)
+        if entry is None:
+            return True
+        srv = entry.value
+        if srv.task_state != states.DELETING:
+            return True
+        if srv.host:
+            work = Work(kind="destroy", server_id=srv.id, host=srv.host, request_id=task.request_id)
+            await self.js.publish(
+                work_subject(srv.host),
+                encode(work),
+                headers={"Nats-Msg-Id": f"{srv.id}:destroy:{task.request_id}"},
+            )
+            return True
+        await self.finish_delete(srv.id, None)
+        return True
+
+    async def finish_delete(self, server_id: str, host: str | None) -> None:
+        if host:
+            await placement.release(self.st, host, server_id)
+        entry = await self.st.servers.get(server_id)
+        if entry is None:
+            return
+        if entry.value.host and entry.value.host != host:
+            await placement.release(self.st, entry.value.host, server_id)
+        await self.st.servers.delete(server_id)
+        LOG.info("conductor.deleted", server=server_id)
+
+    # --- agent events -----------------------------------------------------------------------
+
+    async def handle_event(self, event: AgentEvent, msg: Msg) -> None:
+        if event.kind == "spawn":
+            await self.on_spawned(event)
+        elif event.kind == "destroy":
+            await self.on_destroyed(event)
+        await msg.ack()
+
+    async def on_spawned(self, ev: AgentEvent) -> None:
+        def expected(s: Server) -> bool:
+            return (
+                s.vm_state == states.BUILDING
+                and s.task_state == states.SPAWNING
+                and s.host == ev.host
+                and s.attempt == ev.attempt
+            )
+
+        if ev.ok:
+
+            def to_active(s: Server) -> Server | None:
+                if not expected(s):
+                    return None
+                return msgspec.structs.replace(
+                    s,
+                    vm_state=states.ACTIVE,
+                    task_state=None,
+                    power_state=ev.power_state if ev.power_state is not None else states.RUNNING,
+                    launched_at=now(),
+                    updated_at=now(),
+                )
+
+            await self.st.servers.mutate(ev.server_id, to_active)
+            LOG.info("conductor.active", server=ev.server_id, host=ev.host)
+            return
+
+        max_attempts = self.cfg.conductor.max_attempts
+
+        def to_retry(s: Server) -> Server | None:
+            if not expected(s):
+                return None
+            retry_hosts = [*s.retry_hosts, ev.host]
+            if ev.attempt + 1 >= max_attempts:
+                return msgspec.structs.replace(
+                    s,
+                    vm_state=states.ERROR,
+                    task_state=None,
+                    host=None,
+                    attempt=ev.attempt + 1,
+                    retry_hosts=retry_hosts,
+                    fault=Fault(
+                        code=500,
+                        message="Exceeded maximum number of retries. Exhausted all hosts "
+                        f"available for retrying build failures. Last error: {ev.message}",
+                    ),
+                    updated_at=now(),
+                )
+            return msgspec.structs.replace(
+                s,
+                task_state=states.SCHEDULING,
+                host=None,
+                attempt=ev.attempt + 1,
+                retry_hosts=retry_hosts,
+                updated_at=now(),
+            )
+
+        written = await self.st.servers.mutate(ev.server_id, to_retry)
+        # Release and re-queue whenever the record shows this failure was taken, also on a
+        # redelivered event whose first handling died halfway: both steps are idempotent.
+        await placement.release(self.st, ev.host, ev.server_id)
+        if written is None:
+            return
+        s = written.value
+        taken = s.attempt == ev.attempt + 1 and ev.host in s.retry_hosts
+        if taken and s.vm_state == states.BUILDING and s.task_state == states.SCHEDULING:
+            LOG.info("conductor.rescheduling", server=s.id, failed_host=ev.host, attempt=s.attempt)
+            await publish_task(self.js, Task(kind="build", server_id=s.id, attempt=s.attempt))
+
+    async def on_destroyed(self, ev: AgentEvent) -> None:
+        if ev.ok:
+            await self.finish_delete(ev.server_id, ev.host)
+            return
+
+        def to_error(s: Server) -> Server | None:
+            if s.task_state != states.DELETING:
+                return None
+            return msgspec.structs.replace(
+                s,
+                vm_state=states.ERROR,
+                task_state=None,
+                fault=Fault(code=500, message=f"Delete failed on {ev.host}: {ev.message}"),
+                updated_at=now(),
+            )
+
+        await self.st.servers.mutate(ev.server_id, to_error)
+
+
+def new_request_id() -> str:
+    return f"req-{uuid.uuid4()}"

@@ -1,0 +1,235 @@
+"""Configuration: one Nova-style INI file, every option declared once with its default and help.
+
+Each section is a msgspec Struct whose fields carry their help text; `hvmesh config sample`
+prints all of them. Values are validated when the file is read, so a typo'd option or a
+wrong type fails at start with a message naming the section and option.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import socket
+import typing
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta, Struct
+
+
+class DefaultSection(Struct, kw_only=True, forbid_unknown_fields=True):
+    log_level: Annotated[str, Meta(description="Log level: debug, info, warning or error.")] = (
+        "info"
+    )
+    service_down_time: Annotated[
+        float, Meta(description="Seconds without a heartbeat after which a host counts as down.")
+    ] = 60.0
+
+
+class NatsSection(Struct, kw_only=True, forbid_unknown_fields=True):
+    url: Annotated[str, Meta(description="NATS server URL(s), comma-separated.")] = (
+        "nats://127.0.0.1:4222"
+    )
+    user: Annotated[str, Meta(description="NATS user name.")] = ""
+    password: Annotated[str, Meta(description="NATS password.")] = ""
+    creds: Annotated[
+        str, Meta(description="Path to a NATS .creds file (instead of a password).")
+    ] = ""
+    request_timeout: Annotated[
+        float, Meta(description="Seconds to wait for a reply to a request between services.")
+    ] = 5.0
+
+
+class ConductorSection(Struct, kw_only=True, forbid_unknown_fields=True):
+    max_attempts: Annotated[
+        int,
+        Meta(
+            ge=1,
+            description="Hosts tried for one build before it ends in ERROR (Nova's scheduler.max_attempts).",
+        ),
+    ] = 3
+    task_ack_wait: Annotated[
+        float,
+        Meta(
+            gt=0, description="Seconds before a task held by a dead conductor is handed to another."
+        ),
+    ] = 30.0
+    workers: Annotated[
+        int, Meta(ge=1, description="Tasks and events one conductor handles at once.")
+    ] = 64
+
+
+class SchedulerSection(Struct, kw_only=True, forbid_unknown_fields=True):
+    driver: Annotated[str, Meta(description="Scheduler implementation, by registered name.")] = (
+        "filter_scheduler"
+    )
+    enabled_filters: Annotated[list[str], Meta(description="Filters applied, in order.")] = (
+        msgspec.field(
+            default_factory=lambda: [
+                "ComputeFilter",
+                "AvailabilityZoneFilter",
+                "CoreFilter",
+                "RamFilter",
+                "DiskFilter",
+            ]
+        )
+    )
+    weighers: Annotated[list[str], Meta(description="Weighers applied; their scores add up.")] = (
+        msgspec.field(default_factory=lambda: ["RAMWeigher", "CPUWeigher"])
+    )
+    host_subset_size: Annotated[
+        int,
+        Meta(
+            ge=1,
+            description="Pick at random among this many best hosts, to spread concurrent schedulers.",
+        ),
+    ] = 1
+    ram_weight_multiplier: Annotated[
+        float, Meta(description="Positive spreads by free RAM, negative packs.")
+    ] = 1.0
+    cpu_weight_multiplier: Annotated[
+        float, Meta(description="Positive spreads by free vCPUs, negative packs.")
+    ] = 1.0
+    max_claim_attempts: Annotated[
+        int,
+        Meta(ge=1, description="Compare-and-set retries on one host before moving to the next."),
+    ] = 5
+    workers: Annotated[
+        int, Meta(ge=1, description="Placement requests one scheduler handles at once.")
+    ] = 64
+
+
+class ComputeSection(Struct, kw_only=True, forbid_unknown_fields=True):
+    host: Annotated[
+        str, Meta(description="This agent's host name (defaults to the machine's).")
+    ] = ""
+    availability_zone: Annotated[str, Meta(description="Availability zone the host reports.")] = (
+        "nova"
+    )
+    cpu_allocation_ratio: Annotated[float, Meta(gt=0, description="VCPU overcommit ratio.")] = 4.0
+    ram_allocation_ratio: Annotated[
+        float, Meta(gt=0, description="MEMORY_MB overcommit ratio.")
+    ] = 1.0
+    disk_allocation_ratio: Annotated[float, Meta(gt=0, description="DISK_GB overcommit ratio.")] = (
+        1.0
+    )
+    reserved_host_cpus: Annotated[int, Meta(ge=0, description="VCPUs kept for the host.")] = 0
+    reserved_host_memory_mb: Annotated[
+        int, Meta(ge=0, description="MEMORY_MB kept for the host.")
+    ] = 512
+    reserved_host_disk_gb: Annotated[int, Meta(ge=0, description="DISK_GB kept for the host.")] = 0
+    heartbeat_interval: Annotated[float, Meta(gt=0, description="Seconds between heartbeats.")] = (
+        10.0
+    )
+    workers: Annotated[int, Meta(ge=1, description="Work items one agent runs at once.")] = 8
+
+
+class FakeSection(Struct, kw_only=True, forbid_unknown_fields=True):
+    vcpus: Annotated[int, Meta(ge=1, description="VCPUs each simulated host has.")] = 16
+    memory_mb: Annotated[int, Meta(ge=1, description="MEMORY_MB each simulated host has.")] = 65536
+    local_gb: Annotated[int, Meta(ge=1, description="DISK_GB each simulated host has.")] = 1000
+    spawn_delay: Annotated[float, Meta(ge=0, description="Seconds a simulated spawn takes.")] = 0.5
+    destroy_delay: Annotated[
+        float, Meta(ge=0, description="Seconds a simulated destroy takes.")
+    ] = 0.1
+    fail_rate: Annotated[
+        float, Meta(ge=0, le=1, description="Fraction of simulated spawns that fail.")
+    ] = 0.0
+
+
+class Config(Struct, kw_only=True, forbid_unknown_fields=True):
+    DEFAULT: DefaultSection = msgspec.field(default_factory=DefaultSection)
+    nats: NatsSection = msgspec.field(default_factory=NatsSection)
+    conductor: ConductorSection = msgspec.field(default_factory=ConductorSection)
+    scheduler: SchedulerSection = msgspec.field(default_factory=SchedulerSection)
+    compute: ComputeSection = msgspec.field(default_factory=ComputeSection)
+    fake: FakeSection = msgspec.field(default_factory=FakeSection)
+
+    def host_name(self) -> str:
+        return self.compute.host or socket.gethostname()
+
+
+class ConfigError(ValueError):
+    """The configuration file is unreadable or holds a bad option."""
+
+
+def _is_list(tp: Any) -> bool:
+    if typing.get_origin(tp) is Annotated:
+        tp = typing.get_args(tp)[0]
+    return typing.get_origin(tp) is list
+
+
+def _section_types() -> dict[str, type[Struct]]:
+    return {f.name: f.type for f in msgspec.structs.fields(Config)}
+
+
+def from_mapping(raw: dict[str, dict[str, str]]) -> Config:
+    """Build a Config from {section: {option: text}}, converting and validating each value."""
+    sections = _section_types()
+    data: dict[str, dict[str, Any]] = {}
+    for section, options in raw.items():
+        if section not in sections:
+            raise ConfigError(f"unknown section [{section}]")
+        fields = {f.name: f.type for f in msgspec.structs.fields(sections[section])}
+        values: dict[str, Any] = {}
+        for name, text in options.items():
+            if name not in fields:
+                raise ConfigError(f"unknown option [{section}] {name}")
+            if _is_list(fields[name]) and isinstance(text, str):
+                values[name] = [item.strip() for item in text.split(",") if item.strip()]
+            else:
+                values[name] = text
+        data[section] = values
+    try:
+        return msgspec.convert(data, Config, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"bad configuration: {exc}") from None
+
+
+def load(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read the INI file at `path` (or $HVMESH_CONFIG); no file means all defaults."""
+    path = path or os.environ.get("HVMESH_CONFIG")
+    if not path:
+        return Config()
+    parser = configparser.ConfigParser(interpolation=None, default_section="__unused__")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            parser.read_file(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    except configparser.Error as exc:
+        raise ConfigError(f"cannot parse config {path}: {exc}") from None
+    return from_mapping({s: dict(parser.items(s)) for s in parser.sections()})
+
+
+def sample() -> str:
+    """Every option with its default and help, as an INI file an operator can edit."""
+    out: list[str] = []
+    defaults = Config()
+    for section_field in msgspec.structs.fields(Config):
+        section = getattr(defaults, section_field.name)
+        out.append(f"[{section_field.name}]")
+        for f in msgspec.structs.fields(section_field.type):
+            meta = [m for m in typing.get_args(f.type)[1:] if isinstance(m, Meta)]
+            help_text = meta[0].description if meta and meta[0].description else ""
+            value = getattr(section, f.name)
+            text = ", ".join(value) if isinstance(value, list) else str(value)
+            out.append(f"# {help_text}")
+            out.append(f"#{f.name} = {text}")
+        out.append("")
+    return "\n".join(out)
+
+
+def write(cfg: Config, path: Path) -> None:
+    """Write the non-default options of `cfg` as an INI file."""
+    parser = configparser.ConfigParser(interpolation=None, default_section="__unused__")
+    defaults = msgspec.to_builtins(Config())
+    for section, options in msgspec.to_builtins(cfg).items():
+        changed = {k: v for k, v in options.items() if defaults[section].get(k) != v}
+        if changed:
+            parser[section] = {
+                k: ", ".join(v) if isinstance(v, list) else str(v) for k, v in changed.items()
+            }
+    with open(path, "w", encoding="utf-8") as fh:
+        parser.write(fh)

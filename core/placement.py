@@ -1,0 +1,91 @@
+"""Claims: an allocation is added to or removed from one host record by compare-and-set.
+
+A claim re-checks the fit against the authoritative record it read, then writes it back
+with that record's revision. A concurrent writer makes the write fail, and the claim
+reads again; so two claims can never together overfill a host.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from hvmesh.core import log
+from hvmesh.core.models import Host
+from hvmesh.core.store import CasConflict, Entry, Store
+
+LOG = log.get_logger(__name__)
+
+
+class ClaimResult(msgspec.Struct):
+    entry: Entry[Host] | None  # the record as written (claimed) or as last read
+    claimed: bool
+    reason: str = ""
+
+
+async def claim(
+    store: Store, host: str, server_id: str, resources: dict[str, int], attempts: int = 5
+) -> ClaimResult:
+    """Allocate `resources` for `server_id` on `host`, if they still fit."""
+    entry: Entry[Host] | None = None
+    for _ in range(attempts):
+        entry = await store.hosts.get(host)
+        if entry is None:
+            return ClaimResult(entry=None, claimed=False, reason="host record gone")
+        record = entry.value
+        if server_id in record.allocations:
+            return ClaimResult(entry=entry, claimed=True)  # already ours: claims are idempotent
+        if record.status != "enabled":
+            return ClaimResult(entry=entry, claimed=False, reason="host disabled")
+        reason = record.fits(resources)
+        if reason:
+            return ClaimResult(entry=entry, claimed=False, reason=reason)
+        new = msgspec.structs.replace(
+            record, allocations={**record.allocations, server_id: dict(resources)}
+        )
+        try:
+            rev = await store.hosts.update(host, new, entry.revision)
+        except CasConflict:
+            continue
+        return ClaimResult(entry=Entry(key=host, value=new, revision=rev), claimed=True)
+    return ClaimResult(entry=entry, claimed=False, reason="too many concurrent writers")
+
+
+async def release(store: Store, host: str, server_id: str) -> Entry[Host] | None:
+    """Drop `server_id`'s allocation on `host` (a no-op when it holds none)."""
+
+    def drop(record: Host) -> Host | None:
+        if server_id not in record.allocations:
+            return None
+        allocations = dict(record.allocations)
+        del allocations[server_id]
+        return msgspec.structs.replace(record, allocations=allocations)
+
+    entry = await store.hosts.mutate(host, drop)
+    LOG.debug("placement.released", host=host, server=server_id)
+    return entry
+
+
+async def audit(store: Store) -> list[str]:
+    """Every way the host records disagree with the servers: overfull hosts, leaks, misses."""
+    problems: list[str] = []
+    servers = {s.id: s for s in await store.servers.values()}
+    seen: dict[str, str] = {}
+    for host in await store.hosts.values():
+        for rc, inv in host.inventories.items():
+            if host.used(rc) > inv.capacity():
+                problems.append(
+                    f"{host.name}: {rc} {host.used(rc)} used > capacity {inv.capacity()}"
+                )
+        for sid, resources in host.allocations.items():
+            if sid in seen:
+                problems.append(f"{sid}: allocated on both {seen[sid]} and {host.name}")
+            seen[sid] = host.name
+            server = servers.get(sid)
+            if server is None:
+                problems.append(f"{host.name}: allocation for missing server {sid}")
+            elif resources != server.flavor.resources():
+                problems.append(f"{host.name}: allocation of {sid} differs from its flavor")
+    for sid, server in servers.items():
+        if server.host and server.vm_state == "active" and seen.get(sid) != server.host:
+            problems.append(f"{sid}: active on {server.host} without an allocation there")
+    return problems

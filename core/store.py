@@ -1,0 +1,232 @@
+"""JetStream state: the KV buckets and streams hvmesh keeps, and compare-and-set on records.
+
+Every state change is a write with the revision the writer read (`Bucket.update`), so
+two writers can never both win; `Bucket.mutate` is the read-modify-write loop built on it.
+Records are JSON so `nats kv get servers <id>` is readable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Generic, TypeVar
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.api import (
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import (
+    BucketNotFoundError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NotFoundError,
+)
+from nats.js.kv import KeyValue
+
+from hvmesh.core import errors
+from hvmesh.core.models import Flavor, Heartbeat, Host, Image, Server, encode
+
+T = TypeVar("T", bound=msgspec.Struct)
+
+# Bucket name -> record type. Names are short so `nats kv get servers <id>` reads well.
+BUCKETS: dict[str, type[msgspec.Struct]] = {
+    "servers": Server,
+    "hosts": Host,
+    "flavors": Flavor,
+    "images": Image,
+    "heartbeats": Heartbeat,
+}
+
+TASKS_STREAM = "HVMESH_TASKS"
+WORK_STREAM = "HVMESH_WORK"
+EVENTS_STREAM = "HVMESH_EVENTS"
+
+STREAMS = [
+    StreamConfig(
+        name=TASKS_STREAM,
+        description="Conductor work queue: one message per task (build, delete, ...).",
+        subjects=["hvmesh.tasks.>"],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        duplicate_window=120.0,
+    ),
+    StreamConfig(
+        name=WORK_STREAM,
+        description="Per-host agent work on hvmesh.work.<host>.",
+        subjects=["hvmesh.work.>"],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        duplicate_window=120.0,
+    ),
+    StreamConfig(
+        name=EVENTS_STREAM,
+        description="Agent events on hvmesh.events.<host>.<server>, applied by conductors.",
+        subjects=["hvmesh.events.>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=7 * 24 * 3600.0,
+        discard=DiscardPolicy.OLD,
+    ),
+]
+
+
+class CasConflict(Exception):
+    """Another writer changed the record since it was read."""
+
+
+class Entry(msgspec.Struct, Generic[T]):
+    key: str
+    value: T
+    revision: int
+
+
+class Bucket(Generic[T]):
+    """One KV bucket of `type_` records with compare-and-set helpers."""
+
+    def __init__(self, kv: KeyValue, type_: type[T]) -> None:
+        self.kv = kv
+        self.type = type_
+        self._decoder = msgspec.json.Decoder(type_)
+
+    def decode(self, data: bytes) -> T:
+        return self._decoder.decode(data)
+
+    async def get(self, key: str) -> Entry[T] | None:
+        try:
+            e = await self.kv.get(key)
+        except KeyNotFoundError:  # also covers deleted keys
+            return None
+        if not e.value:
+            return None
+        return Entry(key=key, value=self.decode(e.value), revision=e.revision)
+
+    async def must_get(self, key: str, what: str) -> Entry[T]:
+        entry = await self.get(key)
+        if entry is None:
+            raise errors.NotFound(f"{what} {key} not found")
+        return entry
+
+    async def create(self, key: str, value: T) -> int:
+        """Write a new record; CasConflict if the key already holds one."""
+        try:
+            return await self.kv.create(key, encode(value))
+        except KeyWrongLastSequenceError:
+            raise CasConflict(key) from None
+
+    async def update(self, key: str, value: T, revision: int) -> int:
+        """Write `value` only if the record is still at `revision`."""
+        try:
+            return await self.kv.update(key, encode(value), last=revision)
+        except KeyWrongLastSequenceError:
+            raise CasConflict(key) from None
+
+    async def put(self, key: str, value: T) -> int:
+        return await self.kv.put(key, encode(value))
+
+    async def delete(self, key: str, revision: int | None = None) -> None:
+        try:
+            await self.kv.delete(key, last=revision)
+        except KeyWrongLastSequenceError:
+            raise CasConflict(key) from None
+
+    async def mutate(
+        self,
+        key: str,
+        change: Callable[[T], T | None],
+        attempts: int = 50,
+    ) -> Entry[T] | None:
+        """Read, apply `change`, write with compare-and-set; retry on conflict.
+
+        `change` returns the new record, or None to leave it as it is. Returns the
+        entry as written (or as found), or None when the key does not exist.
+        """
+        for _ in range(attempts):
+            entry = await self.get(key)
+            if entry is None:
+                return None
+            new = change(msgspec.structs.replace(entry.value))
+            if new is None:
+                return entry
+            try:
+                rev = await self.update(key, new, entry.revision)
+            except CasConflict:
+                await asyncio.sleep(0)
+                continue
+            return Entry(key=key, value=new, revision=rev)
+        raise CasConflict(f"{key}: gave up after {attempts} conflicting writes")
+
+    async def entries(self) -> AsyncIterator[Entry[T]]:
+        """Every live record (a snapshot through an ordered consumer)."""
+        watcher = await self.kv.watchall(ignore_deletes=True)
+        try:
+            while True:
+                e = await watcher.updates(timeout=10.0)
+                if e is None:
+                    break
+                if e.value:
+                    yield Entry(key=e.key, value=self.decode(e.value), revision=e.revision)
+                if e.delta == 0:
+                    break
+        finally:
+            await watcher.stop()
+
+    async def values(self) -> list[T]:
+        return [e.value async for e in self.entries()]
+
+
+class Store:
+    """The buckets and streams of one hvmesh deployment."""
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self.js = js
+        self._buckets: dict[str, Bucket] = {}
+
+    @property
+    def servers(self) -> Bucket[Server]:
+        return self._buckets["servers"]
+
+    @property
+    def hosts(self) -> Bucket[Host]:
+        return self._buckets["hosts"]
+
+    @property
+    def flavors(self) -> Bucket[Flavor]:
+        return self._buckets["flavors"]
+
+    @property
+    def images(self) -> Bucket[Image]:
+        return self._buckets["images"]
+
+    @property
+    def heartbeats(self) -> Bucket[Heartbeat]:
+        return self._buckets["heartbeats"]
+
+    async def open(self, create: bool = True) -> Store:
+        """Bind (and with `create`, make) every bucket and stream."""
+        for name, type_ in BUCKETS.items():
+            try:
+                kv = await self.js.key_value(name)
+            except (BucketNotFoundError, NotFoundError):
+                if not create:
+                    raise
+                kv = await self.js.create_key_value(
+                    KeyValueConfig(
+                        bucket=name,
+                        history=5 if name != "heartbeats" else 1,
+                        storage=StorageType.FILE,
+                        description=f"hvmesh {name} records",
+                    )
+                )
+            self._buckets[name] = Bucket(kv, type_)
+        if create:
+            for cfg in STREAMS:
+                try:
+                    await self.js.stream_info(cfg.name)
+                except NotFoundError:
+                    await self.js.add_stream(cfg)
+        return self

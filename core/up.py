@@ -1,0 +1,102 @@
+"""`hvmesh up`: the whole control plane on one box, on an embedded nats-server.
+
+Starts nats-server with nats.conf and a local data directory, then the API, scheduler
+and conductor and N simulated hosts in this process; writes NATS CLI contexts for the
+admin and the demo tenant; prints how to connect; stops everything on Ctrl-C/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import msgspec
+
+from hvmesh.core import bus, contexts, launcher, log, natsserver
+from hvmesh.core.api import ApiService
+from hvmesh.core.conductor import Conductor
+from hvmesh.core.config import Config
+from hvmesh.schedulers.service import SchedulerService
+
+LOG = log.get_logger(__name__)
+
+
+def write_contexts(server: natsserver.NatsServer) -> dict[str, Path]:
+    made = {}
+    for name, user, what in (
+        ("hvmesh-admin", "admin", "hvmesh operator (admin project)"),
+        ("hvmesh-demo", "demo", "hvmesh demo tenant (project DEMO)"),
+    ):
+        made[name] = contexts.write(
+            name,
+            contexts.Context(
+                url=server.address,
+                user=user,
+                password=server.passwords[user],
+                description=what,
+            ),
+        )
+    return made
+
+
+def banner(server: natsserver.NatsServer, fake_hosts: int, made: dict[str, Path]) -> str:
+    return "\n".join(
+        [
+            f"hvmesh is up: NATS at {server.address} (leaf nodes: port {server.leaf_port}), "
+            f"{fake_hosts} simulated host(s).",
+            "",
+            "  NATS CLI contexts written:",
+            *(f"    {name:<13} {path}" for name, path in made.items()),
+            "",
+            "  As the operator (hvmesh's CLI uses the hvmesh-admin context by default):",
+            "    hvmesh flavor create m1.small --vcpus 1 --ram 512 --disk 1",
+            "    hvmesh image create cirros --disk-format qcow2",
+            "    hvmesh server create vm1 --flavor m1.small --image cirros --wait",
+            "    hvmesh hypervisor list",
+            "    nats --context hvmesh-admin micro ls",
+            "",
+            "  As the demo tenant:",
+            "    nats --context hvmesh-demo req hvmesh.api.servers.create "
+            '\'{"name":"vm2","flavor":"m1.small","image":"cirros"}\'',
+            "    hvmesh --context hvmesh-demo server list",
+            "",
+            f"  Logs: {server.log_path.parent}   Stop: Ctrl-C",
+        ]
+    )
+
+
+async def up(
+    cfg: Config,
+    data_dir: Path,
+    nats_port: int,
+    leaf_port: int,
+    fake_hosts: int,
+    listen: str = "127.0.0.1",
+) -> None:
+    server = await natsserver.start(data_dir, port=nats_port, leaf_port=leaf_port, host=listen)
+    try:
+        cfg = msgspec.structs.replace(
+            cfg,
+            nats=msgspec.structs.replace(
+                cfg.nats, url=server.address, user="hvmesh", password=server.passwords["service"]
+            ),
+        )
+        nc = await bus.connect(cfg.nats, "hvmesh-up")
+        components: list[launcher.Component] = [
+            ApiService(nc, cfg),
+            SchedulerService(nc, cfg),
+            Conductor(nc, cfg),
+            *launcher.fake_fleet(nc, cfg, fake_hosts),
+        ]
+        made = write_contexts(server)
+
+        def ready() -> None:
+            print(banner(server, fake_hosts, made), flush=True)
+
+        try:
+            await launcher.serve(components, on_ready=ready)
+        finally:
+            await nc.drain()
+    finally:
+        server.stop()
+        print("hvmesh stopped.", file=sys.stderr, flush=True)

@@ -1,0 +1,41 @@
+"""Built-in host weighers, named and scaled as Nova's (positive multiplier spreads)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from hvmesh.core.models import RequestSpec
+from hvmesh.plugins import hookimpl
+from hvmesh.plugins.api import Columns, Weigher
+
+
+def _free_ram(cols: Columns, spec: RequestSpec) -> np.ndarray:
+    return cols["memory_mb_free"].astype(np.float64)
+
+
+def _free_cpu(cols: Columns, spec: RequestSpec) -> np.ndarray:
+    return cols["vcpus_free"].astype(np.float64)
+
+
+BUILTIN_WEIGHERS = [
+    Weigher(
+        name="RAMWeigher",
+        weigh=_free_ram,
+        multiplier_option="ram_weight_multiplier",
+        description="Prefers hosts with more free RAM (negative multiplier: less, to pack).",
+    ),
+    Weigher(
+        name="CPUWeigher",
+        weigh=_free_cpu,
+        multiplier_option="cpu_weight_multiplier",
+        description="Prefers hosts with more free vCPUs (negative multiplier: fewer, to pack).",
+    ),
+]
+
+
+@hookimpl
+def hvmesh_register_weighers(register: Any) -> None:
+    for w in BUILTIN_WEIGHERS:
+        register(w)

@@ -1,0 +1,1 @@
+"""The scheduler service and scheduler implementations."""

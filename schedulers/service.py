@@ -1,0 +1,98 @@
+"""The scheduler service "hvmesh-scheduler": answers hvmesh.sched.select with a claimed host.
+
+It keeps its own inventory index, asks the configured scheduler implementation for
+hosts best first, and claims on them in that order until one claim holds. A lost race
+(a compare-and-set conflict or a host that filled up meanwhile) moves on to the next.
+"""
+
+from __future__ import annotations
+
+import time
+
+from nats.aio.client import Client
+
+from hvmesh.core import log, placement
+from hvmesh.core.bus import Caller, MicroService
+from hvmesh.core.config import Config
+from hvmesh.core.errors import Forbidden
+from hvmesh.core.inventory import Index
+from hvmesh.core.models import RequestSpec, Selection
+from hvmesh.core.store import Store
+from hvmesh.plugins import manager
+from hvmesh.plugins.api import SchedulerContext
+
+LOG = log.get_logger(__name__)
+
+SELECT_SUBJECT = "hvmesh.sched.select"
+VERSION = "0.1.0"
+
+
+class SchedulerService:
+    def __init__(self, nc: Client, cfg: Config, registry: manager.Registry | None = None) -> None:
+        self.nc = nc
+        self.cfg = cfg
+        self.registry = registry or manager.load()
+        self.index = Index(service_down_time=cfg.DEFAULT.service_down_time)
+        ctx = SchedulerContext(
+            config=cfg,
+            index=self.index,
+            filters=self.registry.pick("filters", cfg.scheduler.enabled_filters),
+            weighers=self.registry.pick("weighers", cfg.scheduler.weighers),
+        )
+        factory = self.registry.pick("schedulers", [cfg.scheduler.driver])[0]
+        self.scheduler = factory(ctx)
+        self.store: Store | None = None
+        self.service = MicroService(
+            nc,
+            name="hvmesh-scheduler",
+            version=VERSION,
+            description="Places servers on hosts: filters, weighers and claims.",
+            metadata={"driver": cfg.scheduler.driver},
+            concurrency=cfg.scheduler.workers,
+        )
+        self.service.endpoint("select", SELECT_SUBJECT, self.select, RequestSpec)
+
+    async def start(self) -> None:
+        self.store = await Store(self.nc.jetstream()).open()
+        await self.index.start(self.store)
+        await self.service.start()
+        LOG.info("scheduler.started", driver=self.cfg.scheduler.driver)
+
+    async def stop(self) -> None:
+        await self.service.stop()
+        await self.index.stop()
+
+    async def select(self, caller: Caller, spec: RequestSpec) -> Selection:
+        if not caller.is_admin:
+            raise Forbidden("only hvmesh services may ask the scheduler")
+        assert self.store is not None
+        started = time.perf_counter()
+        held = self.index.consumers.get(spec.server_id)
+        if held is not None:  # a retried request whose claim already landed
+            existing = await placement.claim(
+                self.store, held, spec.server_id, spec.flavor.resources(), attempts=1
+            )
+            if existing.claimed:
+                return Selection(host=held)
+        names = await self.scheduler.select(spec)
+        resources = spec.flavor.resources()
+        last_reason = "no host passed the filters" if not names else ""
+        for i, name in enumerate(names):
+            result = await placement.claim(
+                self.store, name, spec.server_id, resources, self.cfg.scheduler.max_claim_attempts
+            )
+            if result.entry is not None:
+                self.index.apply_host(result.entry, name, result.entry.revision)
+            if result.claimed:
+                alternates = names[i + 1 : i + 1 + spec.num_alternates]
+                LOG.debug(
+                    "scheduler.selected",
+                    server=spec.server_id,
+                    host=name,
+                    tried=i + 1,
+                    ms=round((time.perf_counter() - started) * 1000, 2),
+                )
+                return Selection(host=name, alternates=alternates)
+            last_reason = f"{name}: {result.reason}"
+        LOG.info("scheduler.no_valid_host", server=spec.server_id, reason=last_reason)
+        return Selection(host=None, reason=last_reason)

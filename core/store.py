@@ -12,8 +12,10 @@ from collections.abc import AsyncIterator, Callable
 from typing import Generic, TypeVar
 
 import msgspec
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import (
+    DeliverPolicy,
     DiscardPolicy,
     KeyValueConfig,
     RetentionPolicy,
@@ -161,19 +163,36 @@ class Bucket(Generic[T]):
         raise CasConflict(f"{key}: gave up after {attempts} conflicting writes")
 
     async def entries(self) -> AsyncIterator[Entry[T]]:
-        """Every live record (a snapshot through an ordered consumer)."""
-        watcher = await self.kv.watchall(ignore_deletes=True)
+        """Every live record: one ordered consumer read up to the last message."""
+        js = self.kv._js
+        info = await js.stream_info(self.kv._stream)
+        if info.state.messages == 0:
+            return
+        sub = await js.subscribe(
+            f"{self.kv._pre}>",
+            stream=self.kv._stream,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+        )
+        prefix = len(self.kv._pre)
         try:
             while True:
-                e = await watcher.updates(timeout=10.0)
-                if e is None:
-                    break
-                if e.value:
-                    yield Entry(key=e.key, value=self.decode(e.value), revision=e.revision)
-                if e.delta == 0:
+                try:
+                    msg = await sub.next_msg(timeout=10.0)
+                except NatsTimeout:
+                    return  # emptied since stream_info looked
+                meta = msg.metadata
+                operation = (msg.headers or {}).get("KV-Operation")
+                if msg.data and operation is None:
+                    yield Entry(
+                        key=msg.subject[prefix:],
+                        value=self.decode(msg.data),
+                        revision=meta.sequence.stream,
+                    )
+                if meta.num_pending == 0:
                     break
         finally:
-            await watcher.stop()
+            await sub.unsubscribe()
 
     async def values(self) -> list[T]:
         return [e.value async for e in self.entries()]

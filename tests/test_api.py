@@ -1,0 +1,151 @@
+"""Boot, list, show and delete through the API; projects; allocations freed on delete."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hvmesh.core import errors, placement
+from tests.support import ApiClient, Deployment, gone, make_flavor_image, settled, wait_server
+
+
+async def test_boot_show_list_delete(cloud: Deployment, admin: ApiClient) -> None:
+    await make_flavor_image(admin, vcpus=2, ram=1024, disk=10)
+    created = (
+        await admin("servers.create", {"name": "vm1", "flavor": "m1.small", "image": "cirros"})
+    )["server"]
+    assert created["status"] == "BUILD"
+    assert created["task_state"] == "scheduling"
+
+    server = await wait_server(cloud.store, created["id"], settled)
+    assert server is not None and server.vm_state == "active"
+
+    shown = (await admin("servers.get", {"id": created["id"]}))["server"]
+    assert shown["status"] == "ACTIVE"
+    assert shown["power_state"] == 1
+    assert shown["host"].startswith("fake-")
+    listed = (await admin("servers.list"))["servers"]
+    assert [s["id"] for s in listed] == [created["id"]]
+
+    host = (await cloud.store.hosts.get(shown["host"])).value
+    assert host.allocations == {created["id"]: {"VCPU": 2, "MEMORY_MB": 1024, "DISK_GB": 10}}
+    hypervisors = {h["name"]: h for h in (await admin("hypervisors.list"))["hypervisors"]}
+    assert len(hypervisors) == 3
+    assert all(h["state"] == "up" and h["status"] == "enabled" for h in hypervisors.values())
+
+    deleting = (await admin("servers.delete", {"id": created["id"]}))["server"]
+    assert deleting["task_state"] == "deleting"
+    await wait_server(cloud.store, created["id"], gone)
+    host = (await cloud.store.hosts.get(shown["host"])).value
+    assert host.allocations == {}
+    assert (await admin("servers.list"))["servers"] == []
+    with pytest.raises(errors.NotFound):
+        await admin("servers.get", {"id": created["id"]})
+    assert await placement.audit(cloud.store) == []
+
+
+async def test_records_are_scoped_to_the_callers_project(
+    cloud: Deployment, admin: ApiClient, demo: ApiClient
+) -> None:
+    await make_flavor_image(admin)
+    mine = (await demo("servers.create", {"name": "t1", "flavor": "m1.small", "image": "cirros"}))[
+        "server"
+    ]
+    theirs = (
+        await admin("servers.create", {"name": "a1", "flavor": "m1.small", "image": "cirros"})
+    )["server"]
+    assert mine["project"] == "DEMO"
+    assert mine["user"] == "demo"
+    assert "host" not in mine  # tenants do not see host names
+    assert theirs["project"] == "admin"
+
+    assert [s["id"] for s in (await demo("servers.list"))["servers"]] == [mine["id"]]
+    assert {s["id"] for s in (await admin("servers.list"))["servers"]} == {mine["id"], theirs["id"]}
+    with pytest.raises(errors.NotFound):
+        await demo("servers.get", {"id": theirs["id"]})
+    with pytest.raises(errors.NotFound):
+        await demo("servers.delete", {"id": theirs["id"]})
+    with pytest.raises(errors.Forbidden):
+        await demo("hypervisors.list")
+    with pytest.raises(errors.Forbidden):
+        await demo("flavors.create", {"name": "x", "vcpus": 1, "ram_mb": 1})
+    for sid in (mine["id"], theirs["id"]):
+        await wait_server(cloud.store, sid, settled)
+
+
+async def test_a_tenant_cannot_forge_its_project(
+    cloud: Deployment, admin: ApiClient, demo: ApiClient
+) -> None:
+    await make_flavor_image(admin)
+    forged = json.dumps({"acc": "HVMESH", "user": "admin"})
+    created = (
+        await demo(
+            "servers.create",
+            {"name": "sneaky", "flavor": "m1.small", "image": "cirros"},
+            headers={"Nats-Request-Info": forged},
+        )
+    )["server"]
+    assert created["project"] == "DEMO"
+    await wait_server(cloud.store, created["id"], settled)
+
+
+async def test_no_valid_host_sets_error_with_fault(cloud: Deployment, admin: ApiClient) -> None:
+    await admin("flavors.create", {"name": "huge", "vcpus": 1, "ram_mb": 10_000_000, "disk_gb": 1})
+    await admin("images.create", {"name": "cirros"})
+    created = (await admin("servers.create", {"name": "big", "flavor": "huge", "image": "cirros"}))[
+        "server"
+    ]
+    server = await wait_server(cloud.store, created["id"], settled)
+    assert server is not None and server.vm_state == "error"
+    shown = (await admin("servers.get", {"id": created["id"]}))["server"]
+    assert shown["status"] == "ERROR"
+    assert shown["fault"]["message"].startswith("No valid host was found")
+    # An ERROR server without a host can be deleted, and nothing stays allocated.
+    await admin("servers.delete", {"id": created["id"]})
+    await wait_server(cloud.store, created["id"], gone)
+    assert await placement.audit(cloud.store) == []
+
+
+async def test_availability_zone_is_honoured(deployment: Deployment, admin: ApiClient) -> None:
+    await deployment.start_core()
+    await deployment.start_agent(
+        "az1-host", deployment.config(compute={"availability_zone": "az1"})
+    )
+    await deployment.start_agent(
+        "az2-host", deployment.config(compute={"availability_zone": "az2"})
+    )
+    await make_flavor_image(admin)
+    # The API's index learns of both zones through its watch.
+    created = None
+    for zone, host in (("az2", "az2-host"), ("az1", "az1-host")):
+        body = {"name": zone, "flavor": "m1.small", "image": "cirros", "availability_zone": zone}
+        created = (await admin("servers.create", body))["server"]
+        server = await wait_server(deployment.store, created["id"], settled)
+        assert server is not None and server.host == host
+    with pytest.raises(errors.BadRequest, match="availability_zone 'nowhere' does not exist"):
+        await admin(
+            "servers.create",
+            {"name": "x", "flavor": "m1.small", "image": "cirros", "availability_zone": "nowhere"},
+        )
+
+
+async def test_flavor_and_image_crud(cloud: Deployment, admin: ApiClient, demo: ApiClient) -> None:
+    flavor = (await admin("flavors.create", {"name": "m1.tiny", "vcpus": 1, "ram_mb": 256}))[
+        "flavor"
+    ]
+    assert (await admin("flavors.get", {"id": flavor["id"]}))["flavor"]["name"] == "m1.tiny"
+    assert (await demo("flavors.get", {"name": "m1.tiny"}))["flavor"]["id"] == flavor["id"]
+    with pytest.raises(errors.Conflict):
+        await admin("flavors.create", {"name": "m1.tiny", "vcpus": 1, "ram_mb": 256})
+    private = (await demo("images.create", {"name": "mine", "visibility": "private"}))["image"]
+    assert private["project"] == "DEMO"
+    assert [i["name"] for i in (await demo("images.list"))["images"]] == ["mine"]
+    assert [i["name"] for i in (await admin("images.list"))["images"]] == ["mine"]
+    with pytest.raises(errors.Forbidden):
+        await demo("images.create", {"name": "pub", "visibility": "public"})
+    await demo("images.delete", {"id": private["id"]})
+    assert (await demo("images.list"))["images"] == []
+    await admin("flavors.delete", {"name": "m1.tiny"})
+    with pytest.raises(errors.NotFound):
+        await admin("flavors.get", {"id": flavor["id"]})

@@ -1,0 +1,163 @@
+"""Bad payloads on every endpoint: a 4xx naming what is wrong, and no state change."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+import pytest
+import pytest_asyncio
+
+from hvmesh.core.store import BUCKETS, TASKS_STREAM
+from tests.support import ApiClient, Deployment, make_flavor_image, open_deployment
+
+# (endpoint, raw body, expected code, text the message must contain)
+CASES: list[tuple[str, bytes, int, str]] = [
+    ("flavors.create", b"{not json", 400, "malformed JSON"),
+    ("flavors.create", b"[1, 2]", 400, "Expected `object`"),
+    ("flavors.create", b'{"vcpus": 1, "ram_mb": 512}', 400, "missing required field `name`"),
+    ("flavors.create", b'{"name": "f", "vcpus": 1, "ram_mb": -512}', 400, "$.ram_mb"),
+    ("flavors.create", b'{"name": "f", "vcpus": 0, "ram_mb": 512}', 400, "$.vcpus"),
+    ("flavors.create", b'{"name": "f", "vcpus": "two", "ram_mb": 512}', 400, "$.vcpus"),
+    (
+        "flavors.create",
+        b'{"name": "f", "vcpus": 1, "ram_mb": 512, "disk_gb": -1}',
+        400,
+        "$.disk_gb",
+    ),
+    (
+        "flavors.create",
+        b'{"name": "f", "vcpus": 1, "ram_mb": 512, "ram": 1}',
+        400,
+        "unknown field `ram`",
+    ),
+    ("flavors.create", b'{"name": "", "vcpus": 1, "ram_mb": 512}', 400, "$.name"),
+    (
+        "flavors.create",
+        b'{"name": "f", "vcpus": 1, "ram_mb": 512, "extra_specs": {"a": 1}}',
+        400,
+        "$.extra_specs",
+    ),
+    ("flavors.get", b"{}", 400, "id or name"),
+    ("flavors.get", b'{"id": 5}', 400, "$.id"),
+    ("flavors.get", b'{"id": "nope"}', 404, "flavor nope not found"),
+    ("flavors.delete", b'{"uuid": "x"}', 400, "unknown field `uuid`"),
+    ("flavors.delete", b'{"id": "nope"}', 404, "not found"),
+    ("flavors.list", b'{"limit": 5}', 400, "unknown field `limit`"),
+    ("images.create", b'{"disk_format": "qcow2"}', 400, "missing required field `name`"),
+    ("images.create", b'{"name": "i", "disk_format": "exe"}', 400, "$.disk_format"),
+    ("images.create", b'{"name": "i", "properties": []}', 400, "$.properties"),
+    ("images.create", b'{"name": "i", "min_ram_mb": -1}', 400, "$.min_ram_mb"),
+    ("images.create", b'{"name": "i", "visibility": "shared"}', 400, "$.visibility"),
+    ("images.get", b'{"name": "nope"}', 404, "image nope not found"),
+    ("images.delete", b"nope", 400, "malformed JSON"),
+    ("images.list", b'{"x": 1}', 400, "unknown field `x`"),
+    (
+        "servers.create",
+        b'{"flavor": "m1.small", "image": "cirros"}',
+        400,
+        "missing required field `name`",
+    ),
+    ("servers.create", b'{"name": "s", "image": "cirros"}', 400, "missing required field `flavor`"),
+    (
+        "servers.create",
+        b'{"name": "s", "flavor": "m1.small"}',
+        400,
+        "missing required field `image`",
+    ),
+    (
+        "servers.create",
+        b'{"name": "s", "flavor": "nope", "image": "cirros"}',
+        400,
+        "flavor: flavor nope not found",
+    ),
+    (
+        "servers.create",
+        b'{"name": "s", "flavor": "m1.small", "image": "nope"}',
+        400,
+        "image: image nope not found",
+    ),
+    (
+        "servers.create",
+        b'{"name": "s", "flavor": "m1.small", "image": "cirros", "az": "x"}',
+        400,
+        "unknown field `az`",
+    ),
+    (
+        "servers.create",
+        b'{"name": "s", "flavor": "m1.small", "image": "cirros", "availability_zone": "mars"}',
+        400,
+        "availability_zone 'mars' does not exist",
+    ),
+    ("servers.create", b'{"name": 7, "flavor": "m1.small", "image": "cirros"}', 400, "$.name"),
+    (
+        "servers.create",
+        b'{"name": "s", "flavor": "m1.small", "image": "cirros", "metadata": {"k": 1}}',
+        400,
+        "$.metadata",
+    ),
+    ("servers.get", b"{}", 400, "missing required field `id`"),
+    ("servers.get", b'{"id": "00000000-0000-0000-0000-000000000000"}', 404, "not found"),
+    ("servers.get", b'{"id": "has spaces"}', 404, "not found"),
+    ("servers.delete", b'{"id": null}', 400, "$.id"),
+    ("servers.delete", b'{"id": "00000000-0000-0000-0000-000000000000"}', 404, "not found"),
+    ("servers.list", b'{"all_tenants": true}', 400, "unknown field `all_tenants`"),
+    ("hypervisors.list", b'{"detail": 1}', 400, "unknown field `detail`"),
+]
+
+
+async def snapshot(dep: Deployment) -> dict[str, Any]:
+    """Every record of every bucket, and how many tasks were ever queued."""
+    assert dep.store is not None
+    state: dict[str, Any] = {}
+    for name in BUCKETS:
+        if name == "heartbeats":
+            continue  # agents write these on their own clock
+        bucket = getattr(dep.store, name)
+        state[name] = {e.key: msgspec.to_builtins(e.value) async for e in bucket.entries()}
+    info = await dep.nc.jetstream().stream_info(TASKS_STREAM)
+    state["tasks_queued"] = info.state.last_seq
+    return state
+
+
+# One deployment serves every case here: each case must leave it exactly as it found it.
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def seeded(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Deployment]:
+    async with open_deployment(tmp_path_factory.mktemp("bad-payloads")) as dep:
+        await dep.start_core(fake_hosts=2)
+        await make_flavor_image(ApiClient(await dep.connect("admin")))
+        yield dep
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def admin(seeded: Deployment) -> ApiClient:
+    return ApiClient(await seeded.connect("admin"))
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "body", "code", "text"), CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)]
+)
+async def test_bad_payload_is_refused_and_changes_nothing(
+    seeded: Deployment, admin: ApiClient, endpoint: str, body: bytes, code: int, text: str
+) -> None:
+    before = await snapshot(seeded)
+    msg = await admin.raw(endpoint, body)
+    assert msg.headers["Nats-Service-Error-Code"] == str(code)
+    error = json.loads(msg.data)["error"]
+    assert error["code"] == code
+    assert text in error["message"]
+    assert msg.headers["Nats-Service-Error"] == error["message"]
+    assert await snapshot(seeded) == before
+
+
+async def test_every_endpoint_is_covered(seeded: Deployment) -> None:
+    from hvmesh.core.api import ApiService
+
+    api = ApiService(seeded.nc, seeded.config())
+    subjects = {p[1].removeprefix("hvmesh.api.") for p in api.service._pending}
+    assert subjects == {c[0] for c in CASES}

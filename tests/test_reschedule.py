@@ -1,0 +1,57 @@
+"""A spawn that fails on one host is rescheduled to another; exhausted retries end in ERROR."""
+
+from __future__ import annotations
+
+from hvmesh.core import placement
+from tests.support import ApiClient, Deployment, make_flavor_image, settled, wait_server
+
+
+async def test_failed_spawn_is_rescheduled_elsewhere(
+    deployment: Deployment, admin: ApiClient
+) -> None:
+    await deployment.start_core()
+    # The failing host has the most free RAM, so the RAM weigher picks it first.
+    await deployment.start_agent(
+        "flaky", deployment.config(fake={"fail_rate": 1.0, "memory_mb": 131072})
+    )
+    await deployment.start_agent("steady", deployment.config(fake={"memory_mb": 65536}))
+    await make_flavor_image(admin)
+
+    created = (
+        await admin("servers.create", {"name": "vm", "flavor": "m1.small", "image": "cirros"})
+    )["server"]
+    server = await wait_server(deployment.store, created["id"], settled)
+
+    assert server is not None
+    assert server.vm_state == "active"
+    assert server.host == "steady"
+    assert server.retry_hosts == ["flaky"]
+    assert server.attempt == 1
+    flaky = (await deployment.store.hosts.get("flaky")).value
+    steady = (await deployment.store.hosts.get("steady")).value
+    assert flaky.allocations == {}
+    assert list(steady.allocations) == [created["id"]]
+    assert await placement.audit(deployment.store) == []
+
+
+async def test_build_fails_after_max_attempts(deployment: Deployment, admin: ApiClient) -> None:
+    cfg = deployment.config(conductor={"max_attempts": 2})
+    await deployment.start_core(cfg)
+    failing = deployment.config(fake={"fail_rate": 1.0})
+    for name in ("bad-1", "bad-2", "bad-3"):
+        await deployment.start_agent(name, failing)
+    await make_flavor_image(admin)
+
+    created = (
+        await admin("servers.create", {"name": "vm", "flavor": "m1.small", "image": "cirros"})
+    )["server"]
+    server = await wait_server(deployment.store, created["id"], settled)
+
+    assert server is not None and server.vm_state == "error"
+    assert len(server.retry_hosts) == 2
+    assert server.fault is not None
+    assert "Exceeded maximum number of retries" in server.fault.message
+    assert "simulated spawn failure" in server.fault.message
+    for name in ("bad-1", "bad-2", "bad-3"):
+        assert (await deployment.store.hosts.get(name)).value.allocations == {}
+    assert await placement.audit(deployment.store) == []

@@ -17,7 +17,6 @@ from collections import defaultdict
 import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from hvmesh.agents.driver import ComputeDriver, NodeInventory
@@ -25,6 +24,7 @@ from hvmesh.core import log
 from hvmesh.core.config import Config
 from hvmesh.core.models import AgentEvent, Heartbeat, Host, Inventory, Work, encode, now
 from hvmesh.core.store import WORK_STREAM, CasConflict, Store
+from hvmesh.core.worker import PullWorker
 
 LOG = log.get_logger(__name__)
 
@@ -84,10 +84,8 @@ class AgentRuntime:
         self.agent_id = uuid.uuid4().hex[:12]
         self.store: Store | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._running: set[asyncio.Task[None]] = set()
+        self._worker: PullWorker[Work] | None = None
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._sem = asyncio.Semaphore(cfg.compute.workers)
-        self._stopping = asyncio.Event()
 
     async def start(self) -> None:
         self.store = await Store(self.js).open()
@@ -106,16 +104,18 @@ class AgentRuntime:
             ),
         )
         self._tasks.append(asyncio.create_task(self._heartbeat_loop()))
-        self._tasks.append(asyncio.create_task(self._work_loop(sub)))
+        self._worker = PullWorker(
+            f"agent-{self.host}", sub, Work, self._handle, self.cfg.compute.workers
+        )
+        self._worker.start()
         LOG.info("agent.started", host=self.host, driver=self.driver.name)
 
     async def stop(self) -> None:
-        self._stopping.set()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._running:
-            await asyncio.gather(*self._running, return_exceptions=True)
+        if self._worker is not None:
+            await self._worker.stop()
         await self.driver.cleanup_host()
 
     # --- host record and heartbeats -------------------------------------------------------
@@ -173,46 +173,13 @@ class AgentRuntime:
 
     # --- work ---------------------------------------------------------------------------------
 
-    async def _work_loop(self, sub: object) -> None:
-        while not self._stopping.is_set():
-            await self._sem.acquire()
-            self._sem.release()
-            try:
-                msgs: list[Msg] = await sub.fetch(batch=self.cfg.compute.workers, timeout=5.0)  # type: ignore[attr-defined]
-            except NatsTimeout:
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                LOG.exception("agent.fetch_failed", host=self.host)
-                await asyncio.sleep(1.0)
-                continue
-            for msg in msgs:
-                await self._sem.acquire()
-                task = asyncio.create_task(self._handle(msg))
-                self._running.add(task)
-                task.add_done_callback(self._finished)
-
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._running.discard(task)
-        self._sem.release()
-
-    async def _handle(self, msg: Msg) -> None:
-        try:
-            work = msgspec.json.decode(msg.data, type=Work)
-        except msgspec.DecodeError as exc:
-            LOG.error("agent.bad_work", host=self.host, error=str(exc))
-            await msg.term()
-            return
+    async def _handle(self, work: Work, msg: Msg) -> None:
         keepalive = asyncio.create_task(self._keep_in_progress(msg))
         try:
             async with self._locks[work.server_id]:
                 event = await self.run(work)
             await self.publish_event(event)
             await msg.ack()
-        except Exception:
-            LOG.exception("agent.work_failed", host=self.host, server=work.server_id)
-            await msg.nak(delay=2.0)
         finally:
             keepalive.cancel()
             if not self._locks[work.server_id].locked():

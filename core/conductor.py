@@ -8,15 +8,12 @@ effect is written, so a conductor killed mid-task leaves the task to the next on
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from hvmesh.agents.runtime import work_subject
@@ -34,10 +31,11 @@ from hvmesh.core.models import (
     now,
 )
 from hvmesh.core.store import EVENTS_STREAM, TASKS_STREAM, Store
+from hvmesh.core.worker import PullWorker
 
 LOG = log.get_logger(__name__)
 
-SCHEDULER_RETRY_DELAY = 2.0
+SCHEDULER_RETRY_DELAY = 2.0  # seconds before a task that found no scheduler is retried
 
 
 def task_subject(kind: str) -> str:
@@ -59,9 +57,7 @@ class Conductor:
         self.js = nc.jetstream()
         self.cfg = cfg
         self.store: Store | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        self._running: set[asyncio.Task[None]] = set()
-        self._sem = asyncio.Semaphore(cfg.conductor.workers)
+        self._workers: list[PullWorker[Any]] = []
 
     @property
     def st(self) -> Store:
@@ -91,57 +87,18 @@ class Conductor:
                 max_ack_pending=self.cfg.conductor.workers * 8,
             ),
         )
-        self._tasks.append(asyncio.create_task(self._consume(tasks, Task, self.handle_task)))
-        self._tasks.append(
-            asyncio.create_task(self._consume(events, AgentEvent, self.handle_event))
-        )
+        n = self.cfg.conductor.workers
+        self._workers = [
+            PullWorker("conductor-tasks", tasks, Task, self.handle_task, n),
+            PullWorker("conductor-events", events, AgentEvent, self.handle_event, n),
+        ]
+        for worker in self._workers:
+            worker.start()
         LOG.info("conductor.started")
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._running:
-            await asyncio.gather(*self._running, return_exceptions=True)
-
-    async def _consume(
-        self, sub: Any, type_: type, handler: Callable[[Any, Msg], Awaitable[None]]
-    ) -> None:
-        batch = max(1, self.cfg.conductor.workers // 2)
-        while True:
-            try:
-                msgs: list[Msg] = await sub.fetch(batch=batch, timeout=5.0)
-            except NatsTimeout:
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                LOG.exception("conductor.fetch_failed")
-                await asyncio.sleep(1.0)
-                continue
-            for msg in msgs:
-                try:
-                    item = msgspec.json.decode(msg.data, type=type_)
-                except msgspec.DecodeError as exc:
-                    LOG.error("conductor.bad_message", subject=msg.subject, error=str(exc))
-                    await msg.term()
-                    continue
-                await self._sem.acquire()
-                task = asyncio.create_task(self._run(handler, item, msg))
-                self._running.add(task)
-                task.add_done_callback(self._finished)
-
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._running.discard(task)
-        self._sem.release()
-
-    @staticmethod
-    async def _run(handler: Callable[[Any, Msg], Awaitable[None]], item: Any, msg: Msg) -> None:
-        try:
-            await handler(item, msg)
-        except Exception:
-            LOG.exception("conductor.handler_failed", subject=msg.subject)
-            await msg.nak(delay=SCHEDULER_RETRY_DELAY)
+        for worker in self._workers:
+            await worker.stop()
 
     # --- tasks --------------------------------------------------------------------------------
 
@@ -345,10 +302,13 @@ class Conductor:
                 updated_at=now(),
             )
 
-        written = await self.st.servers.mutate(ev.server_id, to_retry)
-        # Release and re-queue whenever the record shows this failure was taken, also on a
-        # redelivered event whose first handling died halfway: both steps are idempotent.
+        # Give the failed host's claim back first, so no one ever sees the server moved on
+        # (or in ERROR) while the claim is still held. A failed spawn's host is never
+        # chosen again for this server, so releasing it is right even on a redelivery.
         await placement.release(self.st, ev.host, ev.server_id)
+        written = await self.st.servers.mutate(ev.server_id, to_retry)
+        # Re-queue whenever the record shows this failure was taken, also on a redelivered
+        # event whose first handling died halfway: the task's message id makes it idempotent.
         if written is None:
             return
         s = written.value

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -137,6 +138,7 @@ class MicroService:
         self._pending: list[tuple[str, str, Handler, type]] = []
         self._sem = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._endpoints: dict[str, Any] = {}
 
     def endpoint(self, name: str, subject: str, handler: Handler, body: type) -> None:
         """Register `handler(caller, decoded_body)` on `subject`; it returns the reply."""
@@ -156,16 +158,19 @@ class MicroService:
                 EndpointConfig(
                     name=name,
                     subject=subject,
-                    handler=self._dispatcher(subject, handler, body),
+                    handler=self._dispatcher(name, subject, handler, body),
                 )
             )
+            # nats.py counts errors and time only for handlers that raise inside its own
+            # callback; ours answer from a task, so they report into its counters here.
+            self._endpoints[name] = self._service._endpoints[-1]
 
     def _dispatcher(
-        self, subject: str, handler: Handler, body: type
+        self, name: str, subject: str, handler: Handler, body: type
     ) -> Callable[[MicroRequest], Awaitable[None]]:
         async def dispatch(req: MicroRequest) -> None:
             await self._sem.acquire()
-            task = asyncio.create_task(self._handle(subject, handler, body, req))
+            task = asyncio.create_task(self._handle(name, subject, handler, body, req))
             self._tasks.add(task)
             task.add_done_callback(self._done)
 
@@ -175,16 +180,33 @@ class MicroService:
         self._tasks.discard(task)
         self._sem.release()
 
-    async def _handle(self, subject: str, handler: Handler, body: type, req: MicroRequest) -> None:
+    async def _handle(
+        self, name: str, subject: str, handler: Handler, body: type, req: MicroRequest
+    ) -> None:
+        started = time.perf_counter_ns()
+        error: tuple[int, str] | None = None
         try:
             caller = caller_of(req.headers)
             result = await handler(caller, decode_body(req.data, body))
             await req.respond(encode(result))
         except errors.HvmeshError as exc:
-            await self._respond_error(req, exc.code, exc.message)
+            error = (exc.code, exc.message)
         except Exception as exc:
             LOG.exception("request.failed", subject=subject)
-            await self._respond_error(req, 500, f"internal error: {type(exc).__name__}: {exc}")
+            error = (500, f"internal error: {type(exc).__name__}: {exc}")
+        if error is not None:
+            await self._respond_error(req, *error)
+        self._account(name, time.perf_counter_ns() - started, error)
+
+    def _account(self, name: str, elapsed_ns: int, error: tuple[int, str] | None) -> None:
+        ep = self._endpoints.get(name)
+        if ep is None:
+            return
+        ep._processing_time += elapsed_ns
+        ep._average_processing_time = int(ep._processing_time / max(ep._num_requests, 1))
+        if error is not None:
+            ep._num_errors += 1
+            ep._last_error = f"{error[0]}:{error[1]}"
 
     @staticmethod
     async def _respond_error(req: MicroRequest, code: int, message: str) -> None:

@@ -149,3 +149,27 @@ async def test_flavor_and_image_crud(cloud: Deployment, admin: ApiClient, demo: 
     await admin("flavors.delete", {"name": "m1.tiny"})
     with pytest.raises(errors.NotFound):
         await admin("flavors.get", {"id": flavor["id"]})
+
+
+async def test_services_answer_the_micro_protocol(cloud: Deployment, admin: ApiClient) -> None:
+    """What `nats micro ls|info|stats` reads: $SRV.PING/INFO/STATS of each service."""
+    info = json.loads((await admin.nc.request("$SRV.INFO.hvmesh-api", b"", timeout=5)).data)
+    assert info["name"] == "hvmesh-api"
+    assert info["metadata"]["min_version"] == "1.0"
+    subjects = {e["subject"] for e in info["endpoints"]}
+    assert "hvmesh.api.servers.create" in subjects and "hvmesh.api.hypervisors.list" in subjects
+    assert all(e["queue_group"] == "hvmesh-api" for e in info["endpoints"])
+    sched = json.loads((await admin.nc.request("$SRV.INFO.hvmesh-scheduler", b"", timeout=5)).data)
+    assert [e["subject"] for e in sched["endpoints"]] == ["hvmesh.sched.select"]
+
+    await admin("flavors.list")
+    with pytest.raises(errors.NotFound):
+        await admin("flavors.get", {"id": "missing"})
+    stats = json.loads((await admin.nc.request("$SRV.STATS.hvmesh-api", b"", timeout=5)).data)
+    by_name = {e["name"]: e for e in stats["endpoints"]}
+    assert by_name["flavors-list"]["num_requests"] == 1
+    assert by_name["flavors-get"]["num_requests"] == 1
+    assert by_name["flavors-get"]["num_errors"] == 1
+    assert by_name["flavors-get"]["last_error"] == "404:flavor missing not found"
+    assert by_name["flavors-list"]["num_errors"] == 0
+    assert by_name["flavors-list"]["processing_time"] > 0

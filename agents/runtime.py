@@ -142,15 +142,7 @@ class AgentRuntime:
         while True:
             if await self.store.hosts.mutate(self.host, refresh) is not None:
                 return
-            fresh = Host(
-                name=self.host,
-                driver=self.driver.name,
-                availability_zone=az,
-                inventories=inventories,
-                traits=sorted(set(node.traits)),
-                hypervisor_type=node.hypervisor_type,
-                hypervisor_version=node.hypervisor_version,
-            )
+            fresh = refresh(Host(name=self.host, driver=self.driver.name))
             try:
                 await self.store.hosts.create(self.host, fresh)
                 return

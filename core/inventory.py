@@ -1,9 +1,11 @@
-"""The inventory index: an in-memory DuckDB copy of the hosts, fed by JetStream KV watches.
+"""The inventory index: hosts as numpy columns, fed by JetStream KV watches, queried by DuckDB.
 
-It is the read side, never the source of truth. Watches apply records to a Python map
-at once and mark them dirty; the DuckDB table is brought up to date in one batch just
-before a query, because a single-row write costs about as much as a whole batch.
-Candidate queries return numpy columns for filters and weighers.
+It is the read side, never the source of truth. Each host record a watch delivers is
+written into its row of the columns at once (a few array stores), so the index is
+always current and there is nothing to flush. Filters and weighers read the columns
+directly (the fast path); SQL predicates and operators' queries run in DuckDB over
+the same arrays, registered without copying. Strings that filters compare, like the
+availability zone, are kept as integer codes so a mask over 100,000 hosts stays cheap.
 """
 
 from __future__ import annotations
@@ -24,63 +26,135 @@ from hvmesh.core.store import Bucket, Entry, Store
 
 LOG = log.get_logger(__name__)
 
-HOST_COLUMNS: list[tuple[str, str]] = [
-    ("name", "VARCHAR PRIMARY KEY"),
-    ("driver", "VARCHAR"),
-    ("availability_zone", "VARCHAR"),
-    ("enabled", "BOOLEAN"),
-    ("heartbeat", "DOUBLE"),
-    ("hypervisor_type", "VARCHAR"),
-    ("vcpus", "BIGINT"),
-    ("vcpus_used", "BIGINT"),
-    ("vcpus_free", "BIGINT"),
-    ("memory_mb", "BIGINT"),
-    ("memory_mb_used", "BIGINT"),
-    ("memory_mb_free", "BIGINT"),
-    ("local_gb", "BIGINT"),
-    ("local_gb_used", "BIGINT"),
-    ("disk_gb_free", "BIGINT"),
-    ("running_vms", "BIGINT"),
-    ("revision", "BIGINT"),
-]
+# Column name -> numpy dtype. `object` columns hold Python strings.
+HOST_COLUMNS: dict[str, Any] = {
+    "name": object,
+    "driver": object,
+    "availability_zone": object,
+    "hypervisor_type": object,
+    "az_code": np.int32,
+    "enabled": np.bool_,
+    "present": np.bool_,
+    "heartbeat": np.float64,
+    "vcpus": np.int64,
+    "vcpus_used": np.int64,
+    "vcpus_free": np.int64,
+    "memory_mb": np.int64,
+    "memory_mb_used": np.int64,
+    "memory_mb_free": np.int64,
+    "local_gb": np.int64,
+    "local_gb_used": np.int64,
+    "disk_gb_free": np.int64,
+    "running_vms": np.int64,
+    "revision": np.int64,
+}
 
-_RC_COLUMNS = {"VCPU": "vcpus", "MEMORY_MB": "memory_mb", "DISK_GB": "local_gb"}
-_FREE_COLUMNS = {"VCPU": "vcpus_free", "MEMORY_MB": "memory_mb_free", "DISK_GB": "disk_gb_free"}
+_RESOURCE_COLUMNS = {
+    "VCPU": ("vcpus", "vcpus_used", "vcpus_free"),
+    "MEMORY_MB": ("memory_mb", "memory_mb_used", "memory_mb_free"),
+    "DISK_GB": ("local_gb", "local_gb_used", "disk_gb_free"),
+}
+
+# Columns DuckDB sees as the `hosts` table (the codes and row bookkeeping stay hidden).
+SQL_COLUMNS = [c for c in HOST_COLUMNS if c not in ("az_code", "present")]
 
 
-def host_row(host: Host, heartbeat: float, revision: int) -> tuple[Any, ...]:
-    """One `hosts` table row for a host record."""
-    values: dict[str, Any] = {
-        "name": host.name,
-        "driver": host.driver,
-        "availability_zone": host.availability_zone,
-        "enabled": host.status == "enabled",
-        "heartbeat": heartbeat,
-        "hypervisor_type": host.hypervisor_type,
-        "running_vms": len(host.allocations),
-        "revision": revision,
-    }
-    for rc, col in _RC_COLUMNS.items():
-        inv = host.inventories.get(rc)
-        used = host.used(rc)
-        values[col] = inv.total if inv else 0
-        values[f"{col}_used"] = used
-        values[_FREE_COLUMNS[rc]] = (inv.capacity() - used) if inv else 0
-    return tuple(values[c] for c, _ in HOST_COLUMNS)
+class Codes:
+    """Strings to small integers and back, for columns that filters compare."""
+
+    def __init__(self) -> None:
+        self.code: dict[str, int] = {}
+
+    def of(self, text: str) -> int:
+        code = self.code.get(text)
+        if code is None:
+            code = self.code[text] = len(self.code)
+        return code
+
+    def lookup(self, text: str) -> int:
+        """The code of `text`, or -1 when no host has it."""
+        return self.code.get(text, -1)
+
+
+class HostColumns:
+    """One row per host ever seen; a removed host's row is kept with present=False."""
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self.size = 0
+        self.row: dict[str, int] = {}
+        self.zones = Codes()
+        self.arrays = {c: np.zeros(capacity, dtype=t) for c, t in HOST_COLUMNS.items()}
+
+    def _row_for(self, name: str) -> int:
+        row = self.row.get(name)
+        if row is not None:
+            return row
+        if self.size == len(self.arrays["name"]):
+            for c, a in self.arrays.items():
+                grown = np.zeros(len(a) * 2, dtype=a.dtype)
+                grown[: len(a)] = a
+                self.arrays[c] = grown
+        row = self.row[name] = self.size
+        self.size += 1
+        return row
+
+    def put(self, host: Host, revision: int) -> None:
+        a = self.arrays
+        i = self._row_for(host.name)
+        a["name"][i] = host.name
+        a["driver"][i] = host.driver
+        a["availability_zone"][i] = host.availability_zone
+        a["az_code"][i] = self.zones.of(host.availability_zone)
+        a["hypervisor_type"][i] = host.hypervisor_type
+        a["enabled"][i] = host.status == "enabled"
+        a["present"][i] = True
+        a["running_vms"][i] = len(host.allocations)
+        a["revision"][i] = revision
+        used = {rc: 0 for rc in _RESOURCE_COLUMNS}
+        for alloc in host.allocations.values():
+            for rc, amount in alloc.items():
+                if rc in used:
+                    used[rc] += amount
+        for rc, (total_c, used_c, free_c) in _RESOURCE_COLUMNS.items():
+            inv = host.inventories.get(rc)
+            a[total_c][i] = inv.total if inv else 0
+            a[used_c][i] = used[rc]
+            a[free_c][i] = (inv.capacity() - used[rc]) if inv else 0
+
+    def remove(self, name: str) -> None:
+        row = self.row.get(name)
+        if row is not None:
+            self.arrays["present"][row] = False
+
+    def beat(self, name: str, at: float) -> None:
+        self.arrays["heartbeat"][self._row_for(name)] = at
+
+    def view(self) -> dict[str, np.ndarray]:
+        """Every column up to the last used row (views: no copy)."""
+        return {c: a[: self.size] for c, a in self.arrays.items()}
+
+
+class CandidateColumns(dict):
+    """The columns filters and weighers read, with the zone codes to compare against."""
+
+    def __init__(self, columns: dict[str, np.ndarray], zones: Codes) -> None:
+        super().__init__(columns)
+        self.zones = zones
+
+    def zone_code(self, zone: str) -> int:
+        return self.zones.lookup(zone)
 
 
 class Index:
-    """Hosts as a DuckDB table plus their latest records, kept current by KV watches."""
+    """The hosts of a deployment, kept current by KV watches."""
 
     def __init__(self, service_down_time: float = 60.0) -> None:
         self.service_down_time = service_down_time
-        self.db = duckdb.connect(":memory:", config={"enable_external_access": False})
-        cols = ", ".join(f"{n} {t}" for n, t in HOST_COLUMNS)
-        self.db.execute(f"CREATE TABLE hosts ({cols})")
+        self.columns = HostColumns()
         self.hosts: dict[str, Entry[Host]] = {}
         self.heartbeats: dict[str, float] = {}
         self.consumers: dict[str, str] = {}  # server id -> host holding its allocation
-        self._dirty: set[str] = set()
+        self.db = duckdb.connect(":memory:", config={"enable_external_access": False})
         self._tasks: list[asyncio.Task[None]] = []
         self._watchers: list[KeyValue.KeyWatcher] = []
         self.ready = asyncio.Event()
@@ -98,16 +172,17 @@ class Index:
                     del self.consumers[sid]
         if entry is None:
             self.hosts.pop(name, None)
-        else:
-            self.hosts[name] = entry
-            for sid in entry.value.allocations:
-                self.consumers[sid] = name
-        self._dirty.add(name)
+            self.columns.remove(name)
+            return
+        self.hosts[name] = entry
+        for sid in entry.value.allocations:
+            self.consumers[sid] = name
+        self.columns.put(entry.value, revision)
 
     def apply_heartbeat(self, hb: Heartbeat) -> None:
         if hb.at > self.heartbeats.get(hb.host, 0.0):
             self.heartbeats[hb.host] = hb.at
-            self._dirty.add(hb.host)
+            self.columns.beat(hb.host, hb.at)
 
     async def start(self, store: Store) -> None:
         """Watch the hosts and heartbeats buckets; returns once the snapshot is loaded."""
@@ -120,7 +195,6 @@ class Index:
             asyncio.create_task(self._watch(store.heartbeats, self._on_heartbeat, beats_loaded))
         )
         await asyncio.gather(hosts_loaded.wait(), beats_loaded.wait())
-        self.flush()
         self.ready.set()
 
     def _on_host(self, bucket: Bucket[Host], key: str, value: bytes | None, revision: int) -> None:
@@ -166,50 +240,33 @@ class Index:
 
     # --- querying --------------------------------------------------------------------------
 
-    def flush(self) -> None:
-        """Write every host changed since the last flush into DuckDB, in one batch."""
-        if not self._dirty:
-            return
-        names = list(self._dirty)
-        self._dirty.clear()
-        rows = [
-            host_row(e.value, self.heartbeats.get(n, 0.0), e.revision)
-            for n in names
-            if (e := self.hosts.get(n)) is not None
-        ]
-        self.db.execute("BEGIN")
-        try:
-            self.db.execute("DELETE FROM hosts WHERE list_contains(?, name)", [names])
-            if rows:
-                marks = ", ".join("?" for _ in HOST_COLUMNS)
-                self.db.executemany(f"INSERT INTO hosts VALUES ({marks})", rows)
-            self.db.execute("COMMIT")
-        except Exception:
-            self.db.execute("ROLLBACK")
-            self._dirty.update(names)
-            raise
+    def candidate_columns(self) -> CandidateColumns:
+        """Every column (as views) plus a computed `up`; rows with present=False are gone."""
+        cols = self.columns.view()
+        cols["up"] = cols["heartbeat"] >= time.time() - self.service_down_time
+        return CandidateColumns(cols, self.columns.zones)
 
-    def candidates(
-        self, where: list[str], params: list[Any], exclude: list[str] | None = None
-    ) -> dict[str, np.ndarray]:
-        """Columns of the hosts passing every SQL predicate, plus a computed `up`."""
-        self.flush()
-        clauses = list(where)
-        args = list(params)
-        if exclude:
-            clauses.append("NOT list_contains(?, name)")
-            args.append(list(exclude))
-        sql = "SELECT * FROM hosts"
-        if clauses:
-            sql += " WHERE " + " AND ".join(f"({c})" for c in clauses)
-        cols = self.db.execute(sql, args).fetchnumpy()
-        out = {k: np.asarray(v) for k, v in cols.items()}
-        out["up"] = out["heartbeat"] >= time.time() - self.service_down_time
-        return out
+    def _register(self) -> None:
+        cols = self.columns.view()
+        present = cols["present"]
+        table = {c: cols[c] for c in SQL_COLUMNS}
+        table["row"] = np.arange(self.columns.size)
+        if not present.all():
+            table = {c: a[present] for c, a in table.items()}
+        self.db.register("hosts", table)
+
+    def sql_mask(self, where: list[str], params: list[Any]) -> np.ndarray:
+        """Rows of the columns matching every SQL predicate, as a boolean mask."""
+        self._register()
+        sql = "SELECT row FROM hosts WHERE " + " AND ".join(f"({c})" for c in where)
+        rows = self.db.execute(sql, params).fetchnumpy()["row"]
+        mask = np.zeros(self.columns.size, dtype=bool)
+        mask[np.asarray(rows, dtype=np.int64)] = True
+        return mask
 
     def query(self, sql: str, params: list[Any] | None = None) -> tuple[list[str], list[tuple]]:
-        """Run read-only SQL over the index; returns (column names, rows)."""
-        self.flush()
+        """Run read-only SQL over the `hosts` table; returns (column names, rows)."""
+        self._register()
         cur = self.db.execute(sql, params or [])
         names = [d[0] for d in cur.description or []]
         return names, cur.fetchall()

@@ -23,14 +23,24 @@ class ClaimResult(msgspec.Struct):
 
 
 async def claim(
-    store: Store, host: str, server_id: str, resources: dict[str, int], attempts: int = 5
+    store: Store,
+    host: str,
+    server_id: str,
+    resources: dict[str, int],
+    attempts: int = 5,
+    known: Entry[Host] | None = None,
 ) -> ClaimResult:
-    """Allocate `resources` for `server_id` on `host`, if they still fit."""
-    entry: Entry[Host] | None = None
+    """Allocate `resources` for `server_id` on `host`, if they still fit.
+
+    `known` is the record as the caller last saw it (from the index): trying the write
+    against it first saves a read whenever it is still current, which is the usual case.
+    """
+    entry: Entry[Host] | None = known
     for _ in range(attempts):
-        entry = await store.hosts.get(host)
         if entry is None:
-            return ClaimResult(entry=None, claimed=False, reason="host record gone")
+            entry = await store.hosts.get(host)
+            if entry is None:
+                return ClaimResult(entry=None, claimed=False, reason="host record gone")
         record = entry.value
         if server_id in record.allocations:
             return ClaimResult(entry=entry, claimed=True)  # already ours: claims are idempotent
@@ -38,6 +48,9 @@ async def claim(
             return ClaimResult(entry=entry, claimed=False, reason="host disabled")
         reason = record.fits(resources)
         if reason:
+            if entry is known:
+                entry = None  # the index may be behind: decide on a fresh read
+                continue
             return ClaimResult(entry=entry, claimed=False, reason=reason)
         new = msgspec.structs.replace(
             record, allocations={**record.allocations, server_id: dict(resources)}
@@ -45,6 +58,7 @@ async def claim(
         try:
             rev = await store.hosts.update(host, new, entry.revision)
         except CasConflict:
+            entry = None
             continue
         return ClaimResult(entry=Entry(key=host, value=new, revision=rev), claimed=True)
     return ClaimResult(entry=entry, claimed=False, reason="too many concurrent writers")

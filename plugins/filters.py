@@ -1,10 +1,13 @@
 """Built-in host filters, named as Nova's so operators can carry their configuration over.
 
-They register through the "hvmesh" entry point exactly as a third-party plugin would.
+Each gives a vectorised mask over the index's columns (what the filter scheduler runs)
+and, where it can be said in SQL, the same test as a predicate for DuckDB. They
+register through the "hvmesh" entry point exactly as a third-party plugin would.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -18,21 +21,33 @@ def _compute_mask(cols: Columns, spec: RequestSpec) -> np.ndarray:
     return cols["enabled"] & cols["up"]
 
 
+def _az_mask(cols: Columns, spec: RequestSpec) -> np.ndarray | None:
+    if not spec.availability_zone:
+        return None
+    return cols["az_code"] == cols.zone_code(spec.availability_zone)  # type: ignore[attr-defined]
+
+
 def _az_sql(spec: RequestSpec) -> tuple[str, list[Any]] | None:
     if not spec.availability_zone:
         return None
     return "availability_zone = ?", [spec.availability_zone]
 
 
-def _fit_sql(column: str, amount_of: Any) -> Any:
+def _fit(column: str, amount_of: Callable[[RequestSpec], int]) -> tuple[Any, Any]:
+    def mask(cols: Columns, spec: RequestSpec) -> np.ndarray | None:
+        amount = amount_of(spec)
+        return cols[column] >= amount if amount > 0 else None
+
     def sql(spec: RequestSpec) -> tuple[str, list[Any]] | None:
         amount = amount_of(spec)
-        if amount <= 0:
-            return None
-        return f"{column} >= ?", [amount]
+        return (f"{column} >= ?", [amount]) if amount > 0 else None
 
-    return sql
+    return mask, sql
 
+
+_core_mask, _core_sql = _fit("vcpus_free", lambda s: s.flavor.vcpus)
+_ram_mask, _ram_sql = _fit("memory_mb_free", lambda s: s.flavor.ram_mb)
+_disk_mask, _disk_sql = _fit("disk_gb_free", lambda s: s.flavor.disk_gb)
 
 BUILTIN_FILTERS = [
     Filter(
@@ -42,22 +57,26 @@ BUILTIN_FILTERS = [
     ),
     Filter(
         name="AvailabilityZoneFilter",
+        mask=_az_mask,
         sql=_az_sql,
         description="Passes hosts in the requested availability zone.",
     ),
     Filter(
         name="CoreFilter",
-        sql=_fit_sql("vcpus_free", lambda s: s.flavor.vcpus),
+        mask=_core_mask,
+        sql=_core_sql,
         description="Passes hosts with enough free VCPU (after reserved and allocation ratio).",
     ),
     Filter(
         name="RamFilter",
-        sql=_fit_sql("memory_mb_free", lambda s: s.flavor.ram_mb),
+        mask=_ram_mask,
+        sql=_ram_sql,
         description="Passes hosts with enough free MEMORY_MB (after reserved and allocation ratio).",
     ),
     Filter(
         name="DiskFilter",
-        sql=_fit_sql("disk_gb_free", lambda s: s.flavor.disk_gb),
+        mask=_disk_mask,
+        sql=_disk_sql,
         description="Passes hosts with enough free DISK_GB (after reserved and allocation ratio).",
     ),
 ]

@@ -1,8 +1,10 @@
 """The filter scheduler: Nova's filter-and-weigh pipeline over the inventory index.
 
-SQL predicates of the enabled filters are pushed down into one DuckDB candidate query;
-vectorised masks and then per-host checks narrow the result; weighers score what is
-left, each normalised to 0..1 and multiplied. Hosts come back best first.
+Filters run in the fastest form they offer: a vectorised mask over the index's numpy
+columns, else an SQL predicate run in DuckDB, else a per-host check. Weighers score
+the survivors, each normalised to 0..1 and multiplied, as Nova does. Only the best
+few hosts are ordered (a partial sort), since the claim almost always lands on one of
+the first; the scheduler service asks again, without the hosts it tried, if not.
 """
 
 from __future__ import annotations
@@ -16,9 +18,13 @@ from hvmesh.core.models import RequestSpec
 from hvmesh.plugins import hookimpl
 from hvmesh.plugins.api import Columns, SchedulerContext
 
+TOP = 16  # hosts ordered and handed to the claim step per round
+
 
 def normalise(values: np.ndarray) -> np.ndarray:
     """Scale to 0..1 as Nova's weigher normaliser does (all equal: all zero)."""
+    if len(values) == 0:
+        return values.astype(np.float64)
     lo = float(values.min())
     hi = float(values.max())
     if hi == lo:
@@ -26,61 +32,86 @@ def normalise(values: np.ndarray) -> np.ndarray:
     return (values - lo) / (hi - lo)
 
 
+class Survivors(dict):
+    """Candidate columns restricted to the rows that passed, computed on first use."""
+
+    def __init__(self, cols: Columns, rows: np.ndarray) -> None:
+        super().__init__()
+        self._cols = cols
+        self._rows = rows
+
+    def __missing__(self, key: str) -> np.ndarray:
+        value = self[key] = self._cols[key][self._rows]
+        return value
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+
 class FilterScheduler:
     def __init__(self, ctx: SchedulerContext) -> None:
         self.ctx = ctx
         self.cfg = ctx.config.scheduler
+        self.masks = [f for f in ctx.filters if f.mask is not None]
+        self.sqls = [f for f in ctx.filters if f.mask is None and f.sql is not None]
+        self.per_host = [f for f in ctx.filters if f.mask is None and f.sql is None]
 
     def _multiplier(self, weigher: Any) -> float:
         if weigher.multiplier_option and hasattr(self.cfg, weigher.multiplier_option):
             return float(getattr(self.cfg, weigher.multiplier_option))
         return weigher.multiplier
 
-    def filter(self, spec: RequestSpec) -> Columns:
-        """Candidate columns of the hosts that pass every enabled filter."""
-        where: list[str] = []
-        params: list[Any] = []
-        masks = []
-        per_host = []
-        for f in self.ctx.filters:
-            if f.sql is not None:
-                pred = f.sql(spec)
-                if pred is not None:
-                    where.append(pred[0])
-                    params.extend(pred[1])
-            elif f.mask is not None:
-                masks.append(f)
-            else:
-                per_host.append(f)
-        cols = self.ctx.index.candidates(where, params, exclude=spec.ignore_hosts)
-        keep = np.ones(len(cols["name"]), dtype=bool)
-        for f in masks:
-            m = f.mask(cols, spec)
+    def passing_rows(self, spec: RequestSpec) -> tuple[Columns, np.ndarray]:
+        """The index's columns and the row numbers of hosts passing every filter."""
+        index = self.ctx.index
+        cols = index.candidate_columns()
+        keep = cols["present"].copy()
+        for name in spec.ignore_hosts:
+            row = index.columns.row.get(name)
+            if row is not None:
+                keep[row] = False
+        for f in self.masks:
+            m = f.mask(cols, spec)  # type: ignore[misc]
             if m is not None:
                 keep &= m
-        if per_host:
-            for i in np.flatnonzero(keep):
-                entry = self.ctx.index.hosts.get(str(cols["name"][i]))
-                if entry is None or not all(f.host_passes(entry.value, spec) for f in per_host):
-                    keep[i] = False
-        return {k: v[keep] for k, v in cols.items()}
+        where: list[str] = []
+        params: list[Any] = []
+        for f in self.sqls:
+            pred = f.sql(spec)  # type: ignore[misc]
+            if pred is not None:
+                where.append(pred[0])
+                params.extend(pred[1])
+        if where and keep.any():
+            keep &= index.sql_mask(where, params)
+        rows = np.flatnonzero(keep)
+        if self.per_host and len(rows):
+            ok = [
+                (e := index.hosts.get(str(cols["name"][r]))) is not None
+                and all(f.host_passes(e.value, spec) for f in self.per_host)  # type: ignore[misc]
+                for r in rows
+            ]
+            rows = rows[np.asarray(ok, dtype=bool)]
+        return cols, rows
 
-    def weigh(self, cols: Columns, spec: RequestSpec) -> np.ndarray:
-        total = np.zeros(len(cols["name"]), dtype=np.float64)
+    def weigh(self, survivors: Columns, spec: RequestSpec) -> np.ndarray:
+        total = np.zeros(len(survivors), dtype=np.float64)
         if len(total) == 0:
             return total
         for w in self.ctx.weighers:
             mult = self._multiplier(w)
             if mult:
-                total += mult * normalise(np.asarray(w.weigh(cols, spec), dtype=np.float64))
+                total += mult * normalise(np.asarray(w.weigh(survivors, spec), dtype=np.float64))
         return total
 
     async def select(self, spec: RequestSpec) -> list[str]:
-        cols = self.filter(spec)
-        if len(cols["name"]) == 0:
+        cols, rows = self.passing_rows(spec)
+        if len(rows) == 0:
             return []
-        order = np.argsort(-self.weigh(cols, spec), kind="stable")
-        names = [str(n) for n in cols["name"][order]]
+        scores = self.weigh(Survivors(cols, rows), spec)
+        k = min(max(TOP, self.cfg.host_subset_size + spec.num_alternates), len(rows))
+        best = np.argpartition(-scores, k - 1)[:k] if k < len(rows) else np.arange(len(rows))
+        best = best[np.argsort(-scores[best], kind="stable")]
+        names = [str(n) for n in cols["name"][rows[best]]]
         subset = min(self.cfg.host_subset_size, len(names))
         if subset > 1:
             head = names[:subset]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 
+import msgspec
 from nats.aio.client import Client
 
 from hvmesh.core import log, placement
@@ -24,6 +25,7 @@ from hvmesh.plugins.api import SchedulerContext
 LOG = log.get_logger(__name__)
 
 SELECT_SUBJECT = "hvmesh.sched.select"
+MAX_ROUNDS = 64  # select-and-claim rounds before giving up on a request
 VERSION = "0.1.0"
 
 
@@ -74,25 +76,37 @@ class SchedulerService:
             )
             if existing.claimed:
                 return Selection(host=held)
-        names = await self.scheduler.select(spec)
         resources = spec.flavor.resources()
-        last_reason = "no host passed the filters" if not names else ""
-        for i, name in enumerate(names):
-            result = await placement.claim(
-                self.store, name, spec.server_id, resources, self.cfg.scheduler.max_claim_attempts
-            )
-            if result.entry is not None:
-                self.index.apply_host(result.entry, name, result.entry.revision)
-            if result.claimed:
-                alternates = names[i + 1 : i + 1 + spec.num_alternates]
-                LOG.debug(
-                    "scheduler.selected",
-                    server=spec.server_id,
-                    host=name,
-                    tried=i + 1,
-                    ms=round((time.perf_counter() - started) * 1000, 2),
+        tried: list[str] = []
+        last_reason = "no host passed the filters"
+        for _ in range(MAX_ROUNDS):
+            round_spec = msgspec.structs.replace(spec, ignore_hosts=[*spec.ignore_hosts, *tried])
+            names = await self.scheduler.select(round_spec)
+            if not names:
+                break
+            for i, name in enumerate(names):
+                result = await placement.claim(
+                    self.store,
+                    name,
+                    spec.server_id,
+                    resources,
+                    self.cfg.scheduler.max_claim_attempts,
+                    known=self.index.hosts.get(name),
                 )
-                return Selection(host=name, alternates=alternates)
-            last_reason = f"{name}: {result.reason}"
+                if result.entry is not None:
+                    self.index.apply_host(result.entry, name, result.entry.revision)
+                if result.claimed:
+                    LOG.debug(
+                        "scheduler.selected",
+                        server=spec.server_id,
+                        host=name,
+                        tried=len(tried) + i + 1,
+                        ms=round((time.perf_counter() - started) * 1000, 2),
+                    )
+                    return Selection(
+                        host=name, alternates=names[i + 1 : i + 1 + spec.num_alternates]
+                    )
+                tried.append(name)
+                last_reason = f"{name}: {result.reason}"
         LOG.info("scheduler.no_valid_host", server=spec.server_id, reason=last_reason)
         return Selection(host=None, reason=last_reason)

@@ -337,6 +337,32 @@ def cmd_hypervisor_list(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_bench_scheduler(args: argparse.Namespace) -> None:
+    from hvmesh.core import bench
+
+    for flag in ("hosts", "requests", "schedulers", "concurrency"):
+        if getattr(args, flag) < 1:
+            raise CliError(f"--{flag} must be at least 1")
+    result = launcher.run(
+        bench.run(
+            hosts=args.hosts,
+            requests=args.requests,
+            schedulers=args.schedulers,
+            concurrency=args.concurrency,
+            url=args.url,
+            user=args.user or "",
+            password=args.password or "",
+            quiet=args.format == "json",
+        )
+    )
+    data = msgspec.to_builtins(result)
+    if args.format == "table":
+        data.pop("audit_problems")
+    output.emit(data, args.format)
+    if result.audit != "clean":
+        raise CliError(f"audit failed: {'; '.join(result.audit_problems[:3])}")
+
+
 def cmd_req(args: argparse.Namespace) -> None:
     try:
         body = json.loads(args.body) if args.body else {}
@@ -460,6 +486,20 @@ def build_parser() -> argparse.ArgumentParser:
         dest="action", required=True, metavar="ACTION"
     )
     leaf(hv, "list", cmd_hypervisor_list, "list hypervisors (admin)")
+
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    p = leaf(
+        bench,
+        "scheduler",
+        cmd_bench_scheduler,
+        "placement decisions/s and latency through real scheduler processes, claims included",
+    )
+    p.add_argument("--hosts", type=int, default=10000, help="simulated hosts")
+    p.add_argument("--requests", type=int, default=5000, help="placements to make")
+    p.add_argument("--schedulers", type=int, default=1, help="scheduler processes")
+    p.add_argument("--concurrency", type=int, default=8, help="requests in flight")
 
     p = leaf(sub, "req", cmd_req, "send a raw JSON request, as `nats req` does")
     p.add_argument("subject", help="e.g. hvmesh.api.servers.list")

@@ -99,8 +99,8 @@ class HostColumns:
         return row
 
     def put(self, host: Host, revision: int) -> None:
+        i = self._row_for(host.name)  # may grow the arrays: look the columns up after
         a = self.arrays
-        i = self._row_for(host.name)
         a["name"][i] = host.name
         a["driver"][i] = host.driver
         a["availability_zone"][i] = host.availability_zone
@@ -127,7 +127,8 @@ class HostColumns:
             self.arrays["present"][row] = False
 
     def beat(self, name: str, at: float) -> None:
-        self.arrays["heartbeat"][self._row_for(name)] = at
+        row = self._row_for(name)  # may grow the arrays: look the column up after
+        self.arrays["heartbeat"][row] = at
 
     def view(self) -> dict[str, np.ndarray]:
         """Every column up to the last used row (views: no copy)."""
@@ -250,6 +251,7 @@ class Index:
         cols = self.columns.view()
         present = cols["present"]
         table = {c: cols[c] for c in SQL_COLUMNS}
+        table["up"] = cols["heartbeat"] >= time.time() - self.service_down_time
         table["row"] = np.arange(self.columns.size)
         if not present.all():
             table = {c: a[present] for c, a in table.items()}

@@ -19,6 +19,10 @@ from hvmesh.plugins import hookimpl
 from hvmesh.plugins.api import Columns, SchedulerContext
 
 TOP = 16  # hosts ordered and handed to the claim step per round
+# Added to every total weight: far below any real difference, it breaks ties at random.
+# Equal hosts are the common case (a fleet of untouched identical hosts), and without it
+# the partial sort degrades to its slow path and every scheduler races for the same host.
+TIE_BREAK = 1e-9
 
 
 def normalise(values: np.ndarray) -> np.ndarray:
@@ -52,6 +56,7 @@ class FilterScheduler:
     def __init__(self, ctx: SchedulerContext) -> None:
         self.ctx = ctx
         self.cfg = ctx.config.scheduler
+        self.rng = np.random.default_rng()
         self.masks = [f for f in ctx.filters if f.mask is not None]
         self.sqls = [f for f in ctx.filters if f.mask is None and f.sql is not None]
         self.per_host = [f for f in ctx.filters if f.mask is None and f.sql is None]
@@ -108,6 +113,7 @@ class FilterScheduler:
         if len(rows) == 0:
             return []
         scores = self.weigh(Survivors(cols, rows), spec)
+        scores += self.rng.random(len(scores)) * TIE_BREAK
         k = min(max(TOP, self.cfg.host_subset_size + spec.num_alternates), len(rows))
         best = np.argpartition(-scores, k - 1)[:k] if k < len(rows) else np.arange(len(rows))
         best = best[np.argsort(-scores[best], kind="stable")]

@@ -203,3 +203,26 @@ def test_builtins_register_through_entry_points() -> None:
     assert "fake" in reg.drivers
     with pytest.raises(manager.PluginError, match="unknown filter NoSuchFilter"):
         reg.pick("filters", ["NoSuchFilter"])
+
+
+def test_index_grows_past_its_first_capacity_in_any_order() -> None:
+    index = Index(service_down_time=60)
+    n = 3000
+    for i in range(n):  # heartbeats before records for the first half
+        if i < n // 2:
+            index.apply_heartbeat(Heartbeat(host=f"h{i}", at=time.time(), agent_id="x"))
+    for i in range(n):
+        h = host(f"h{i}", ram=1024 + i)
+        index.apply_host(Entry(key=h.name, value=h, revision=i + 1), h.name, i + 1)
+    for i in range(n // 2, n):
+        index.apply_heartbeat(Heartbeat(host=f"h{i}", at=time.time(), agent_id="x"))
+    cols = index.candidate_columns()
+    assert index.columns.size == n
+    assert cols["present"].all() and cols["up"].all()
+    assert int(cols["memory_mb"][index.columns.row["h2999"]]) == 1024 + 2999
+    names, rows = index.query("SELECT count(*), max(memory_mb) FROM hosts WHERE up")
+    assert rows == [(n, 1024 + 2999)]
+    # A deleted host leaves the candidates and the SQL table.
+    index.apply_host(None, "h0", n + 1)
+    assert not index.candidate_columns()["present"][index.columns.row["h0"]]
+    assert index.query("SELECT count(*) FROM hosts")[1] == [(n - 1,)]

@@ -1,0 +1,273 @@
+"""`hvmesh bench scheduler`: placement decisions per second and latency, claims included.
+
+It writes N simulated host records (and their heartbeats) into a deployment, starts K
+real scheduler processes (`hvmesh scheduler`), sends M placement requests on
+hvmesh.sched.select over NATS with a fixed number in flight, and audits every host
+record afterwards: no host may hold more than its capacity, no server two claims.
+Without --url it runs on its own nats-server in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import nats
+import numpy as np
+
+from hvmesh.core import bus, config, natsserver
+from hvmesh.core.models import Flavor, Heartbeat, Host, Inventory, RequestSpec, encode, now
+from hvmesh.core.store import Store
+
+
+class BenchResult(msgspec.Struct, kw_only=True):
+    hosts: int
+    requests: int
+    schedulers: int
+    concurrency: int
+    placed: int
+    no_valid_host: int
+    errors: int
+    seconds: float
+    decisions_per_s: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    audit: str
+    audit_problems: list[str]
+
+
+def bench_host(i: int, width: int) -> Host:
+    """A simulated hypervisor: 64 VCPU, 256 GiB, 4 TB, in one of four zones."""
+    return Host(
+        name=f"bench-{i:0{width}d}",
+        driver="fake",
+        availability_zone=f"az{i % 4}",
+        hypervisor_type="fake",
+        inventories={
+            "VCPU": Inventory(total=64, max_unit=64, allocation_ratio=4.0),
+            "MEMORY_MB": Inventory(total=262144, reserved=512, max_unit=262144),
+            "DISK_GB": Inventory(total=4000, max_unit=4000),
+        },
+    )
+
+
+class Progress:
+    """One line on stderr that counts up, for long steps."""
+
+    def __init__(self, what: str, total: int, quiet: bool) -> None:
+        self.what = what
+        self.total = total
+        self.quiet = quiet or not sys.stderr.isatty()
+        self.done = 0
+        self._shown = 0.0
+
+    def step(self, n: int = 1) -> None:
+        self.done += n
+        t = time.monotonic()
+        if not self.quiet and (t - self._shown > 0.2 or self.done >= self.total):
+            self._shown = t
+            print(f"\r  {self.what}: {self.done}/{self.total}", end="", file=sys.stderr, flush=True)
+            if self.done >= self.total:
+                print(file=sys.stderr)
+
+
+async def seed_hosts(store: Store, count: int, quiet: bool) -> None:
+    width = max(5, len(str(count)))
+    progress = Progress("writing host records", count, quiet)
+    window = 512
+    for start in range(0, count, window):
+        batch = [bench_host(i, width) for i in range(start, min(count, start + window))]
+        await asyncio.gather(*(store.hosts.put(h.name, h) for h in batch))
+        at = now()
+        await asyncio.gather(
+            *(
+                store.heartbeats.put(h.name, Heartbeat(host=h.name, at=at, agent_id="bench"))
+                for h in batch
+            )
+        )
+        progress.step(len(batch))
+
+
+async def keep_beating(store: Store, count: int) -> None:
+    """Heartbeats for every simulated host, so none goes down during a long run."""
+    width = max(5, len(str(count)))
+    while True:
+        await asyncio.sleep(20.0)
+        at = now()
+        for start in range(0, count, 512):
+            await asyncio.gather(
+                *(
+                    store.heartbeats.put(name, Heartbeat(host=name, at=at, agent_id="bench"))
+                    for name in (
+                        f"bench-{i:0{width}d}" for i in range(start, min(count, start + 512))
+                    )
+                )
+            )
+
+
+def capacity_problems(hosts: list[Host]) -> list[str]:
+    problems: list[str] = []
+    owners: dict[str, str] = {}
+    for host in hosts:
+        for rc, inv in host.inventories.items():
+            if host.used(rc) > inv.capacity():
+                problems.append(f"{host.name}: {rc} {host.used(rc)} used > {inv.capacity()}")
+        for sid in host.allocations:
+            if sid in owners:
+                problems.append(f"{sid}: claimed on {owners[sid]} and {host.name}")
+            owners[sid] = host.name
+    return problems
+
+
+async def wait_ready(nc: Any, count: int, timeout: float) -> None:
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    seen: set[str] = set()
+    deadline = time.monotonic() + timeout
+    try:
+        while len(seen) < count:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {len(seen)} of {count} schedulers started")
+            await nc.publish("$SRV.PING.hvmesh-scheduler", b"", reply=inbox)
+            with contextlib.suppress(nats.errors.TimeoutError):
+                while len(seen) < count:
+                    msg = await sub.next_msg(timeout=0.5)
+                    if msg.data:
+                        seen.add(msgspec.json.decode(msg.data)["id"])
+    finally:
+        await sub.unsubscribe()
+
+
+async def run(
+    hosts: int,
+    requests: int,
+    schedulers: int = 1,
+    concurrency: int = 8,
+    url: str | None = None,
+    user: str = "",
+    password: str = "",
+    quiet: bool = False,
+) -> BenchResult:
+    with tempfile.TemporaryDirectory(prefix="hvmesh-bench-") as tmp:
+        server = None
+        if url is None:
+            server = await natsserver.start(
+                Path(tmp) / "nats", port=natsserver.free_port(), leaf_port=natsserver.free_port()
+            )
+            url, user, password = server.address, "hvmesh", server.passwords["service"]
+        cfg = config.Config()
+        cfg = msgspec.structs.replace(
+            cfg,
+            nats=msgspec.structs.replace(cfg.nats, url=url, user=user, password=password),
+            DEFAULT=msgspec.structs.replace(cfg.DEFAULT, log_level="warning"),
+        )
+        cfg_path = Path(tmp) / "bench.ini"
+        config.write(cfg, cfg_path)
+        procs: list[subprocess.Popen[bytes]] = []
+        nc = await bus.connect(cfg.nats, "hvmesh-bench")
+        beats: asyncio.Task[None] | None = None
+        try:
+            store = await Store(nc.jetstream()).open()
+            await seed_hosts(store, hosts, quiet)
+            beats = asyncio.create_task(keep_beating(store, hosts))
+            env = {**os.environ, "HVMESH_CONFIG": str(cfg_path)}
+            exe = str(Path(sys.executable).parent / "hvmesh")
+            for _ in range(schedulers):
+                procs.append(
+                    subprocess.Popen([exe, "scheduler"], env=env, stdout=subprocess.DEVNULL)
+                )
+            if not quiet:
+                print(
+                    f"  starting {schedulers} scheduler(s) and loading the index", file=sys.stderr
+                )
+            await wait_ready(nc, schedulers, timeout=120 + hosts / 1000)
+            result = await place(nc, store, hosts, requests, schedulers, concurrency, quiet)
+        finally:
+            if beats is not None:
+                beats.cancel()
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+            await nc.close()
+            if server is not None:
+                server.stop()
+        return result
+
+
+async def place(
+    nc: Any,
+    store: Store,
+    hosts: int,
+    requests: int,
+    schedulers: int,
+    concurrency: int,
+    quiet: bool,
+) -> BenchResult:
+    flavor = Flavor(id="bench", name="bench", vcpus=2, ram_mb=2048, disk_gb=20)
+    latencies = np.zeros(requests, dtype=np.float64)
+    outcome = {"placed": 0, "none": 0, "errors": 0}
+    progress = Progress("placing", requests, quiet)
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(requests):
+        queue.put_nowait(i)
+
+    async def worker() -> None:
+        while True:
+            try:
+                i = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            spec = RequestSpec(
+                server_id=str(uuid.uuid4()),
+                project="bench",
+                flavor=flavor,
+                availability_zone=f"az{i % 4}" if i % 2 else None,
+            )
+            t0 = time.perf_counter()
+            try:
+                msg = await nc.request("hvmesh.sched.select", encode(spec), timeout=30)
+                bus.raise_for_error(msg)
+                reply = msgspec.json.decode(msg.data)
+                outcome["placed" if reply.get("host") else "none"] += 1
+            except Exception:
+                outcome["errors"] += 1
+            latencies[i] = time.perf_counter() - t0
+            progress.step()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    seconds = time.perf_counter() - started
+    problems = capacity_problems(await store.hosts.values())
+    ms = latencies * 1000
+    return BenchResult(
+        hosts=hosts,
+        requests=requests,
+        schedulers=schedulers,
+        concurrency=concurrency,
+        placed=outcome["placed"],
+        no_valid_host=outcome["none"],
+        errors=outcome["errors"],
+        seconds=round(seconds, 3),
+        decisions_per_s=round(requests / seconds, 1),
+        p50_ms=round(float(np.percentile(ms, 50)), 3),
+        p90_ms=round(float(np.percentile(ms, 90)), 3),
+        p99_ms=round(float(np.percentile(ms, 99)), 3),
+        max_ms=round(float(ms.max()), 3),
+        audit="clean" if not problems else f"{len(problems)} problems",
+        audit_problems=problems[:20],
+    )

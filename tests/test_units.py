@@ -220,7 +220,8 @@ def test_index_grows_past_its_first_capacity_in_any_order() -> None:
     assert index.columns.size == n
     assert cols["present"].all() and cols["up"].all()
     assert int(cols["memory_mb"][index.columns.row["h2999"]]) == 1024 + 2999
-    names, rows = index.query("SELECT count(*), max(memory_mb) FROM hosts WHERE up")
+    columns, rows = index.query("SELECT count(*), max(memory_mb) FROM hosts WHERE up")
+    assert columns == ["count_star()", "max(memory_mb)"]
     assert rows == [(n, 1024 + 2999)]
     # A deleted host leaves the candidates and the SQL table.
     index.apply_host(None, "h0", n + 1)

@@ -133,11 +133,16 @@ class ApiService:
         if not ref.id and not ref.name:
             raise errors.BadRequest(f"give the {what}'s id or name")
 
-    async def find_flavor(self, ref: str) -> Flavor:
+    async def find_flavor(self, ref: str, caller: Caller) -> Flavor:
+        """A flavor by id or unique name; private flavors only for the admin project."""
         entry = await self.st.flavors.get(ref) if _is_key(ref) else None
-        if entry is not None:
+        if entry is not None and (entry.value.is_public or caller.is_admin):
             return entry.value
-        matches = [f for f in await self.st.flavors.values() if f.name == ref]
+        matches = [
+            f
+            for f in await self.st.flavors.values()
+            if f.name == ref and (f.is_public or caller.is_admin)
+        ]
         if len(matches) > 1:
             raise errors.Conflict(f"more than one flavor is named {ref!r}; use its id")
         if not matches:
@@ -195,12 +200,12 @@ class ApiService:
 
     async def flavor_get(self, caller: Caller, req: Ref) -> dict:
         self._check_ref(req, "flavor")
-        return {"flavor": await self.find_flavor(req.id or req.name or "")}
+        return {"flavor": await self.find_flavor(req.id or req.name or "", caller)}
 
     async def flavor_delete(self, caller: Caller, req: Ref) -> dict:
         need_admin(caller, "deleting flavors")
         self._check_ref(req, "flavor")
-        flavor = await self.find_flavor(req.id or req.name or "")
+        flavor = await self.find_flavor(req.id or req.name or "", caller)
         await self.st.flavors.delete(flavor.id)
         return {"deleted": flavor.id}
 
@@ -241,7 +246,7 @@ class ApiService:
     # --- servers --------------------------------------------------------------------------
 
     async def server_create(self, caller: Caller, req: ServerCreate) -> dict:
-        flavor = await self._resolve(self.find_flavor(req.flavor), "flavor")
+        flavor = await self._resolve(self.find_flavor(req.flavor, caller), "flavor")
         image = await self._resolve(self.find_image(req.image, caller), "image")
         if image.min_ram_mb > flavor.ram_mb:
             raise errors.BadRequest(

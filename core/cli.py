@@ -20,7 +20,7 @@ from typing import Any
 
 import msgspec
 
-from hvmesh.core import bus, config, contexts, errors, launcher, log, output
+from hvmesh.core import bus, config, contexts, errors, launcher, log, natsserver, output
 
 SERVER_COLUMNS = ["id", "name", "status", "task_state", "power_state", "flavor", "image", "host"]
 FLAVOR_COLUMNS = ["id", "name", "vcpus", "ram_mb", "disk_gb", "is_public"]
@@ -113,13 +113,8 @@ def ref(value: str) -> dict[str, str]:
 
 def service_config(args: argparse.Namespace) -> config.Config:
     cfg = config.load(args.config)
-    if args.url:
-        cfg = msgspec.structs.replace(
-            cfg,
-            nats=msgspec.structs.replace(
-                cfg.nats, url=args.url, user=args.user or "", password=args.password or ""
-            ),
-        )
+    if args.url or args.context:
+        cfg = msgspec.structs.replace(cfg, nats=nats_settings(args))
     log.setup("debug" if args.debug else cfg.DEFAULT.log_level)
     return cfg
 
@@ -169,6 +164,10 @@ def cmd_agent(args: argparse.Namespace) -> None:
 def cmd_up(args: argparse.Namespace) -> None:
     from hvmesh.core.up import up
 
+    if args.url or args.context:
+        raise CliError(
+            "hvmesh up runs its own nats-server: --url and --context are for other commands"
+        )
     cfg = service_config(args)
     if args.fake_hosts < 0:
         raise CliError("--fake-hosts must be 0 or more")
@@ -514,7 +513,14 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except KeyboardInterrupt:
         return 130
-    except (CliError, errors.HvmeshError, config.ConfigError, ValueError, OSError) as exc:
+    except (
+        CliError,
+        errors.HvmeshError,
+        config.ConfigError,
+        natsserver.NatsServerError,
+        ValueError,
+        OSError,
+    ) as exc:
         if args.debug:
             traceback.print_exc()
         message = getattr(exc, "message", None) or str(exc)

@@ -43,11 +43,15 @@ def task_subject(kind: str) -> str:
 
 
 async def publish_task(js: Any, task: Task) -> None:
-    """Queue a task; the message id makes a repeated publish of the same step a no-op."""
+    """Queue a task; the message id makes a repeated publish of the same step a no-op.
+
+    A new request (a second delete after a failed one) has a new request id, so it is
+    never taken for a repeat.
+    """
     await js.publish(
         task_subject(task.kind),
         encode(task),
-        headers={"Nats-Msg-Id": f"{task.server_id}:{task.kind}:{task.attempt}"},
+        headers={"Nats-Msg-Id": f"{task.server_id}:{task.kind}:{task.attempt}:{task.request_id}"},
     )
 
 
@@ -83,7 +87,7 @@ class Conductor:
             config=ConsumerConfig(
                 ack_policy=AckPolicy.EXPLICIT,
                 ack_wait=self.cfg.conductor.task_ack_wait,
-                deliver_policy=DeliverPolicy.NEW,
+                deliver_policy=DeliverPolicy.ALL,
                 max_ack_pending=self.cfg.conductor.workers * 8,
             ),
         )

@@ -7,6 +7,8 @@ admin and the demo tenant; prints how to connect; stops everything on Ctrl-C/SIG
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sys
 from pathlib import Path
 
@@ -65,6 +67,13 @@ def banner(server: natsserver.NatsServer, fake_hosts: int, made: dict[str, Path]
     )
 
 
+async def _stop_when_exits(server: natsserver.NatsServer, stop: asyncio.Event) -> None:
+    """Stop everything if nats-server dies under us: the services cannot work without it."""
+    await asyncio.to_thread(server.process.wait)
+    LOG.error("up.nats_server_exited", code=server.process.returncode)
+    stop.set()
+
+
 async def up(
     cfg: Config,
     data_dir: Path,
@@ -93,10 +102,18 @@ async def up(
         def ready() -> None:
             print(banner(server, fake_hosts, made), flush=True)
 
+        stop = asyncio.Event()
+        watchdog = asyncio.create_task(_stop_when_exits(server, stop))
         try:
-            await launcher.serve(components, on_ready=ready)
+            await launcher.serve(components, on_ready=ready, stop=stop)
         finally:
-            await nc.drain()
+            watchdog.cancel()
+            with contextlib.suppress(Exception):
+                await nc.drain()
+        if server.process.poll() is not None:
+            raise natsserver.NatsServerError(
+                f"nats-server exited (code {server.process.returncode}); see {server.log_path}"
+            )
     finally:
         server.stop()
         print("hvmesh stopped.", file=sys.stderr, flush=True)

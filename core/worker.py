@@ -70,8 +70,8 @@ class PullWorker(Generic[T]):
                 pass
             try:
                 msgs: list[Msg] = await self.sub.fetch(batch=self.batch, timeout=2.0)
-            except NatsTimeout:
-                continue
+            except (NatsTimeout, TimeoutError):
+                continue  # nothing to do within the fetch window
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -146,6 +146,17 @@ async def test_flavor_and_image_crud(cloud: Deployment, admin: ApiClient, demo: 
         await demo("images.create", {"name": "pub", "visibility": "public"})
     await demo("images.delete", {"id": private["id"]})
     assert (await demo("images.list"))["images"] == []
+    hidden = (
+        await admin(
+            "flavors.create", {"name": "secret", "vcpus": 1, "ram_mb": 64, "is_public": False}
+        )
+    )["flavor"]
+    assert [f["name"] for f in (await demo("flavors.list"))["flavors"]] == ["m1.tiny"]
+    for ref in ({"id": hidden["id"]}, {"name": "secret"}):
+        with pytest.raises(errors.NotFound):
+            await demo("flavors.get", ref)
+    with pytest.raises(errors.BadRequest, match="flavor secret not found"):
+        await demo("servers.create", {"name": "x", "flavor": "secret", "image": "cirros"})
     await admin("flavors.delete", {"name": "m1.tiny"})
     with pytest.raises(errors.NotFound):
         await admin("flavors.get", {"id": flavor["id"]})

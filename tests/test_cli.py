@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -220,3 +221,44 @@ async def test_hvmesh_up_end_to_end(tmp_path: Path) -> None:
     else:
         writer.close()
         raise AssertionError("nats-server still listens after hvmesh up stopped")
+
+
+async def test_hvmesh_up_stops_when_its_nats_server_dies(tmp_path: Path) -> None:
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    proc = await asyncio.create_subprocess_exec(
+        HVMESH,
+        "up",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--nats-port",
+        str(natsserver.free_port()),
+        "--leaf-port",
+        str(natsserver.free_port()),
+        "--fake-hosts",
+        "1",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    async with asyncio.timeout(60):
+        while b"Stop: Ctrl-C" not in await proc.stdout.readline():
+            pass
+    children = subprocess.run(
+        ["pgrep", "-P", str(proc.pid), "nats-server"], capture_output=True, text=True
+    )
+    (nats_pid,) = children.stdout.split()
+    os.kill(int(nats_pid), signal.SIGKILL)
+    code = await asyncio.wait_for(proc.wait(), timeout=30)
+    err = (await proc.stderr.read()).decode()
+    assert code == 1
+    assert "error: nats-server exited" in err
+
+
+async def test_up_refuses_connection_options() -> None:
+    code, _, err = await hvmesh("up", "--url", "nats://127.0.0.1:4222")
+    assert code == 1
+    assert (
+        err.strip()
+        == "error: hvmesh up runs its own nats-server: --url and --context are for other commands"
+    )

@@ -28,6 +28,7 @@ class NodeInventory(msgspec.Struct, kw_only=True):
     local_gb: int
     hypervisor_type: str
     hypervisor_version: str = ""
+    cpu_arch: str = "x86_64"
     traits: list[str] = msgspec.field(default_factory=list)
 
 

@@ -136,6 +136,7 @@ class AgentRuntime:
                 traits=sorted(set(node.traits)),
                 hypervisor_type=node.hypervisor_type,
                 hypervisor_version=node.hypervisor_version,
+                cpu_arch=node.cpu_arch,
                 updated_at=now(),
             )
 

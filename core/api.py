@@ -274,6 +274,8 @@ class ApiService:
             image_name=image.name,
             availability_zone=req.availability_zone,
             metadata=req.metadata,
+            image_properties=image.properties,
+            scheduler_hints=req.scheduler_hints,
         )
         await self.st.servers.create(server.id, server)
         await publish_task(

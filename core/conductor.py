@@ -136,7 +136,9 @@ class Conductor:
             server_id=srv.id,
             project=srv.project,
             flavor=srv.flavor,
+            image_properties=srv.image_properties,
             availability_zone=srv.availability_zone,
+            scheduler_hints=srv.scheduler_hints,
             ignore_hosts=list(srv.retry_hosts),
         )
         try:

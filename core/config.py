@@ -72,11 +72,23 @@ class SchedulerSection(Struct, kw_only=True, forbid_unknown_fields=True):
                 "CoreFilter",
                 "RamFilter",
                 "DiskFilter",
+                "ComputeCapabilitiesFilter",
+                "ImagePropertiesFilter",
+                "TraitsFilter",
+                "SameHostFilter",
+                "DifferentHostFilter",
             ]
         )
     )
     weighers: Annotated[list[str], Meta(description="Weighers applied; their scores add up.")] = (
-        msgspec.field(default_factory=lambda: ["RAMWeigher", "CPUWeigher"])
+        msgspec.field(
+            default_factory=lambda: [
+                "RAMWeigher",
+                "CPUWeigher",
+                "DiskWeigher",
+                "NumInstancesWeigher",
+            ]
+        )
     )
     host_subset_size: Annotated[
         int,
@@ -98,6 +110,18 @@ class SchedulerSection(Struct, kw_only=True, forbid_unknown_fields=True):
     workers: Annotated[
         int, Meta(ge=1, description="Placement requests one scheduler handles at once.")
     ] = 64
+    max_instances_per_host: Annotated[
+        int, Meta(ge=1, description="NumInstancesFilter: most servers one host may hold.")
+    ] = 50
+    disk_weight_multiplier: Annotated[
+        float, Meta(description="DiskWeigher: positive spreads by free disk, negative packs.")
+    ] = 1.0
+    num_instances_weight_multiplier: Annotated[
+        float,
+        Meta(
+            description="NumInstancesWeigher: positive prefers hosts with more servers, negative fewer."
+        ),
+    ] = 0.0
 
 
 class ComputeSection(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -133,6 +157,12 @@ class FakeSection(Struct, kw_only=True, forbid_unknown_fields=True):
     destroy_delay: Annotated[
         float, Meta(ge=0, description="Seconds a simulated destroy takes.")
     ] = 0.1
+    traits: Annotated[list[str], Meta(description="Traits each simulated host reports.")] = (
+        msgspec.field(default_factory=list)
+    )
+    cpu_arch: Annotated[str, Meta(description="CPU architecture simulated hosts report.")] = (
+        "x86_64"
+    )
     fail_rate: Annotated[
         float, Meta(ge=0, le=1, description="Fraction of simulated spawns that fail.")
     ] = 0.0

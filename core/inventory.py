@@ -32,6 +32,7 @@ HOST_COLUMNS: dict[str, Any] = {
     "driver": object,
     "availability_zone": object,
     "hypervisor_type": object,
+    "cpu_arch": object,
     "az_code": np.int32,
     "enabled": np.bool_,
     "present": np.bool_,
@@ -84,6 +85,12 @@ class HostColumns:
         self.row: dict[str, int] = {}
         self.zones = Codes()
         self.arrays = {c: np.zeros(capacity, dtype=t) for c, t in HOST_COLUMNS.items()}
+        # Traits are sets per host; filters ask "which rows have trait T", so keep both
+        # directions, and a mask per trait rebuilt only when its membership changed.
+        self.row_traits: dict[int, frozenset[str]] = {}
+        self.trait_rows: dict[str, set[int]] = {}
+        self._trait_masks: dict[str, tuple[int, np.ndarray]] = {}
+        self._trait_version: dict[str, int] = {}
 
     def _row_for(self, name: str) -> int:
         row = self.row.get(name)
@@ -106,7 +113,12 @@ class HostColumns:
         a["availability_zone"][i] = host.availability_zone
         a["az_code"][i] = self.zones.of(host.availability_zone)
         a["hypervisor_type"][i] = host.hypervisor_type
+        a["cpu_arch"][i] = host.cpu_arch
         a["enabled"][i] = host.status == "enabled"
+        traits = set(host.traits)
+        if host.status != "enabled":
+            traits.add("COMPUTE_STATUS_DISABLED")
+        self._set_traits(i, frozenset(traits))
         a["present"][i] = True
         a["running_vms"][i] = len(host.allocations)
         a["revision"][i] = revision
@@ -120,6 +132,31 @@ class HostColumns:
             a[total_c][i] = inv.total if inv else 0
             a[used_c][i] = used[rc]
             a[free_c][i] = (inv.capacity() - used[rc]) if inv else 0
+
+    def _set_traits(self, row: int, traits: frozenset[str]) -> None:
+        old = self.row_traits.get(row, frozenset())
+        if old == traits:
+            return
+        for t in old - traits:
+            self.trait_rows[t].discard(row)
+            self._trait_version[t] = self._trait_version.get(t, 0) + 1
+        for t in traits - old:
+            self.trait_rows.setdefault(t, set()).add(row)
+            self._trait_version[t] = self._trait_version.get(t, 0) + 1
+        self.row_traits[row] = traits
+
+    def has_trait(self, trait: str) -> np.ndarray:
+        """A mask over the rows: which hosts have `trait`."""
+        version = self._trait_version.get(trait, 0)
+        cached = self._trait_masks.get(trait)
+        if cached is not None and cached[0] == version and len(cached[1]) == self.size:
+            return cached[1]
+        mask = np.zeros(self.size, dtype=bool)
+        rows = self.trait_rows.get(trait)
+        if rows:
+            mask[np.fromiter(rows, dtype=np.int64, count=len(rows))] = True
+        self._trait_masks[trait] = (version, mask)
+        return mask
 
     def remove(self, name: str) -> None:
         row = self.row.get(name)
@@ -136,14 +173,29 @@ class HostColumns:
 
 
 class CandidateColumns(dict):
-    """The columns filters and weighers read, with the zone codes to compare against."""
+    """The columns filters and weighers read, and what they compare against.
 
-    def __init__(self, columns: dict[str, np.ndarray], zones: Codes) -> None:
+    Besides the arrays (see HOST_COLUMNS, plus `up`), filters may ask for a zone's
+    code, a mask of the hosts with a trait, the host holding a server, and the
+    deployment's configuration (`config`, set by the scheduler).
+    """
+
+    def __init__(self, columns: dict[str, np.ndarray], index: Index) -> None:
         super().__init__(columns)
-        self.zones = zones
+        self._index = index
+        self.config: Any = None
 
     def zone_code(self, zone: str) -> int:
-        return self.zones.lookup(zone)
+        return self._index.columns.zones.lookup(zone)
+
+    def has_trait(self, trait: str) -> np.ndarray:
+        return self._index.columns.has_trait(trait)
+
+    def host_of(self, server_id: str) -> str | None:
+        return self._index.consumers.get(server_id)
+
+    def row_of(self, host: str) -> int | None:
+        return self._index.columns.row.get(host)
 
 
 class Index:
@@ -245,7 +297,7 @@ class Index:
         """Every column (as views) plus a computed `up`; rows with present=False are gone."""
         cols = self.columns.view()
         cols["up"] = cols["heartbeat"] >= time.time() - self.service_down_time
-        return CandidateColumns(cols, self.columns.zones)
+        return CandidateColumns(cols, self)
 
     def _register(self) -> None:
         cols = self.columns.view()

@@ -111,6 +111,13 @@ class Fault(Record):
     created_at: float = field(default_factory=now)
 
 
+class SchedulerHints(Request):
+    """Nova's os:scheduler_hints that the built-in filters read."""
+
+    same_host: list[str] = field(default_factory=list)
+    different_host: list[str] = field(default_factory=list)
+
+
 class Server(Record):
     id: str
     name: str
@@ -126,6 +133,8 @@ class Server(Record):
     host: str | None = None
     fault: Fault | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    image_properties: dict[str, str] = field(default_factory=dict)
+    scheduler_hints: SchedulerHints = field(default_factory=SchedulerHints)
     # Build bookkeeping: which attempt this is and which hosts already failed it.
     attempt: int = 0
     retry_hosts: list[str] = field(default_factory=list)
@@ -140,6 +149,7 @@ class ServerCreate(Request):
     image: Name
     availability_zone: Annotated[str, Meta(min_length=1, max_length=255)] | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    scheduler_hints: SchedulerHints = field(default_factory=SchedulerHints)
 
 
 # --- hosts (resource providers) ---------------------------------------------------------------
@@ -178,6 +188,7 @@ class Host(Record):
     allocations: dict[str, dict[str, int]] = field(default_factory=dict)
     hypervisor_type: str = ""
     hypervisor_version: str = ""
+    cpu_arch: str = ""
     created_at: float = field(default_factory=now)
     updated_at: float = field(default_factory=now)
 
@@ -218,6 +229,7 @@ class RequestSpec(Record):
     flavor: Flavor
     image_properties: dict[str, str] = field(default_factory=dict)
     availability_zone: str | None = None
+    scheduler_hints: SchedulerHints = field(default_factory=SchedulerHints)
     ignore_hosts: list[str] = field(default_factory=list)
     num_alternates: int = 2
 

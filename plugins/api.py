@@ -30,6 +30,9 @@ class Filter:
     sql: Callable[[RequestSpec], tuple[str, list[Any]] | None] | None = None
     mask: Callable[[Columns, RequestSpec], np.ndarray | None] | None = None
     host_passes: Callable[[Host, RequestSpec], bool] | None = None
+    #: A cheap check on the request alone: False skips the filter for it (every host
+    #: passes). Worth giving with `host_passes`, which otherwise runs once per host.
+    applies: Callable[[RequestSpec], bool] | None = None
     description: str = ""
 
     def __post_init__(self) -> None:

@@ -12,9 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from hvmesh.core.models import RequestSpec
+from hvmesh.core.models import Host, RequestSpec
 from hvmesh.plugins import hookimpl
 from hvmesh.plugins.api import Columns, Filter
+from hvmesh.plugins.extra_specs import matches
 
 
 def _compute_mask(cols: Columns, spec: RequestSpec) -> np.ndarray:
@@ -43,6 +44,108 @@ def _fit(column: str, amount_of: Callable[[RequestSpec], int]) -> tuple[Any, Any
         return (f"{column} >= ?", [amount]) if amount > 0 else None
 
     return mask, sql
+
+
+def _capabilities(spec: RequestSpec) -> dict[str, str]:
+    return {
+        k.split(":", 1)[1]: v
+        for k, v in spec.flavor.extra_specs.items()
+        if k.startswith("capabilities:")
+    }
+
+
+def _host_capability(host: Host, name: str) -> object:
+    inv = host.inventories
+    known = {
+        "hypervisor_type": host.hypervisor_type,
+        "hypervisor_version": host.hypervisor_version,
+        "cpu_arch": host.cpu_arch,
+        "vcpus": inv["VCPU"].total if "VCPU" in inv else None,
+        "memory_mb": inv["MEMORY_MB"].total if "MEMORY_MB" in inv else None,
+        "local_gb": inv["DISK_GB"].total if "DISK_GB" in inv else None,
+        "availability_zone": host.availability_zone,
+    }
+    return known.get(name)
+
+
+def _capabilities_pass(host: Host, spec: RequestSpec) -> bool:
+    for name, requirement in _capabilities(spec).items():
+        value = _host_capability(host, name)
+        if value is None or not matches(value, requirement):
+            return False
+    return True
+
+
+# Image properties that name what the host must be, and the column holding it.
+_IMAGE_PROPERTY_COLUMNS = {
+    "hypervisor_type": "hypervisor_type",
+    "img_hv_type": "hypervisor_type",
+    "hw_architecture": "cpu_arch",
+    "architecture": "cpu_arch",
+}
+
+
+def _image_properties_mask(cols: Columns, spec: RequestSpec) -> np.ndarray | None:
+    mask = None
+    for prop, column in _IMAGE_PROPERTY_COLUMNS.items():
+        wanted = spec.image_properties.get(prop)
+        if wanted:
+            m = cols[column] == wanted
+            mask = m if mask is None else mask & m
+    return mask
+
+
+def _traits_wanted(spec: RequestSpec) -> tuple[set[str], set[str]]:
+    required: set[str] = set()
+    forbidden: set[str] = set()
+    for source in (spec.flavor.extra_specs, spec.image_properties):
+        for key, value in source.items():
+            if key.startswith("trait:"):
+                (
+                    required
+                    if value == "required"
+                    else forbidden
+                    if value == "forbidden"
+                    else set()
+                ).add(key[len("trait:") :])
+    return required, forbidden
+
+
+def _traits_mask(cols: Columns, spec: RequestSpec) -> np.ndarray | None:
+    required, forbidden = _traits_wanted(spec)
+    if not required and not forbidden:
+        return None
+    mask = np.ones(len(cols["name"]), dtype=bool)
+    for t in required:
+        mask &= cols.has_trait(t)  # type: ignore[attr-defined]
+    for t in forbidden:
+        mask &= ~cols.has_trait(t)  # type: ignore[attr-defined]
+    return mask
+
+
+def _num_instances_mask(cols: Columns, spec: RequestSpec) -> np.ndarray:
+    limit = cols.config.scheduler.max_instances_per_host  # type: ignore[attr-defined]
+    return cols["running_vms"] < limit
+
+
+def _hosts_of(cols: Columns, server_ids: list[str]) -> np.ndarray:
+    mask = np.zeros(len(cols["name"]), dtype=bool)
+    for sid in server_ids:
+        host = cols.host_of(sid)  # type: ignore[attr-defined]
+        row = cols.row_of(host) if host else None  # type: ignore[attr-defined]
+        if row is not None:
+            mask[row] = True
+    return mask
+
+
+def _same_host_mask(cols: Columns, spec: RequestSpec) -> np.ndarray | None:
+    ids = spec.scheduler_hints.same_host
+    return _hosts_of(cols, ids) if ids else None
+
+
+def _different_host_mask(cols: Columns, spec: RequestSpec) -> np.ndarray | None:
+    ids = spec.scheduler_hints.different_host
+    return ~_hosts_of(cols, ids) if ids else None
 
 
 _core_mask, _core_sql = _fit("vcpus_free", lambda s: s.flavor.vcpus)
@@ -78,6 +181,44 @@ BUILTIN_FILTERS = [
         mask=_disk_mask,
         sql=_disk_sql,
         description="Passes hosts with enough free DISK_GB (after reserved and allocation ratio).",
+    ),
+    Filter(
+        name="ComputeCapabilitiesFilter",
+        host_passes=_capabilities_pass,
+        applies=lambda spec: bool(_capabilities(spec)),
+        description="Passes hosts matching the flavor's capabilities:* extra specs "
+        "(hypervisor_type, hypervisor_version, cpu_arch, vcpus, memory_mb, local_gb), "
+        "with Nova's operators (s==, >=, <in>, <or>, ...).",
+    ),
+    Filter(
+        name="ImagePropertiesFilter",
+        mask=_image_properties_mask,
+        description="Passes hosts whose hypervisor type and CPU architecture are what the "
+        "image's hypervisor_type/img_hv_type and hw_architecture/architecture ask for.",
+    ),
+    Filter(
+        name="TraitsFilter",
+        mask=_traits_mask,
+        description="Passes hosts that have every trait marked required and none marked "
+        "forbidden (trait:NAME=required|forbidden in flavor extra specs or image "
+        "properties). A disabled host has COMPUTE_STATUS_DISABLED.",
+    ),
+    Filter(
+        name="NumInstancesFilter",
+        mask=_num_instances_mask,
+        description="Passes hosts with fewer than [scheduler] max_instances_per_host servers.",
+    ),
+    Filter(
+        name="SameHostFilter",
+        mask=_same_host_mask,
+        description="With the scheduler hint same_host: passes only hosts holding one of "
+        "those servers.",
+    ),
+    Filter(
+        name="DifferentHostFilter",
+        mask=_different_host_mask,
+        description="With the scheduler hint different_host: passes only hosts holding "
+        "none of those servers.",
     ),
 ]
 

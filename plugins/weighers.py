@@ -19,6 +19,14 @@ def _free_cpu(cols: Columns, spec: RequestSpec) -> np.ndarray:
     return cols["vcpus_free"].astype(np.float64)
 
 
+def _free_disk(cols: Columns, spec: RequestSpec) -> np.ndarray:
+    return cols["disk_gb_free"].astype(np.float64)
+
+
+def _num_instances(cols: Columns, spec: RequestSpec) -> np.ndarray:
+    return cols["running_vms"].astype(np.float64)
+
+
 BUILTIN_WEIGHERS = [
     Weigher(
         name="RAMWeigher",
@@ -31,6 +39,19 @@ BUILTIN_WEIGHERS = [
         weigh=_free_cpu,
         multiplier_option="cpu_weight_multiplier",
         description="Prefers hosts with more free vCPUs (negative multiplier: fewer, to pack).",
+    ),
+    Weigher(
+        name="DiskWeigher",
+        weigh=_free_disk,
+        multiplier_option="disk_weight_multiplier",
+        description="Prefers hosts with more free disk (negative multiplier: less, to pack).",
+    ),
+    Weigher(
+        name="NumInstancesWeigher",
+        weigh=_num_instances,
+        multiplier_option="num_instances_weight_multiplier",
+        description="As Nova's: a positive multiplier prefers hosts with more servers, a "
+        "negative one hosts with fewer; 0.0 (the default) ignores it.",
     ),
 ]
 

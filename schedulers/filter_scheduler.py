@@ -70,12 +70,15 @@ class FilterScheduler:
         """The index's columns and the row numbers of hosts passing every filter."""
         index = self.ctx.index
         cols = index.candidate_columns()
+        cols.config = self.ctx.config
         keep = cols["present"].copy()
         for name in spec.ignore_hosts:
             row = index.columns.row.get(name)
             if row is not None:
                 keep[row] = False
         for f in self.masks:
+            if f.applies is not None and not f.applies(spec):
+                continue
             m = f.mask(cols, spec)  # type: ignore[misc]
             if m is not None:
                 keep &= m
@@ -89,10 +92,11 @@ class FilterScheduler:
         if where and keep.any():
             keep &= index.sql_mask(where, params)
         rows = np.flatnonzero(keep)
-        if self.per_host and len(rows):
+        per_host = [f for f in self.per_host if f.applies is None or f.applies(spec)]
+        if per_host and len(rows):
             ok = [
                 (e := index.hosts.get(str(cols["name"][r]))) is not None
-                and all(f.host_passes(e.value, spec) for f in self.per_host)  # type: ignore[misc]
+                and all(f.host_passes(e.value, spec) for f in per_host)  # type: ignore[misc]
                 for r in rows
             ]
             rows = rows[np.asarray(ok, dtype=bool)]

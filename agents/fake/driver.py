@@ -33,6 +33,8 @@ class FakeDriver(ComputeDriver):
             local_gb=self.fake.local_gb,
             hypervisor_type="fake",
             hypervisor_version="1.0",
+            cpu_arch=self.fake.cpu_arch,
+            traits=list(self.fake.traits),
         )
 
     async def list_instances(self) -> list[str]:

@@ -47,17 +47,34 @@ class BenchResult(msgspec.Struct, kw_only=True):
     audit_problems: list[str]
 
 
-def bench_host(i: int, width: int) -> Host:
-    """A simulated hypervisor: 64 VCPU, 256 GiB, 4 TB, in one of four zones."""
+class HostSize(msgspec.Struct, frozen=True):
+    """What each simulated host has (before the VCPU allocation ratio)."""
+
+    vcpus: int = 64
+    cpu_ratio: float = 4.0
+    memory_mb: int = 262144
+    reserved_mb: int = 512
+    disk_gb: int = 4000
+
+
+DEFAULT_SIZE = HostSize()
+
+
+def bench_host(i: int, width: int, size: HostSize = DEFAULT_SIZE) -> Host:
+    """A simulated hypervisor (64 VCPU, 256 GiB, 4 TB by default) in one of four zones."""
     return Host(
         name=f"bench-{i:0{width}d}",
         driver="fake",
         availability_zone=f"az{i % 4}",
         hypervisor_type="fake",
         inventories={
-            "VCPU": Inventory(total=64, max_unit=64, allocation_ratio=4.0),
-            "MEMORY_MB": Inventory(total=262144, reserved=512, max_unit=262144),
-            "DISK_GB": Inventory(total=4000, max_unit=4000),
+            "VCPU": Inventory(
+                total=size.vcpus, max_unit=size.vcpus, allocation_ratio=size.cpu_ratio
+            ),
+            "MEMORY_MB": Inventory(
+                total=size.memory_mb, reserved=size.reserved_mb, max_unit=size.memory_mb
+            ),
+            "DISK_GB": Inventory(total=size.disk_gb, max_unit=size.disk_gb),
         },
     )
 
@@ -82,12 +99,12 @@ class Progress:
                 print(file=sys.stderr)
 
 
-async def seed_hosts(store: Store, count: int, quiet: bool) -> None:
+async def seed_hosts(store: Store, count: int, quiet: bool, size: HostSize = DEFAULT_SIZE) -> None:
     width = max(5, len(str(count)))
     progress = Progress("writing host records", count, quiet)
     window = 512
     for start in range(0, count, window):
-        batch = [bench_host(i, width) for i in range(start, min(count, start + window))]
+        batch = [bench_host(i, width, size) for i in range(start, min(count, start + window))]
         await asyncio.gather(*(store.hosts.put(h.name, h) for h in batch))
         at = now()
         await asyncio.gather(
@@ -158,6 +175,7 @@ async def run(
     user: str = "",
     password: str = "",
     quiet: bool = False,
+    size: HostSize = DEFAULT_SIZE,
 ) -> BenchResult:
     with tempfile.TemporaryDirectory(prefix="hvmesh-bench-") as tmp:
         server = None
@@ -179,7 +197,7 @@ async def run(
         beats: asyncio.Task[None] | None = None
         try:
             store = await Store(nc.jetstream()).open()
-            await seed_hosts(store, hosts, quiet)
+            await seed_hosts(store, hosts, quiet, size)
             beats = asyncio.create_task(keep_beating(store, hosts))
             env = {**os.environ, "HVMESH_CONFIG": str(cfg_path)}
             exe = str(Path(sys.executable).parent / "hvmesh")

@@ -25,6 +25,7 @@ import nats
 import numpy as np
 
 from hvmesh.core import bus, config, natsserver
+from hvmesh.core.audit import host_findings
 from hvmesh.core.models import Flavor, Heartbeat, Host, Inventory, RequestSpec, encode, now
 from hvmesh.core.store import Store
 
@@ -131,20 +132,6 @@ async def keep_beating(store: Store, count: int) -> None:
                     )
                 )
             )
-
-
-def capacity_problems(hosts: list[Host]) -> list[str]:
-    problems: list[str] = []
-    owners: dict[str, str] = {}
-    for host in hosts:
-        for rc, inv in host.inventories.items():
-            if host.used(rc) > inv.capacity():
-                problems.append(f"{host.name}: {rc} {host.used(rc)} used > {inv.capacity()}")
-        for sid in host.allocations:
-            if sid in owners:
-                problems.append(f"{sid}: claimed on {owners[sid]} and {host.name}")
-            owners[sid] = host.name
-    return problems
 
 
 async def wait_ready(nc: Any, count: int, timeout: float) -> None:
@@ -270,7 +257,9 @@ async def place(
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     seconds = time.perf_counter() - started
-    problems = capacity_problems(await store.hosts.values())
+    problems = [
+        f"{f.host}: {f.kind}: {f.message}" for f in host_findings(await store.hosts.values())
+    ]
     ms = latencies * 1000
     return BenchResult(
         hosts=hosts,

@@ -362,6 +362,32 @@ def cmd_bench_scheduler(args: argparse.Namespace) -> None:
         raise CliError(f"audit failed: {'; '.join(result.audit_problems[:3])}")
 
 
+def cmd_manage_audit(args: argparse.Namespace) -> None:
+    from hvmesh.core import audit
+    from hvmesh.core.store import Store
+
+    async def run() -> list[Any]:
+        nc = await connect_cli(args)
+        try:
+            store = await Store(nc.jetstream()).open(create=False)
+            return await audit.audit(store, heal=args.heal)
+        finally:
+            await nc.close()
+
+    found = launcher.run(run())
+    rows = [msgspec.to_builtins(f) for f in found]
+    if args.format == "json" or rows:
+        output.emit(rows, args.format, ["kind", "host", "server_id", "message", "healed"])
+    else:
+        print("audit: clean")
+    unhealed = [f for f in found if not f.healed]
+    if unhealed:
+        raise CliError(
+            f"{len(unhealed)} finding(s) left"
+            + ("" if args.heal else "; --heal fixes all but overcommit")
+        )
+
+
 def cmd_req(args: argparse.Namespace) -> None:
     try:
         body = json.loads(args.body) if args.body else {}
@@ -485,6 +511,17 @@ def build_parser() -> argparse.ArgumentParser:
         dest="action", required=True, metavar="ACTION"
     )
     leaf(hv, "list", cmd_hypervisor_list, "list hypervisors (admin)")
+
+    manage = sub.add_parser("manage", help="operator maintenance").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    p = leaf(
+        manage,
+        "audit",
+        cmd_manage_audit,
+        "compare host allocations with servers: overcommit, leaked, missing, mismatched, double",
+    )
+    p.add_argument("--heal", action="store_true", help="fix what can be fixed")
 
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(
         dest="action", required=True, metavar="ACTION"

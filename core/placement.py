@@ -77,29 +77,3 @@ async def release(store: Store, host: str, server_id: str) -> Entry[Host] | None
     entry = await store.hosts.mutate(host, drop)
     LOG.debug("placement.released", host=host, server=server_id)
     return entry
-
-
-async def audit(store: Store) -> list[str]:
-    """Every way the host records disagree with the servers: overfull hosts, leaks, misses."""
-    problems: list[str] = []
-    servers = {s.id: s for s in await store.servers.values()}
-    seen: dict[str, str] = {}
-    for host in await store.hosts.values():
-        for rc, inv in host.inventories.items():
-            if host.used(rc) > inv.capacity():
-                problems.append(
-                    f"{host.name}: {rc} {host.used(rc)} used > capacity {inv.capacity()}"
-                )
-        for sid, resources in host.allocations.items():
-            if sid in seen:
-                problems.append(f"{sid}: allocated on both {seen[sid]} and {host.name}")
-            seen[sid] = host.name
-            server = servers.get(sid)
-            if server is None:
-                problems.append(f"{host.name}: allocation for missing server {sid}")
-            elif resources != server.flavor.resources():
-                problems.append(f"{host.name}: allocation of {sid} differs from its flavor")
-    for sid, server in servers.items():
-        if server.host and server.vm_state == "active" and seen.get(sid) != server.host:
-            problems.append(f"{sid}: active on {server.host} without an allocation there")
-    return problems

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from hvmesh.core import errors, placement
+from hvmesh.core import audit, errors
 from tests.support import ApiClient, Deployment, gone, make_flavor_image, settled, wait_server
 
 
@@ -42,7 +42,7 @@ async def test_boot_show_list_delete(cloud: Deployment, admin: ApiClient) -> Non
     assert (await admin("servers.list"))["servers"] == []
     with pytest.raises(errors.NotFound):
         await admin("servers.get", {"id": created["id"]})
-    assert await placement.audit(cloud.store) == []
+    assert await audit.audit(cloud.store) == []
 
 
 async def test_records_are_scoped_to_the_callers_project(
@@ -104,7 +104,7 @@ async def test_no_valid_host_sets_error_with_fault(cloud: Deployment, admin: Api
     # An ERROR server without a host can be deleted, and nothing stays allocated.
     await admin("servers.delete", {"id": created["id"]})
     await wait_server(cloud.store, created["id"], gone)
-    assert await placement.audit(cloud.store) == []
+    assert await audit.audit(cloud.store) == []
 
 
 async def test_availability_zone_is_honoured(deployment: Deployment, admin: ApiClient) -> None:

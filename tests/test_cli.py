@@ -12,7 +12,7 @@ from typing import Any
 
 import nats
 
-from hvmesh.core import natsserver, placement
+from hvmesh.core import audit, natsserver
 from hvmesh.core.store import Store
 from tests.support import HVMESH, Deployment, gone, settled, wait_for_services, wait_server
 
@@ -97,7 +97,7 @@ async def test_cli_boot_list_show_delete(cloud: Deployment) -> None:
 
     await cli.ok("server", "delete", server["id"], "--wait")
     assert await cli.json("server", "list") == []
-    assert await placement.audit(cloud.store) == []
+    assert await audit.audit(cloud.store) == []
     assert all(not h.allocations for h in await cloud.store.hosts.values())
 
 

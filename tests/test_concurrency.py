@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
-from hvmesh.core import placement
+from hvmesh.core import audit
 from tests.support import ApiClient, Deployment, settled, wait_all, wait_for_services
 
 HOSTS = 10
@@ -66,7 +66,7 @@ async def test_concurrent_creates_never_oversubscribe(
     assert len(active) == HOSTS * PER_HOST
     assert all(s.fault is not None and s.fault.message.startswith("No valid host") for s in errored)
 
-    assert await placement.audit(store) == []
+    assert await audit.audit(store) == []
     hosts = await store.hosts.values()
     assert len(hosts) == HOSTS
     for host in hosts:

@@ -7,7 +7,7 @@ import signal
 
 from nats.js.errors import NotFoundError
 
-from hvmesh.core import placement
+from hvmesh.core import audit
 from hvmesh.core.api import ApiService
 from hvmesh.schedulers.service import SchedulerService
 from tests.support import (
@@ -47,7 +47,7 @@ async def test_conductor_killed_while_the_agent_spawns(
     deployment.spawn("conductor", cfg_file=cfg_file)
     server = await wait_server(deployment.store, created["id"], settled, timeout=60)
     assert server is not None and server.vm_state == "active" and server.host == "slow"
-    assert await placement.audit(deployment.store) == []
+    assert await audit.audit(deployment.store) == []
 
 
 async def test_conductor_killed_holding_a_task(deployment: Deployment, admin: ApiClient) -> None:
@@ -77,7 +77,7 @@ async def test_conductor_killed_holding_a_task(deployment: Deployment, admin: Ap
     deployment.spawn("conductor", cfg_file=cfg_file)
     server = await wait_server(deployment.store, created["id"], settled, timeout=60)
     assert server is not None and server.vm_state == "active" and server.host == "h1"
-    assert await placement.audit(deployment.store) == []
+    assert await audit.audit(deployment.store) == []
 
 
 async def wait_for_delivery(js, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hvmesh.core import placement
+from hvmesh.core import audit
 from tests.support import ApiClient, Deployment, make_flavor_image, settled, wait_server
 
 
@@ -31,7 +31,7 @@ async def test_failed_spawn_is_rescheduled_elsewhere(
     steady = (await deployment.store.hosts.get("steady")).value
     assert flaky.allocations == {}
     assert list(steady.allocations) == [created["id"]]
-    assert await placement.audit(deployment.store) == []
+    assert await audit.audit(deployment.store) == []
 
 
 async def test_build_fails_after_max_attempts(deployment: Deployment, admin: ApiClient) -> None:
@@ -54,4 +54,4 @@ async def test_build_fails_after_max_attempts(deployment: Deployment, admin: Api
     assert "simulated spawn failure" in server.fault.message
     for name in ("bad-1", "bad-2", "bad-3"):
         assert (await deployment.store.hosts.get(name)).value.allocations == {}
-    assert await placement.audit(deployment.store) == []
+    assert await audit.audit(deployment.store) == []

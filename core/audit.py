@@ -1,0 +1,140 @@
+"""Placement audit: do the host records' allocations agree with the servers? (`hvmesh manage audit`)
+
+Findings, as Nova's `nova-manage placement audit` and `heal_allocations` would see them:
+
+    overcommit  a host holds more of a resource class than its capacity (reported only)
+    double      one server holds allocations on two hosts
+    leaked      an allocation for a server that no longer exists
+    mismatch    an allocation that differs from its server's flavor
+    missing     an active server with no allocation on its host
+
+With heal, each finding but overcommit is fixed by a compare-and-set on the host record.
+Servers in the middle of being scheduled are left alone: their claim may not be on
+their record yet.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from hvmesh.core import states
+from hvmesh.core.models import Host, Server
+from hvmesh.core.store import Store
+
+
+class Finding(msgspec.Struct, kw_only=True):
+    kind: str
+    host: str
+    server_id: str = ""
+    message: str
+    healed: bool = False
+
+
+def host_findings(hosts: list[Host]) -> list[Finding]:
+    """What can be seen from the host records alone: overcommit and double claims."""
+    found: list[Finding] = []
+    owners: dict[str, str] = {}
+    for host in hosts:
+        for rc, inv in host.inventories.items():
+            if host.used(rc) > inv.capacity():
+                found.append(
+                    Finding(
+                        kind="overcommit",
+                        host=host.name,
+                        message=f"{rc} {host.used(rc)} used > capacity {inv.capacity()}",
+                    )
+                )
+        for sid in host.allocations:
+            if sid in owners:
+                found.append(
+                    Finding(
+                        kind="double",
+                        host=host.name,
+                        server_id=sid,
+                        message=f"also allocated on {owners[sid]}",
+                    )
+                )
+            owners.setdefault(sid, host.name)
+    return found
+
+
+def findings(hosts: list[Host], servers: dict[str, Server]) -> list[Finding]:
+    found = host_findings(hosts)
+    # A double claim is kept on the server's own host; the other copies are the finding.
+    for f in found:
+        if f.kind == "double":
+            server = servers.get(f.server_id)
+            if server is not None and server.host == f.host:
+                f.host, f.message = (
+                    f.message.removeprefix("also allocated on "),
+                    f"also allocated on {f.host}",
+                )
+    allocated = {(h.name, sid) for h in hosts for sid in h.allocations}
+    for host in hosts:
+        for sid, resources in host.allocations.items():
+            server = servers.get(sid)
+            if server is None:
+                found.append(
+                    Finding(
+                        kind="leaked",
+                        host=host.name,
+                        server_id=sid,
+                        message="server does not exist",
+                    )
+                )
+            elif resources != server.flavor.resources() and server.host == host.name:
+                found.append(
+                    Finding(
+                        kind="mismatch",
+                        host=host.name,
+                        server_id=sid,
+                        message=f"allocation {resources} differs from flavor {server.flavor.resources()}",
+                    )
+                )
+    for sid, server in servers.items():
+        settled = server.task_state is None or server.task_state == states.DELETING
+        if (
+            server.host
+            and server.vm_state != states.BUILDING
+            and settled
+            and (server.host, sid) not in allocated
+        ):
+            found.append(
+                Finding(
+                    kind="missing",
+                    host=server.host,
+                    server_id=sid,
+                    message=f"{server.vm_state} server without an allocation",
+                )
+            )
+    return found
+
+
+def _heal_one(record: Host, finding: Finding, servers: dict[str, Server]) -> Host | None:
+    allocations = dict(record.allocations)
+    if finding.kind in ("leaked", "double"):
+        if finding.server_id not in allocations:
+            return None
+        del allocations[finding.server_id]
+    elif finding.kind in ("mismatch", "missing"):
+        server = servers.get(finding.server_id)
+        if server is None:
+            return None
+        allocations[finding.server_id] = server.flavor.resources()
+    else:
+        return None
+    return msgspec.structs.replace(record, allocations=allocations)
+
+
+async def audit(store: Store, heal: bool = False) -> list[Finding]:
+    """Every finding; with `heal`, fix what can be fixed and mark it healed."""
+    hosts = await store.hosts.values()
+    servers = {s.id: s for s in await store.servers.values()}
+    found = findings(hosts, servers)
+    if heal:
+        for f in found:
+            if f.kind == "overcommit":
+                continue
+            entry = await store.hosts.mutate(f.host, lambda r, f=f: _heal_one(r, f, servers))
+            f.healed = entry is not None
+    return found

@@ -8,10 +8,13 @@ header; the admin project sees everything.
 
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import msgspec
+from msgspec import Meta
 from nats.aio.client import Client
 
-from hvmesh.core import errors, log, states
+from hvmesh.core import errors, log, reports, states
 from hvmesh.core.bus import Caller, MicroService
 from hvmesh.core.conductor import new_request_id, publish_task
 from hvmesh.core.config import Config
@@ -50,6 +53,15 @@ class Ref(Request):
 
 class IdOnly(Request):
     id: str
+
+
+class InventoryQuery(Request):
+    sql: Annotated[str, Meta(min_length=1, max_length=100_000)]
+    params: list[str | int | float | bool | None] = msgspec.field(default_factory=list)
+
+
+class InventoryReport(Request):
+    name: Literal["capacity", "consumers"]
 
 
 def need_admin(caller: Caller, what: str) -> None:
@@ -110,6 +122,13 @@ class ApiService:
         ep("servers-get", "hvmesh.api.servers.get", self.server_get, IdOnly)
         ep("servers-delete", "hvmesh.api.servers.delete", self.server_delete, IdOnly)
         ep("hypervisors-list", "hvmesh.api.hypervisors.list", self.hypervisor_list, Empty)
+        ep("inventory-query", "hvmesh.api.inventory.query", self.inventory_query, InventoryQuery)
+        ep(
+            "inventory-report",
+            "hvmesh.api.inventory.report",
+            self.inventory_report,
+            InventoryReport,
+        )
 
     @property
     def st(self) -> Store:
@@ -318,6 +337,23 @@ class ApiService:
             raise errors.NotFound(f"server {req.id} not found")
         await publish_task(self.js, Task(kind="delete", server_id=server.id, request_id=request_id))
         return {"server": server_view(written.value, caller)}
+
+    # --- inventory ------------------------------------------------------------------------
+
+    async def inventory_query(self, caller: Caller, req: InventoryQuery) -> dict:
+        need_admin(caller, "querying the inventory")
+        result = await reports.query(
+            self.index, await self.st.servers.values(), req.sql, req.params
+        )
+        return {"query": result}
+
+    async def inventory_report(self, caller: Caller, req: InventoryReport) -> dict:
+        need_admin(caller, "inventory reports")
+        description, sql = reports.REPORTS[req.name]
+        result = await reports.query(self.index, await self.st.servers.values(), sql, [])
+        return {
+            "report": {"name": req.name, "description": description, **msgspec.to_builtins(result)}
+        }
 
     # --- hypervisors ----------------------------------------------------------------------
 

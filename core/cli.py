@@ -362,6 +362,25 @@ def cmd_bench_scheduler(args: argparse.Namespace) -> None:
         raise CliError(f"audit failed: {'; '.join(result.audit_problems[:3])}")
 
 
+def _emit_result(result: dict[str, Any], fmt: str) -> None:
+    if fmt == "json":
+        output.emit(result, fmt)
+        return
+    columns = result["columns"]
+    output.emit([dict(zip(columns, row, strict=True)) for row in result["rows"]], fmt, columns)
+    if result.get("truncated"):
+        print(f"(first {len(result['rows'])} rows only)", file=sys.stderr)
+
+
+def cmd_inventory_query(args: argparse.Namespace) -> None:
+    body = {"sql": args.sql, "params": args.param or []}
+    _emit_result(call(args, "inventory", "query", body)["query"], args.format)
+
+
+def cmd_inventory_report(args: argparse.Namespace) -> None:
+    _emit_result(call(args, "inventory", "report", {"name": args.name})["report"], args.format)
+
+
 def cmd_manage_audit(args: argparse.Namespace) -> None:
     from hvmesh.core import audit
     from hvmesh.core.store import Store
@@ -511,6 +530,15 @@ def build_parser() -> argparse.ArgumentParser:
         dest="action", required=True, metavar="ACTION"
     )
     leaf(hv, "list", cmd_hypervisor_list, "list hypervisors (admin)")
+
+    inv = sub.add_parser("inventory", help="SQL over the inventory index (admin)").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    p = leaf(inv, "query", cmd_inventory_query, "read-only SQL over hosts, allocations, servers")
+    p.add_argument("sql", help="one SELECT statement; ? marks take --param values")
+    p.add_argument("--param", action="append", help="a value for the next ? mark")
+    p = leaf(inv, "report", cmd_inventory_report, "a ready-made report")
+    p.add_argument("name", choices=["capacity", "consumers"])
 
     manage = sub.add_parser("manage", help="operator maintenance").add_subparsers(
         dest="action", required=True, metavar="ACTION"

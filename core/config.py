@@ -64,21 +64,21 @@ class SchedulerSection(Struct, kw_only=True, forbid_unknown_fields=True):
     driver: Annotated[str, Meta(description="Scheduler implementation, by registered name.")] = (
         "filter_scheduler"
     )
-    enabled_filters: Annotated[list[str], Meta(description="Filters applied, in order.")] = (
-        msgspec.field(
-            default_factory=lambda: [
-                "ComputeFilter",
-                "AvailabilityZoneFilter",
-                "CoreFilter",
-                "RamFilter",
-                "DiskFilter",
-                "ComputeCapabilitiesFilter",
-                "ImagePropertiesFilter",
-                "TraitsFilter",
-                "SameHostFilter",
-                "DifferentHostFilter",
-            ]
-        )
+    enabled_filters: Annotated[
+        list[str], Meta(description="Filters applied: a host must pass all of them.")
+    ] = msgspec.field(
+        default_factory=lambda: [
+            "ComputeFilter",
+            "AvailabilityZoneFilter",
+            "CoreFilter",
+            "RamFilter",
+            "DiskFilter",
+            "ComputeCapabilitiesFilter",
+            "ImagePropertiesFilter",
+            "TraitsFilter",
+            "SameHostFilter",
+            "DifferentHostFilter",
+        ]
     )
     weighers: Annotated[list[str], Meta(description="Weighers applied; their scores add up.")] = (
         msgspec.field(

@@ -60,6 +60,13 @@ _RESOURCE_COLUMNS = {
 SQL_COLUMNS = [c for c in HOST_COLUMNS if c not in ("az_code", "present")]
 
 
+def _empty(size: int, dtype: Any) -> np.ndarray:
+    """A column of `size` rows: "" for strings (so masks can always call str methods), else 0."""
+    if dtype is object or dtype == np.dtype(object):
+        return np.full(size, "", dtype=object)
+    return np.zeros(size, dtype=dtype)
+
+
 class Codes:
     """Strings to small integers and back, for columns that filters compare."""
 
@@ -84,7 +91,7 @@ class HostColumns:
         self.size = 0
         self.row: dict[str, int] = {}
         self.zones = Codes()
-        self.arrays = {c: np.zeros(capacity, dtype=t) for c, t in HOST_COLUMNS.items()}
+        self.arrays = {c: _empty(capacity, t) for c, t in HOST_COLUMNS.items()}
         # Traits are sets per host; filters ask "which rows have trait T", so keep both
         # directions, and a mask per trait rebuilt only when its membership changed.
         self.row_traits: dict[int, frozenset[str]] = {}
@@ -98,7 +105,7 @@ class HostColumns:
             return row
         if self.size == len(self.arrays["name"]):
             for c, a in self.arrays.items():
-                grown = np.zeros(len(a) * 2, dtype=a.dtype)
+                grown = _empty(len(a) * 2, a.dtype)
                 grown[: len(a)] = a
                 self.arrays[c] = grown
         row = self.row[name] = self.size
@@ -207,7 +214,9 @@ class Index:
         self.hosts: dict[str, Entry[Host]] = {}
         self.heartbeats: dict[str, float] = {}
         self.consumers: dict[str, str] = {}  # server id -> host holding its allocation
+        # No file or network access, and no query can switch it back on.
         self.db = duckdb.connect(":memory:", config={"enable_external_access": False})
+        self.db.execute("SET lock_configuration = true")
         self._tasks: list[asyncio.Task[None]] = []
         self._watchers: list[KeyValue.KeyWatcher] = []
         self.ready = asyncio.Event()
@@ -299,7 +308,8 @@ class Index:
         cols["up"] = cols["heartbeat"] >= time.time() - self.service_down_time
         return CandidateColumns(cols, self)
 
-    def _register(self) -> None:
+    def hosts_table(self) -> dict[str, np.ndarray]:
+        """The `hosts` table DuckDB sees: present hosts, with `up` and their `row`."""
         cols = self.columns.view()
         present = cols["present"]
         table = {c: cols[c] for c in SQL_COLUMNS}
@@ -307,7 +317,22 @@ class Index:
         table["row"] = np.arange(self.columns.size)
         if not present.all():
             table = {c: a[present] for c, a in table.items()}
-        self.db.register("hosts", table)
+        return table
+
+    def allocations_table(self) -> dict[str, np.ndarray]:
+        """The `allocations` table: one row per server and host it holds resources on."""
+        rows = [
+            (sid, name, a.get("VCPU", 0), a.get("MEMORY_MB", 0), a.get("DISK_GB", 0))
+            for name, e in self.hosts.items()
+            for sid, a in e.value.allocations.items()
+        ]
+        names = ("server_id", "host", "vcpus", "memory_mb", "disk_gb")
+        columns = list(zip(*rows, strict=True)) if rows else [()] * len(names)
+        kinds = (object, object, np.int64, np.int64, np.int64)
+        return {n: np.array(c, dtype=k) for n, c, k in zip(names, columns, kinds, strict=True)}
+
+    def _register(self) -> None:
+        self.db.register("hosts", self.hosts_table())
 
     def sql_mask(self, where: list[str], params: list[Any]) -> np.ndarray:
         """Rows of the columns matching every SQL predicate, as a boolean mask."""

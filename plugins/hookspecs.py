@@ -62,7 +62,8 @@ def hvmesh_register_schedulers(register: Callable[[str, Any], None]) -> None:
 
     `factory(context)` receives a hvmesh.plugins.api.SchedulerContext (config, index,
     filters, weighers) and returns an object with `async select(spec) -> list[str]`:
-    host names, best first. Claims are made by the scheduler service, not by the
+    host names, best first, never one named in `spec.ignore_hosts` (the service asks
+    again with the hosts whose claims failed added there). Claims are made by the scheduler service, not by the
     implementation, so every scheduler gets the same no-oversubscription guarantee.
     Choose one with `[scheduler] driver`.
     """

@@ -105,6 +105,11 @@ CASES: list[tuple[str, bytes, int, str]] = [
     ("servers.delete", b'{"id": "00000000-0000-0000-0000-000000000000"}', 404, "not found"),
     ("servers.list", b'{"all_tenants": true}', 400, "unknown field `all_tenants`"),
     ("hypervisors.list", b'{"detail": 1}', 400, "unknown field `detail`"),
+    ("inventory.query", b"{}", 400, "missing required field `sql`"),
+    ("inventory.query", b'{"sql": ""}', 400, "$.sql"),
+    ("inventory.query", b'{"sql": "DELETE FROM hosts"}', 400, "only SELECT is allowed, not DELETE"),
+    ("inventory.query", b'{"sql": "SELECT 1", "params": [{}]}', 400, "$.params"),
+    ("inventory.report", b'{"name": "everything"}', 400, "$.name"),
 ]
 
 

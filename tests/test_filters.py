@@ -7,6 +7,7 @@ import pytest
 from hvmesh.core import errors
 from hvmesh.core.models import Flavor, SchedulerHints
 from hvmesh.plugins.extra_specs import matches
+from hvmesh.schedulers.best_fit import BestFitScheduler
 from tests.support import ApiClient, Deployment, make_flavor_image, settled, wait_server
 from tests.test_units import host, make_index, scheduler, spec
 
@@ -168,3 +169,30 @@ async def test_hints_and_image_properties_reach_the_scheduler(
     assert (await wait_server(deployment.store, apart["id"], settled)).host != "x86-big"
     with pytest.raises(errors.BadRequest, match="unknown field `near`"):
         await admin("servers.create", {**body, "scheduler_hints": {"near": "x"}})
+
+
+async def test_best_fit_scheduler_packs_where_the_filter_scheduler_spreads(
+    deployment: Deployment, admin: ApiClient
+) -> None:
+    """The scheduler is a plugin: `[scheduler] driver = best_fit` changes where servers go."""
+    index = make_index(host("roomy", ram=65536), host("snug", ram=4096), host("middle", ram=16384))
+    assert (await scheduler(index).select(spec(ram=3072)))[0] == "roomy"
+    packer = BestFitScheduler(scheduler(index).ctx)
+    assert await packer.select(spec(ram=3072)) == ["snug", "middle", "roomy"]
+    assert await packer.select(spec(ram=8192)) == ["middle", "roomy"]
+
+    cfg = deployment.config(scheduler={"driver": "best_fit"})
+    await deployment.start_core(cfg)
+    for name, ram in (("roomy", 65536), ("snug", 4096)):
+        await deployment.start_agent(name, deployment.config(fake={"memory_mb": ram}))
+    await make_flavor_image(admin, ram=3072)
+    first = (
+        await admin("servers.create", {"name": "p1", "flavor": "m1.small", "image": "cirros"})
+    )["server"]
+    assert (await wait_server(deployment.store, first["id"], settled)).host == "snug"
+    second = (
+        await admin("servers.create", {"name": "p2", "flavor": "m1.small", "image": "cirros"})
+    )["server"]
+    assert (
+        await wait_server(deployment.store, second["id"], settled)
+    ).host == "roomy"  # snug is full

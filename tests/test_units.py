@@ -189,7 +189,13 @@ def test_normalise_matches_novas_minmax() -> None:
 def test_builtins_register_through_entry_points() -> None:
     pm = manager.plugin_manager()
     names = {pm.get_name(p) for p in pm.get_plugins()}
-    assert {"builtin_filters", "builtin_weighers", "filter_scheduler", "fake_driver"} <= names
+    assert {
+        "builtin_filters",
+        "builtin_weighers",
+        "filter_scheduler",
+        "best_fit_scheduler",
+        "fake_driver",
+    } <= names
     reg = manager.load()
     assert {
         "ComputeFilter",
@@ -199,7 +205,7 @@ def test_builtins_register_through_entry_points() -> None:
         "DiskFilter",
     } <= set(reg.filters)
     assert {"RAMWeigher", "CPUWeigher"} <= set(reg.weighers)
-    assert "filter_scheduler" in reg.schedulers
+    assert {"filter_scheduler", "best_fit"} <= set(reg.schedulers)
     assert "fake" in reg.drivers
     with pytest.raises(manager.PluginError, match="unknown filter NoSuchFilter"):
         reg.pick("filters", ["NoSuchFilter"])

@@ -1,0 +1,49 @@
+"""The best-fit scheduler: pack each server onto the host it fills most tightly.
+
+It applies the same enabled filters as the filter scheduler, then, instead of weighing,
+orders hosts by what the request would leave free of their scarcest resource (as a
+fraction of capacity): the smallest leftover first. Fleets that want hosts emptied for
+maintenance or power savings pick it with `[scheduler] driver = best_fit`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from hvmesh.core.models import RequestSpec
+from hvmesh.plugins import hookimpl
+from hvmesh.plugins.api import SchedulerContext
+from hvmesh.schedulers.filter_scheduler import TOP, FilterScheduler
+
+# (free column, total column, flavor amount) per resource class
+_RESOURCES = (
+    ("vcpus_free", "vcpus", lambda s: s.flavor.vcpus),
+    ("memory_mb_free", "memory_mb", lambda s: s.flavor.ram_mb),
+    ("disk_gb_free", "local_gb", lambda s: s.flavor.disk_gb),
+)
+
+
+class BestFitScheduler:
+    def __init__(self, ctx: SchedulerContext) -> None:
+        self.filters = FilterScheduler(ctx)  # the same filters, in the same forms
+
+    async def select(self, spec: RequestSpec) -> list[str]:
+        cols, rows = self.filters.passing_rows(spec)
+        if len(rows) == 0:
+            return []
+        leftover = np.full(len(rows), np.inf)
+        for free_c, total_c, amount_of in _RESOURCES:
+            total = np.maximum(cols[total_c][rows], 1).astype(np.float64)
+            after = (cols[free_c][rows] - amount_of(spec)) / total
+            leftover = np.minimum(leftover, after)
+        k = min(max(TOP, spec.num_alternates + 1), len(rows))
+        best = np.argpartition(leftover, k - 1)[:k] if k < len(rows) else np.arange(len(rows))
+        best = best[np.argsort(leftover[best], kind="stable")]
+        return [str(n) for n in cols["name"][rows[best]]]
+
+
+@hookimpl
+def hvmesh_register_schedulers(register: Any) -> None:
+    register("best_fit", BestFitScheduler)

@@ -27,6 +27,8 @@ from hvmesh.core.models import (
     Request,
     Server,
     ServerCreate,
+    ServerGroup,
+    ServerGroupCreate,
     Task,
     new_id,
     now,
@@ -122,6 +124,15 @@ class ApiService:
         ep("servers-get", "hvmesh.api.servers.get", self.server_get, IdOnly)
         ep("servers-delete", "hvmesh.api.servers.delete", self.server_delete, IdOnly)
         ep("hypervisors-list", "hvmesh.api.hypervisors.list", self.hypervisor_list, Empty)
+        ep(
+            "server-groups-create",
+            "hvmesh.api.server_groups.create",
+            self.group_create,
+            ServerGroupCreate,
+        )
+        ep("server-groups-list", "hvmesh.api.server_groups.list", self.group_list, Empty)
+        ep("server-groups-get", "hvmesh.api.server_groups.get", self.group_get, IdOnly)
+        ep("server-groups-delete", "hvmesh.api.server_groups.delete", self.group_delete, IdOnly)
         ep("inventory-query", "hvmesh.api.inventory.query", self.inventory_query, InventoryQuery)
         ep(
             "inventory-report",
@@ -283,8 +294,15 @@ class ApiService:
                 raise errors.BadRequest(
                     f"availability_zone {req.availability_zone!r} does not exist"
                 )
+        server_id = new_id()
+        group_id = req.scheduler_hints.group
+        if group_id:
+            try:
+                await self.join_group(group_id, server_id, caller)
+            except errors.NotFound as exc:
+                raise errors.BadRequest(f"scheduler_hints.group: {exc.message}") from None
         server = Server(
-            id=new_id(),
+            id=server_id,
             name=req.name,
             project=caller.project,
             user=caller.user,
@@ -337,6 +355,56 @@ class ApiService:
             raise errors.NotFound(f"server {req.id} not found")
         await publish_task(self.js, Task(kind="delete", server_id=server.id, request_id=request_id))
         return {"server": server_view(written.value, caller)}
+
+    # --- server groups --------------------------------------------------------------------
+
+    async def own_group(self, group_id: str, caller: Caller) -> ServerGroup:
+        entry = await self.st.server_groups.get(group_id) if _is_key(group_id) else None
+        if entry is None or not (caller.is_admin or entry.value.project == caller.project):
+            raise errors.NotFound(f"server group {group_id} not found")
+        return entry.value
+
+    async def group_create(self, caller: Caller, req: ServerGroupCreate) -> dict:
+        if req.max_server_per_host != 1 and req.policy != "anti-affinity":
+            raise errors.BadRequest(
+                "max_server_per_host is a rule of the anti-affinity policy only"
+            )
+        group = ServerGroup(
+            id=new_id(),
+            name=req.name,
+            project=caller.project,
+            user=caller.user,
+            policy=req.policy,
+            max_server_per_host=req.max_server_per_host,
+        )
+        await self.st.server_groups.create(group.id, group)
+        return {"server_group": group}
+
+    async def group_list(self, caller: Caller, req: Empty) -> dict:
+        groups = [
+            g
+            for g in await self.st.server_groups.values()
+            if caller.is_admin or g.project == caller.project
+        ]
+        return {"server_groups": sorted(groups, key=lambda g: (g.created_at, g.id))}
+
+    async def group_get(self, caller: Caller, req: IdOnly) -> dict:
+        return {"server_group": await self.own_group(req.id, caller)}
+
+    async def group_delete(self, caller: Caller, req: IdOnly) -> dict:
+        group = await self.own_group(req.id, caller)
+        await self.st.server_groups.delete(group.id)
+        return {"deleted": group.id}
+
+    async def join_group(self, group_id: str, server_id: str, caller: Caller) -> None:
+        """Add a new server to its group before it is scheduled, so members see each other."""
+        group = await self.own_group(group_id, caller)
+
+        def add(g: ServerGroup) -> ServerGroup:
+            return msgspec.structs.replace(g, members=[*g.members, server_id])
+
+        if await self.st.server_groups.mutate(group.id, add) is None:
+            raise errors.NotFound(f"server group {group_id} not found")
 
     # --- inventory ------------------------------------------------------------------------
 

@@ -22,9 +22,11 @@ from hvmesh.core.config import Config
 from hvmesh.core.models import (
     AgentEvent,
     Fault,
+    GroupSpec,
     RequestSpec,
     Selection,
     Server,
+    ServerGroup,
     Task,
     Work,
     encode,
@@ -35,6 +37,7 @@ from hvmesh.core.worker import PullWorker
 
 LOG = log.get_logger(__name__)
 
+GROUP_RETRIES = 5  # schedule-and-check rounds when group members race for a host
 SCHEDULER_RETRY_DELAY = 2.0  # seconds before a task that found no scheduler is retried
 
 
@@ -141,20 +144,35 @@ class Conductor:
             scheduler_hints=srv.scheduler_hints,
             ignore_hosts=list(srv.retry_hosts),
         )
-        try:
-            reply = await bus.call(
-                self.nc, "hvmesh.sched.select", spec, timeout=self.cfg.nats.request_timeout
-            )
-        except errors.ServiceUnavailable as exc:
-            LOG.warning("conductor.scheduler_unavailable", server=srv.id, error=exc.message)
-            return False
-        selection = msgspec.convert(reply, Selection)
-        if selection.host is None:
+        host = None
+        for _ in range(GROUP_RETRIES):
+            spec.group = await self.group_spec(srv)
+            try:
+                reply = await bus.call(
+                    self.nc, "hvmesh.sched.select", spec, timeout=self.cfg.nats.request_timeout
+                )
+            except errors.ServiceUnavailable as exc:
+                LOG.warning("conductor.scheduler_unavailable", server=srv.id, error=exc.message)
+                return False
+            selection = msgspec.convert(reply, Selection)
+            if selection.host is None:
+                await self.fail_build(
+                    srv.id, task.attempt, f"No valid host was found. {selection.reason}".strip()
+                )
+                return True
+            violation = await self.group_place(srv.id, spec.group, selection.host)
+            if violation is None:
+                host = selection.host
+                break
+            # Another member's claim landed first: give ours back and choose again.
+            LOG.info("conductor.group_conflict", server=srv.id, host=selection.host, why=violation)
+            await placement.release(self.st, selection.host, srv.id)
+            spec.ignore_hosts.append(selection.host)
+        if host is None:
             await self.fail_build(
-                srv.id, task.attempt, f"No valid host was found. {selection.reason}".strip()
+                srv.id, task.attempt, "No valid host was found. Server group policy conflicts."
             )
             return True
-        host = selection.host
 
         def to_spawning(s: Server) -> Server | None:
             if (
@@ -179,6 +197,60 @@ class Conductor:
         LOG.info("conductor.scheduled", server=srv.id, host=host, attempt=task.attempt)
         await self.send_spawn(written.value)
         return True
+
+    async def group_spec(self, srv: Server) -> GroupSpec | None:
+        """The server's group as the scheduler needs it: policy and the others' hosts."""
+        group_id = srv.scheduler_hints.group
+        entry = await self.st.server_groups.get(group_id) if group_id else None
+        if entry is None:
+            return None
+        g = entry.value
+        return GroupSpec(
+            id=g.id,
+            policy=g.policy,
+            member_hosts=[h for m, h in g.placements.items() if m != srv.id],
+            max_server_per_host=g.max_server_per_host,
+        )
+
+    async def group_place(self, server_id: str, group: GroupSpec | None, host: str) -> str | None:
+        """Record the server's host in its group, if the group's hard policy allows it.
+
+        Two members scheduled at once can pick conflicting hosts. Their placements are
+        compare-and-set writes of the one group record, so the later writer sees the
+        earlier placement and backs off (None: placed; else why not).
+        """
+        if group is None:
+            return None
+        verdict: list[str] = []
+
+        def place(g: ServerGroup) -> ServerGroup | None:
+            verdict.clear()
+            others = [h for m, h in g.placements.items() if m != server_id]
+            if g.policy == "affinity" and any(h != host for h in others):
+                verdict.append(f"affinity group {g.id} is on {others[0]}")
+                return None
+            if g.policy == "anti-affinity" and others.count(host) >= g.max_server_per_host:
+                verdict.append(f"anti-affinity group {g.id} is full on {host}")
+                return None
+            return msgspec.structs.replace(g, placements={**g.placements, server_id: host})
+
+        await self.st.server_groups.mutate(group.id, place)
+        return verdict[0] if verdict else None
+
+    async def group_unplace(self, srv: Server, leave: bool = False) -> None:
+        """Forget where the server was placed in its group (and with `leave`, the membership)."""
+        group_id = srv.scheduler_hints.group
+        if not group_id:
+            return
+
+        def drop(g: ServerGroup) -> ServerGroup | None:
+            if srv.id not in g.placements and not (leave and srv.id in g.members):
+                return None
+            placements = {m: h for m, h in g.placements.items() if m != srv.id}
+            members = [m for m in g.members if m != srv.id] if leave else g.members
+            return msgspec.structs.replace(g, placements=placements, members=members)
+
+        await self.st.server_groups.mutate(group_id, drop)
 
     async def send_spawn(self, srv: Server) -> None:
         assert srv.host is not None
@@ -210,7 +282,9 @@ class Conductor:
                 updated_at=now(),
             )
 
-        await self.st.servers.mutate(server_id, to_error)
+        written = await self.st.servers.mutate(server_id, to_error)
+        if written is not None:
+            await self.group_unplace(written.value)
         LOG.info("conductor.build_failed", server=server_id, reason=message)
 
     async def delete(self, task: Task) -> bool:
@@ -239,6 +313,7 @@ class Conductor:
             return
         if entry.value.host and entry.value.host != host:
             await placement.release(self.st, entry.value.host, server_id)
+        await self.group_unplace(entry.value, leave=True)
         await self.st.servers.delete(server_id)
         LOG.info("conductor.deleted", server=server_id)
 
@@ -313,6 +388,8 @@ class Conductor:
         # chosen again for this server, so releasing it is right even on a redelivery.
         await placement.release(self.st, ev.host, ev.server_id)
         written = await self.st.servers.mutate(ev.server_id, to_retry)
+        if written is not None and written.value.host is None:
+            await self.group_unplace(written.value)  # its next host is chosen afresh
         # Re-queue whenever the record shows this failure was taken, also on a redelivered
         # event whose first handling died halfway: the task's message id makes it idempotent.
         if written is None:

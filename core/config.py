@@ -76,6 +76,8 @@ class SchedulerSection(Struct, kw_only=True, forbid_unknown_fields=True):
             "ComputeCapabilitiesFilter",
             "ImagePropertiesFilter",
             "TraitsFilter",
+            "ServerGroupAffinityFilter",
+            "ServerGroupAntiAffinityFilter",
             "SameHostFilter",
             "DifferentHostFilter",
         ]
@@ -86,6 +88,8 @@ class SchedulerSection(Struct, kw_only=True, forbid_unknown_fields=True):
                 "RAMWeigher",
                 "CPUWeigher",
                 "DiskWeigher",
+                "ServerGroupSoftAffinityWeigher",
+                "ServerGroupSoftAntiAffinityWeigher",
                 "NumInstancesWeigher",
             ]
         )
@@ -110,6 +114,12 @@ class SchedulerSection(Struct, kw_only=True, forbid_unknown_fields=True):
     workers: Annotated[
         int, Meta(ge=1, description="Placement requests one scheduler handles at once.")
     ] = 64
+    soft_affinity_weight_multiplier: Annotated[
+        float, Meta(ge=0, description="ServerGroupSoftAffinityWeigher's weight.")
+    ] = 1.0
+    soft_anti_affinity_weight_multiplier: Annotated[
+        float, Meta(ge=0, description="ServerGroupSoftAntiAffinityWeigher's weight.")
+    ] = 1.0
     max_instances_per_host: Annotated[
         int, Meta(ge=1, description="NumInstancesFilter: most servers one host may hold.")
     ] = 50

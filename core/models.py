@@ -116,6 +116,42 @@ class SchedulerHints(Request):
 
     same_host: list[str] = field(default_factory=list)
     different_host: list[str] = field(default_factory=list)
+    group: str | None = None  # a server group id: the server joins it
+
+
+GroupPolicy = Literal["affinity", "anti-affinity", "soft-affinity", "soft-anti-affinity"]
+
+
+class ServerGroup(Record):
+    """Nova's server group: servers placed together or apart, by policy."""
+
+    id: str
+    name: str
+    project: str
+    user: str
+    policy: str
+    max_server_per_host: int = 1  # anti-affinity's rule
+    members: list[str] = field(default_factory=list)
+    # Where members were placed: written by compare-and-set right after each claim, with
+    # the policy checked against the others, so two members scheduled at once cannot
+    # both break it.
+    placements: dict[str, str] = field(default_factory=dict)
+    created_at: float = field(default_factory=now)
+
+
+class ServerGroupCreate(Request):
+    name: Name
+    policy: GroupPolicy
+    max_server_per_host: PosInt = 1
+
+
+class GroupSpec(Record):
+    """What the scheduler needs of a server's group: its policy, where the others are."""
+
+    id: str
+    policy: str
+    member_hosts: list[str] = field(default_factory=list)  # one entry per placed member
+    max_server_per_host: int = 1
 
 
 class Server(Record):
@@ -230,6 +266,7 @@ class RequestSpec(Record):
     image_properties: dict[str, str] = field(default_factory=dict)
     availability_zone: str | None = None
     scheduler_hints: SchedulerHints = field(default_factory=SchedulerHints)
+    group: GroupSpec | None = None
     ignore_hosts: list[str] = field(default_factory=list)
     num_alternates: int = 2
 

@@ -31,7 +31,7 @@ from nats.js.errors import (
 from nats.js.kv import KeyValue
 
 from hvmesh.core import errors
-from hvmesh.core.models import Flavor, Heartbeat, Host, Image, Server, encode
+from hvmesh.core.models import Flavor, Heartbeat, Host, Image, Server, ServerGroup, encode
 
 T = TypeVar("T", bound=msgspec.Struct)
 
@@ -42,6 +42,7 @@ BUCKETS: dict[str, type[msgspec.Struct]] = {
     "flavors": Flavor,
     "images": Image,
     "heartbeats": Heartbeat,
+    "server_groups": ServerGroup,
 }
 
 TASKS_STREAM = "HVMESH_TASKS"
@@ -224,6 +225,10 @@ class Store:
     @property
     def heartbeats(self) -> Bucket[Heartbeat]:
         return self._buckets["heartbeats"]
+
+    @property
+    def server_groups(self) -> Bucket[ServerGroup]:
+        return self._buckets["server_groups"]
 
     async def open(self, create: bool = True) -> Store:
         """Bind (and with `create`, make) every bucket and stream."""

@@ -148,6 +148,31 @@ def _different_host_mask(cols: Columns, spec: RequestSpec) -> np.ndarray | None:
     return ~_hosts_of(cols, ids) if ids else None
 
 
+def member_counts(cols: Columns, spec: RequestSpec) -> np.ndarray:
+    """How many of the server's group members each host holds (zeros without a group)."""
+    counts = np.zeros(len(cols["name"]), dtype=np.int64)
+    if spec.group is None:
+        return counts
+    for host in spec.group.member_hosts:
+        row = cols.row_of(host)  # type: ignore[attr-defined]
+        if row is not None:
+            counts[row] += 1
+    return counts
+
+
+def _affinity_mask(cols: Columns, spec: RequestSpec) -> np.ndarray | None:
+    if spec.group is None or spec.group.policy != "affinity":
+        return None
+    counts = member_counts(cols, spec)
+    return counts > 0 if counts.any() else None  # the first member may go anywhere
+
+
+def _anti_affinity_mask(cols: Columns, spec: RequestSpec) -> np.ndarray | None:
+    if spec.group is None or spec.group.policy != "anti-affinity":
+        return None
+    return member_counts(cols, spec) < spec.group.max_server_per_host
+
+
 _core_mask, _core_sql = _fit("vcpus_free", lambda s: s.flavor.vcpus)
 _ram_mask, _ram_sql = _fit("memory_mb_free", lambda s: s.flavor.ram_mb)
 _disk_mask, _disk_sql = _fit("disk_gb_free", lambda s: s.flavor.disk_gb)
@@ -207,6 +232,17 @@ BUILTIN_FILTERS = [
         name="NumInstancesFilter",
         mask=_num_instances_mask,
         description="Passes hosts with fewer than [scheduler] max_instances_per_host servers.",
+    ),
+    Filter(
+        name="ServerGroupAffinityFilter",
+        mask=_affinity_mask,
+        description="For a server in an affinity group: only the host its members are on.",
+    ),
+    Filter(
+        name="ServerGroupAntiAffinityFilter",
+        mask=_anti_affinity_mask,
+        description="For a server in an anti-affinity group: only hosts holding fewer than "
+        "max_server_per_host of its members.",
     ),
     Filter(
         name="SameHostFilter",

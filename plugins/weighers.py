@@ -9,6 +9,7 @@ import numpy as np
 from hvmesh.core.models import RequestSpec
 from hvmesh.plugins import hookimpl
 from hvmesh.plugins.api import Columns, Weigher
+from hvmesh.plugins.filters import member_counts
 
 
 def _free_ram(cols: Columns, spec: RequestSpec) -> np.ndarray:
@@ -25,6 +26,15 @@ def _free_disk(cols: Columns, spec: RequestSpec) -> np.ndarray:
 
 def _num_instances(cols: Columns, spec: RequestSpec) -> np.ndarray:
     return cols["running_vms"].astype(np.float64)
+
+
+def _soft(policy: str, sign: float) -> Any:
+    def weigh(cols: Columns, spec: RequestSpec) -> np.ndarray:
+        if spec.group is None or spec.group.policy != policy:
+            return np.zeros(len(cols["name"]), dtype=np.float64)
+        return sign * member_counts(cols, spec).astype(np.float64)
+
+    return weigh
 
 
 BUILTIN_WEIGHERS = [
@@ -45,6 +55,18 @@ BUILTIN_WEIGHERS = [
         weigh=_free_disk,
         multiplier_option="disk_weight_multiplier",
         description="Prefers hosts with more free disk (negative multiplier: less, to pack).",
+    ),
+    Weigher(
+        name="ServerGroupSoftAffinityWeigher",
+        weigh=_soft("soft-affinity", 1.0),
+        multiplier_option="soft_affinity_weight_multiplier",
+        description="For a soft-affinity group: prefers hosts holding more of its members.",
+    ),
+    Weigher(
+        name="ServerGroupSoftAntiAffinityWeigher",
+        weigh=_soft("soft-anti-affinity", -1.0),
+        multiplier_option="soft_anti_affinity_weight_multiplier",
+        description="For a soft-anti-affinity group: prefers hosts holding fewer of its members.",
     ),
     Weigher(
         name="NumInstancesWeigher",

@@ -37,12 +37,17 @@ def normalise(values: np.ndarray) -> np.ndarray:
 
 
 class Survivors(dict):
-    """Candidate columns restricted to the rows that passed, computed on first use."""
+    """Candidate columns restricted to the rows that passed, computed on first use.
 
-    def __init__(self, cols: Columns, rows: np.ndarray) -> None:
+    Weighers get this: the same columns and helpers as filters, over the survivors only
+    (`row_of` answers a position among them).
+    """
+
+    def __init__(self, cols: Any, rows: np.ndarray) -> None:
         super().__init__()
         self._cols = cols
-        self._rows = rows
+        self._rows = rows  # ascending row numbers of the full columns
+        self.config = cols.config
 
     def __missing__(self, key: str) -> np.ndarray:
         value = self[key] = self._cols[key][self._rows]
@@ -50,6 +55,22 @@ class Survivors(dict):
 
     def __len__(self) -> int:
         return len(self._rows)
+
+    def zone_code(self, zone: str) -> int:
+        return self._cols.zone_code(zone)
+
+    def has_trait(self, trait: str) -> np.ndarray:
+        return self._cols.has_trait(trait)[self._rows]
+
+    def host_of(self, server_id: str) -> str | None:
+        return self._cols.host_of(server_id)
+
+    def row_of(self, host: str) -> int | None:
+        row = self._cols.row_of(host)
+        if row is None:
+            return None
+        i = int(np.searchsorted(self._rows, row))
+        return i if i < len(self._rows) and self._rows[i] == row else None
 
 
 class FilterScheduler:

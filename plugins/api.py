@@ -52,6 +52,8 @@ class Weigher:
     weigh: Callable[[Columns, RequestSpec], np.ndarray]
     multiplier: float = 1.0
     multiplier_option: str | None = None
+    #: A cheap check on the request alone: False skips the weigher for it.
+    applies: Callable[[RequestSpec], bool] | None = None
     description: str = ""
 
 

@@ -13,28 +13,30 @@ from hvmesh.plugins.filters import member_counts
 
 
 def _free_ram(cols: Columns, spec: RequestSpec) -> np.ndarray:
-    return cols["memory_mb_free"].astype(np.float64)
+    return cols["memory_mb_free"]
 
 
 def _free_cpu(cols: Columns, spec: RequestSpec) -> np.ndarray:
-    return cols["vcpus_free"].astype(np.float64)
+    return cols["vcpus_free"]
 
 
 def _free_disk(cols: Columns, spec: RequestSpec) -> np.ndarray:
-    return cols["disk_gb_free"].astype(np.float64)
+    return cols["disk_gb_free"]
 
 
 def _num_instances(cols: Columns, spec: RequestSpec) -> np.ndarray:
-    return cols["running_vms"].astype(np.float64)
+    return cols["running_vms"]
 
 
 def _soft(policy: str, sign: float) -> Any:
     def weigh(cols: Columns, spec: RequestSpec) -> np.ndarray:
-        if spec.group is None or spec.group.policy != policy:
-            return np.zeros(len(cols["name"]), dtype=np.float64)
         return sign * member_counts(cols, spec).astype(np.float64)
 
     return weigh
+
+
+def _group_policy(policy: str) -> Any:
+    return lambda spec: spec.group is not None and spec.group.policy == policy
 
 
 BUILTIN_WEIGHERS = [
@@ -59,12 +61,14 @@ BUILTIN_WEIGHERS = [
     Weigher(
         name="ServerGroupSoftAffinityWeigher",
         weigh=_soft("soft-affinity", 1.0),
+        applies=_group_policy("soft-affinity"),
         multiplier_option="soft_affinity_weight_multiplier",
         description="For a soft-affinity group: prefers hosts holding more of its members.",
     ),
     Weigher(
         name="ServerGroupSoftAntiAffinityWeigher",
         weigh=_soft("soft-anti-affinity", -1.0),
+        applies=_group_policy("soft-anti-affinity"),
         multiplier_option="soft_anti_affinity_weight_multiplier",
         description="For a soft-anti-affinity group: prefers hosts holding fewer of its members.",
     ),

@@ -25,17 +25,6 @@ TOP = 16  # hosts ordered and handed to the claim step per round
 TIE_BREAK = 1e-9
 
 
-def normalise(values: np.ndarray) -> np.ndarray:
-    """Scale to 0..1 as Nova's weigher normaliser does (all equal: all zero)."""
-    if len(values) == 0:
-        return values.astype(np.float64)
-    lo = float(values.min())
-    hi = float(values.max())
-    if hi == lo:
-        return np.zeros_like(values, dtype=np.float64)
-    return (values - lo) / (hi - lo)
-
-
 class Survivors(dict):
     """Candidate columns restricted to the rows that passed, computed on first use.
 
@@ -50,7 +39,9 @@ class Survivors(dict):
         self.config = cols.config
 
     def __missing__(self, key: str) -> np.ndarray:
-        value = self[key] = self._cols[key][self._rows]
+        column = self._cols[key]
+        # Every host passing is common (an unfiltered request): then no copy is needed.
+        value = self[key] = column if len(self._rows) == len(column) else column[self._rows]
         return value
 
     def __len__(self) -> int:
@@ -60,7 +51,8 @@ class Survivors(dict):
         return self._cols.zone_code(zone)
 
     def has_trait(self, trait: str) -> np.ndarray:
-        return self._cols.has_trait(trait)[self._rows]
+        mask = self._cols.has_trait(trait)
+        return mask if len(self._rows) == len(mask) else mask[self._rows]
 
     def host_of(self, server_id: str) -> str | None:
         return self._cols.host_of(server_id)
@@ -78,6 +70,8 @@ class FilterScheduler:
         self.ctx = ctx
         self.cfg = ctx.config.scheduler
         self.rng = np.random.default_rng()
+        self._block = np.empty(0)
+        self._block_used = 0
         self.masks = [f for f in ctx.filters if f.mask is not None]
         self.sqls = [f for f in ctx.filters if f.mask is None and f.sql is not None]
         self.per_host = [f for f in ctx.filters if f.mask is None and f.sql is None]
@@ -124,21 +118,41 @@ class FilterScheduler:
         return cols, rows
 
     def weigh(self, survivors: Columns, spec: RequestSpec) -> np.ndarray:
-        total = np.zeros(len(survivors), dtype=np.float64)
+        """Sum of multiplier x normalised score, with a tie-breaking jitter already added."""
+        total = self._jitter(len(survivors))
         if len(total) == 0:
             return total
+        scratch = np.empty_like(total)
         for w in self.ctx.weighers:
+            if w.applies is not None and not w.applies(spec):
+                continue
             mult = self._multiplier(w)
-            if mult:
-                total += mult * normalise(np.asarray(w.weigh(survivors, spec), dtype=np.float64))
+            if not mult:
+                continue
+            values = np.asarray(w.weigh(survivors, spec))
+            lo, hi = values.min(), values.max()
+            if hi == lo:
+                continue  # normalised to all zeros: adds nothing
+            # total += mult * (values - lo) / (hi - lo), in one scratch buffer
+            np.subtract(values, lo, out=scratch, casting="unsafe")
+            scratch *= mult / float(hi - lo)
+            total += scratch
         return total
+
+    def _jitter(self, n: int) -> np.ndarray:
+        """n tiny random values, cut from a block refilled now and then (drawing is costly)."""
+        if self._block_used + n > len(self._block):
+            self._block = self.rng.random(max(n * 64, 65536)) * TIE_BREAK
+            self._block_used = 0
+        out = self._block[self._block_used : self._block_used + n].copy()
+        self._block_used += n
+        return out
 
     async def select(self, spec: RequestSpec) -> list[str]:
         cols, rows = self.passing_rows(spec)
         if len(rows) == 0:
             return []
         scores = self.weigh(Survivors(cols, rows), spec)
-        scores += self.rng.random(len(scores)) * TIE_BREAK
         k = min(max(TOP, self.cfg.host_subset_size + spec.num_alternates), len(rows))
         best = np.argpartition(-scores, k - 1)[:k] if k < len(rows) else np.arange(len(rows))
         best = best[np.argsort(-scores[best], kind="stable")]

@@ -13,7 +13,7 @@ from hvmesh.core.models import Flavor, Heartbeat, Host, Inventory, RequestSpec
 from hvmesh.core.store import Entry
 from hvmesh.plugins import manager
 from hvmesh.plugins.api import SchedulerContext
-from hvmesh.schedulers.filter_scheduler import FilterScheduler, normalise
+from hvmesh.schedulers.filter_scheduler import FilterScheduler
 
 
 def host(
@@ -176,11 +176,18 @@ async def test_host_subset_size_spreads_among_the_best() -> None:
     assert firsts == {"h5", "h4", "h3"}
 
 
-def test_normalise_matches_novas_minmax() -> None:
-    import numpy as np
-
-    assert list(normalise(np.array([2.0, 4.0, 6.0]))) == [0.0, 0.5, 1.0]
-    assert list(normalise(np.array([5.0, 5.0]))) == [0.0, 0.0]
+async def test_weights_are_normalised_before_the_multiplier() -> None:
+    """As Nova: each weigher's scores are scaled to 0..1, so a huge range cannot drown another."""
+    index = make_index(
+        host("ram-rich", ram=1_000_000, vcpus=8), host("cpu-rich", ram=8192, vcpus=9)
+    )
+    # Free RAM differs a thousandfold more than free VCPU; normalised, a multiplier of 2 on CPU wins.
+    assert (
+        await scheduler(index, disk_weight_multiplier=0.0, cpu_weight_multiplier=2.0).select(spec())
+    )[0] == "cpu-rich"
+    assert (
+        await scheduler(index, disk_weight_multiplier=0.0, cpu_weight_multiplier=0.5).select(spec())
+    )[0] == "ram-rich"
 
 
 # --- plugins --------------------------------------------------------------------------------

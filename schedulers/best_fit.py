@@ -17,11 +17,12 @@ from hvmesh.plugins import hookimpl
 from hvmesh.plugins.api import SchedulerContext
 from hvmesh.schedulers.filter_scheduler import TOP, FilterScheduler
 
-# (free column, total column, flavor amount) per resource class
+# (free column, used column, flavor amount) per resource class; free + used is the
+# capacity after reserved and allocation ratio, what "scarce" must be measured against.
 _RESOURCES = (
-    ("vcpus_free", "vcpus", lambda s: s.flavor.vcpus),
-    ("memory_mb_free", "memory_mb", lambda s: s.flavor.ram_mb),
-    ("disk_gb_free", "local_gb", lambda s: s.flavor.disk_gb),
+    ("vcpus_free", "vcpus_used", lambda s: s.flavor.vcpus),
+    ("memory_mb_free", "memory_mb_used", lambda s: s.flavor.ram_mb),
+    ("disk_gb_free", "local_gb_used", lambda s: s.flavor.disk_gb),
 )
 
 
@@ -34,9 +35,10 @@ class BestFitScheduler:
         if len(rows) == 0:
             return []
         leftover = np.full(len(rows), np.inf)
-        for free_c, total_c, amount_of in _RESOURCES:
-            total = np.maximum(cols[total_c][rows], 1).astype(np.float64)
-            after = (cols[free_c][rows] - amount_of(spec)) / total
+        for free_c, used_c, amount_of in _RESOURCES:
+            free = cols[free_c][rows]
+            capacity = np.maximum(free + cols[used_c][rows], 1).astype(np.float64)
+            after = (free - amount_of(spec)) / capacity
             leftover = np.minimum(leftover, after)
         k = min(max(TOP, spec.num_alternates + 1), len(rows))
         best = np.argpartition(leftover, k - 1)[:k] if k < len(rows) else np.arange(len(rows))

@@ -6,6 +6,8 @@ Enable them in the scheduler's configuration, by name:
     enabled_filters = ComputeFilter, AvailabilityZoneFilter, CoreFilter, RamFilter, DiskFilter, NameSuffixFilter
     weighers = RAMWeigher, CPUWeigher, NameLengthWeigher
 
+(Listing filters or weighers replaces the default lists; keep the built-ins you want.)
+
 NameSuffixFilter passes only hosts whose name ends with the flavor's extra spec
 `example:host_suffix` (a flavor without it passes every host). NameLengthWeigher
 prefers hosts with shorter names.

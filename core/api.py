@@ -416,7 +416,7 @@ class ApiService:
         return {"query": result}
 
     async def inventory_report(self, caller: Caller, req: InventoryReport) -> dict:
-        need_admin(caller, "inventory reports")
+        need_admin(caller, "reading inventory reports")
         description, sql = reports.REPORTS[req.name]
         result = await reports.query(self.index, await self.st.servers.values(), sql, [])
         return {

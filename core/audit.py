@@ -92,7 +92,7 @@ def findings(hosts: list[Host], servers: dict[str, Server]) -> list[Finding]:
                     )
                 )
     for sid, server in servers.items():
-        settled = server.task_state is None or server.task_state == states.DELETING
+        settled = server.task_state is None  # a delete releases before it removes the record
         if (
             server.host
             and server.vm_state != states.BUILDING
@@ -131,10 +131,16 @@ async def audit(store: Store, heal: bool = False) -> list[Finding]:
     hosts = await store.hosts.values()
     servers = {s.id: s for s in await store.servers.values()}
     found = findings(hosts, servers)
-    if heal:
+    if heal and found:
         for f in found:
-            if f.kind == "overcommit":
-                continue
-            entry = await store.hosts.mutate(f.host, lambda r, f=f: _heal_one(r, f, servers))
-            f.healed = entry is not None
+            if f.kind != "overcommit":
+                await store.hosts.mutate(f.host, lambda r, f=f: _heal_one(r, f, servers))
+        # Look again: whatever is gone now was healed (an overcommit too, when healing a
+        # leaked allocation emptied it).
+        after = findings(
+            await store.hosts.values(), {s.id: s for s in await store.servers.values()}
+        )
+        left = {(f.kind, f.host, f.server_id) for f in after}
+        for f in found:
+            f.healed = (f.kind, f.host, f.server_id) not in left
     return found

@@ -388,7 +388,13 @@ def cmd_manage_audit(args: argparse.Namespace) -> None:
     async def run() -> list[Any]:
         nc = await connect_cli(args)
         try:
-            store = await Store(nc.jetstream()).open(create=False)
+            try:
+                store = await Store(nc.jetstream()).open(create=False)
+            except Exception as exc:
+                raise CliError(
+                    "manage audit reads hvmesh's buckets directly: connect as an operator of "
+                    f"the HVMESH account ({type(exc).__name__})"
+                ) from None
             return await audit.audit(store, heal=args.heal)
         finally:
             await nc.close()

@@ -114,6 +114,13 @@ class SchedulerSection(Struct, kw_only=True, forbid_unknown_fields=True):
     workers: Annotated[
         int, Meta(ge=1, description="Placement requests one scheduler handles at once.")
     ] = 64
+    weight_multipliers: Annotated[
+        list[str],
+        Meta(
+            description="Multipliers by weigher name, as Name=value (for any weigher, "
+            "plugins' included); they override the weigher's own and the options above."
+        ),
+    ] = msgspec.field(default_factory=list)
     soft_affinity_weight_multiplier: Annotated[
         float, Meta(ge=0, description="ServerGroupSoftAffinityWeigher's weight.")
     ] = 1.0

@@ -25,6 +25,22 @@ TOP = 16  # hosts ordered and handed to the claim step per round
 TIE_BREAK = 1e-9
 
 
+def parse_multipliers(items: list[str]) -> dict[str, float]:
+    """`[scheduler] weight_multipliers` ("Name=value" each) as a dict; bad entries fail loud."""
+    out: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            if not sep or not name.strip():
+                raise ValueError
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(
+                f"[scheduler] weight_multipliers: {item!r} is not Name=number"
+            ) from None
+    return out
+
+
 class Survivors(dict):
     """Candidate columns restricted to the rows that passed, computed on first use.
 
@@ -69,6 +85,7 @@ class FilterScheduler:
     def __init__(self, ctx: SchedulerContext) -> None:
         self.ctx = ctx
         self.cfg = ctx.config.scheduler
+        self.multipliers = parse_multipliers(self.cfg.weight_multipliers)
         self.rng = np.random.default_rng()
         self._block = np.empty(0)
         self._block_used = 0
@@ -77,6 +94,8 @@ class FilterScheduler:
         self.per_host = [f for f in ctx.filters if f.mask is None and f.sql is None]
 
     def _multiplier(self, weigher: Any) -> float:
+        if weigher.name in self.multipliers:
+            return self.multipliers[weigher.name]
         if weigher.multiplier_option and hasattr(self.cfg, weigher.multiplier_option):
             return float(getattr(self.cfg, weigher.multiplier_option))
         return weigher.multiplier
@@ -100,6 +119,8 @@ class FilterScheduler:
         where: list[str] = []
         params: list[Any] = []
         for f in self.sqls:
+            if f.applies is not None and not f.applies(spec):
+                continue
             pred = f.sql(spec)  # type: ignore[misc]
             if pred is not None:
                 where.append(pred[0])

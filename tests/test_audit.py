@@ -64,7 +64,28 @@ async def test_audit_finds_and_heals(cloud: Deployment, admin: ApiClient) -> Non
     assert doubled not in (await store.hosts.get(other)).value.allocations
 
 
-async def test_audit_reports_overcommit_without_healing_it(cloud: Deployment) -> None:
+async def test_audit_reports_overcommit_without_healing_it(
+    cloud: Deployment, admin: ApiClient
+) -> None:
+    store = cloud.store
+    assert store is not None
+    await make_flavor_image(admin, vcpus=1, ram=512, disk=1)
+    sid = await boot(cloud, admin, "real")
+    name = (await store.servers.get(sid)).value.host
+
+    def shrink(record: Host) -> Host:
+        inventories = dict(record.inventories)
+        inventories["MEMORY_MB"] = msgspec.structs.replace(inventories["MEMORY_MB"], total=256)
+        return msgspec.structs.replace(record, inventories=inventories)
+
+    await store.hosts.mutate(name, shrink)
+    found = await audit.audit(store, heal=True)
+    assert [(f.kind, f.host, f.healed) for f in found] == [("overcommit", name, False)]
+    code, _, err = await hvmesh("manage", "audit", "--heal", *Cli(cloud).auth)
+    assert code == 1 and "1 finding(s) left" in err
+
+
+async def test_healing_a_leak_also_clears_the_overcommit_it_caused(cloud: Deployment) -> None:
     store = cloud.store
     assert store is not None
     name = (await store.hosts.values())[0].name
@@ -73,8 +94,7 @@ async def test_audit_reports_overcommit_without_healing_it(cloud: Deployment) ->
         return msgspec.structs.replace(record, allocations={"x": {"MEMORY_MB": 10**9}})
 
     await store.hosts.mutate(name, overfill)
-    found = await audit.audit(store, heal=True)
-    kinds = {f.kind: f for f in found}
-    assert kinds["overcommit"].host == name and not kinds["overcommit"].healed
-    assert kinds["leaked"].healed  # the server "x" does not exist, so its allocation goes
+    found = {f.kind: f for f in await audit.audit(store, heal=True)}
+    assert set(found) == {"overcommit", "leaked"}
+    assert found["leaked"].healed and found["overcommit"].healed
     assert await audit.audit(store) == []

@@ -240,3 +240,17 @@ def test_index_grows_past_its_first_capacity_in_any_order() -> None:
     index.apply_host(None, "h0", n + 1)
     assert not index.candidate_columns()["present"][index.columns.row["h0"]]
     assert index.query("SELECT count(*) FROM hosts")[1] == [(n - 1,)]
+
+
+async def test_weight_multipliers_by_name_override_and_bad_ones_fail() -> None:
+    index = make_index(host("ram-rich", ram=65536), host("cpu-rich", vcpus=64))
+    by_ram = scheduler(index, disk_weight_multiplier=0.0)
+    assert (await by_ram.select(spec()))[0] in {"ram-rich", "cpu-rich"}
+    cpu_only = scheduler(
+        index, weight_multipliers=["RAMWeigher=0", "DiskWeigher=0", "CPUWeigher=1.5"]
+    )
+    assert (await cpu_only.select(spec()))[0] == "cpu-rich"
+    ram_only = scheduler(index, weight_multipliers=["CPUWeigher=0", "DiskWeigher=0"])
+    assert (await ram_only.select(spec()))[0] == "ram-rich"
+    with pytest.raises(ValueError, match="'RAMWeigher:2' is not Name=number"):
+        scheduler(index, weight_multipliers=["RAMWeigher:2"])

@@ -8,7 +8,7 @@ header; the admin project sees everything.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta
@@ -20,6 +20,10 @@ from hvmesh.core.conductor import new_request_id, publish_task
 from hvmesh.core.config import Config
 from hvmesh.core.inventory import Index
 from hvmesh.core.models import (
+    Aggregate,
+    AggregateCreate,
+    AggregateHost,
+    AggregateMetadata,
     Flavor,
     FlavorCreate,
     Image,
@@ -133,6 +137,28 @@ class ApiService:
         ep("server-groups-list", "hvmesh.api.server_groups.list", self.group_list, Empty)
         ep("server-groups-get", "hvmesh.api.server_groups.get", self.group_get, IdOnly)
         ep("server-groups-delete", "hvmesh.api.server_groups.delete", self.group_delete, IdOnly)
+        ep("aggregates-create", "hvmesh.api.aggregates.create", self.agg_create, AggregateCreate)
+        ep("aggregates-list", "hvmesh.api.aggregates.list", self.agg_list, Empty)
+        ep("aggregates-get", "hvmesh.api.aggregates.get", self.agg_get, Ref)
+        ep("aggregates-delete", "hvmesh.api.aggregates.delete", self.agg_delete, Ref)
+        ep(
+            "aggregates-add-host",
+            "hvmesh.api.aggregates.add_host",
+            self.agg_add_host,
+            AggregateHost,
+        )
+        ep(
+            "aggregates-remove-host",
+            "hvmesh.api.aggregates.remove_host",
+            self.agg_remove_host,
+            AggregateHost,
+        )
+        ep(
+            "aggregates-set-metadata",
+            "hvmesh.api.aggregates.set_metadata",
+            self.agg_set_metadata,
+            AggregateMetadata,
+        )
         ep("inventory-query", "hvmesh.api.inventory.query", self.inventory_query, InventoryQuery)
         ep(
             "inventory-report",
@@ -289,7 +315,7 @@ class ApiService:
                 f"{image.min_disk_gb}"
             )
         if req.availability_zone is not None:
-            zones = {e.value.availability_zone for e in self.index.hosts.values()}
+            zones = {self.index.zone_of(name) for name in self.index.hosts}
             if req.availability_zone not in zones:
                 raise errors.BadRequest(
                     f"availability_zone {req.availability_zone!r} does not exist"
@@ -406,6 +432,99 @@ class ApiService:
         if await self.st.server_groups.mutate(group.id, add) is None:
             raise errors.NotFound(f"server group {group_id} not found")
 
+    # --- aggregates -----------------------------------------------------------------------
+
+    async def find_aggregate(self, ref: str) -> Aggregate:
+        entry = await self.st.aggregates.get(ref) if _is_key(ref) else None
+        if entry is not None:
+            return entry.value
+        matches = [a for a in await self.st.aggregates.values() if a.name == ref]
+        if not matches:
+            raise errors.NotFound(f"aggregate {ref} not found")
+        return matches[0]
+
+    async def agg_create(self, caller: Caller, req: AggregateCreate) -> dict:
+        need_admin(caller, "managing aggregates")
+        if any(a.name == req.name for a in await self.st.aggregates.values()):
+            raise errors.Conflict(f"an aggregate named {req.name!r} exists")
+        metadata = dict(req.metadata)
+        if req.availability_zone:
+            metadata["availability_zone"] = req.availability_zone
+        aggregate = Aggregate(id=new_id(), name=req.name, metadata=metadata)
+        await self.st.aggregates.create(aggregate.id, aggregate)
+        return {"aggregate": aggregate}
+
+    async def agg_list(self, caller: Caller, req: Empty) -> dict:
+        need_admin(caller, "listing aggregates")
+        return {"aggregates": sorted(await self.st.aggregates.values(), key=lambda a: a.name)}
+
+    async def agg_get(self, caller: Caller, req: Ref) -> dict:
+        need_admin(caller, "reading aggregates")
+        self._check_ref(req, "aggregate")
+        return {"aggregate": await self.find_aggregate(req.id or req.name or "")}
+
+    async def agg_delete(self, caller: Caller, req: Ref) -> dict:
+        need_admin(caller, "managing aggregates")
+        self._check_ref(req, "aggregate")
+        aggregate = await self.find_aggregate(req.id or req.name or "")
+        if aggregate.hosts:
+            raise errors.Conflict(f"aggregate {aggregate.name} still has hosts: remove them first")
+        await self.st.aggregates.delete(aggregate.id)
+        return {"deleted": aggregate.id}
+
+    async def _change_aggregate(self, ref: str, change: Any) -> dict:
+        """Apply `change(aggregate) -> aggregate` with compare-and-set; it raises to refuse."""
+        aggregate = await self.find_aggregate(ref)
+        written = await self.st.aggregates.mutate(aggregate.id, change)
+        if written is None:
+            raise errors.NotFound(f"aggregate {ref} not found")
+        self.index.apply_aggregate(written.key, written.value)  # read-your-writes for zones
+        return {"aggregate": written.value}
+
+    async def agg_add_host(self, caller: Caller, req: AggregateHost) -> dict:
+        need_admin(caller, "managing aggregates")
+        if req.host not in self.index.hosts:
+            raise errors.NotFound(f"host {req.host} not found")
+        zone = (await self.find_aggregate(req.id)).availability_zone
+        if zone:
+            for other in await self.st.aggregates.values():
+                if req.host in other.hosts and other.availability_zone not in (None, zone):
+                    raise errors.Conflict(
+                        f"host {req.host} is in aggregate {other.name}, availability zone "
+                        f"{other.availability_zone}; a host has one zone"
+                    )
+
+        def add(a: Aggregate) -> Aggregate:
+            if req.host in a.hosts:
+                raise errors.Conflict(f"host {req.host} is already in aggregate {a.name}")
+            return msgspec.structs.replace(a, hosts=[*a.hosts, req.host])
+
+        return await self._change_aggregate(req.id, add)
+
+    async def agg_remove_host(self, caller: Caller, req: AggregateHost) -> dict:
+        need_admin(caller, "managing aggregates")
+
+        def remove(a: Aggregate) -> Aggregate:
+            if req.host not in a.hosts:
+                raise errors.NotFound(f"host {req.host} is not in aggregate {a.name}")
+            return msgspec.structs.replace(a, hosts=[h for h in a.hosts if h != req.host])
+
+        return await self._change_aggregate(req.id, remove)
+
+    async def agg_set_metadata(self, caller: Caller, req: AggregateMetadata) -> dict:
+        need_admin(caller, "managing aggregates")
+
+        def update(a: Aggregate) -> Aggregate:
+            metadata = dict(a.metadata)
+            for key, value in req.metadata.items():
+                if value is None:
+                    metadata.pop(key, None)
+                else:
+                    metadata[key] = value
+            return msgspec.structs.replace(a, metadata=metadata)
+
+        return await self._change_aggregate(req.id, update)
+
     # --- inventory ------------------------------------------------------------------------
 
     async def inventory_query(self, caller: Caller, req: InventoryQuery) -> dict:
@@ -440,7 +559,7 @@ class ApiService:
                     "name": name,
                     "state": "up" if self.index.is_up(name) else "down",
                     "status": host.status,
-                    "availability_zone": host.availability_zone,
+                    "availability_zone": self.index.zone_of(name),
                     "hypervisor_type": host.hypervisor_type,
                     "vcpus": inv("VCPU"),
                     "vcpus_used": host.used("VCPU"),

@@ -21,7 +21,7 @@ import numpy as np
 from nats.js.kv import KeyValue
 
 from hvmesh.core import log
-from hvmesh.core.models import Heartbeat, Host
+from hvmesh.core.models import Aggregate, Heartbeat, Host
 from hvmesh.core.store import Bucket, Entry, Store
 
 LOG = log.get_logger(__name__)
@@ -112,13 +112,13 @@ class HostColumns:
         self.size += 1
         return row
 
-    def put(self, host: Host, revision: int) -> None:
+    def put(self, host: Host, revision: int, zone: str) -> None:
+        """Write a host's row; `zone` is its effective availability zone."""
         i = self._row_for(host.name)  # may grow the arrays: look the columns up after
         a = self.arrays
         a["name"][i] = host.name
         a["driver"][i] = host.driver
-        a["availability_zone"][i] = host.availability_zone
-        a["az_code"][i] = self.zones.of(host.availability_zone)
+        self.set_zone(i, zone)
         a["hypervisor_type"][i] = host.hypervisor_type
         a["cpu_arch"][i] = host.cpu_arch
         a["enabled"][i] = host.status == "enabled"
@@ -139,6 +139,10 @@ class HostColumns:
             a[total_c][i] = inv.total if inv else 0
             a[used_c][i] = used[rc]
             a[free_c][i] = (inv.capacity() - used[rc]) if inv else 0
+
+    def set_zone(self, row: int, zone: str) -> None:
+        self.arrays["availability_zone"][row] = zone
+        self.arrays["az_code"][row] = self.zones.of(zone)
 
     def _set_traits(self, row: int, traits: frozenset[str]) -> None:
         old = self.row_traits.get(row, frozenset())
@@ -201,6 +205,10 @@ class CandidateColumns(dict):
     def host_of(self, server_id: str) -> str | None:
         return self._index.consumers.get(server_id)
 
+    def in_aggregates(self, wanted: Any) -> np.ndarray:
+        """Mask of hosts in at least one aggregate for which `wanted(aggregate)` holds."""
+        return self._index.aggregate_mask(wanted)
+
     def row_of(self, host: str) -> int | None:
         return self._index.columns.row.get(host)
 
@@ -214,11 +222,14 @@ class Index:
         self.hosts: dict[str, Entry[Host]] = {}
         self.heartbeats: dict[str, float] = {}
         self.consumers: dict[str, str] = {}  # server id -> host holding its allocation
+        self.aggregates: dict[str, Aggregate] = {}
+        self.host_aggregates: dict[str, set[str]] = {}  # host -> aggregate ids
         # No file or network access, and no query can switch it back on.
         self.db = duckdb.connect(":memory:", config={"enable_external_access": False})
         self.db.execute("SET lock_configuration = true")
         self._tasks: list[asyncio.Task[None]] = []
         self._watchers: list[KeyValue.KeyWatcher] = []
+        self._changed = asyncio.Event()
         self.ready = asyncio.Event()
 
     # --- feeding ---------------------------------------------------------------------------
@@ -239,7 +250,42 @@ class Index:
         self.hosts[name] = entry
         for sid in entry.value.allocations:
             self.consumers[sid] = name
-        self.columns.put(entry.value, revision)
+        self.columns.put(entry.value, revision, self.zone_of(name))
+
+    def zone_of(self, host: str) -> str:
+        """A host's availability zone: its aggregate's, if one names a zone, else its own."""
+        for agg_id in sorted(self.host_aggregates.get(host, ())):
+            zone = self.aggregates[agg_id].availability_zone
+            if zone:
+                return zone
+        entry = self.hosts.get(host)
+        return entry.value.availability_zone if entry else ""
+
+    def apply_aggregate(self, agg_id: str, aggregate: Aggregate | None) -> None:
+        """Take an aggregate (None: deleted) and re-zone the hosts it gained or lost."""
+        old = self.aggregates.pop(agg_id, None)
+        touched = set(old.hosts) if old else set()
+        if aggregate is not None:
+            self.aggregates[agg_id] = aggregate
+            touched |= set(aggregate.hosts)
+        for host in touched:
+            member = aggregate is not None and host in aggregate.hosts
+            ids = self.host_aggregates.setdefault(host, set())
+            (ids.add if member else ids.discard)(agg_id)
+            row = self.columns.row.get(host)
+            if row is not None and host in self.hosts:
+                self.columns.set_zone(row, self.zone_of(host))
+
+    def aggregate_mask(self, wanted: Any) -> np.ndarray:
+        """Rows of hosts in at least one aggregate for which `wanted(aggregate)` holds."""
+        mask = np.zeros(self.columns.size, dtype=bool)
+        for aggregate in self.aggregates.values():
+            if wanted(aggregate):
+                for host in aggregate.hosts:
+                    row = self.columns.row.get(host)
+                    if row is not None:
+                        mask[row] = True
+        return mask
 
     def apply_heartbeat(self, hb: Heartbeat) -> None:
         if hb.at > self.heartbeats.get(hb.host, 0.0):
@@ -247,21 +293,41 @@ class Index:
             self.columns.beat(hb.host, hb.at)
 
     async def start(self, store: Store) -> None:
-        """Watch the hosts and heartbeats buckets; returns once the snapshot is loaded."""
-        hosts_loaded = asyncio.Event()
-        beats_loaded = asyncio.Event()
-        self._tasks.append(
-            asyncio.create_task(self._watch(store.hosts, self._on_host, hosts_loaded))
-        )
-        self._tasks.append(
-            asyncio.create_task(self._watch(store.heartbeats, self._on_heartbeat, beats_loaded))
-        )
-        await asyncio.gather(hosts_loaded.wait(), beats_loaded.wait())
+        """Watch the aggregates, hosts and heartbeats buckets; returns once all are loaded."""
+        loaded = []
+        for bucket, apply in (
+            (store.aggregates, self._on_aggregate),
+            (store.hosts, self._on_host),
+            (store.heartbeats, self._on_heartbeat),
+        ):
+            event = asyncio.Event()
+            loaded.append(event.wait())
+            self._tasks.append(asyncio.create_task(self._watch(bucket, apply, event)))
+        await asyncio.gather(*loaded)
         self.ready.set()
+
+    def _notify(self) -> None:
+        """Wake whoever waits in wait_for: something was applied."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_for(self, check: Any, timeout: float = 10.0) -> None:
+        """Wait until `check()` holds, re-checking after each record the watches apply."""
+        async with asyncio.timeout(timeout):
+            while True:
+                changed = self._changed
+                if check():
+                    return
+                await changed.wait()
 
     def _on_host(self, bucket: Bucket[Host], key: str, value: bytes | None, revision: int) -> None:
         entry = Entry(key=key, value=bucket.decode(value), revision=revision) if value else None
         self.apply_host(entry, key, revision)
+
+    def _on_aggregate(
+        self, bucket: Bucket[Aggregate], key: str, value: bytes | None, revision: int
+    ) -> None:
+        self.apply_aggregate(key, bucket.decode(value) if value else None)
 
     def _on_heartbeat(
         self, bucket: Bucket[Heartbeat], key: str, value: bytes | None, revision: int
@@ -282,6 +348,7 @@ class Index:
                         apply(bucket, e.key, e.value if e.operation is None else None, e.revision)
                     except msgspec.DecodeError:
                         LOG.warning("index.bad_record", bucket=bucket.kv._name, key=e.key)
+                    self._notify()
                     if e.delta == 0:
                         loaded.set()
                 return

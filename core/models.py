@@ -248,6 +248,41 @@ class Host(Record):
         return None
 
 
+class Aggregate(Record):
+    """A host aggregate: a named set of hosts with metadata (Nova's aggregates).
+
+    Metadata `availability_zone` makes it an availability zone: its hosts are in that
+    zone whatever they report. `filter_tenant_id` (comma-separated projects) isolates its
+    hosts for those projects (AggregateMultiTenancyIsolation).
+    """
+
+    id: str
+    name: str
+    metadata: dict[str, str] = field(default_factory=dict)
+    hosts: list[str] = field(default_factory=list)
+    created_at: float = field(default_factory=now)
+
+    @property
+    def availability_zone(self) -> str | None:
+        return self.metadata.get("availability_zone")
+
+
+class AggregateCreate(Request):
+    name: Name
+    availability_zone: Annotated[str, Meta(min_length=1, max_length=255)] | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+class AggregateHost(Request):
+    id: str
+    host: Annotated[str, Meta(min_length=1, max_length=128)]
+
+
+class AggregateMetadata(Request):
+    id: str
+    metadata: dict[str, str | None]  # null removes a key
+
+
 class Heartbeat(Record):
     host: str
     at: float

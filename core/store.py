@@ -31,7 +31,16 @@ from nats.js.errors import (
 from nats.js.kv import KeyValue
 
 from hvmesh.core import errors
-from hvmesh.core.models import Flavor, Heartbeat, Host, Image, Server, ServerGroup, encode
+from hvmesh.core.models import (
+    Aggregate,
+    Flavor,
+    Heartbeat,
+    Host,
+    Image,
+    Server,
+    ServerGroup,
+    encode,
+)
 
 T = TypeVar("T", bound=msgspec.Struct)
 
@@ -43,6 +52,7 @@ BUCKETS: dict[str, type[msgspec.Struct]] = {
     "images": Image,
     "heartbeats": Heartbeat,
     "server_groups": ServerGroup,
+    "aggregates": Aggregate,
 }
 
 TASKS_STREAM = "HVMESH_TASKS"
@@ -229,6 +239,10 @@ class Store:
     @property
     def server_groups(self) -> Bucket[ServerGroup]:
         return self._buckets["server_groups"]
+
+    @property
+    def aggregates(self) -> Bucket[Aggregate]:
+        return self._buckets["aggregates"]
 
     async def open(self, create: bool = True) -> Store:
         """Bind (and with `create`, make) every bucket and stream."""

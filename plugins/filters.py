@@ -173,6 +173,48 @@ def _anti_affinity_mask(cols: Columns, spec: RequestSpec) -> np.ndarray | None:
     return member_counts(cols, spec) < spec.group.max_server_per_host
 
 
+_AGGREGATE_SCOPE = "aggregate_instance_extra_specs:"
+
+
+def _aggregate_specs(spec: RequestSpec) -> dict[str, str]:
+    return {
+        k[len(_AGGREGATE_SCOPE) :]: v
+        for k, v in spec.flavor.extra_specs.items()
+        if k.startswith(_AGGREGATE_SCOPE)
+    }
+
+
+def _aggregate_extra_specs_mask(cols: Columns, spec: RequestSpec) -> np.ndarray | None:
+    mask = None
+    for key, requirement in _aggregate_specs(spec).items():
+
+        def wanted(agg: Any, key: str = key, requirement: str = requirement) -> bool:
+            values = agg.metadata.get(key)
+            return values is not None and any(
+                matches(v.strip(), requirement) for v in values.split(",")
+            )
+
+        m = cols.in_aggregates(wanted)  # type: ignore[attr-defined]
+        mask = m if mask is None else mask & m
+    return mask
+
+
+def _tenants(agg: Any) -> set[str] | None:
+    """The projects an aggregate is isolated for (None: not isolating)."""
+    keys = [k for k in agg.metadata if k.startswith("filter_tenant_id")]
+    if not keys:
+        return None
+    return {t.strip() for k in keys for t in agg.metadata[k].split(",") if t.strip()}
+
+
+def _tenant_isolation_mask(cols: Columns, spec: RequestSpec) -> np.ndarray:
+    restricted = cols.in_aggregates(lambda a: _tenants(a) is not None)  # type: ignore[attr-defined]
+    if not restricted.any():
+        return np.ones(len(cols["name"]), dtype=bool)
+    allowed = cols.in_aggregates(lambda a: spec.project in (_tenants(a) or ()))  # type: ignore[attr-defined]
+    return ~restricted | allowed
+
+
 _core_mask, _core_sql = _fit("vcpus_free", lambda s: s.flavor.vcpus)
 _ram_mask, _ram_sql = _fit("memory_mb_free", lambda s: s.flavor.ram_mb)
 _disk_mask, _disk_sql = _fit("disk_gb_free", lambda s: s.flavor.disk_gb)
@@ -243,6 +285,20 @@ BUILTIN_FILTERS = [
         mask=_anti_affinity_mask,
         description="For a server in an anti-affinity group: only hosts holding fewer than "
         "max_server_per_host of its members.",
+    ),
+    Filter(
+        name="AggregateInstanceExtraSpecsFilter",
+        mask=_aggregate_extra_specs_mask,
+        applies=lambda spec: bool(_aggregate_specs(spec)),
+        description="Passes hosts in an aggregate whose metadata matches each of the "
+        "flavor's aggregate_instance_extra_specs:KEY extra specs (Nova's operators; "
+        "comma-separated metadata values match if any does).",
+    ),
+    Filter(
+        name="AggregateMultiTenancyIsolation",
+        mask=_tenant_isolation_mask,
+        description="Hosts in an aggregate with filter_tenant_id metadata take only those "
+        "projects' servers; other hosts take anyone's.",
     ),
     Filter(
         name="SameHostFilter",

@@ -73,6 +73,10 @@ class Survivors(dict):
     def host_of(self, server_id: str) -> str | None:
         return self._cols.host_of(server_id)
 
+    def in_aggregates(self, wanted: Any) -> np.ndarray:
+        mask = self._cols.in_aggregates(wanted)
+        return mask if len(self._rows) == len(mask) else mask[self._rows]
+
     def row_of(self, host: str) -> int | None:
         row = self._cols.row_of(host)
         if row is None:

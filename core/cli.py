@@ -295,6 +295,15 @@ def cmd_server_create(args: argparse.Namespace) -> None:
     }
     if args.availability_zone:
         body["availability_zone"] = args.availability_zone
+    hints: dict[str, Any] = {}
+    for key, value in parse_properties(args.hint, "--hint").items():
+        if key not in ("same_host", "different_host"):
+            raise CliError(f"--hint {key}: expected same_host=ID or different_host=ID")
+        hints.setdefault(key, []).append(value)
+    if args.group:
+        hints["group"] = args.group
+    if hints:
+        body["scheduler_hints"] = hints
     server = call(args, "servers", "create", body)["server"]
     if args.wait:
         server = launcher.run(
@@ -328,6 +337,27 @@ def cmd_server_delete(args: argparse.Namespace) -> None:
             wait_for_server(args, server["id"], lambda s: s is None or s["status"] == "ERROR")
         )
     output.emit({"deleted": server["id"]} if args.wait else {"deleting": server["id"]}, args.format)
+
+
+GROUP_COLUMNS = ["id", "name", "policy", "max_server_per_host", "members"]
+
+
+def cmd_group_create(args: argparse.Namespace) -> None:
+    body = {"name": args.name, "policy": args.policy, "max_server_per_host": args.max_per_host}
+    output.emit(call(args, "server_groups", "create", body)["server_group"], args.format)
+
+
+def cmd_group_list(args: argparse.Namespace) -> None:
+    groups = call(args, "server_groups", "list", {})["server_groups"]
+    output.emit(groups, args.format, GROUP_COLUMNS)
+
+
+def cmd_group_show(args: argparse.Namespace) -> None:
+    output.emit(call(args, "server_groups", "get", {"id": args.group})["server_group"], args.format)
+
+
+def cmd_group_delete(args: argparse.Namespace) -> None:
+    output.emit(call(args, "server_groups", "delete", {"id": args.group}), args.format)
 
 
 AGGREGATE_COLUMNS = ["id", "name", "metadata", "hosts"]
@@ -567,6 +597,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", required=True, help="id or name")
     p.add_argument("--availability-zone")
     p.add_argument("--property", action="append", metavar="KEY=VALUE", help="metadata")
+    p.add_argument("--group", help="server group id: join it and follow its policy")
+    p.add_argument(
+        "--hint", action="append", metavar="KEY=ID", help="same_host=ID or different_host=ID"
+    )
     p.add_argument("--wait", action="store_true", help="show progress until ACTIVE or ERROR")
     p.add_argument("--wait-timeout", type=float, default=300.0)
     leaf(sv, "list", cmd_server_list, "list servers")
@@ -575,6 +609,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("server", help="id")
     p.add_argument("--wait", action="store_true", help="wait until it is gone")
     p.add_argument("--wait-timeout", type=float, default=300.0)
+
+    sg = sub.add_parser("server-group", help="server groups").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    p = leaf(sg, "create", cmd_group_create, "create a server group")
+    p.add_argument("name")
+    p.add_argument(
+        "--policy",
+        required=True,
+        choices=["affinity", "anti-affinity", "soft-affinity", "soft-anti-affinity"],
+    )
+    p.add_argument("--max-per-host", type=int, default=1, help="anti-affinity: members per host")
+    leaf(sg, "list", cmd_group_list, "list server groups")
+    leaf(sg, "show", cmd_group_show, "show a server group").add_argument("group", help="id")
+    leaf(sg, "delete", cmd_group_delete, "delete a server group").add_argument("group", help="id")
 
     ag = sub.add_parser("aggregate", help="host aggregates (admin)").add_subparsers(
         dest="action", required=True, metavar="ACTION"

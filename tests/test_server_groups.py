@@ -140,3 +140,56 @@ async def test_server_group_api(cloud: Deployment, admin: ApiClient, demo: ApiCl
         )
     await demo("server_groups.delete", {"id": mine["id"]})
     assert (await demo("server_groups.list"))["server_groups"] == []
+
+
+async def test_server_group_cli(cloud: Deployment) -> None:
+    from tests.test_cli import Cli, hvmesh
+
+    cli = Cli(cloud)
+    group = await cli.json("server-group", "create", "web", "--policy", "anti-affinity")
+    await cli.ok("flavor", "create", "m1.small", "--vcpus", "1", "--ram", "256")
+    await cli.ok("image", "create", "cirros")
+    hosts = set()
+    for name in ("w1", "w2"):
+        server = await cli.json(
+            "server",
+            "create",
+            name,
+            "--flavor",
+            "m1.small",
+            "--image",
+            "cirros",
+            "--group",
+            group["id"],
+            "--wait",
+        )
+        hosts.add(server["host"])
+    assert len(hosts) == 2
+    listed = await cli.json("server-group", "list")
+    assert [g["name"] for g in listed] == ["web"] and len(listed[0]["members"]) == 2
+    apart = await cli.json(
+        "server",
+        "create",
+        "x",
+        "--flavor",
+        "m1.small",
+        "--image",
+        "cirros",
+        "--hint",
+        f"different_host={server['id']}",
+        "--wait",
+    )
+    assert apart["host"] != server["host"]
+    code, _, err = await hvmesh(
+        "server",
+        "create",
+        "y",
+        "--flavor",
+        "m1.small",
+        "--image",
+        "cirros",
+        "--hint",
+        "near=1",
+        *cli.auth,
+    )
+    assert code == 1 and "expected same_host=ID or different_host=ID" in err

@@ -23,6 +23,7 @@ from hvmesh.core.models import (
     AgentEvent,
     Fault,
     GroupSpec,
+    Host,
     RequestSpec,
     Selection,
     Server,
@@ -351,6 +352,7 @@ class Conductor:
 
             await self.st.servers.mutate(ev.server_id, to_active)
             LOG.info("conductor.active", server=ev.server_id, host=ev.host)
+            await self.st.hosts.mutate(ev.host, _builds_work_again)
             return
 
         max_attempts = self.cfg.conductor.max_attempts
@@ -386,7 +388,7 @@ class Conductor:
         # Give the failed host's claim back first, so no one ever sees the server moved on
         # (or in ERROR) while the claim is still held. A failed spawn's host is never
         # chosen again for this server, so releasing it is right even on a redelivery.
-        await placement.release(self.st, ev.host, ev.server_id)
+        await placement.release(self.st, ev.host, ev.server_id, failed_build=True)
         written = await self.st.servers.mutate(ev.server_id, to_retry)
         if written is not None and written.value.host is None:
             await self.group_unplace(written.value)  # its next host is chosen afresh
@@ -421,3 +423,8 @@ class Conductor:
 
 def new_request_id() -> str:
     return f"req-{uuid.uuid4()}"
+
+
+def _builds_work_again(host: Host) -> Host | None:
+    """A spawn worked on this host: its failed-build count starts over (as Nova's)."""
+    return msgspec.structs.replace(host, failed_builds=0) if host.failed_builds else None

@@ -90,6 +90,7 @@ class SchedulerSection(Struct, kw_only=True, forbid_unknown_fields=True):
                 "DiskWeigher",
                 "ServerGroupSoftAffinityWeigher",
                 "ServerGroupSoftAntiAffinityWeigher",
+                "BuildFailureWeigher",
                 "NumInstancesWeigher",
             ]
         )
@@ -121,6 +122,9 @@ class SchedulerSection(Struct, kw_only=True, forbid_unknown_fields=True):
             "plugins' included); they override the weigher's own and the options above."
         ),
     ] = msgspec.field(default_factory=list)
+    build_failure_weight_multiplier: Annotated[
+        float, Meta(ge=0, description="BuildFailureWeigher's weight (Nova's default: 1000000).")
+    ] = 1_000_000.0
     soft_affinity_weight_multiplier: Annotated[
         float, Meta(ge=0, description="ServerGroupSoftAffinityWeigher's weight.")
     ] = 1.0

@@ -47,6 +47,7 @@ HOST_COLUMNS: dict[str, Any] = {
     "local_gb_used": np.int64,
     "disk_gb_free": np.int64,
     "running_vms": np.int64,
+    "failed_builds": np.int64,
     "revision": np.int64,
 }
 
@@ -128,6 +129,7 @@ class HostColumns:
         self._set_traits(i, frozenset(traits))
         a["present"][i] = True
         a["running_vms"][i] = len(host.allocations)
+        a["failed_builds"][i] = host.failed_builds
         a["revision"][i] = revision
         used = {rc: 0 for rc in _RESOURCE_COLUMNS}
         for alloc in host.allocations.values():

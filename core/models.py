@@ -225,6 +225,7 @@ class Host(Record):
     hypervisor_type: str = ""
     hypervisor_version: str = ""
     cpu_arch: str = ""
+    failed_builds: int = 0  # spawns failed here since the last one that worked
     created_at: float = field(default_factory=now)
     updated_at: float = field(default_factory=now)
 

@@ -64,15 +64,22 @@ async def claim(
     return ClaimResult(entry=entry, claimed=False, reason="too many concurrent writers")
 
 
-async def release(store: Store, host: str, server_id: str) -> Entry[Host] | None:
-    """Drop `server_id`'s allocation on `host` (a no-op when it holds none)."""
+async def release(
+    store: Store, host: str, server_id: str, failed_build: bool = False
+) -> Entry[Host] | None:
+    """Drop `server_id`'s allocation on `host` (a no-op when it holds none).
+
+    With `failed_build`, the host's failed-build count goes up in the same write, so a
+    redelivered failure (its allocation already gone) does not count twice.
+    """
 
     def drop(record: Host) -> Host | None:
         if server_id not in record.allocations:
             return None
         allocations = dict(record.allocations)
         del allocations[server_id]
-        return msgspec.structs.replace(record, allocations=allocations)
+        failures = record.failed_builds + (1 if failed_build else 0)
+        return msgspec.structs.replace(record, allocations=allocations, failed_builds=failures)
 
     entry = await store.hosts.mutate(host, drop)
     LOG.debug("placement.released", host=host, server=server_id)

@@ -24,6 +24,10 @@ def _free_disk(cols: Columns, spec: RequestSpec) -> np.ndarray:
     return cols["disk_gb_free"]
 
 
+def _build_failures(cols: Columns, spec: RequestSpec) -> np.ndarray:
+    return -cols["failed_builds"]
+
+
 def _num_instances(cols: Columns, spec: RequestSpec) -> np.ndarray:
     return cols["running_vms"]
 
@@ -71,6 +75,13 @@ BUILTIN_WEIGHERS = [
         applies=_group_policy("soft-anti-affinity"),
         multiplier_option="soft_anti_affinity_weight_multiplier",
         description="For a soft-anti-affinity group: prefers hosts holding fewer of its members.",
+    ),
+    Weigher(
+        name="BuildFailureWeigher",
+        weigh=_build_failures,
+        multiplier_option="build_failure_weight_multiplier",
+        description="Steers away from hosts whose recent spawns failed; as Nova's, its large "
+        "default multiplier outweighs the others once any host has failures.",
     ),
     Weigher(
         name="NumInstancesWeigher",

@@ -196,3 +196,16 @@ async def test_best_fit_scheduler_packs_where_the_filter_scheduler_spreads(
     assert (
         await wait_server(deployment.store, second["id"], settled)
     ).host == "roomy"  # snug is full
+
+
+async def test_build_failure_weigher_and_its_reset() -> None:
+    bad = host("bad", ram=65536)
+    bad.failed_builds = 2
+    index = make_index(bad, host("good"))
+    assert (await scheduler(index).select(spec()))[0] == "good"
+    assert (await scheduler(index, build_failure_weight_multiplier=0.0).select(spec()))[0] == "bad"
+    from hvmesh.core.conductor import _builds_work_again
+
+    reset = _builds_work_again(bad)
+    assert reset is not None and reset.failed_builds == 0
+    assert _builds_work_again(host("clean")) is None  # nothing to write

@@ -31,7 +31,15 @@ async def test_failed_spawn_is_rescheduled_elsewhere(
     steady = (await deployment.store.hosts.get("steady")).value
     assert flaky.allocations == {}
     assert list(steady.allocations) == [created["id"]]
+    assert flaky.failed_builds == 1 and steady.failed_builds == 0
     assert await audit.audit(deployment.store) == []
+
+    # BuildFailureWeigher: the next server goes straight to the steady host, no retry.
+    again = (
+        await admin("servers.create", {"name": "vm2", "flavor": "m1.small", "image": "cirros"})
+    )["server"]
+    second = await wait_server(deployment.store, again["id"], settled)
+    assert second is not None and second.host == "steady" and second.attempt == 0
 
 
 async def test_build_fails_after_max_attempts(deployment: Deployment, admin: ApiClient) -> None:

@@ -29,6 +29,8 @@ class NodeInventory(msgspec.Struct, kw_only=True):
     hypervisor_type: str
     hypervisor_version: str = ""
     cpu_arch: str = "x86_64"
+    #: Custom resource classes (PCI devices as CUSTOM_PCI_<ALIAS>, ...) and how many.
+    resources: dict[str, int] = msgspec.field(default_factory=dict)
     traits: list[str] = msgspec.field(default_factory=list)
 
 

@@ -52,7 +52,8 @@ def event_subject(host: str, server_id: str) -> str:
 def inventories_for(node: NodeInventory, cfg: Config) -> dict[str, Inventory]:
     """Placement inventories from what the hypervisor has and the [compute] settings."""
     c = cfg.compute
-    return {
+    custom = {rc: Inventory(total=n, max_unit=n) for rc, n in node.resources.items()}
+    return custom | {
         "VCPU": Inventory(
             total=node.vcpus,
             reserved=c.reserved_host_cpus,

@@ -34,6 +34,7 @@ from hvmesh.core.models import (
     ServerGroup,
     ServerGroupCreate,
     Task,
+    custom_resources,
     new_id,
     now,
 )
@@ -233,6 +234,12 @@ class ApiService:
 
     async def flavor_create(self, caller: Caller, req: FlavorCreate) -> dict:
         need_admin(caller, "creating flavors")
+        try:
+            custom = custom_resources(req.extra_specs)
+        except ValueError as exc:
+            raise errors.BadRequest(f"extra_specs: {exc}") from None
+        if any(n < 1 for n in custom.values()):
+            raise errors.BadRequest("extra_specs: resources:CUSTOM_* amounts must be 1 or more")
         if any(f.name == req.name for f in await self.st.flavors.values()):
             raise errors.Conflict(f"a flavor named {req.name!r} exists")
         flavor = Flavor(

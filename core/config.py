@@ -78,6 +78,8 @@ class SchedulerSection(Struct, kw_only=True, forbid_unknown_fields=True):
             "TraitsFilter",
             "ServerGroupAffinityFilter",
             "ServerGroupAntiAffinityFilter",
+            "PciPassthroughFilter",
+            "CustomResourceFilter",
             "SameHostFilter",
             "DifferentHostFilter",
         ]
@@ -184,6 +186,10 @@ class FakeSection(Struct, kw_only=True, forbid_unknown_fields=True):
     cpu_arch: Annotated[str, Meta(description="CPU architecture simulated hosts report.")] = (
         "x86_64"
     )
+    pci_devices: Annotated[
+        list[str],
+        Meta(description="PCI devices each simulated host has, as ALIAS:COUNT (gpu:2)."),
+    ] = msgspec.field(default_factory=list)
     fail_rate: Annotated[
         float, Meta(ge=0, le=1, description="Fraction of simulated spawns that fail.")
     ] = 0.0

@@ -95,6 +95,9 @@ class HostColumns:
         self.arrays = {c: _empty(capacity, t) for c, t in HOST_COLUMNS.items()}
         # Traits are sets per host; filters ask "which rows have trait T", so keep both
         # directions, and a mask per trait rebuilt only when its membership changed.
+        # Free amounts of custom resource classes (PCI devices, ...), one column each,
+        # made when a class is first seen; hosts without it have 0.
+        self.custom_free: dict[str, np.ndarray] = {}
         self.row_traits: dict[int, frozenset[str]] = {}
         self.trait_rows: dict[str, set[int]] = {}
         self._trait_masks: dict[str, tuple[int, np.ndarray]] = {}
@@ -109,6 +112,10 @@ class HostColumns:
                 grown = _empty(len(a) * 2, a.dtype)
                 grown[: len(a)] = a
                 self.arrays[c] = grown
+            for rc, a in self.custom_free.items():
+                grown = np.zeros(len(a) * 2, dtype=a.dtype)
+                grown[: len(a)] = a
+                self.custom_free[rc] = grown
         row = self.row[name] = self.size
         self.size += 1
         return row
@@ -141,6 +148,12 @@ class HostColumns:
             a[total_c][i] = inv.total if inv else 0
             a[used_c][i] = used[rc]
             a[free_c][i] = (inv.capacity() - used[rc]) if inv else 0
+        for rc in host.inventories.keys() - _RESOURCE_COLUMNS.keys():
+            if rc not in self.custom_free:
+                self.custom_free[rc] = np.zeros(len(a["name"]), dtype=np.int64)
+        for rc, column in self.custom_free.items():
+            inv = host.inventories.get(rc)
+            column[i] = (inv.capacity() - host.used(rc)) if inv else 0
 
     def set_zone(self, row: int, zone: str) -> None:
         self.arrays["availability_zone"][row] = zone
@@ -210,6 +223,14 @@ class CandidateColumns(dict):
     def in_aggregates(self, wanted: Any) -> np.ndarray:
         """Mask of hosts in at least one aggregate for which `wanted(aggregate)` holds."""
         return self._index.aggregate_mask(wanted)
+
+    def free(self, resource_class: str) -> np.ndarray:
+        """Free amount of a custom resource class per host (zeros when no host has it)."""
+        columns = self._index.columns
+        column = columns.custom_free.get(resource_class)
+        if column is None:
+            return np.zeros(columns.size, dtype=np.int64)
+        return column[: columns.size]
 
     def row_of(self, host: str) -> int | None:
         return self._index.columns.row.get(host)

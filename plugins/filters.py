@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from hvmesh.core.models import Host, RequestSpec
+from hvmesh.core.models import Host, RequestSpec, custom_resources
 from hvmesh.plugins import hookimpl
 from hvmesh.plugins.api import Columns, Filter
 from hvmesh.plugins.extra_specs import matches
@@ -215,6 +215,27 @@ def _tenant_isolation_mask(cols: Columns, spec: RequestSpec) -> np.ndarray:
     return ~restricted | allowed
 
 
+def _pci_requests(spec: RequestSpec) -> dict[str, int]:
+    wanted = custom_resources(spec.flavor.extra_specs)
+    return {rc: n for rc, n in wanted.items() if rc.startswith("CUSTOM_PCI_")}
+
+
+def _other_custom_requests(spec: RequestSpec) -> dict[str, int]:
+    wanted = custom_resources(spec.flavor.extra_specs)
+    return {rc: n for rc, n in wanted.items() if not rc.startswith("CUSTOM_PCI_")}
+
+
+def _free_mask(requests_of: Callable[[RequestSpec], dict[str, int]]) -> Any:
+    def mask(cols: Columns, spec: RequestSpec) -> np.ndarray | None:
+        result = None
+        for rc, n in requests_of(spec).items():
+            m = cols.free(rc) >= n  # type: ignore[attr-defined]
+            result = m if result is None else result & m
+        return result
+
+    return mask
+
+
 _core_mask, _core_sql = _fit("vcpus_free", lambda s: s.flavor.vcpus)
 _ram_mask, _ram_sql = _fit("memory_mb_free", lambda s: s.flavor.ram_mb)
 _disk_mask, _disk_sql = _fit("disk_gb_free", lambda s: s.flavor.disk_gb)
@@ -299,6 +320,21 @@ BUILTIN_FILTERS = [
         mask=_tenant_isolation_mask,
         description="Hosts in an aggregate with filter_tenant_id metadata take only those "
         "projects' servers; other hosts take anyone's.",
+    ),
+    Filter(
+        name="PciPassthroughFilter",
+        mask=_free_mask(_pci_requests),
+        applies=lambda spec: "pci_passthrough:alias" in spec.flavor.extra_specs,
+        description="Passes hosts with enough free PCI devices for the flavor's "
+        "pci_passthrough:alias (each alias is the resource class CUSTOM_PCI_<ALIAS>).",
+    ),
+    Filter(
+        name="CustomResourceFilter",
+        mask=_free_mask(_other_custom_requests),
+        applies=lambda spec: any(
+            k.startswith("resources:CUSTOM_") for k in spec.flavor.extra_specs
+        ),
+        description="Passes hosts with enough free of each resources:CUSTOM_* the flavor asks for.",
     ),
     Filter(
         name="SameHostFilter",

@@ -73,6 +73,10 @@ class Survivors(dict):
     def host_of(self, server_id: str) -> str | None:
         return self._cols.host_of(server_id)
 
+    def free(self, resource_class: str) -> np.ndarray:
+        column = self._cols.free(resource_class)
+        return column if len(self._rows) == len(column) else column[self._rows]
+
     def in_aggregates(self, wanted: Any) -> np.ndarray:
         mask = self._cols.in_aggregates(wanted)
         return mask if len(self._rows) == len(mask) else mask[self._rows]

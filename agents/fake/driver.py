@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from hvmesh.agents.driver import ComputeDriver, DriverError, InstanceInfo, NodeInventory
 from hvmesh.core import states
-from hvmesh.core.models import Image, Server
+from hvmesh.core.models import Image, Server, parse_counts, pci_class
 from hvmesh.plugins import hookimpl
 
 
@@ -35,6 +35,12 @@ class FakeDriver(ComputeDriver):
             hypervisor_version="1.0",
             cpu_arch=self.fake.cpu_arch,
             traits=list(self.fake.traits),
+            resources={
+                pci_class(alias): n
+                for alias, n in parse_counts(
+                    ",".join(self.fake.pci_devices), "[fake] pci_devices"
+                ).items()
+            },
         )
 
     async def list_instances(self) -> list[str]:

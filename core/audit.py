@@ -7,6 +7,7 @@ Findings, as Nova's `nova-manage placement audit` and `heal_allocations` would s
     leaked      an allocation for a server that no longer exists
     mismatch    an allocation that differs from its server's flavor
     missing     an active server with no allocation on its host
+    stale       a host counting a build in progress for a server not being built
 
 With heal, each finding but overcommit is fixed by a compare-and-set on the host record.
 Servers in the middle of being scheduled are left alone: their claim may not be on
@@ -91,6 +92,18 @@ def findings(hosts: list[Host], servers: dict[str, Server]) -> list[Finding]:
                         message=f"allocation {resources} differs from flavor {server.flavor.resources()}",
                     )
                 )
+    for host in hosts:
+        for sid in host.in_progress:
+            server = servers.get(sid)
+            if server is None or server.vm_state != states.BUILDING:
+                found.append(
+                    Finding(
+                        kind="stale",
+                        host=host.name,
+                        server_id=sid,
+                        message="build in progress for a server not being built",
+                    )
+                )
     for sid, server in servers.items():
         settled = server.task_state is None  # a delete releases before it removes the record
         if (
@@ -111,6 +124,12 @@ def findings(hosts: list[Host], servers: dict[str, Server]) -> list[Finding]:
 
 
 def _heal_one(record: Host, finding: Finding, servers: dict[str, Server]) -> Host | None:
+    if finding.kind == "stale":
+        if finding.server_id not in record.in_progress:
+            return None
+        return msgspec.structs.replace(
+            record, in_progress=[s for s in record.in_progress if s != finding.server_id]
+        )
     allocations = dict(record.allocations)
     if finding.kind in ("leaked", "double"):
         if finding.server_id not in allocations:

@@ -350,9 +350,11 @@ class Conductor:
                     updated_at=now(),
                 )
 
+            # The host stops counting the build first, so no one sees an ACTIVE server
+            # still in progress; a redelivered event repeats both steps harmlessly.
+            await self.st.hosts.mutate(ev.host, lambda h: _build_finished(h, ev.server_id))
             await self.st.servers.mutate(ev.server_id, to_active)
             LOG.info("conductor.active", server=ev.server_id, host=ev.host)
-            await self.st.hosts.mutate(ev.host, _builds_work_again)
             return
 
         max_attempts = self.cfg.conductor.max_attempts
@@ -425,6 +427,9 @@ def new_request_id() -> str:
     return f"req-{uuid.uuid4()}"
 
 
-def _builds_work_again(host: Host) -> Host | None:
-    """A spawn worked on this host: its failed-build count starts over (as Nova's)."""
-    return msgspec.structs.replace(host, failed_builds=0) if host.failed_builds else None
+def _build_finished(host: Host, server_id: str) -> Host | None:
+    """A spawn worked: the build is no longer in progress, and failures start over."""
+    if not host.failed_builds and server_id not in host.in_progress:
+        return None
+    in_progress = [s for s in host.in_progress if s != server_id]
+    return msgspec.structs.replace(host, failed_builds=0, in_progress=in_progress)

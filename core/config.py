@@ -92,6 +92,7 @@ class SchedulerSection(Struct, kw_only=True, forbid_unknown_fields=True):
                 "DiskWeigher",
                 "ServerGroupSoftAffinityWeigher",
                 "ServerGroupSoftAntiAffinityWeigher",
+                "IoOpsWeigher",
                 "BuildFailureWeigher",
                 "NumInstancesWeigher",
             ]
@@ -124,6 +125,13 @@ class SchedulerSection(Struct, kw_only=True, forbid_unknown_fields=True):
             "plugins' included); they override the weigher's own and the options above."
         ),
     ] = msgspec.field(default_factory=list)
+    io_ops_weight_multiplier: Annotated[
+        float,
+        Meta(description="IoOpsWeigher: negative prefers hosts with fewer builds in progress."),
+    ] = -1.0
+    max_io_ops_per_host: Annotated[
+        int, Meta(ge=1, description="IoOpsFilter: most builds in progress on one host.")
+    ] = 8
     build_failure_weight_multiplier: Annotated[
         float, Meta(ge=0, description="BuildFailureWeigher's weight (Nova's default: 1000000).")
     ] = 1_000_000.0

@@ -48,6 +48,7 @@ HOST_COLUMNS: dict[str, Any] = {
     "disk_gb_free": np.int64,
     "running_vms": np.int64,
     "failed_builds": np.int64,
+    "io_ops": np.int64,
     "revision": np.int64,
 }
 
@@ -137,6 +138,7 @@ class HostColumns:
         a["present"][i] = True
         a["running_vms"][i] = len(host.allocations)
         a["failed_builds"][i] = host.failed_builds
+        a["io_ops"][i] = len(host.in_progress)
         a["revision"][i] = revision
         used = {rc: 0 for rc in _RESOURCE_COLUMNS}
         for alloc in host.allocations.values():

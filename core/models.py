@@ -270,6 +270,9 @@ class Host(Record):
     hypervisor_version: str = ""
     cpu_arch: str = ""
     failed_builds: int = 0  # spawns failed here since the last one that worked
+    # Builds claimed here and not yet finished: Nova's "io_ops", as server ids so that
+    # a repeated finish removes nothing twice.
+    in_progress: list[str] = field(default_factory=list)
     created_at: float = field(default_factory=now)
     updated_at: float = field(default_factory=now)
 

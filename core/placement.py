@@ -29,11 +29,13 @@ async def claim(
     resources: dict[str, int],
     attempts: int = 5,
     known: Entry[Host] | None = None,
+    build: bool = False,
 ) -> ClaimResult:
     """Allocate `resources` for `server_id` on `host`, if they still fit.
 
     `known` is the record as the caller last saw it (from the index): trying the write
     against it first saves a read whenever it is still current, which is the usual case.
+    With `build`, the server is also counted among the host's builds in progress.
     """
     entry: Entry[Host] | None = known
     for _ in range(attempts):
@@ -53,7 +55,9 @@ async def claim(
                 continue
             return ClaimResult(entry=entry, claimed=False, reason=reason)
         new = msgspec.structs.replace(
-            record, allocations={**record.allocations, server_id: dict(resources)}
+            record,
+            allocations={**record.allocations, server_id: dict(resources)},
+            in_progress=[*record.in_progress, server_id] if build else record.in_progress,
         )
         try:
             rev = await store.hosts.update(host, new, entry.revision)
@@ -79,7 +83,10 @@ async def release(
         allocations = dict(record.allocations)
         del allocations[server_id]
         failures = record.failed_builds + (1 if failed_build else 0)
-        return msgspec.structs.replace(record, allocations=allocations, failed_builds=failures)
+        in_progress = [s for s in record.in_progress if s != server_id]
+        return msgspec.structs.replace(
+            record, allocations=allocations, failed_builds=failures, in_progress=in_progress
+        )
 
     entry = await store.hosts.mutate(host, drop)
     LOG.debug("placement.released", host=host, server=server_id)

@@ -174,7 +174,11 @@ class Bucket(Generic[T]):
         raise CasConflict(f"{key}: gave up after {attempts} conflicting writes")
 
     async def entries(self) -> AsyncIterator[Entry[T]]:
-        """Every live record: one ordered consumer read up to the last message."""
+        """Every live record: one ordered consumer read up to the last message.
+
+        A write that lands during the read is delivered too, so a key can come twice:
+        only its latest revision is kept (and a deletion read last removes it).
+        """
         js = self.kv._js
         info = await js.stream_info(self.kv._stream)
         if info.state.messages == 0:
@@ -186,24 +190,29 @@ class Bucket(Generic[T]):
             deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
         )
         prefix = len(self.kv._pre)
+        latest: dict[str, Entry[T] | None] = {}
         try:
             while True:
                 try:
                     msg = await sub.next_msg(timeout=10.0)
                 except NatsTimeout:
-                    return  # emptied since stream_info looked
+                    break  # emptied since stream_info looked
                 meta = msg.metadata
+                key = msg.subject[prefix:]
                 operation = (msg.headers or {}).get("KV-Operation")
                 if msg.data and operation is None:
-                    yield Entry(
-                        key=msg.subject[prefix:],
-                        value=self.decode(msg.data),
-                        revision=meta.sequence.stream,
+                    latest[key] = Entry(
+                        key=key, value=self.decode(msg.data), revision=meta.sequence.stream
                     )
+                else:
+                    latest[key] = None
                 if meta.num_pending == 0:
                     break
         finally:
             await sub.unsubscribe()
+        for entry in latest.values():
+            if entry is not None:
+                yield entry
 
     async def values(self) -> list[T]:
         return [e.value async for e in self.entries()]

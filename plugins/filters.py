@@ -123,6 +123,11 @@ def _traits_mask(cols: Columns, spec: RequestSpec) -> np.ndarray | None:
     return mask
 
 
+def _io_ops_mask(cols: Columns, spec: RequestSpec) -> np.ndarray:
+    limit = cols.config.scheduler.max_io_ops_per_host  # type: ignore[attr-defined]
+    return cols["io_ops"] < limit
+
+
 def _num_instances_mask(cols: Columns, spec: RequestSpec) -> np.ndarray:
     limit = cols.config.scheduler.max_instances_per_host  # type: ignore[attr-defined]
     return cols["running_vms"] < limit
@@ -290,6 +295,12 @@ BUILTIN_FILTERS = [
         description="Passes hosts that have every trait marked required and none marked "
         "forbidden (trait:NAME=required|forbidden in flavor extra specs or image "
         "properties). A disabled host has COMPUTE_STATUS_DISABLED.",
+    ),
+    Filter(
+        name="IoOpsFilter",
+        mask=_io_ops_mask,
+        description="Passes hosts with fewer than [scheduler] max_io_ops_per_host builds "
+        "in progress.",
     ),
     Filter(
         name="NumInstancesFilter",

@@ -28,6 +28,10 @@ def _build_failures(cols: Columns, spec: RequestSpec) -> np.ndarray:
     return -cols["failed_builds"]
 
 
+def _io_ops(cols: Columns, spec: RequestSpec) -> np.ndarray:
+    return cols["io_ops"]
+
+
 def _num_instances(cols: Columns, spec: RequestSpec) -> np.ndarray:
     return cols["running_vms"]
 
@@ -75,6 +79,13 @@ BUILTIN_WEIGHERS = [
         applies=_group_policy("soft-anti-affinity"),
         multiplier_option="soft_anti_affinity_weight_multiplier",
         description="For a soft-anti-affinity group: prefers hosts holding fewer of its members.",
+    ),
+    Weigher(
+        name="IoOpsWeigher",
+        weigh=_io_ops,
+        multiplier_option="io_ops_weight_multiplier",
+        description="As Nova's: with the default negative multiplier, prefers hosts with "
+        "fewer builds in progress.",
     ),
     Weigher(
         name="BuildFailureWeigher",

@@ -92,6 +92,7 @@ class SchedulerService:
                     resources,
                     self.cfg.scheduler.max_claim_attempts,
                     known=self.index.hosts.get(name),
+                    build=True,
                 )
                 if result.entry is not None:
                     self.index.apply_host(result.entry, name, result.entry.revision)

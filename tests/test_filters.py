@@ -204,8 +204,22 @@ async def test_build_failure_weigher_and_its_reset() -> None:
     index = make_index(bad, host("good"))
     assert (await scheduler(index).select(spec()))[0] == "good"
     assert (await scheduler(index, build_failure_weight_multiplier=0.0).select(spec()))[0] == "bad"
-    from hvmesh.core.conductor import _builds_work_again
+    from hvmesh.core.conductor import _build_finished
 
-    reset = _builds_work_again(bad)
-    assert reset is not None and reset.failed_builds == 0
-    assert _builds_work_again(host("clean")) is None  # nothing to write
+    bad.in_progress = ["s1", "s2"]
+    reset = _build_finished(bad, "s1")
+    assert reset is not None and reset.failed_builds == 0 and reset.in_progress == ["s2"]
+    assert _build_finished(host("clean"), "s1") is None  # nothing to write
+
+
+async def test_io_ops_filter_and_weigher() -> None:
+    busy = host("busy", ram=65536)
+    busy.in_progress = ["a", "b", "c"]
+    index = make_index(busy, host("calm"))
+    assert (await scheduler(index, io_ops_weight_multiplier=0.0).select(spec()))[0] == "busy"
+    # negative multipliers prefer fewer builds in progress; here enough to outweigh RAM
+    assert (await scheduler(index, io_ops_weight_multiplier=-2.0).select(spec()))[0] == "calm"
+    filters = ["ComputeFilter", "IoOpsFilter"]
+    assert await scheduler(index, enabled_filters=filters, max_io_ops_per_host=3).select(
+        spec()
+    ) == ["calm"]

@@ -32,6 +32,7 @@ async def test_failed_spawn_is_rescheduled_elsewhere(
     assert flaky.allocations == {}
     assert list(steady.allocations) == [created["id"]]
     assert flaky.failed_builds == 1 and steady.failed_builds == 0
+    assert flaky.in_progress == [] and steady.in_progress == []
     assert await audit.audit(deployment.store) == []
 
     # BuildFailureWeigher: the next server goes straight to the steady host, no retry.

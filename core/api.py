@@ -8,7 +8,8 @@ header; the admin project sees everything.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 from msgspec import Meta
@@ -38,7 +39,7 @@ from hvmesh.core.models import (
     new_id,
     now,
 )
-from hvmesh.core.store import CasConflict, Store
+from hvmesh.core.store import Bucket, CasConflict, Store
 
 LOG = log.get_logger(__name__)
 
@@ -192,43 +193,20 @@ class ApiService:
 
     async def find_flavor(self, ref: str, caller: Caller) -> Flavor:
         """A flavor by id or unique name; private flavors only for the admin project."""
-        entry = await self.st.flavors.get(ref) if _is_key(ref) else None
-        if entry is not None and (entry.value.is_public or caller.is_admin):
-            return entry.value
-        matches = [
-            f
-            for f in await self.st.flavors.values()
-            if f.name == ref and (f.is_public or caller.is_admin)
-        ]
-        if len(matches) > 1:
-            raise errors.Conflict(f"more than one flavor is named {ref!r}; use its id")
-        if not matches:
-            raise errors.NotFound(f"flavor {ref} not found")
-        return matches[0]
+        return await _by_id_or_name(
+            self.st.flavors, ref, "flavor", lambda f: f.is_public or caller.is_admin
+        )
 
     def _visible_image(self, image: Image, caller: Caller) -> bool:
         return caller.is_admin or image.visibility == "public" or image.project == caller.project
 
     async def find_image(self, ref: str, caller: Caller) -> Image:
-        entry = await self.st.images.get(ref) if _is_key(ref) else None
-        if entry is not None and self._visible_image(entry.value, caller):
-            return entry.value
-        matches = [
-            i
-            for i in await self.st.images.values()
-            if i.name == ref and self._visible_image(i, caller)
-        ]
-        if len(matches) > 1:
-            raise errors.Conflict(f"more than one image is named {ref!r}; use its id")
-        if not matches:
-            raise errors.NotFound(f"image {ref} not found")
-        return matches[0]
+        return await _by_id_or_name(
+            self.st.images, ref, "image", lambda i: self._visible_image(i, caller)
+        )
 
     async def own_server(self, server_id: str, caller: Caller) -> Server:
-        entry = await self.st.servers.get(server_id) if _is_key(server_id) else None
-        if entry is None or not (caller.is_admin or entry.value.project == caller.project):
-            raise errors.NotFound(f"server {server_id} not found")
-        return entry.value
+        return await _owned(self.st.servers, server_id, "server", caller)
 
     # --- flavors --------------------------------------------------------------------------
 
@@ -392,10 +370,7 @@ class ApiService:
     # --- server groups --------------------------------------------------------------------
 
     async def own_group(self, group_id: str, caller: Caller) -> ServerGroup:
-        entry = await self.st.server_groups.get(group_id) if _is_key(group_id) else None
-        if entry is None or not (caller.is_admin or entry.value.project == caller.project):
-            raise errors.NotFound(f"server group {group_id} not found")
-        return entry.value
+        return await _owned(self.st.server_groups, group_id, "server group", caller)
 
     async def group_create(self, caller: Caller, req: ServerGroupCreate) -> dict:
         if req.max_server_per_host != 1 and req.policy != "anti-affinity":
@@ -442,13 +417,7 @@ class ApiService:
     # --- aggregates -----------------------------------------------------------------------
 
     async def find_aggregate(self, ref: str) -> Aggregate:
-        entry = await self.st.aggregates.get(ref) if _is_key(ref) else None
-        if entry is not None:
-            return entry.value
-        matches = [a for a in await self.st.aggregates.values() if a.name == ref]
-        if not matches:
-            raise errors.NotFound(f"aggregate {ref} not found")
-        return matches[0]
+        return await _by_id_or_name(self.st.aggregates, ref, "aggregate", lambda a: True)
 
     async def agg_create(self, caller: Caller, req: AggregateCreate) -> dict:
         need_admin(caller, "managing aggregates")
@@ -578,6 +547,36 @@ class ApiService:
                 }
             )
         return {"hypervisors": out}
+
+
+Named = TypeVar("Named", Flavor, Image, Aggregate)
+Owned = TypeVar("Owned", Server, ServerGroup)
+
+
+async def _by_id_or_name(
+    bucket: Bucket[Named], ref: str, what: str, visible: Callable[[Named], bool]
+) -> Named:
+    """The record keyed `ref`, else the one record named `ref`, of those `visible` admits."""
+    entry = await bucket.get(ref) if _is_key(ref) else None
+    if entry is not None and visible(entry.value):
+        return entry.value
+    matches = [r for r in await bucket.values() if r.name == ref and visible(r)]
+    if len(matches) > 1:
+        raise errors.Conflict(f"more than one {what} is named {ref!r}; use its id")
+    if not matches:
+        raise errors.NotFound(f"{what} {ref} not found")
+    return matches[0]
+
+
+async def _owned(bucket: Bucket[Owned], key: str, what: str, caller: Caller) -> Owned:
+    """The record keyed `key` if it is the caller's project's (or the caller is admin).
+
+    Another project's record is "not found", never "forbidden": its existence is not told.
+    """
+    entry = await bucket.get(key) if _is_key(key) else None
+    if entry is None or not (caller.is_admin or entry.value.project == caller.project):
+        raise errors.NotFound(f"{what} {key} not found")
+    return entry.value
 
 
 def _is_key(text: str) -> bool:

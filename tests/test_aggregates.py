@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from hvmesh.core import errors
-from hvmesh.core.models import Aggregate, Flavor
+from hvmesh.core.models import Aggregate
 from hvmesh.schedulers.service import SchedulerService
 from tests.support import ApiClient, Deployment, make_flavor_image, settled, wait_server
+from tests.test_filters import flavor_with
 from tests.test_units import host, make_index, scheduler, spec
 
 
@@ -22,14 +23,7 @@ async def test_aggregate_instance_extra_specs_filter() -> None:
     filters = ["ComputeFilter", "AggregateInstanceExtraSpecsFilter"]
     s = spec()
     assert (await scheduler(index, enabled_filters=filters).select(s))[0] == "big"
-    s.flavor = Flavor(
-        id="f",
-        name="f",
-        vcpus=1,
-        ram_mb=1,
-        disk_gb=1,
-        extra_specs={"aggregate_instance_extra_specs:disk": "ssd"},
-    )
+    s.flavor = flavor_with(**{"aggregate_instance_extra_specs:disk": "ssd"})
     assert set(await scheduler(index, enabled_filters=filters).select(s)) == {"fast", "faster"}
     s.flavor.extra_specs["aggregate_instance_extra_specs:disk"] = "<or> nvme <or> hdd"
     assert await scheduler(index, enabled_filters=filters).select(s) == ["faster"]

@@ -7,6 +7,7 @@ import pytest
 from hvmesh.core import audit, errors
 from hvmesh.core.models import Flavor, Inventory, custom_resources, pci_class
 from tests.support import ApiClient, Deployment, make_flavor_image, settled, wait_server
+from tests.test_filters import flavor_with
 from tests.test_units import host, make_index, scheduler, spec
 
 
@@ -41,14 +42,7 @@ async def test_device_filters_change_the_decision() -> None:
     index = make_index(plain, gpu, fpga)
     assert (await scheduler(index).select(spec()))[0] == "plain"
     s = spec()
-    s.flavor = Flavor(
-        id="f",
-        name="f",
-        vcpus=1,
-        ram_mb=1,
-        disk_gb=1,
-        extra_specs={"pci_passthrough:alias": "gpu:2"},
-    )
+    s.flavor = flavor_with(**{"pci_passthrough:alias": "gpu:2"})
     assert await scheduler(index).select(s) == ["gpu"]
     s.flavor.extra_specs["pci_passthrough:alias"] = "gpu:3"
     assert await scheduler(index).select(s) == []

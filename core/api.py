@@ -91,6 +91,7 @@ def server_view(s: Server, caller: Caller) -> dict:
         "project": s.project,
         "user": s.user,
         "metadata": s.metadata,
+        "reservation_id": s.reservation_id,
         "created_at": s.created_at,
         "updated_at": s.updated_at,
         "launched_at": s.launched_at,
@@ -305,33 +306,56 @@ class ApiService:
                 raise errors.BadRequest(
                     f"availability_zone {req.availability_zone!r} does not exist"
                 )
-        server_id = new_id()
+        count = req.max_count if req.max_count is not None else req.min_count
+        if count < req.min_count:
+            raise errors.BadRequest(
+                f"max_count ({req.max_count}) is less than min_count ({req.min_count})"
+            )
+        ids = [new_id() for _ in range(count)]
         group_id = req.scheduler_hints.group
         if group_id:
             try:
-                await self.join_group(group_id, server_id, caller)
+                await self.join_group(group_id, ids, caller)
             except errors.NotFound as exc:
                 raise errors.BadRequest(f"scheduler_hints.group: {exc.message}") from None
-        server = Server(
-            id=server_id,
-            name=req.name,
-            project=caller.project,
-            user=caller.user,
-            flavor=flavor,
-            image_id=image.id,
-            image_name=image.name,
-            availability_zone=req.availability_zone,
-            metadata=req.metadata,
-            image_properties=image.properties,
-            scheduler_hints=req.scheduler_hints,
-        )
-        await self.st.servers.create(server.id, server)
+        reservation_id = f"r-{new_id()[:8]}"
+        servers = [
+            Server(
+                id=server_id,
+                # Nova's multi_instance_display_name_template: "%(name)s-%(count)d".
+                name=req.name if count == 1 else f"{req.name}-{i}",
+                project=caller.project,
+                user=caller.user,
+                flavor=flavor,
+                image_id=image.id,
+                image_name=image.name,
+                availability_zone=req.availability_zone,
+                metadata=req.metadata,
+                image_properties=image.properties,
+                scheduler_hints=req.scheduler_hints,
+                reservation_id=reservation_id,
+            )
+            for i, server_id in enumerate(ids, start=1)
+        ]
+        for server in servers:
+            await self.st.servers.create(server.id, server)
         await publish_task(
             self.js,
-            Task(kind="build", server_id=server.id, attempt=0, request_id=new_request_id()),
+            Task(
+                kind="build",
+                server_id=ids[0],
+                attempt=0,
+                request_id=new_request_id(),
+                server_ids=ids if count > 1 else [],
+                min_count=req.min_count,
+            ),
         )
-        LOG.info("api.server_created", server=server.id, project=caller.project)
-        return {"server": server_view(server, caller)}
+        LOG.info("api.server_created", server=ids[0], count=count, project=caller.project)
+        views = [server_view(s, caller) for s in servers]
+        reply: dict[str, Any] = {"server": views[0], "reservation_id": reservation_id}
+        if count > 1:
+            reply["servers"] = views
+        return reply
 
     @staticmethod
     async def _resolve(lookup, what: str):  # type: ignore[no-untyped-def]
@@ -404,12 +428,12 @@ class ApiService:
         await self.st.server_groups.delete(group.id)
         return {"deleted": group.id}
 
-    async def join_group(self, group_id: str, server_id: str, caller: Caller) -> None:
-        """Add a new server to its group before it is scheduled, so members see each other."""
+    async def join_group(self, group_id: str, server_ids: list[str], caller: Caller) -> None:
+        """Add new servers to their group before they are scheduled, so members see each other."""
         group = await self.own_group(group_id, caller)
 
         def add(g: ServerGroup) -> ServerGroup:
-            return msgspec.structs.replace(g, members=[*g.members, server_id])
+            return msgspec.structs.replace(g, members=[*g.members, *server_ids])
 
         if await self.st.server_groups.mutate(group.id, add) is None:
             raise errors.NotFound(f"server group {group_id} not found")

@@ -256,7 +256,10 @@ def _power_name(value: Any) -> str:
 
 
 async def wait_for_server(
-    args: argparse.Namespace, server_id: str, done: Callable[[dict[str, Any] | None], bool]
+    args: argparse.Namespace,
+    server_id: str,
+    done: Callable[[dict[str, Any] | None], bool],
+    label: str = "",
 ) -> dict[str, Any] | None:
     """Poll the server until `done(server)`, showing each state change on stderr."""
     nc = await connect_cli(args)
@@ -275,7 +278,11 @@ async def wait_for_server(
                 else f"{server['status']} {server.get('task_state') or ''}".strip()
             )
             if state != last:
-                print(f"  {time.monotonic() - started:6.1f}s  {state}", file=sys.stderr, flush=True)
+                print(
+                    f"  {time.monotonic() - started:6.1f}s  {label}{state}",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 last = state
             if done(server):
                 return server
@@ -304,7 +311,15 @@ def cmd_server_create(args: argparse.Namespace) -> None:
         hints["group"] = args.group
     if hints:
         body["scheduler_hints"] = hints
-    server = call(args, "servers", "create", body)["server"]
+    if args.min is not None:
+        body["min_count"] = args.min
+    if args.max is not None:
+        body["max_count"] = args.max
+    reply = call(args, "servers", "create", body)
+    if "servers" in reply:
+        create_many(args, reply["servers"])
+        return
+    server = reply["server"]
     if args.wait:
         server = launcher.run(
             wait_for_server(
@@ -316,6 +331,34 @@ def cmd_server_create(args: argparse.Namespace) -> None:
     if args.wait and server["status"] == "ERROR":
         fault = server.get("fault") or {}
         raise CliError(f"server {server['id']} went to ERROR: {fault.get('message', 'no fault')}")
+
+
+def create_many(args: argparse.Namespace, servers: list[dict[str, Any]]) -> None:
+    """A multi-create's servers; with --wait, each until it is ACTIVE, ERROR or not created."""
+    if args.wait:
+
+        async def settle() -> list[dict[str, Any] | None]:
+            return [
+                await wait_for_server(
+                    args,
+                    s["id"],
+                    lambda s: s is None or s["status"] in ("ACTIVE", "ERROR"),
+                    label=f"{s['name']}: ",
+                )
+                for s in servers
+            ]
+
+        settled = launcher.run(settle())
+        servers = [s for s in settled if s is not None]
+    rows = [server_row(s) for s in servers] if args.format == "table" else servers
+    output.emit(rows, args.format, SERVER_COLUMNS)
+    failed = [s for s in servers if s["status"] == "ERROR"]
+    if args.wait and failed:
+        fault = failed[0].get("fault") or {}
+        raise CliError(
+            f"{len(failed)} of {len(servers)} servers went to ERROR: "
+            f"{fault.get('message', 'no fault')}"
+        )
 
 
 def cmd_server_list(args: argparse.Namespace) -> None:
@@ -601,6 +644,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--hint", action="append", metavar="KEY=ID", help="same_host=ID or different_host=ID"
     )
+    p.add_argument("--min", type=int, metavar="N", help="multi-create: at least N servers")
+    p.add_argument("--max", type=int, metavar="N", help="multi-create: at most N servers")
     p.add_argument("--wait", action="store_true", help="show progress until ACTIVE or ERROR")
     p.add_argument("--wait-timeout", type=float, default=300.0)
     leaf(sv, "list", cmd_server_list, "list servers")

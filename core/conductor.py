@@ -33,7 +33,7 @@ from hvmesh.core.models import (
     encode,
     now,
 )
-from hvmesh.core.store import EVENTS_STREAM, TASKS_STREAM, Store
+from hvmesh.core.store import EVENTS_STREAM, TASKS_STREAM, CasConflict, Store
 from hvmesh.core.worker import PullWorker
 
 LOG = log.get_logger(__name__)
@@ -125,6 +125,8 @@ class Conductor:
 
     async def build(self, task: Task) -> bool:
         """Schedule and hand a build to its host. False: try again later."""
+        if task.server_ids:
+            return await self.build_reservation(task)
         entry = await self.st.servers.get(task.server_id)
         if entry is None:
             return True
@@ -136,6 +138,83 @@ class Conductor:
             return True
         if srv.task_state != states.SCHEDULING:
             return True
+        try:
+            chosen = await self.place(srv)
+        except errors.ServiceUnavailable as exc:
+            LOG.warning("conductor.scheduler_unavailable", server=srv.id, error=exc.message)
+            return False
+        if chosen.host is None:
+            await self.fail_build(srv.id, task.attempt, f"No valid host was found. {chosen.reason}")
+            return True
+        await self.start_spawn(srv, chosen)
+        return True
+
+    async def build_reservation(self, task: Task) -> bool:
+        """A multi-create: place every server, or at least min_count of them, or none.
+
+        Claims are taken one server after another (each sees the others' in its group);
+        only when enough are held do any of them start spawning. Short of min_count,
+        every claim is given back and every server ends in ERROR. A task resumed after a
+        crash finds its claims already held: the scheduler answers those idempotently.
+        """
+        pending: list[Server] = []
+        spawning: list[Server] = []
+        for server_id in task.server_ids:
+            entry = await self.st.servers.get(server_id)
+            if entry is None:
+                continue
+            s = entry.value
+            if s.vm_state != states.BUILDING or s.attempt != task.attempt:
+                continue
+            if s.task_state == states.SPAWNING and s.host:
+                spawning.append(s)
+            elif s.task_state == states.SCHEDULING:
+                pending.append(s)
+        placed: list[tuple[Server, Selection]] = []
+        reason = ""
+        try:
+            for s in pending:
+                chosen = await self.place(s)
+                if chosen.host is None:
+                    reason = chosen.reason
+                    break
+                placed.append((s, chosen))
+        except errors.ServiceUnavailable as exc:
+            LOG.warning("conductor.scheduler_unavailable", server=task.server_id, error=exc.message)
+            return False  # the claims taken so far are found again on the retry
+        unplaced = pending[len(placed) :]
+        if unplaced and len(spawning) + len(placed) < task.min_count:
+            for s, chosen in placed:
+                assert chosen.host is not None
+                await placement.release(self.st, chosen.host, s.id)
+                await self.group_unplace(s)
+            message = (
+                "No valid host was found. There are not enough hosts available: "
+                f"{len(spawning) + len(placed)} of min_count {task.min_count} placed. {reason}"
+            )
+            for s in pending:
+                await self.fail_build(s.id, task.attempt, message)
+            return True
+        for s in unplaced:  # above min_count: the ones that found no room are not created
+            await self.discard(s)
+        for s, chosen in placed:
+            await self.start_spawn(s, chosen)
+        for s in spawning:
+            await self.send_spawn(s)
+        return True
+
+    async def place(self, srv: Server) -> Selection:
+        """A claimed host for the server: an alternate from its last selection, or a new one.
+
+        On a reschedule the alternates the scheduler offered the first time are tried
+        first, as Nova's conductor does: a claim on one that is still up and still has
+        room saves asking the scheduler again. Raises ServiceUnavailable when no scheduler
+        answers.
+        """
+        if srv.attempt > 0:
+            chosen = await self.claim_alternate(srv)
+            if chosen is not None:
+                return chosen
         spec = RequestSpec(
             server_id=srv.id,
             project=srv.project,
@@ -144,46 +223,63 @@ class Conductor:
             availability_zone=srv.availability_zone,
             scheduler_hints=srv.scheduler_hints,
             ignore_hosts=list(srv.retry_hosts),
+            num_alternates=max(self.cfg.conductor.max_attempts - 1, 0),
         )
-        host = None
         for _ in range(GROUP_RETRIES):
             spec.group = await self.group_spec(srv)
-            try:
-                reply = await bus.call(
-                    self.nc, "hvmesh.sched.select", spec, timeout=self.cfg.nats.request_timeout
-                )
-            except errors.ServiceUnavailable as exc:
-                LOG.warning("conductor.scheduler_unavailable", server=srv.id, error=exc.message)
-                return False
+            reply = await bus.call(
+                self.nc, "hvmesh.sched.select", spec, timeout=self.cfg.nats.request_timeout
+            )
             selection = msgspec.convert(reply, Selection)
             if selection.host is None:
-                await self.fail_build(
-                    srv.id, task.attempt, f"No valid host was found. {selection.reason}".strip()
-                )
-                return True
+                return selection
             violation = await self.group_place(srv.id, spec.group, selection.host)
             if violation is None:
-                host = selection.host
-                break
+                return selection
             # Another member's claim landed first: give ours back and choose again.
             LOG.info("conductor.group_conflict", server=srv.id, host=selection.host, why=violation)
             await placement.release(self.st, selection.host, srv.id)
             spec.ignore_hosts.append(selection.host)
-        if host is None:
-            await self.fail_build(
-                srv.id, task.attempt, "No valid host was found. Server group policy conflicts."
-            )
-            return True
+        return Selection(host=None, reason="Server group policy conflicts.")
+
+    async def claim_alternate(self, srv: Server) -> Selection | None:
+        """Claim the first of the server's alternates that is up and still fits, if any."""
+        untried = [h for h in srv.alternates if h not in srv.retry_hosts]
+        resources = srv.flavor.resources()
+        for i, host in enumerate(untried):
+            beat = await self.st.heartbeats.get(host)
+            if beat is None or beat.value.at < now() - self.cfg.DEFAULT.service_down_time:
+                continue
+            result = await placement.claim(self.st, host, srv.id, resources, build=True)
+            if not result.claimed:
+                continue
+            violation = await self.group_place(srv.id, await self.group_spec(srv), host)
+            if violation is not None:
+                await placement.release(self.st, host, srv.id)
+                continue
+            LOG.info("conductor.alternate_claimed", server=srv.id, host=host)
+            return Selection(host=host, alternates=untried[i + 1 :])
+        return None
+
+    async def start_spawn(self, srv: Server, chosen: Selection) -> None:
+        """Record the claimed host on the server and hand the spawn to its agent."""
+        host = chosen.host
+        assert host is not None
+        attempt = srv.attempt
 
         def to_spawning(s: Server) -> Server | None:
             if (
                 s.vm_state != states.BUILDING
                 or s.task_state != states.SCHEDULING
-                or s.attempt != task.attempt
+                or s.attempt != attempt
             ):
                 return None
             return msgspec.structs.replace(
-                s, host=host, task_state=states.SPAWNING, updated_at=now()
+                s,
+                host=host,
+                task_state=states.SPAWNING,
+                alternates=list(chosen.alternates),
+                updated_at=now(),
             )
 
         written = await self.st.servers.mutate(srv.id, to_spawning)
@@ -194,10 +290,21 @@ class Conductor:
         ):
             # Deleted or moved on while we scheduled: give the claim back.
             await placement.release(self.st, host, srv.id)
-            return True
-        LOG.info("conductor.scheduled", server=srv.id, host=host, attempt=task.attempt)
+            return
+        LOG.info("conductor.scheduled", server=srv.id, host=host, attempt=attempt)
         await self.send_spawn(written.value)
-        return True
+
+    async def discard(self, srv: Server) -> None:
+        """Remove a multi-create's server that found no room (above its min_count)."""
+        entry = await self.st.servers.get(srv.id)
+        if entry is None or entry.value.task_state != states.SCHEDULING:
+            return
+        try:
+            await self.st.servers.delete(srv.id, revision=entry.revision)
+        except CasConflict:
+            return  # changed meanwhile (a delete request): that path finishes it
+        await self.group_unplace(srv, leave=True)
+        LOG.info("conductor.discarded", server=srv.id, reservation=srv.reservation_id)
 
     async def group_spec(self, srv: Server) -> GroupSpec | None:
         """The server's group as the scheduler needs it: policy and the others' hosts."""

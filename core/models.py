@@ -215,12 +215,21 @@ class Server(Record):
     metadata: dict[str, str] = field(default_factory=dict)
     image_properties: dict[str, str] = field(default_factory=dict)
     scheduler_hints: SchedulerHints = field(default_factory=SchedulerHints)
-    # Build bookkeeping: which attempt this is and which hosts already failed it.
+    # Servers created by one request (multi-create) share a reservation id, as in Nova.
+    reservation_id: str = ""
+    # Build bookkeeping: which attempt this is, which hosts already failed it, and the
+    # scheduler's alternates, tried in order on a reschedule before asking it again.
     attempt: int = 0
     retry_hosts: list[str] = field(default_factory=list)
+    alternates: list[str] = field(default_factory=list)
     created_at: float = field(default_factory=now)
     updated_at: float = field(default_factory=now)
     launched_at: float | None = None
+
+
+MAX_COUNT = 1000  # most servers one create request may ask for
+
+Count = Annotated[int, Meta(ge=1, le=MAX_COUNT)]
 
 
 class ServerCreate(Request):
@@ -230,6 +239,10 @@ class ServerCreate(Request):
     availability_zone: Annotated[str, Meta(min_length=1, max_length=255)] | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     scheduler_hints: SchedulerHints = field(default_factory=SchedulerHints)
+    # Multi-create, as Nova's: at least min_count servers are placed or none is; up to
+    # max_count (default: min_count) when there is room.
+    min_count: Count = 1
+    max_count: Count | None = None
 
 
 # --- hosts (resource providers) ---------------------------------------------------------------
@@ -371,6 +384,10 @@ class Task(Record):
     kind: TaskKind
     server_id: str
     attempt: int = 0
+    # A multi-create's build: every server of the reservation, placed all or none (at
+    # least min_count of them). Empty for a single server.
+    server_ids: list[str] = field(default_factory=list)
+    min_count: int = 1
     request_id: str = ""
     created_at: float = field(default_factory=now)
 

@@ -101,6 +101,25 @@ async def test_cli_boot_list_show_delete(cloud: Deployment) -> None:
     assert all(not h.allocations for h in await cloud.store.hosts.values())
 
 
+async def test_cli_multi_create(cloud: Deployment) -> None:
+    cli = Cli(cloud)
+    await cli.ok("flavor", "create", "m1.small", "--vcpus", "1", "--ram", "256")
+    await cli.ok("image", "create", "cirros", "--disk-format", "qcow2")
+    servers = await cli.json(
+        "server", "create", "web", "--flavor", "m1.small", "--image", "cirros",
+        "--min", "2", "--max", "3", "--wait",
+    )  # fmt: skip
+    assert sorted(s["name"] for s in servers) == ["web-1", "web-2", "web-3"]
+    assert {s["status"] for s in servers} == {"ACTIVE"}
+    assert len({s["reservation_id"] for s in servers}) == 1
+    line = await cli.fails(
+        "server", "create", "x", "--flavor", "m1.small", "--image", "cirros", "--min", "3",
+        "--max", "2",
+    )  # fmt: skip
+    assert line == "error (400): max_count (2) is less than min_count (3)"
+    assert await audit.audit(cloud.store) == []
+
+
 async def test_cli_errors_are_one_line(cloud: Deployment) -> None:
     cli = Cli(cloud)
     assert await cli.fails("server", "show", "nope") == "error (404): server nope not found"

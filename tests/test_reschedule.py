@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
+import msgspec
+
 from hvmesh.core import audit
 from tests.support import ApiClient, Deployment, make_flavor_image, settled, wait_server
 
@@ -34,6 +38,9 @@ async def test_failed_spawn_is_rescheduled_elsewhere(
     assert flaky.failed_builds == 1 and steady.failed_builds == 0
     assert flaky.in_progress == [] and steady.in_progress == []
     assert await audit.audit(deployment.store) == []
+    # The reschedule claimed the scheduler's alternate directly, without asking it again.
+    assert server.alternates == []
+    assert await select_requests(admin) == 1
 
     # BuildFailureWeigher: the next server goes straight to the steady host, no retry.
     again = (
@@ -41,6 +48,46 @@ async def test_failed_spawn_is_rescheduled_elsewhere(
     )["server"]
     second = await wait_server(deployment.store, again["id"], settled)
     assert second is not None and second.host == "steady" and second.attempt == 0
+
+
+async def select_requests(admin: ApiClient) -> int:
+    """How many hvmesh.sched.select requests the scheduler has answered (its micro stats)."""
+    reply = await admin.nc.request("$SRV.STATS.hvmesh-scheduler", b"", timeout=5)
+    (select,) = [e for e in json.loads(reply.data)["endpoints"] if e["name"] == "select"]
+    return int(select["num_requests"])
+
+
+async def test_reschedule_asks_the_scheduler_when_the_alternate_is_unusable(
+    deployment: Deployment, admin: ApiClient
+) -> None:
+    # One retry, so the selection carries one alternate: the host with the most RAM after
+    # the failing one.
+    await deployment.start_core(deployment.config(conductor={"max_attempts": 2}))
+    await deployment.start_agent(
+        "flaky", deployment.config(fake={"fail_rate": 1.0, "memory_mb": 131072, "spawn_delay": 1.0})
+    )
+    await deployment.start_agent("alternate", deployment.config(fake={"memory_mb": 65536}))
+    await deployment.start_agent("other", deployment.config(fake={"memory_mb": 32768}))
+    await make_flavor_image(admin)
+
+    created = (
+        await admin("servers.create", {"name": "vm", "flavor": "m1.small", "image": "cirros"})
+    )["server"]
+    spawning = await wait_server(
+        deployment.store, created["id"], lambda s: s is not None and s.task_state == "spawning"
+    )
+    assert spawning is not None and spawning.host == "flaky"
+    assert spawning.alternates == ["alternate"]
+    # The alternate is disabled while the spawn is still running on the flaky host.
+    await deployment.store.hosts.mutate(
+        "alternate", lambda h: msgspec.structs.replace(h, status="disabled")
+    )
+
+    server = await wait_server(deployment.store, created["id"], settled)
+    assert server is not None and server.vm_state == "active"
+    assert server.host == "other" and server.retry_hosts == ["flaky"]
+    assert await select_requests(admin) == 2
+    assert await audit.audit(deployment.store) == []
 
 
 async def test_build_fails_after_max_attempts(deployment: Deployment, admin: ApiClient) -> None:

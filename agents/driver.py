@@ -13,7 +13,7 @@ from typing import ClassVar
 import msgspec
 
 from hvmesh.core.config import Config
-from hvmesh.core.models import Image, Server
+from hvmesh.core.models import Flavor, Image, Server
 
 
 class DriverError(Exception):
@@ -73,4 +73,84 @@ class ComputeDriver:
 
     async def destroy(self, server_id: str) -> None:
         """Stop and remove the instance; no error if it is already gone."""
+        raise NotImplementedError
+
+    # --- power ----------------------------------------------------------------------------
+
+    async def reboot(self, server: Server, reboot_type: str) -> None:
+        """Restart the guest: "SOFT" asks it to, "HARD" resets it. Ends running."""
+        raise NotImplementedError
+
+    async def power_off(self, server_id: str) -> None:
+        raise NotImplementedError
+
+    async def power_on(self, server: Server) -> None:
+        raise NotImplementedError
+
+    async def pause(self, server_id: str) -> None:
+        raise NotImplementedError
+
+    async def unpause(self, server_id: str) -> None:
+        raise NotImplementedError
+
+    async def suspend(self, server_id: str) -> None:
+        raise NotImplementedError
+
+    async def resume(self, server: Server) -> None:
+        raise NotImplementedError
+
+    async def rebuild(self, server: Server, image: Image | None) -> None:
+        """Recreate the instance from `image` on this host, keeping its id and claim.
+
+        The default is Nova's: destroy, then spawn again.
+        """
+        await self.destroy(server.id)
+        await self.spawn(server, image)
+
+    async def get_console_output(self, server_id: str) -> str:
+        raise NotImplementedError
+
+    # --- resize and cold migration (source: migrate_disk_and_power_off, confirm, revert;
+    # destination: finish_migration, and destroy on a revert) ------------------------------
+
+    async def migrate_disk_and_power_off(self, server: Server, dest: str, flavor: Flavor) -> None:
+        """Source: power the instance off and make its disk available to `dest`."""
+        raise NotImplementedError
+
+    async def finish_migration(self, server: Server, image: Image | None, power_on: bool) -> None:
+        """Destination: create the instance from the migrated disk, with its new flavor."""
+        raise NotImplementedError
+
+    async def confirm_migration(self, server_id: str) -> None:
+        """Source: the move is confirmed; remove what is left of the instance here."""
+        raise NotImplementedError
+
+    async def finish_revert_migration(self, server: Server, power_on: bool) -> None:
+        """Source: the move is reverted; bring the instance back as it was."""
+        raise NotImplementedError
+
+    # --- live migration ---------------------------------------------------------------------
+
+    async def check_can_live_migrate_destination(self, server: Server, source: str) -> None:
+        """Destination: raise DriverError if the instance cannot come here live."""
+        raise NotImplementedError
+
+    async def check_can_live_migrate_source(self, server: Server, dest: str) -> None:
+        """Source: raise DriverError if the instance cannot leave live."""
+        raise NotImplementedError
+
+    async def pre_live_migration(self, server: Server) -> None:
+        """Destination: prepare to receive the instance."""
+        raise NotImplementedError
+
+    async def live_migration(self, server: Server, dest: str) -> None:
+        """Source: move the running instance to `dest`; on return it runs there."""
+        raise NotImplementedError
+
+    async def post_live_migration_at_destination(self, server: Server) -> None:
+        """Destination: the instance has arrived and runs here."""
+        raise NotImplementedError
+
+    async def rollback_live_migration_at_destination(self, server_id: str) -> None:
+        """Destination: the migration failed; remove whatever was prepared here."""
         raise NotImplementedError

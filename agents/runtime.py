@@ -3,7 +3,10 @@
 It registers the host record with the driver's inventory, heartbeats, takes work from
 the host's own durable queue (hvmesh.work.<host>), runs it through the driver and
 reports the outcome as events (hvmesh.events.<host>.<server>). It never writes a server
-record: the conductor applies the events.
+record: the conductor applies the events. It also reports every instance's power state
+now and then (the hypervisor's truth, for the conductor's power-state sync), answers
+quick requests on hvmesh.agent.<host>.<op> (console log), and on start removes
+instances the hypervisor runs that are no longer this host's (evacuated meanwhile).
 """
 
 from __future__ import annotations
@@ -13,16 +16,27 @@ import contextlib
 import re
 import uuid
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from hvmesh.agents.driver import ComputeDriver, NodeInventory
-from hvmesh.core import log
+from hvmesh.agents.driver import ComputeDriver, DriverError, NodeInventory
+from hvmesh.core import bus, log, states
 from hvmesh.core.config import Config
-from hvmesh.core.models import AgentEvent, Heartbeat, Host, Inventory, Work, encode, now
+from hvmesh.core.models import (
+    AgentEvent,
+    Heartbeat,
+    Host,
+    Inventory,
+    Server,
+    Work,
+    encode,
+    now,
+)
 from hvmesh.core.store import WORK_STREAM, CasConflict, Store
 from hvmesh.core.worker import PullWorker
 
@@ -47,6 +61,68 @@ def work_subject(host: str) -> str:
 
 def event_subject(host: str, server_id: str) -> str:
     return f"hvmesh.events.{host}.{server_id}"
+
+
+def agent_subject(host: str, op: str) -> str:
+    return f"hvmesh.agent.{host}.{op}"
+
+
+def _server(work: Work) -> Server:
+    if work.server is None:
+        raise ValueError(f"{work.kind} work without a server")
+    return work.server
+
+
+def _flag(work: Work, name: str) -> bool:
+    return work.params.get(name) == "1"
+
+
+# Work kind -> the driver call it makes. A driver step is named as Nova's ComputeDriver
+# method it maps to; the runtime adds nothing hypervisor-specific.
+STEPS: dict[str, Callable[[ComputeDriver, Work], Awaitable[None]]] = {
+    "spawn": lambda d, w: d.spawn(_server(w), w.image),
+    "destroy": lambda d, w: d.destroy(w.server_id),
+    "reboot": lambda d, w: d.reboot(_server(w), w.params.get("type", "SOFT")),
+    "power_off": lambda d, w: d.power_off(w.server_id),
+    "power_on": lambda d, w: d.power_on(_server(w)),
+    "pause": lambda d, w: d.pause(w.server_id),
+    "unpause": lambda d, w: d.unpause(w.server_id),
+    "suspend": lambda d, w: d.suspend(w.server_id),
+    "resume": lambda d, w: d.resume(_server(w)),
+    "rebuild": lambda d, w: _rebuild(d, w),
+    "migrate_disk_and_power_off": lambda d, w: d.migrate_disk_and_power_off(
+        _server(w), w.params["dest"], _server(w).flavor
+    ),
+    "finish_migration": lambda d, w: d.finish_migration(_server(w), w.image, _flag(w, "power_on")),
+    "confirm_migration": lambda d, w: d.confirm_migration(w.server_id),
+    "finish_revert_migration": lambda d, w: d.finish_revert_migration(
+        _server(w), _flag(w, "power_on")
+    ),
+    "prepare_live_migration": lambda d, w: _prepare_live(d, w),
+    "live_migration": lambda d, w: _live(d, w),
+    "post_live_migration_at_destination": lambda d, w: d.post_live_migration_at_destination(
+        _server(w)
+    ),
+    "rollback_live_migration_at_destination": lambda d, w: d.rollback_live_migration_at_destination(
+        w.server_id
+    ),
+}
+
+
+async def _rebuild(d: ComputeDriver, w: Work) -> None:
+    await d.rebuild(_server(w), w.image)
+    if w.params.get("power_on") == "0":  # a stopped server stays stopped, as in Nova
+        await d.power_off(w.server_id)
+
+
+async def _prepare_live(d: ComputeDriver, w: Work) -> None:
+    await d.check_can_live_migrate_destination(_server(w), w.params["source"])
+    await d.pre_live_migration(_server(w))
+
+
+async def _live(d: ComputeDriver, w: Work) -> None:
+    await d.check_can_live_migrate_source(_server(w), w.params["dest"])
+    await d.live_migration(_server(w), w.params["dest"])
 
 
 def inventories_for(node: NodeInventory, cfg: Config) -> dict[str, Inventory]:
@@ -87,12 +163,17 @@ class AgentRuntime:
         self._tasks: list[asyncio.Task[None]] = []
         self._worker: PullWorker[Work] | None = None
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._subs: list[Any] = []
 
     async def start(self) -> None:
         self.store = await Store(self.js).open()
         await self.driver.init_host()
         await self.register()
+        await self.reconcile()
         await self.heartbeat()
+        self._subs.append(
+            await self.nc.subscribe(agent_subject(self.host, "console_log"), cb=self._console_log)
+        )
         sub = await self.js.pull_subscribe(
             work_subject(self.host),
             durable=f"agent-{self.host}",
@@ -105,6 +186,7 @@ class AgentRuntime:
             ),
         )
         self._tasks.append(asyncio.create_task(self._heartbeat_loop()))
+        self._tasks.append(asyncio.create_task(self._power_sync_loop()))
         self._worker = PullWorker(
             f"agent-{self.host}", sub, Work, self._handle, self.cfg.compute.workers
         )
@@ -112,6 +194,9 @@ class AgentRuntime:
         LOG.info("agent.started", host=self.host, driver=self.driver.name)
 
     async def stop(self) -> None:
+        for sub in self._subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -171,6 +256,12 @@ class AgentRuntime:
         keepalive = asyncio.create_task(self._keep_in_progress(msg))
         try:
             async with self._locks[work.server_id]:
+                if not await self.still_wanted(work):
+                    LOG.info(
+                        "agent.work_dropped", host=self.host, server=work.server_id, kind=work.kind
+                    )
+                    await msg.ack()
+                    return
                 event = await self.run(work)
             await self.publish_event(event)
             await msg.ack()
@@ -186,6 +277,24 @@ class AgentRuntime:
                 await asyncio.sleep(WORK_ACK_WAIT / 3)
                 await msg.in_progress()
 
+    async def still_wanted(self, work: Work) -> bool:
+        """Whether the server still expects this work from this host.
+
+        Work can wait in a dead agent's queue past its action's timeout; by then the
+        conductor has moved on (rescheduled the build, failed the action), and doing it
+        now would only leave an instance nobody tracks. Destroying is always done.
+        """
+        if work.kind == "destroy":
+            return True
+        assert self.store is not None
+        entry = await self.store.servers.get(work.server_id)
+        if entry is None:
+            return False
+        s = entry.value
+        if work.request_id:
+            return s.request_id == work.request_id
+        return s.host == self.host and s.attempt == work.attempt and s.vm_state == "building"
+
     async def run(self, work: Work) -> AgentEvent:
         """Carry out one work item through the driver; the outcome becomes an event."""
         event = AgentEvent(
@@ -194,20 +303,19 @@ class AgentRuntime:
             host=self.host,
             attempt=work.attempt,
             request_id=work.request_id,
+            action=work.action,
         )
         try:
-            if work.kind == "spawn":
-                if work.server is None:
-                    raise ValueError("spawn work without a server")
-                await self.driver.spawn(work.server, work.image)
-                event.power_state = (await self.driver.get_info(work.server_id)).power_state
-            elif work.kind == "destroy":
-                await self.driver.destroy(work.server_id)
-            else:
+            step = STEPS.get(work.kind)
+            if step is None:
                 raise ValueError(f"unknown work kind {work.kind}")
+            await step(self.driver, work)
+            event.power_state = await self.power_state(work.server_id)
         except Exception as exc:
             event.ok = False
             event.message = f"{type(exc).__name__}: {exc}"
+            with contextlib.suppress(Exception):
+                event.power_state = await self.power_state(work.server_id)
             LOG.warning(
                 "agent.action_failed",
                 host=self.host,
@@ -217,12 +325,102 @@ class AgentRuntime:
             )
         else:
             LOG.info("agent.action_done", host=self.host, server=work.server_id, kind=work.kind)
+        event.at = now()
         return event
+
+    async def power_state(self, server_id: str) -> int:
+        """The hypervisor's power state of an instance; NOSTATE when it has none here."""
+        try:
+            return (await self.driver.get_info(server_id)).power_state
+        except DriverError:
+            return states.NOSTATE
+
+    # --- power-state sync, reconcile, quick requests -------------------------------------
+
+    async def report_power_states(self) -> None:
+        """One "power" event per instance this host should run, with what the hypervisor says.
+
+        The conductor compares each with the server record (Nova's _sync_power_states).
+        A server assigned here that the hypervisor does not run is reported as NOSTATE.
+        """
+        assert self.store is not None
+        running = set(await self.driver.list_instances())
+        mine = [s async for s in self._servers_here()]
+        for s in mine:
+            power = await self.power_state(s.id) if s.id in running else states.NOSTATE
+            await self.publish_event(
+                AgentEvent(kind="power", server_id=s.id, host=self.host, power_state=power)
+            )
+
+    async def _servers_here(self):  # type: ignore[no-untyped-def]
+        assert self.store is not None
+        async for entry in self.store.servers.entries():
+            if entry.value.host == self.host:
+                yield entry.value
+
+    async def _power_sync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.compute.sync_power_state_interval)
+            try:
+                await self.report_power_states()
+            except Exception:
+                LOG.exception("agent.power_sync_failed", host=self.host)
+
+    async def reconcile(self) -> None:
+        """Remove instances this hypervisor runs that no server here accounts for.
+
+        That is what an evacuation leaves behind on a host that was down (Nova's
+        _destroy_evacuated_instances), and what a build given up on leaves. An instance
+        whose server is moving to or from this host is left alone.
+        """
+        assert self.store is not None
+        try:
+            instances = await self.driver.list_instances()
+        except NotImplementedError:
+            return
+        for server_id in instances:
+            entry = await self.store.servers.get(server_id)
+            s = entry.value if entry else None
+            ours = s is not None and (
+                s.host == self.host
+                or (
+                    s.migration is not None
+                    and self.host in (s.migration.source_host, s.migration.dest_host)
+                )
+            )
+            if not ours:
+                LOG.warning("agent.orphan_destroyed", host=self.host, server=server_id)
+                await self.driver.destroy(server_id)
+
+    async def _console_log(self, msg: Msg) -> None:
+        try:
+            body = msgspec.json.decode(msg.data or b"{}")
+            server_id = str(body["server_id"])
+            length = body.get("length")
+            output = await self.driver.get_console_output(server_id)
+            if length:
+                output = "".join(output.splitlines(keepends=True)[-int(length) :])
+            await msg.respond(encode({"output": output}))
+        except DriverError as exc:
+            await msg.respond(bus.error_body(404, str(exc)), headers=_error(404, str(exc)))
+        except NotImplementedError:
+            message = f"the {self.driver.name} driver has no console log"
+            await msg.respond(bus.error_body(409, message), headers=_error(409, message))
+        except Exception as exc:
+            LOG.exception("agent.console_log_failed", host=self.host)
+            await msg.respond(bus.error_body(500, str(exc)), headers=_error(500, str(exc)))
 
     async def publish_event(self, event: AgentEvent) -> None:
         msg_id = f"{event.server_id}:{event.kind}:{event.attempt}:{event.host}:{event.request_id}"
+        if event.kind == "power":  # a report, not a step: each one counts
+            msg_id += f":{event.at}"
         await self.js.publish(
             event_subject(self.host, event.server_id),
             encode(event),
             headers={"Nats-Msg-Id": msg_id},
         )
+
+
+def _error(code: int, message: str) -> dict[str, str]:
+    """The micro error headers `bus.call` turns back into an HvmeshError."""
+    return {"Nats-Service-Error": message, "Nats-Service-Error-Code": str(code)}

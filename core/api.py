@@ -15,7 +15,7 @@ import msgspec
 from msgspec import Meta
 from nats.aio.client import Client
 
-from hvmesh.core import errors, log, reports, states
+from hvmesh.core import action_log, actions, errors, log, notify, reports, states
 from hvmesh.core.bus import Caller, MicroService
 from hvmesh.core.conductor import new_request_id, publish_task
 from hvmesh.core.config import Config
@@ -31,6 +31,7 @@ from hvmesh.core.models import (
     ImageCreate,
     Request,
     Server,
+    ServerAction,
     ServerCreate,
     ServerGroup,
     ServerGroupCreate,
@@ -39,6 +40,7 @@ from hvmesh.core.models import (
     new_id,
     now,
 )
+from hvmesh.core.server_actions import ActionRef, ServerActions, ServerRef
 from hvmesh.core.store import Bucket, CasConflict, Store
 
 LOG = log.get_logger(__name__)
@@ -92,6 +94,9 @@ def server_view(s: Server, caller: Caller) -> dict:
         "user": s.user,
         "metadata": s.metadata,
         "reservation_id": s.reservation_id,
+        "locked": s.locked_by is not None,
+        "locked_by": s.locked_by,
+        "locked_reason": s.locked_reason,
         "created_at": s.created_at,
         "updated_at": s.updated_at,
         "launched_at": s.launched_at,
@@ -130,6 +135,10 @@ class ApiService:
         ep("servers-list", "hvmesh.api.servers.list", self.server_list, Empty)
         ep("servers-get", "hvmesh.api.servers.get", self.server_get, IdOnly)
         ep("servers-delete", "hvmesh.api.servers.delete", self.server_delete, IdOnly)
+        acts = ServerActions(self)
+        ep("servers-action", "hvmesh.api.servers.action", acts.action, ServerAction)
+        ep("servers-events-list", "hvmesh.api.servers.events.list", acts.events_list, ServerRef)
+        ep("servers-events-get", "hvmesh.api.servers.events.get", acts.events_get, ActionRef)
         ep("hypervisors-list", "hvmesh.api.hypervisors.list", self.hypervisor_list, Empty)
         ep(
             "server-groups-create",
@@ -288,18 +297,9 @@ class ApiService:
     # --- servers --------------------------------------------------------------------------
 
     async def server_create(self, caller: Caller, req: ServerCreate) -> dict:
-        flavor = await self._resolve(self.find_flavor(req.flavor, caller), "flavor")
-        image = await self._resolve(self.find_image(req.image, caller), "image")
-        if image.min_ram_mb > flavor.ram_mb:
-            raise errors.BadRequest(
-                f"flavor {flavor.name} has {flavor.ram_mb} MB RAM; image {image.name} needs "
-                f"{image.min_ram_mb}"
-            )
-        if image.min_disk_gb > flavor.disk_gb:
-            raise errors.BadRequest(
-                f"flavor {flavor.name} has a {flavor.disk_gb} GB disk; image {image.name} needs "
-                f"{image.min_disk_gb}"
-            )
+        flavor = await self.resolve(self.find_flavor(req.flavor, caller), "flavor")
+        image = await self.resolve(self.find_image(req.image, caller), "image")
+        self.check_fits(flavor, image)
         if req.availability_zone is not None:
             zones = {self.index.zone_of(name) for name in self.index.hosts}
             if req.availability_zone not in zones:
@@ -319,6 +319,7 @@ class ApiService:
             except errors.NotFound as exc:
                 raise errors.BadRequest(f"scheduler_hints.group: {exc.message}") from None
         reservation_id = f"r-{new_id()[:8]}"
+        request_id = new_request_id()
         servers = [
             Server(
                 id=server_id,
@@ -334,10 +335,14 @@ class ApiService:
                 image_properties=image.properties,
                 scheduler_hints=req.scheduler_hints,
                 reservation_id=reservation_id,
+                request_id=request_id,
             )
             for i, server_id in enumerate(ids, start=1)
         ]
         for server in servers:
+            await action_log.start(
+                self.st, server.id, request_id, "create", caller.project, caller.user
+            )
             await self.st.servers.create(server.id, server)
         await publish_task(
             self.js,
@@ -345,7 +350,7 @@ class ApiService:
                 kind="build",
                 server_id=ids[0],
                 attempt=0,
-                request_id=new_request_id(),
+                request_id=request_id,
                 server_ids=ids if count > 1 else [],
                 min_count=req.min_count,
             ),
@@ -358,11 +363,30 @@ class ApiService:
         return reply
 
     @staticmethod
-    async def _resolve(lookup, what: str):  # type: ignore[no-untyped-def]
+    async def resolve(lookup, what: str):  # type: ignore[no-untyped-def]
+        """A lookup of a record a request refers to: not found there is a 400."""
         try:
             return await lookup
         except errors.NotFound as exc:
             raise errors.BadRequest(f"{what}: {exc.message}") from None
+
+    @staticmethod
+    def check_fits(flavor: Flavor, image: Image) -> None:
+        """400 when the image needs more RAM or disk than the flavor gives."""
+        if image.min_ram_mb > flavor.ram_mb:
+            raise errors.BadRequest(
+                f"flavor {flavor.name} has {flavor.ram_mb} MB RAM; image {image.name} needs "
+                f"{image.min_ram_mb}"
+            )
+        if image.min_disk_gb > flavor.disk_gb:
+            raise errors.BadRequest(
+                f"flavor {flavor.name} has a {flavor.disk_gb} GB disk; image {image.name} needs "
+                f"{image.min_disk_gb}"
+            )
+
+    @staticmethod
+    def view(s: Server, caller: Caller) -> dict:
+        return server_view(s, caller)
 
     async def server_list(self, caller: Caller, req: Empty) -> dict:
         servers = [
@@ -377,17 +401,27 @@ class ApiService:
         return {"server": server_view(await self.own_server(req.id, caller), caller)}
 
     async def server_delete(self, caller: Caller, req: IdOnly) -> dict:
+        """Delete at any point, also mid-build or mid-action: the delete supersedes it."""
         server = await self.own_server(req.id, caller)
         request_id = new_request_id()
 
         def to_deleting(s: Server) -> Server | None:
+            actions.check_unlocked(s, caller.is_admin, caller.user)
             if s.task_state == states.DELETING:
                 return None
-            return msgspec.structs.replace(s, task_state=states.DELETING, updated_at=now())
+            # The running action's late events and timers no longer match the request id.
+            return msgspec.structs.replace(
+                s, task_state=states.DELETING, request_id=request_id, updated_at=now()
+            )
 
         written = await self.st.servers.mutate(server.id, to_deleting)
         if written is None:
             raise errors.NotFound(f"server {req.id} not found")
+        if written.value.request_id == request_id:
+            await action_log.start(
+                self.st, server.id, request_id, "delete", caller.project, caller.user
+            )
+            await notify.updated(self.nc, server, written.value)
         await publish_task(self.js, Task(kind="delete", server_id=server.id, request_id=request_id))
         return {"server": server_view(written.value, caller)}
 

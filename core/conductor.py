@@ -17,8 +17,21 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from hvmesh.agents.runtime import work_subject
-from hvmesh.core import bus, errors, log, placement, states
+from hvmesh.core import (
+    action_log,
+    bus,
+    errors,
+    log,
+    moves,
+    notify,
+    placement,
+    power_actions,
+    power_sync,
+    shelving,
+    states,
+)
 from hvmesh.core.config import Config
+from hvmesh.core.lifecycle import Lifecycle, timer_subject
 from hvmesh.core.models import (
     AgentEvent,
     Fault,
@@ -33,7 +46,14 @@ from hvmesh.core.models import (
     encode,
     now,
 )
-from hvmesh.core.store import EVENTS_STREAM, TASKS_STREAM, CasConflict, Store
+from hvmesh.core.store import (
+    EVENTS_STREAM,
+    TASKS_STREAM,
+    TIMERS_STREAM,
+    CasConflict,
+    Entry,
+    Store,
+)
 from hvmesh.core.worker import PullWorker
 
 LOG = log.get_logger(__name__)
@@ -66,6 +86,9 @@ class Conductor:
         self.cfg = cfg
         self.store: Store | None = None
         self._workers: list[PullWorker[Any]] = []
+        self.lifecycle = Lifecycle(self)
+        for module in ACTION_MODULES:
+            module.register(self.lifecycle)
 
     @property
     def st(self) -> Store:
@@ -95,10 +118,21 @@ class Conductor:
                 max_ack_pending=self.cfg.conductor.workers * 8,
             ),
         )
+        timers = await self.js.pull_subscribe(
+            "hvmesh.timers.>",
+            durable="conductor-timers",
+            stream=TIMERS_STREAM,
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=self.cfg.conductor.task_ack_wait,
+                max_ack_pending=-1,  # timers wait their turn unacknowledged: no limit
+            ),
+        )
         n = self.cfg.conductor.workers
         self._workers = [
             PullWorker("conductor-tasks", tasks, Task, self.handle_task, n),
             PullWorker("conductor-events", events, AgentEvent, self.handle_event, n),
+            PullWorker("conductor-timers", timers, Task, self.handle_timer, n),
         ]
         for worker in self._workers:
             worker.start()
@@ -115,6 +149,9 @@ class Conductor:
             done = await self.build(task)
         elif task.kind == "delete":
             done = await self.delete(task)
+        elif task.kind == "action":
+            await self.lifecycle.on_task(task)
+            done = True
         else:
             LOG.error("conductor.unknown_task", kind=task.kind)
             done = True
@@ -122,6 +159,18 @@ class Conductor:
             await msg.ack()
         else:
             await msg.nak(delay=SCHEDULER_RETRY_DELAY)
+
+    async def handle_timer(self, task: Task, msg: Msg) -> None:
+        """A timer runs when due; until then it goes back to wait (a delayed redelivery)."""
+        wait = task.not_before - now()
+        if wait > 0:
+            await msg.nak(delay=wait)
+            return
+        if task.timer == "spawn-timeout":
+            await self.spawn_timed_out(task)
+        else:
+            await self.lifecycle.on_timer(task)
+        await msg.ack()
 
     async def build(self, task: Task) -> bool:
         """Schedule and hand a build to its host. False: try again later."""
@@ -376,6 +425,41 @@ class Conductor:
             encode(work),
             headers={"Nats-Msg-Id": f"{srv.id}:spawn:{srv.attempt}"},
         )
+        timer = Task(
+            kind="timer",
+            server_id=srv.id,
+            attempt=srv.attempt,
+            timer="spawn-timeout",
+            not_before=now() + self.cfg.conductor.action_timeout,
+            params={"host": srv.host},
+        )
+        await self.js.publish(
+            timer_subject("spawn-timeout"),
+            encode(timer),
+            headers={"Nats-Msg-Id": f"{srv.id}:spawn-timeout:{srv.attempt}"},
+        )
+
+    async def spawn_timed_out(self, task: Task) -> None:
+        """A spawn whose host never answered fails like any failed spawn: rescheduled."""
+        entry = await self.st.servers.get(task.server_id)
+        s = entry.value if entry else None
+        host = task.params.get("host")
+        if s is None or s.task_state != states.SPAWNING or s.attempt != task.attempt:
+            return
+        if s.host != host or host is None:
+            return
+        LOG.warning("conductor.spawn_timeout", server=s.id, host=host)
+        await self.on_spawned(
+            AgentEvent(
+                kind="spawn",
+                server_id=s.id,
+                host=host,
+                ok=False,
+                attempt=task.attempt,
+                message=f"timed out after {self.cfg.conductor.action_timeout:g}s "
+                f"waiting for host {host}",
+            )
+        )
 
     async def fail_build(self, server_id: str, attempt: int, message: str) -> None:
         def to_error(s: Server) -> Server | None:
@@ -390,10 +474,40 @@ class Conductor:
                 updated_at=now(),
             )
 
-        written = await self.st.servers.mutate(server_id, to_error)
+        written = await self.end_build(server_id, to_error, message)
         if written is not None:
             await self.group_unplace(written.value)
         LOG.info("conductor.build_failed", server=server_id, reason=message)
+
+    async def end_build(
+        self, server_id: str, change: Any, error: str | None = None
+    ) -> Entry[Server] | None:
+        """The build's last write (ACTIVE or ERROR); it also closes the "create" action."""
+        before: list[Server] = []
+
+        def last(s: Server) -> Server | None:
+            before.clear()
+            new = change(s)
+            if new is None or new.vm_state == states.BUILDING:
+                return new  # not the last write: a reschedule
+            before.append(s)
+            return msgspec.structs.replace(new, request_id=None)
+
+        written = await self.st.servers.mutate(server_id, last)
+        if written is None or not before:
+            return written
+        old = before[0]
+        if error is None and written.value.vm_state == states.ERROR and written.value.fault:
+            error = written.value.fault.message
+        if old.request_id:
+            await action_log.step(
+                self.st, server_id, old.request_id, "compute_spawn", host=old.host, error=error
+            )
+            await action_log.finish(self.st, server_id, old.request_id, error)
+        await notify.updated(self.nc, old, written.value)
+        event = "instance.create.error" if error else "instance.create.end"
+        await notify.send(self.nc, event, written.value, error=error)
+        return written
 
     async def delete(self, task: Task) -> bool:
         entry = await self.st.servers.get(task.server_id)
@@ -402,36 +516,59 @@ class Conductor:
         srv = entry.value
         if srv.task_state != states.DELETING:
             return True
-        if srv.host:
-            work = Work(kind="destroy", server_id=srv.id, host=srv.host, request_id=task.request_id)
-            await self.js.publish(
-                work_subject(srv.host),
-                encode(work),
-                headers={"Nats-Msg-Id": f"{srv.id}:destroy:{task.request_id}"},
-            )
+        # Every host that may hold the instance: its own, and both ends of a move.
+        hosts = [h for h in dict.fromkeys([srv.host, *_move_hosts(srv)]) if h]
+        up = [h for h in hosts if await self.host_up(h)]
+        if not up:
+            # No host that holds it answers: delete here, as Nova's local delete does.
+            # A host that comes back removes the instance when it reconciles.
+            await self.finish_delete(srv.id, None)
             return True
-        await self.finish_delete(srv.id, None)
+        for host in up:
+            work = Work(kind="destroy", server_id=srv.id, host=host, request_id=task.request_id)
+            await self.js.publish(
+                work_subject(host),
+                encode(work),
+                headers={"Nats-Msg-Id": f"{srv.id}:destroy:{task.request_id}:{host}"},
+            )
         return True
 
+    async def host_up(self, host: str) -> bool:
+        beat = await self.st.heartbeats.get(host)
+        return beat is not None and beat.value.at >= now() - self.cfg.DEFAULT.service_down_time
+
     async def finish_delete(self, server_id: str, host: str | None) -> None:
+        """Give back every claim the server holds, then remove its record."""
         if host:
             await placement.release(self.st, host, server_id)
         entry = await self.st.servers.get(server_id)
         if entry is None:
             return
-        if entry.value.host and entry.value.host != host:
-            await placement.release(self.st, entry.value.host, server_id)
-        await self.group_unplace(entry.value, leave=True)
+        srv = entry.value
+        for h in dict.fromkeys([srv.host, *_move_hosts(srv)]):
+            if h and h != host:
+                await placement.release(self.st, h, server_id)
+        if srv.migration is not None:  # the source's claim, held under the migration's id
+            for h in _move_hosts(srv):
+                await placement.release(self.st, h, srv.migration.id)
+        await self.group_unplace(srv, leave=True)
         await self.st.servers.delete(server_id)
+        if srv.request_id:
+            await action_log.finish(self.st, server_id, srv.request_id)
+        await notify.send(self.nc, "instance.delete.end", srv)
         LOG.info("conductor.deleted", server=server_id)
 
     # --- agent events -----------------------------------------------------------------------
 
     async def handle_event(self, event: AgentEvent, msg: Msg) -> None:
-        if event.kind == "spawn":
+        if event.action:
+            await self.lifecycle.on_event(event)
+        elif event.kind == "spawn":
             await self.on_spawned(event)
         elif event.kind == "destroy":
             await self.on_destroyed(event)
+        elif event.kind == "power":
+            await power_sync.apply(self, event)
         await msg.ack()
 
     async def on_spawned(self, ev: AgentEvent) -> None:
@@ -460,7 +597,7 @@ class Conductor:
             # The host stops counting the build first, so no one sees an ACTIVE server
             # still in progress; a redelivered event repeats both steps harmlessly.
             await self.st.hosts.mutate(ev.host, lambda h: _build_finished(h, ev.server_id))
-            await self.st.servers.mutate(ev.server_id, to_active)
+            await self.end_build(ev.server_id, to_active)
             LOG.info("conductor.active", server=ev.server_id, host=ev.host)
             return
 
@@ -498,7 +635,7 @@ class Conductor:
         # (or in ERROR) while the claim is still held. A failed spawn's host is never
         # chosen again for this server, so releasing it is right even on a redelivery.
         await placement.release(self.st, ev.host, ev.server_id, failed_build=True)
-        written = await self.st.servers.mutate(ev.server_id, to_retry)
+        written = await self.end_build(ev.server_id, to_retry)
         if written is not None and written.value.host is None:
             await self.group_unplace(written.value)  # its next host is chosen afresh
         # Re-queue whenever the record shows this failure was taken, also on a redelivered
@@ -528,6 +665,15 @@ class Conductor:
             )
 
         await self.st.servers.mutate(ev.server_id, to_error)
+
+
+# Each registers its actions with the conductor's Lifecycle.
+ACTION_MODULES = [power_actions, moves, shelving]
+
+
+def _move_hosts(srv: Server) -> list[str]:
+    m = srv.migration
+    return [h for h in (m.source_host, m.dest_host) if h] if m is not None else []
 
 
 def new_request_id() -> str:

@@ -58,6 +58,30 @@ class ConductorSection(Struct, kw_only=True, forbid_unknown_fields=True):
     workers: Annotated[
         int, Meta(ge=1, description="Tasks and events one conductor handles at once.")
     ] = 64
+    action_timeout: Annotated[
+        float,
+        Meta(
+            gt=0,
+            description="Seconds a host may take over one step of an action (a spawn, a "
+            "reboot, ...) before the action fails: a dead agent never hangs a server.",
+        ),
+    ] = 300.0
+    resize_confirm_window: Annotated[
+        float,
+        Meta(
+            ge=0,
+            description="Seconds after which a resized or migrated server is confirmed "
+            "automatically (0: never, as Nova's default).",
+        ),
+    ] = 0.0
+    shelved_offload_time: Annotated[
+        float,
+        Meta(
+            ge=-1,
+            description="Seconds a shelved server keeps its host before it is offloaded "
+            "(0: at once, -1: never), as Nova's.",
+        ),
+    ] = 0.0
 
 
 class SchedulerSection(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -178,6 +202,14 @@ class ComputeSection(Struct, kw_only=True, forbid_unknown_fields=True):
         10.0
     )
     workers: Annotated[int, Meta(ge=1, description="Work items one agent runs at once.")] = 8
+    sync_power_state_interval: Annotated[
+        float,
+        Meta(
+            gt=0,
+            description="Seconds between reports of every instance's power state as the "
+            "hypervisor sees it (Nova's sync_power_state_interval).",
+        ),
+    ] = 600.0
 
 
 class FakeSection(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -200,6 +232,15 @@ class FakeSection(Struct, kw_only=True, forbid_unknown_fields=True):
     ] = msgspec.field(default_factory=list)
     fail_rate: Annotated[
         float, Meta(ge=0, le=1, description="Fraction of simulated spawns that fail.")
+    ] = 0.0
+    fail_steps: Annotated[
+        list[str],
+        Meta(
+            description="Driver steps that always fail on these hosts (reboot, live_migration, ...)."
+        ),
+    ] = msgspec.field(default_factory=list)
+    step_delay: Annotated[
+        float, Meta(ge=0, description="Seconds every other simulated driver step takes.")
     ] = 0.0
 
 

@@ -198,6 +198,25 @@ class GroupSpec(Record):
     max_server_per_host: int = 1
 
 
+class Migration(Record):
+    """A server's move in progress (resize, cold or live migration, evacuation).
+
+    While it runs, the source host's allocation is held under the migration's id (as
+    Nova's migration consumer) and the destination's under the server's id, so both can
+    live on one host (a resize to the same host) and the audit can tell them apart.
+    """
+
+    id: str
+    kind: Literal["resize", "migration", "live-migration", "evacuation"]
+    source_host: str
+    dest_host: str | None = None
+    old_flavor: Flavor | None = None
+    new_flavor: Flavor | None = None
+    old_vm_state: str = "active"
+    status: str = "pre-migrating"
+    created_at: float = field(default_factory=now)
+
+
 class Server(Record):
     id: str
     name: str
@@ -222,6 +241,13 @@ class Server(Record):
     attempt: int = 0
     retry_hosts: list[str] = field(default_factory=list)
     alternates: list[str] = field(default_factory=list)
+    # The action running now (its request id, as in the action log) and a move's state.
+    request_id: str | None = None
+    migration: Migration | None = None
+    # lock/unlock: who locked it ("owner" or "admin", as Nova's locked_by), the user, why.
+    locked_by: str | None = None
+    locker: str | None = None
+    locked_reason: str | None = None
     created_at: float = field(default_factory=now)
     updated_at: float = field(default_factory=now)
     launched_at: float | None = None
@@ -243,6 +269,154 @@ class ServerCreate(Request):
     # max_count (default: min_count) when there is room.
     min_count: Count = 1
     max_count: Count | None = None
+
+
+# --- server actions (hvmesh.api.servers.action) ------------------------------------------
+
+
+class ActionRequest(Request, tag_field="action", kw_only=True):
+    """Base of every server action body: {"id": ..., "action": <name>, ...}."""
+
+    id: Name
+
+
+class Reboot(ActionRequest, tag="reboot"):
+    type: Literal["SOFT", "HARD"] = "SOFT"
+
+
+class Stop(ActionRequest, tag="stop"):
+    pass
+
+
+class Start(ActionRequest, tag="start"):
+    pass
+
+
+class Pause(ActionRequest, tag="pause"):
+    pass
+
+
+class Unpause(ActionRequest, tag="unpause"):
+    pass
+
+
+class Suspend(ActionRequest, tag="suspend"):
+    pass
+
+
+class Resume(ActionRequest, tag="resume"):
+    pass
+
+
+class Rebuild(ActionRequest, tag="rebuild"):
+    image: Name  # id or name
+
+
+class Resize(ActionRequest, tag="resize"):
+    flavor: Name  # id or name
+
+
+class ConfirmResize(ActionRequest, tag="confirm-resize"):
+    pass
+
+
+class RevertResize(ActionRequest, tag="revert-resize"):
+    pass
+
+
+class Migrate(ActionRequest, tag="migrate"):
+    host: Name | None = None  # admin: the target (still checked by the filters)
+
+
+class LiveMigrate(ActionRequest, tag="live-migrate"):
+    host: Name | None = None
+
+
+class Shelve(ActionRequest, tag="shelve"):
+    pass
+
+
+class ShelveOffload(ActionRequest, tag="shelve-offload"):
+    pass
+
+
+class Unshelve(ActionRequest, tag="unshelve"):
+    pass
+
+
+class Evacuate(ActionRequest, tag="evacuate"):
+    host: Name | None = None
+
+
+class Lock(ActionRequest, tag="lock"):
+    reason: Annotated[str, Meta(max_length=255)] | None = None
+
+
+class Unlock(ActionRequest, tag="unlock"):
+    pass
+
+
+class ConsoleLog(ActionRequest, tag="console-log"):
+    length: PosInt | None = None  # the last N lines; all when absent
+
+
+class ResetState(ActionRequest, tag="reset-state"):
+    state: Literal["active", "error"] = "error"
+
+
+ServerAction = (
+    Reboot
+    | Stop
+    | Start
+    | Pause
+    | Unpause
+    | Suspend
+    | Resume
+    | Rebuild
+    | Resize
+    | ConfirmResize
+    | RevertResize
+    | Migrate
+    | LiveMigrate
+    | Shelve
+    | ShelveOffload
+    | Unshelve
+    | Evacuate
+    | Lock
+    | Unlock
+    | ConsoleLog
+    | ResetState
+)
+
+
+def action_name(action: ActionRequest) -> str:
+    """The action's name as the API and the action log spell it ("reboot", "confirm-resize")."""
+    return str(type(action).__struct_config__.tag)
+
+
+class ActionEvent(Record):
+    """One step of an action, as Nova's instance action events."""
+
+    event: str  # e.g. "conductor_resize", "compute_reboot"
+    host: str | None = None
+    start_time: float = field(default_factory=now)
+    finish_time: float | None = None
+    result: str | None = None  # "Success" or "Error"
+    details: str = ""
+
+
+class InstanceAction(Record):
+    """What was done to a server, by whom, when (Nova's instance action log)."""
+
+    server_id: str
+    request_id: str
+    action: str
+    project: str
+    user: str
+    start_time: float = field(default_factory=now)
+    finish_time: float | None = None
+    message: str | None = None  # "Error" when it failed, as Nova's
+    events: list[ActionEvent] = field(default_factory=list)
 
 
 # --- hosts (resource providers) ---------------------------------------------------------------
@@ -377,7 +551,7 @@ class Selection(Record):
 
 # --- conductor tasks, agent work and events -------------------------------------------------
 
-TaskKind = Literal["build", "delete"]
+TaskKind = Literal["build", "delete", "action", "timer"]
 
 
 class Task(Record):
@@ -388,11 +562,18 @@ class Task(Record):
     # least min_count of them). Empty for a single server.
     server_ids: list[str] = field(default_factory=list)
     min_count: int = 1
+    # kind "action": the request as the API accepted it (references already resolved).
+    action: ServerAction | None = None
+    # kind "timer": what to do at `not_before` (e.g. "timeout", "confirm-resize"), and
+    # for a timeout, the action and the step it waits for.
+    timer: str = ""
+    not_before: float = 0.0
+    params: dict[str, str] = field(default_factory=dict)
     request_id: str = ""
     created_at: float = field(default_factory=now)
 
 
-WorkKind = Literal["spawn", "destroy"]
+WorkKind = str  # "spawn", "destroy", or an action's driver step ("reboot", "power_off", ...)
 
 
 class Work(Record):
@@ -405,6 +586,10 @@ class Work(Record):
     server: Server | None = None
     image: Image | None = None
     request_id: str = ""
+    # The server action this step belongs to ("" for builds and deletes).
+    action: str = ""
+    # Step arguments: reboot type, the other host of a move, ...
+    params: dict[str, str] = field(default_factory=dict)
 
 
 class AgentEvent(Record):
@@ -418,6 +603,8 @@ class AgentEvent(Record):
     power_state: int | None = None
     message: str = ""
     request_id: str = ""
+    action: str = ""
+    started_at: float = field(default_factory=now)
     at: float = field(default_factory=now)
 
 

@@ -8,6 +8,9 @@ BUILDING = "building"
 STOPPED = "stopped"
 PAUSED = "paused"
 SUSPENDED = "suspended"
+RESIZED = "resized"  # moved by a resize or cold migration, waiting for confirm or revert
+SHELVED = "shelved"
+SHELVED_OFFLOADED = "shelved_offloaded"
 ERROR = "error"
 DELETED = "deleted"
 
@@ -15,6 +18,24 @@ DELETED = "deleted"
 SCHEDULING = "scheduling"
 SPAWNING = "spawning"
 DELETING = "deleting"
+REBOOTING = "rebooting"
+REBOOTING_HARD = "rebooting_hard"
+POWERING_OFF = "powering-off"
+POWERING_ON = "powering-on"
+PAUSING = "pausing"
+UNPAUSING = "unpausing"
+SUSPENDING = "suspending"
+RESUMING = "resuming"
+REBUILDING = "rebuilding"
+RESIZE_PREP = "resize_prep"
+RESIZE_MIGRATING = "resize_migrating"
+RESIZE_FINISH = "resize_finish"
+RESIZE_REVERTING = "resize_reverting"
+RESIZE_CONFIRMING = "resize_confirming"
+MIGRATING = "migrating"  # live migration
+SHELVING = "shelving"
+SHELVING_OFFLOADING = "shelving_offloading"
+UNSHELVING = "unshelving"
 
 # power_state: what the hypervisor says, numbered as Nova's.
 NOSTATE = 0
@@ -39,12 +60,42 @@ _STATUS_BY_VM_STATE = {
     STOPPED: "SHUTOFF",
     PAUSED: "PAUSED",
     SUSPENDED: "SUSPENDED",
+    RESIZED: "VERIFY_RESIZE",
+    SHELVED: "SHELVED",
+    SHELVED_OFFLOADED: "SHELVED_OFFLOADED",
     ERROR: "ERROR",
     DELETED: "DELETED",
 }
 
+_RESIZING = (RESIZE_PREP, RESIZE_MIGRATING, RESIZE_FINISH)
+
+# Nova's nova/api/openstack/common.py _STATE_MAP: a task can override the vm_state's status.
+_STATUS_BY_TASK = {
+    ACTIVE: {
+        REBOOTING: "REBOOT",
+        REBOOTING_HARD: "HARD_REBOOT",
+        REBUILDING: "REBUILD",
+        MIGRATING: "MIGRATING",
+        **dict.fromkeys(_RESIZING, "RESIZE"),
+    },
+    STOPPED: {
+        REBOOTING_HARD: "HARD_REBOOT",
+        REBUILDING: "REBUILD",
+        **dict.fromkeys(_RESIZING, "RESIZE"),
+    },
+    PAUSED: {REBOOTING_HARD: "HARD_REBOOT", MIGRATING: "MIGRATING"},
+    SUSPENDED: {REBOOTING_HARD: "HARD_REBOOT"},
+    RESIZED: {RESIZE_REVERTING: "REVERT_RESIZE"},
+    ERROR: {REBUILDING: "REBUILD", REBOOTING_HARD: "HARD_REBOOT"},
+}
+
 
 def status(vm_state: str, task_state: str | None) -> str:
-    """The API status of a server, as Nova derives it from vm_state and task_state."""
-    del task_state  # Nova keeps the vm_state's status while deleting; so do we.
+    """The API status of a server, as Nova derives it from vm_state and task_state.
+
+    Deleting keeps the vm_state's status, as in Nova.
+    """
+    by_task = _STATUS_BY_TASK.get(vm_state, {})
+    if task_state in by_task:
+        return by_task[task_state]
     return _STATUS_BY_VM_STATE.get(vm_state, "UNKNOWN")

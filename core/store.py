@@ -37,6 +37,7 @@ from hvmesh.core.models import (
     Heartbeat,
     Host,
     Image,
+    InstanceAction,
     Server,
     ServerGroup,
     encode,
@@ -53,9 +54,12 @@ BUCKETS: dict[str, type[msgspec.Struct]] = {
     "heartbeats": Heartbeat,
     "server_groups": ServerGroup,
     "aggregates": Aggregate,
+    "server_actions": InstanceAction,  # key "<server id>.<request id>"
 }
 
 TASKS_STREAM = "HVMESH_TASKS"
+TIMERS_STREAM = "HVMESH_TIMERS"
+NOTIFY_STREAM = "HVMESH_NOTIFICATIONS"
 WORK_STREAM = "HVMESH_WORK"
 EVENTS_STREAM = "HVMESH_EVENTS"
 
@@ -67,6 +71,23 @@ STREAMS = [
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
         duplicate_window=120.0,
+    ),
+    StreamConfig(
+        name=TIMERS_STREAM,
+        description="Conductor timers (action timeouts, resize auto-confirm), due at not_before.",
+        subjects=["hvmesh.timers.>"],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        duplicate_window=120.0,
+    ),
+    StreamConfig(
+        name=NOTIFY_STREAM,
+        description="Versioned notifications on hvmesh.notify.<event_type>, for outside consumers.",
+        subjects=["hvmesh.notify.>"],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=7 * 24 * 3600.0,
+        discard=DiscardPolicy.OLD,
     ),
     StreamConfig(
         name=WORK_STREAM,
@@ -173,18 +194,20 @@ class Bucket(Generic[T]):
             return Entry(key=key, value=new, revision=rev)
         raise CasConflict(f"{key}: gave up after {attempts} conflicting writes")
 
-    async def entries(self) -> AsyncIterator[Entry[T]]:
-        """Every live record: one ordered consumer read up to the last message.
+    async def entries(self, prefix: str = "") -> AsyncIterator[Entry[T]]:
+        """Every live record (whose key starts with `prefix.`, if given), in one read.
 
-        A write that lands during the read is delivered too, so a key can come twice:
-        only its latest revision is kept (and a deletion read last removes it).
+        One ordered consumer reads up to the last message. A write that lands during the
+        read is delivered too, so a key can come twice: only its latest revision is kept
+        (and a deletion read last removes it).
         """
         js = self.kv._js
-        info = await js.stream_info(self.kv._stream)
-        if info.state.messages == 0:
+        subject = f"{self.kv._pre}{prefix + '.' if prefix else ''}>"
+        info = await js.stream_info(self.kv._stream, subjects_filter=subject if prefix else None)
+        if info.state.messages == 0 or (prefix and not info.state.subjects):
             return
         sub = await js.subscribe(
-            f"{self.kv._pre}>",
+            subject,
             stream=self.kv._stream,
             ordered_consumer=True,
             deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
@@ -214,8 +237,8 @@ class Bucket(Generic[T]):
             if entry is not None:
                 yield entry
 
-    async def values(self) -> list[T]:
-        return [e.value async for e in self.entries()]
+    async def values(self, prefix: str = "") -> list[T]:
+        return [e.value async for e in self.entries(prefix)]
 
 
 class Store:
@@ -248,6 +271,10 @@ class Store:
     @property
     def server_groups(self) -> Bucket[ServerGroup]:
         return self._buckets["server_groups"]
+
+    @property
+    def server_actions(self) -> Bucket[InstanceAction]:
+        return self._buckets["server_actions"]  # type: ignore[return-value]
 
     @property
     def aggregates(self) -> Bucket[Aggregate]:

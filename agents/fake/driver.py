@@ -1,30 +1,61 @@
-"""The fake driver: an in-memory hypervisor with configurable delays and failure rate.
+"""The fake driver: an in-memory hypervisor with configurable delays and failures.
 
 It is what `hvmesh up --fake-hosts N` and the tests run; thousands of fake hosts fit in
-one process. Settings come from the [fake] config section.
+one process. Settings come from the [fake] config section: `fail_rate` fails spawns at
+random, `fail_steps` fails named driver steps always (to exercise rollbacks). Each
+instance keeps a console log of what happened to it, as a guest's serial console would.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import time
 from typing import Any, ClassVar
 
 from hvmesh.agents.driver import ComputeDriver, DriverError, InstanceInfo, NodeInventory
 from hvmesh.core import states
-from hvmesh.core.models import Image, Server, parse_counts, pci_class
+from hvmesh.core.models import Flavor, Image, Server, parse_counts, pci_class
 from hvmesh.plugins import hookimpl
 
 
 class FakeDriver(ComputeDriver):
     name: ClassVar[str] = "fake"
-    capabilities: ClassVar[dict[str, bool]] = {"supports_multiattach": False}
+    capabilities: ClassVar[dict[str, bool]] = {
+        "supports_multiattach": False,
+        "supports_live_migration": True,
+    }
 
     def __init__(self, host: str, config: Any) -> None:
         super().__init__(host, config)
         self.fake = config.fake
         self.instances: dict[str, int] = {}  # server id -> power state
+        self.consoles: dict[str, list[str]] = {}
         self._rng = random.Random()
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def _log(self, server_id: str, line: str) -> None:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        self.consoles.setdefault(server_id, []).append(f"[{stamp}] {line}")
+
+    async def _step(self, step: str) -> None:
+        """A simulated step: its delay, and its failure when [fake] fail_steps names it."""
+        if self.fake.step_delay:
+            await asyncio.sleep(self.fake.step_delay)
+        if step in self.fake.fail_steps:
+            raise DriverError(f"simulated {step} failure on {self.host}")
+
+    def _require(self, server_id: str) -> None:
+        if server_id not in self.instances:
+            raise DriverError(f"instance {server_id} not found on {self.host}")
+
+    def _set(self, server_id: str, power: int, line: str) -> None:
+        self._require(server_id)
+        self.instances[server_id] = power
+        self._log(server_id, line)
+
+    # --- the contract -----------------------------------------------------------------------
 
     async def get_inventory(self) -> NodeInventory:
         return NodeInventory(
@@ -47,8 +78,7 @@ class FakeDriver(ComputeDriver):
         return list(self.instances)
 
     async def get_info(self, server_id: str) -> InstanceInfo:
-        if server_id not in self.instances:
-            raise DriverError(f"instance {server_id} not found on {self.host}")
+        self._require(server_id)
         return InstanceInfo(power_state=self.instances[server_id])
 
     async def spawn(self, server: Server, image: Image | None) -> None:
@@ -58,12 +88,94 @@ class FakeDriver(ComputeDriver):
             await asyncio.sleep(self.fake.spawn_delay)
         if self.fake.fail_rate and self._rng.random() < self.fake.fail_rate:
             raise DriverError(f"simulated spawn failure on {self.host}")
+        await self._step("spawn")
         self.instances[server.id] = states.RUNNING
+        self._log(server.id, f"booting {image.name if image else server.image_name}")
+        self._log(server.id, f"{server.name} login:")
 
     async def destroy(self, server_id: str) -> None:
         if self.fake.destroy_delay:
             await asyncio.sleep(self.fake.destroy_delay)
+        await self._step("destroy")
         self.instances.pop(server_id, None)
+        self.consoles.pop(server_id, None)
+
+    async def reboot(self, server: Server, reboot_type: str) -> None:
+        await self._step("reboot")
+        self._set(server.id, states.RUNNING, f"{reboot_type.lower()} reboot")
+
+    async def power_off(self, server_id: str) -> None:
+        await self._step("power_off")
+        self._set(server_id, states.SHUTDOWN, "power off")
+
+    async def power_on(self, server: Server) -> None:
+        await self._step("power_on")
+        self._set(server.id, states.RUNNING, "power on")
+
+    async def pause(self, server_id: str) -> None:
+        await self._step("pause")
+        self._set(server_id, states.POWER_PAUSED, "paused")
+
+    async def unpause(self, server_id: str) -> None:
+        await self._step("unpause")
+        self._set(server_id, states.RUNNING, "unpaused")
+
+    async def suspend(self, server_id: str) -> None:
+        await self._step("suspend")
+        self._set(server_id, states.POWER_SUSPENDED, "suspended to disk")
+
+    async def resume(self, server: Server) -> None:
+        await self._step("resume")
+        self._set(server.id, states.RUNNING, "resumed")
+
+    async def get_console_output(self, server_id: str) -> str:
+        self._require(server_id)
+        return "\n".join(self.consoles.get(server_id, [])) + "\n"
+
+    async def migrate_disk_and_power_off(self, server: Server, dest: str, flavor: Flavor) -> None:
+        await self._step("migrate_disk_and_power_off")
+        self._set(server.id, states.SHUTDOWN, f"power off, disk copied to {dest}")
+
+    async def finish_migration(self, server: Server, image: Image | None, power_on: bool) -> None:
+        await self._step("finish_migration")
+        self.instances[server.id] = states.RUNNING if power_on else states.SHUTDOWN
+        self._log(server.id, f"migrated here with flavor {server.flavor.name}")
+
+    async def confirm_migration(self, server_id: str) -> None:
+        await self._step("confirm_migration")
+        self.instances.pop(server_id, None)
+        self.consoles.pop(server_id, None)
+
+    async def finish_revert_migration(self, server: Server, power_on: bool) -> None:
+        await self._step("finish_revert_migration")
+        self.instances[server.id] = states.RUNNING if power_on else states.SHUTDOWN
+        self._log(server.id, "migration reverted")
+
+    async def check_can_live_migrate_destination(self, server: Server, source: str) -> None:
+        await self._step("check_can_live_migrate_destination")
+
+    async def check_can_live_migrate_source(self, server: Server, dest: str) -> None:
+        await self._step("check_can_live_migrate_source")
+        self._require(server.id)
+
+    async def pre_live_migration(self, server: Server) -> None:
+        await self._step("pre_live_migration")
+        self.instances[server.id] = states.POWER_PAUSED  # the incoming copy waits, paused
+        self._log(server.id, "incoming live migration")
+
+    async def live_migration(self, server: Server, dest: str) -> None:
+        await self._step("live_migration")
+        self._require(server.id)
+        self.instances.pop(server.id, None)
+        self.consoles.pop(server.id, None)
+
+    async def post_live_migration_at_destination(self, server: Server) -> None:
+        await self._step("post_live_migration_at_destination")
+        self._set(server.id, states.RUNNING, "live migration complete")
+
+    async def rollback_live_migration_at_destination(self, server_id: str) -> None:
+        self.instances.pop(server_id, None)
+        self.consoles.pop(server_id, None)
 
 
 @hookimpl

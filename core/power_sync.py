@@ -1,0 +1,65 @@
+"""Power-state sync: the hypervisor's truth, as agents report it, applied to server records.
+
+Agents report every instance's power state now and then ("power" events). The
+conductor records it; a server that stopped behind hvmesh's back (shut down from
+inside the guest, crashed, gone from the hypervisor) becomes SHUTOFF, as Nova's
+_sync_power_states does. A server in the middle of an action is left alone: the action
+reports its own outcome.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from hvmesh.core import log, notify
+from hvmesh.core import states as S
+from hvmesh.core.models import AgentEvent, Server, now
+
+if TYPE_CHECKING:
+    from hvmesh.core.conductor import Conductor
+
+LOG = log.get_logger(__name__)
+
+_OFF = (S.SHUTDOWN, S.CRASHED, S.NOSTATE)
+
+
+def synced(s: Server, host: str, power: int) -> Server | None:
+    """The record after a power report from `host`, or None when nothing changes."""
+    if s.host != host or s.task_state is not None or (s.power_state == power and power not in _OFF):
+        return None
+    vm_state = s.vm_state
+    if s.vm_state == S.ACTIVE and power in _OFF:
+        vm_state = S.STOPPED  # stopped behind our back: Nova calls stop; we record it
+    elif s.vm_state in (S.PAUSED, S.SUSPENDED) and power in _OFF:
+        vm_state = S.STOPPED
+    if vm_state == s.vm_state and power == s.power_state:
+        return None
+    return msgspec.structs.replace(s, vm_state=vm_state, power_state=power, updated_at=now())
+
+
+async def apply(conductor: Conductor, ev: AgentEvent) -> None:
+    if ev.power_state is None:
+        return
+    power = ev.power_state
+    before: list[Server] = []
+
+    def change(s: Server) -> Server | None:
+        before[:] = [s]
+        return synced(s, ev.host, power)
+
+    written = await conductor.st.servers.mutate(ev.server_id, change)
+    if written is None or not before or written.value is before[0]:
+        return
+    if (written.value.vm_state, written.value.power_state) != (
+        before[0].vm_state,
+        before[0].power_state,
+    ):
+        LOG.info(
+            "power_sync.changed",
+            server=ev.server_id,
+            vm_state=written.value.vm_state,
+            power_state=power,
+        )
+        await notify.updated(conductor.nc, before[0], written.value)

@@ -1,0 +1,242 @@
+"""The API's server actions: hvmesh.api.servers.action and the instance action log endpoints.
+
+An action is checked against the state machine (core/actions.py) and its own rules
+(the image of a rebuild must fit the flavor, a resize needs another flavor, ...), then
+accepted with one compare-and-set on the server that re-checks the state it read: a
+refusal is a 409 or 400 and changes nothing. Accepted, the server shows the action's
+task_state and request id, the action is logged, and a task is queued for the
+conductor. lock, unlock, reset-state and console-log are done here at once.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any
+
+import msgspec
+from msgspec import Meta
+
+from hvmesh.core import action_log, actions, bus, errors, log, notify
+from hvmesh.core.bus import Caller
+from hvmesh.core.conductor import new_request_id, publish_task
+from hvmesh.core.models import (
+    ActionRequest,
+    ConsoleLog,
+    Evacuate,
+    LiveMigrate,
+    Lock,
+    Migrate,
+    Migration,
+    Rebuild,
+    Request,
+    ResetState,
+    Resize,
+    Server,
+    Task,
+    Unlock,
+    new_id,
+    now,
+)
+
+if TYPE_CHECKING:
+    from hvmesh.core.api import ApiService
+
+LOG = log.get_logger(__name__)
+
+CONSOLE_TIMEOUT = 10.0
+
+
+class ServerRef(Request):
+    id: Annotated[str, Meta(min_length=1, max_length=255)]
+
+
+class ActionRef(Request):
+    id: Annotated[str, Meta(min_length=1, max_length=255)]
+    request_id: Annotated[str, Meta(min_length=1, max_length=255)]
+
+
+class ServerActions:
+    """The action endpoints, sharing the API service's store, lookups and connection."""
+
+    def __init__(self, api: ApiService) -> None:
+        self.api = api
+
+    # --- servers.action -----------------------------------------------------------------
+
+    async def action(self, caller: Caller, req: ActionRequest) -> dict:
+        server = await self.api.own_server(req.id, caller)
+        name = actions.rule_name(req)
+        rule = actions.check(name, server, caller.is_admin, caller.user)
+        if isinstance(req, ConsoleLog):
+            return await self.console_log(server, req)
+        if isinstance(req, Lock | Unlock | ResetState):
+            return await self.at_once(caller, server, req)
+        req, migration = await self.prepare(caller, server, req)
+        request_id = new_request_id()
+
+        def accept(s: Server) -> Server:
+            actions.check(name, s, caller.is_admin, caller.user)  # the state may have moved on
+            return msgspec.structs.replace(
+                s,
+                task_state=rule.task_state,
+                request_id=request_id,
+                migration=migration if migration is not None else s.migration,
+                fault=None,
+                updated_at=now(),
+            )
+
+        written = await self.api.st.servers.mutate(server.id, accept)
+        if written is None:
+            raise errors.NotFound(f"server {req.id} not found")
+        action = actions.action_name(req)
+        await action_log.start(
+            self.api.st, server.id, request_id, action, caller.project, caller.user
+        )
+        await notify.updated(self.api.nc, server, written.value)
+        await publish_task(
+            self.api.js,
+            Task(kind="action", server_id=server.id, request_id=request_id, action=req),
+        )
+        LOG.info("api.server_action", server=server.id, action=action, request=request_id)
+        return {"server": self.api.view(written.value, caller), "request_id": request_id}
+
+    async def prepare(
+        self, caller: Caller, s: Server, req: ActionRequest
+    ) -> tuple[ActionRequest, Migration | None]:
+        """Action-specific checks; references resolved to ids; the move a migration starts."""
+        if isinstance(req, Rebuild):
+            image = await self.api.resolve(self.api.find_image(req.image, caller), "image")
+            self.api.check_fits(s.flavor, image)
+            return msgspec.structs.replace(req, image=image.id), None
+        if isinstance(req, Resize):
+            flavor = await self.api.resolve(self.api.find_flavor(req.flavor, caller), "flavor")
+            if flavor.id == s.flavor.id:
+                raise errors.BadRequest(f"server {s.id} already has flavor {flavor.name}")
+            image_entry = await self.api.st.images.get(s.image_id)
+            if image_entry is not None:
+                self.api.check_fits(flavor, image_entry.value)
+            migration = self.migration("resize", s, new_flavor=flavor)
+            return msgspec.structs.replace(req, flavor=flavor.id), migration
+        if isinstance(req, Migrate | LiveMigrate | Evacuate):
+            if req.host is not None:
+                if await self.api.st.hosts.get(req.host) is None:
+                    raise errors.BadRequest(f"host {req.host} not found")
+                if req.host == s.host:
+                    raise errors.BadRequest(f"server {s.id} is already on host {req.host}")
+            if isinstance(req, Evacuate):
+                assert s.host is not None
+                if self.api.index.is_up(s.host):
+                    raise errors.BadRequest(
+                        f"Compute service of {s.host} is still in use: evacuate only "
+                        "from a host that is down"
+                    )
+                return req, self.migration("evacuation", s)
+            kind = "migration" if isinstance(req, Migrate) else "live-migration"
+            return req, self.migration(kind, s)
+        return req, None
+
+    @staticmethod
+    def migration(kind: Any, s: Server, new_flavor: Any = None) -> Migration:
+        assert s.host is not None
+        return Migration(
+            id=new_id(),
+            kind=kind,
+            source_host=s.host,
+            old_flavor=s.flavor,
+            new_flavor=new_flavor or s.flavor,
+            old_vm_state=s.vm_state,
+        )
+
+    async def at_once(
+        self, caller: Caller, server: Server, req: Lock | Unlock | ResetState
+    ) -> dict:
+        """lock, unlock and reset-state: one compare-and-set, logged as a finished action."""
+        name = actions.action_name(req)
+
+        def change(s: Server) -> Server | None:
+            actions.check(name, s, caller.is_admin, caller.user)
+            if isinstance(req, Lock):
+                if s.locked_by is not None:
+                    return None  # already locked: as Nova, nothing changes
+                return msgspec.structs.replace(
+                    s,
+                    locked_by="admin" if caller.is_admin else "owner",
+                    locker=caller.user,
+                    locked_reason=req.reason,
+                    updated_at=now(),
+                )
+            if isinstance(req, Unlock):
+                if s.locked_by is None:
+                    return None
+                return msgspec.structs.replace(
+                    s, locked_by=None, locker=None, locked_reason=None, updated_at=now()
+                )
+            return msgspec.structs.replace(
+                s, vm_state=req.state, task_state=None, request_id=None, updated_at=now()
+            )
+
+        written = await self.api.st.servers.mutate(server.id, change)
+        if written is None:
+            raise errors.NotFound(f"server {req.id} not found")
+        request_id = new_request_id()
+        st = self.api.st
+        await action_log.start(st, server.id, request_id, name, caller.project, caller.user)
+        await action_log.finish(st, server.id, request_id)
+        await notify.updated(self.api.nc, server, written.value)
+        return {"server": self.api.view(written.value, caller), "request_id": request_id}
+
+    async def console_log(self, server: Server, req: ConsoleLog) -> dict:
+        """The guest's console output, asked of its host's agent (Nova's os-getConsoleOutput)."""
+        assert server.host is not None
+        body: dict[str, Any] = {"server_id": server.id}
+        if req.length:
+            body["length"] = req.length
+        try:
+            reply = await bus.call(
+                self.api.nc,
+                f"hvmesh.agent.{server.host}.console_log",
+                body,
+                timeout=CONSOLE_TIMEOUT,
+            )
+        except errors.ServiceUnavailable:
+            raise errors.Conflict(
+                f"the console of server {server.id} is unavailable: host {server.host} "
+                "does not answer"
+            ) from None
+        return {"output": reply["output"]}
+
+    # --- the action log -------------------------------------------------------------------
+
+    async def events_list(self, caller: Caller, req: ServerRef) -> dict:
+        found = await self.actions_of(caller, req.id)
+        return {
+            "instance_actions": [
+                msgspec.structs.replace(a, events=[])
+                for a in found  # events: see .get
+            ]
+        }
+
+    async def events_get(self, caller: Caller, req: ActionRef) -> dict:
+        for a in await self.actions_of(caller, req.id):
+            if a.request_id == req.request_id:
+                if not caller.is_admin:  # hosts are not shown to tenants, as in Nova
+                    a = msgspec.structs.replace(
+                        a, events=[msgspec.structs.replace(e, host=None) for e in a.events]
+                    )
+                return {"instance_action": a}
+        raise errors.NotFound(f"action {req.request_id} of server {req.id} not found")
+
+    async def actions_of(self, caller: Caller, server_id: str) -> list[Any]:
+        """A server's actions; an admin also reads those of a deleted server."""
+        try:
+            await self.api.own_server(server_id, caller)
+        except errors.NotFound:
+            if not caller.is_admin or not _is_token(server_id):
+                raise
+            if not await action_log.for_server(self.api.st, server_id):
+                raise
+        found = await action_log.for_server(self.api.st, server_id)
+        return [a for a in found if caller.is_admin or a.project == caller.project]
+
+
+def _is_token(text: str) -> bool:
+    return bool(text) and all(c.isalnum() or c in "-_" for c in text)

@@ -163,6 +163,7 @@ class AgentRuntime:
         self._tasks: list[asyncio.Task[None]] = []
         self._worker: PullWorker[Work] | None = None
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._users: defaultdict[str, int] = defaultdict(int)  # work items holding a lock
         self._subs: list[Any] = []
 
     async def start(self) -> None:
@@ -254,6 +255,7 @@ class AgentRuntime:
 
     async def _handle(self, work: Work, msg: Msg) -> None:
         keepalive = asyncio.create_task(self._keep_in_progress(msg))
+        self._users[work.server_id] += 1
         try:
             async with self._locks[work.server_id]:
                 if not await self.still_wanted(work):
@@ -267,7 +269,12 @@ class AgentRuntime:
             await msg.ack()
         finally:
             keepalive.cancel()
-            if not self._locks[work.server_id].locked():
+            # Forget the lock only when no other work for the server holds or awaits it: a
+            # waiter just woken by the release does not show it as locked yet, and a new
+            # lock handed to a third item would let it run alongside that waiter.
+            self._users[work.server_id] -= 1
+            if not self._users[work.server_id]:
+                del self._users[work.server_id]
                 self._locks.pop(work.server_id, None)
 
     @staticmethod
@@ -282,9 +289,11 @@ class AgentRuntime:
 
         Work can wait in a dead agent's queue past its action's timeout; by then the
         conductor has moved on (rescheduled the build, failed the action), and doing it
-        now would only leave an instance nobody tracks. Destroying is always done.
+        now would only leave an instance nobody tracks. A delete's destroy is always done;
+        a destroy that is a step of an action (a shelve-offload) only while that action
+        runs: one it gave up on has rolled the server back to this host, instance and all.
         """
-        if work.kind == "destroy":
+        if work.kind == "destroy" and not work.action:
             return True
         assert self.store is not None
         entry = await self.store.servers.get(work.server_id)
@@ -342,14 +351,17 @@ class AgentRuntime:
 
         The conductor compares each with the server record (Nova's _sync_power_states).
         A server assigned here that the hypervisor does not run is reported as NOSTATE.
+        Each report carries when the agent started looking (`at`), before it read anything:
+        the conductor ignores one older than the server record's last change.
         """
         assert self.store is not None
+        seen = now()
         running = set(await self.driver.list_instances())
         mine = [s async for s in self._servers_here()]
         for s in mine:
             power = await self.power_state(s.id) if s.id in running else states.NOSTATE
             await self.publish_event(
-                AgentEvent(kind="power", server_id=s.id, host=self.host, power_state=power)
+                AgentEvent(kind="power", server_id=s.id, host=self.host, power_state=power, at=seen)
             )
 
     async def _servers_here(self):  # type: ignore[no-untyped-def]

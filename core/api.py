@@ -404,11 +404,15 @@ class ApiService:
         """Delete at any point, also mid-build or mid-action: the delete supersedes it."""
         server = await self.own_server(req.id, caller)
         request_id = new_request_id()
+        superseded: list[str] = []
 
         def to_deleting(s: Server) -> Server | None:
             actions.check_unlocked(s, caller.is_admin, caller.user)
+            superseded.clear()
             if s.task_state == states.DELETING:
                 return None
+            if s.request_id:
+                superseded.append(s.request_id)
             # The running action's late events and timers no longer match the request id.
             return msgspec.structs.replace(
                 s, task_state=states.DELETING, request_id=request_id, updated_at=now()
@@ -422,6 +426,8 @@ class ApiService:
                 self.st, server.id, request_id, "delete", caller.project, caller.user
             )
             await notify.updated(self.nc, server, written.value)
+            for old in superseded:  # the build or action the delete cuts short
+                await action_log.finish(self.st, server.id, old, error="superseded by delete")
         await publish_task(self.js, Task(kind="delete", server_id=server.id, request_id=request_id))
         return {"server": server_view(written.value, caller)}
 

@@ -9,6 +9,10 @@ Findings, as Nova's `nova-manage placement audit` and `heal_allocations` would s
     missing     an active server with no allocation on its host
     stale       a host counting a build in progress for a server not being built
 
+A server being moved (or resized and not yet confirmed) also holds, on its source host,
+an allocation under its migration's id with its old flavor (Nova's migration consumer):
+that is expected, and once the server rests in VERIFY_RESIZE, missing if absent.
+
 With heal, each finding but overcommit is fixed by a compare-and-set on the host record.
 Servers in the middle of being scheduled are left alone: their claim may not be on
 their record yet.
@@ -59,8 +63,31 @@ def host_findings(hosts: list[Host]) -> list[Finding]:
     return found
 
 
+def migration_consumers(servers: dict[str, Server]) -> dict[str, tuple[Server, str]]:
+    """Migration id -> (its server, the source host where it holds the old flavor)."""
+    return {
+        s.migration.id: (s, s.migration.source_host)
+        for s in servers.values()
+        if s.migration is not None
+    }
+
+
+def expected_resources(consumer: str, servers: dict[str, Server]) -> dict[str, int] | None:
+    """What `consumer` (a server or a migration) should hold: its flavor's resources."""
+    server = servers.get(consumer)
+    if server is not None:
+        return server.flavor.resources()
+    held = migration_consumers(servers).get(consumer)
+    if held is None:
+        return None
+    m = held[0].migration
+    assert m is not None
+    return (m.old_flavor or held[0].flavor).resources()
+
+
 def findings(hosts: list[Host], servers: dict[str, Server]) -> list[Finding]:
     found = host_findings(hosts)
+    moving = migration_consumers(servers)
     # A double claim is kept on the server's own host; the other copies are the finding.
     for f in found:
         if f.kind == "double":
@@ -74,7 +101,29 @@ def findings(hosts: list[Host], servers: dict[str, Server]) -> list[Finding]:
     for host in hosts:
         for sid, resources in host.allocations.items():
             server = servers.get(sid)
-            if server is None:
+            if server is None and sid in moving:
+                owner, source = moving[sid]
+                expected = expected_resources(sid, servers)
+                if host.name != source:
+                    found.append(
+                        Finding(
+                            kind="leaked",
+                            host=host.name,
+                            server_id=sid,
+                            message=f"migration of {owner.id} allocated off its source {source}",
+                        )
+                    )
+                elif resources != expected:
+                    found.append(
+                        Finding(
+                            kind="mismatch",
+                            host=host.name,
+                            server_id=sid,
+                            message=f"migration allocation {resources} differs from "
+                            f"old flavor {expected}",
+                        )
+                    )
+            elif server is None:
                 found.append(
                     Finding(
                         kind="leaked",
@@ -120,6 +169,17 @@ def findings(hosts: list[Host], servers: dict[str, Server]) -> list[Finding]:
                     message=f"{server.vm_state} server without an allocation",
                 )
             )
+        m = server.migration
+        if m is not None and settled and (m.source_host, m.id) not in allocated:
+            found.append(
+                Finding(
+                    kind="missing",
+                    host=m.source_host,
+                    server_id=m.id,
+                    message=f"{server.vm_state} server {sid} without its migration's "
+                    "allocation on the source",
+                )
+            )
     return found
 
 
@@ -136,10 +196,10 @@ def _heal_one(record: Host, finding: Finding, servers: dict[str, Server]) -> Hos
             return None
         del allocations[finding.server_id]
     elif finding.kind in ("mismatch", "missing"):
-        server = servers.get(finding.server_id)
-        if server is None:
+        expected = expected_resources(finding.server_id, servers)
+        if expected is None:
             return None
-        allocations[finding.server_id] = server.flavor.resources()
+        allocations[finding.server_id] = expected
     else:
         return None
     return msgspec.structs.replace(record, allocations=allocations)

@@ -382,6 +382,155 @@ def cmd_server_delete(args: argparse.Namespace) -> None:
     output.emit({"deleted": server["id"]} if args.wait else {"deleting": server["id"]}, args.format)
 
 
+# --- server actions (hvmesh.api.servers.action) ------------------------------------------
+
+
+class ServerAction(msgspec.Struct, frozen=True):
+    """One `hvmesh server <command>`: the action it sends and how its body is built."""
+
+    action: str
+    help: str
+    body: Callable[[argparse.Namespace], dict[str, Any]] = lambda args: {}
+    # (flags, argparse keyword arguments) of the command's own options.
+    options: tuple[tuple[tuple[str, ...], dict[str, Any]], ...] = ()
+    waits: bool = True  # runs on the conductor: --wait follows it until it is done
+
+
+def _host(args: argparse.Namespace) -> dict[str, Any]:
+    return {"host": args.host} if args.host else {}
+
+
+_HOST = (("--host",), {"help": "target host (admin; default: the scheduler chooses)"})
+
+SERVER_ACTIONS: dict[str, ServerAction] = {
+    "reboot": ServerAction(
+        "reboot",
+        "reboot a server (soft: the guest restarts; --hard: power cycle)",
+        lambda args: {"type": "HARD" if args.hard else "SOFT"},
+        ((("--hard",), {"action": "store_true", "help": "power cycle it"}),),
+    ),
+    "stop": ServerAction("stop", "power a server off (SHUTOFF)"),
+    "start": ServerAction("start", "power a stopped server on"),
+    "pause": ServerAction("pause", "pause a server in memory"),
+    "unpause": ServerAction("unpause", "unpause a paused server"),
+    "suspend": ServerAction("suspend", "suspend a server to disk"),
+    "resume": ServerAction("resume", "resume a suspended server"),
+    "rebuild": ServerAction(
+        "rebuild",
+        "recreate a server from an image, keeping its id, host and claims",
+        lambda args: {"image": args.image},
+        ((("--image",), {"required": True, "help": "id or name"}),),
+    ),
+    "resize": ServerAction(
+        "resize",
+        "move a server to another flavor (then resize-confirm or resize-revert)",
+        lambda args: {"flavor": args.flavor},
+        ((("--flavor",), {"required": True, "help": "id or name"}),),
+    ),
+    "resize-confirm": ServerAction("confirm-resize", "confirm a resize or migration"),
+    "resize-revert": ServerAction("revert-resize", "revert a resize or migration"),
+    "migrate": ServerAction(
+        "migrate",
+        "move a server to another host (admin): cold, or --live",
+        lambda args: {"action": "live-migrate" if args.live else "migrate", **_host(args)},
+        (_HOST, (("--live",), {"action": "store_true", "help": "live migration"})),
+    ),
+    "shelve": ServerAction("shelve", "shelve a server (power off, keep an image)"),
+    "shelve-offload": ServerAction("shelve-offload", "free a shelved server's host"),
+    "unshelve": ServerAction("unshelve", "bring a shelved server back"),
+    "evacuate": ServerAction(
+        "evacuate",
+        "rebuild a server of a down host on another host (admin)",
+        _host,
+        (_HOST,),
+    ),
+    "lock": ServerAction(
+        "lock",
+        "lock a server against actions by others",
+        lambda args: {"reason": args.reason} if args.reason else {},
+        ((("--reason",), {"help": "why (shown to others)"}),),
+        waits=False,
+    ),
+    "unlock": ServerAction("unlock", "unlock a server", waits=False),
+    "console-log": ServerAction(
+        "console-log",
+        "print a server's console output",
+        lambda args: {"length": args.lines} if args.lines is not None else {},
+        ((("--lines",), {"type": int, "metavar": "N", "help": "the last N lines only"}),),
+        waits=False,
+    ),
+    "reset-state": ServerAction(
+        "reset-state",
+        "set a stuck server's state to ERROR, or ACTIVE with --active (admin)",
+        lambda args: {"state": "active" if args.active else "error"},
+        ((("--active",), {"action": "store_true", "help": "reset to ACTIVE"}),),
+        waits=False,
+    ),
+}
+
+
+def action_body(args: argparse.Namespace) -> dict[str, Any]:
+    """The servers.action body of `hvmesh server <command> ...`."""
+    spec = SERVER_ACTIONS[args.action]
+    return {"id": args.server, "action": spec.action, **spec.body(args)}
+
+
+def cmd_server_action(args: argparse.Namespace) -> None:
+    spec = SERVER_ACTIONS[args.action]
+    reply = launcher.run(api(args, "hvmesh.api.servers.action", action_body(args)))
+    if "output" in reply:  # console-log
+        sys.stdout.write(reply["output"] if args.format == "table" else json.dumps(reply) + "\n")
+        return
+    server, request_id = reply["server"], reply["request_id"]
+    if spec.waits and getattr(args, "wait", False):
+        followed = launcher.run(
+            wait_for_server(args, server["id"], lambda s: s is None or s["task_state"] is None)
+        )
+        if followed is None:
+            raise CliError(f"server {server['id']} was deleted during {args.action}")
+        server = followed
+    server = {**server, "request_id": request_id}
+    output.emit(server_row(server) if args.format == "table" else server, args.format)
+    if spec.waits and getattr(args, "wait", False):
+        fault = server.get("fault")
+        if server["status"] == "ERROR" or fault:
+            message = (fault or {}).get("message", "no fault")
+            raise CliError(f"{args.action} of server {server['id']} failed: {message}")
+
+
+EVENT_COLUMNS = ["request_id", "action", "start_time", "message", "user"]
+STEP_COLUMNS = ["event", "result", "start_time", "finish_time", "host", "details"]
+
+
+def _when(value: Any) -> Any:
+    if not isinstance(value, int | float):
+        return value
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(value))
+
+
+def _times(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: _when(v) if k.endswith("_time") else v for k, v in row.items()}
+
+
+def cmd_server_event_list(args: argparse.Namespace) -> None:
+    found = call(args, "servers", "events.list", {"id": args.server})["instance_actions"]
+    if args.format == "table":
+        found = [_times(a) for a in found]
+    output.emit(found, args.format, EVENT_COLUMNS)
+
+
+def cmd_server_event_show(args: argparse.Namespace) -> None:
+    body = {"id": args.server, "request_id": args.request_id}
+    action = call(args, "servers", "events.get", body)["instance_action"]
+    if args.format == "json":
+        output.emit(action, args.format)
+        return
+    steps = [_times(e) for e in action.pop("events")]
+    output.emit(_times(action), args.format)
+    print()
+    output.emit(steps, args.format, STEP_COLUMNS)
+
+
 GROUP_COLUMNS = ["id", "name", "policy", "max_server_per_host", "members"]
 
 
@@ -654,6 +803,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("server", help="id")
     p.add_argument("--wait", action="store_true", help="wait until it is gone")
     p.add_argument("--wait-timeout", type=float, default=300.0)
+    for command, spec in SERVER_ACTIONS.items():
+        p = leaf(sv, command, cmd_server_action, spec.help)
+        p.add_argument("server", help="id")
+        for flags, kwargs in spec.options:
+            p.add_argument(*flags, **kwargs)
+        if spec.waits:
+            p.add_argument(
+                "--wait", action="store_true", help="follow it until done; fail if it failed"
+            )
+            p.add_argument("--wait-timeout", type=float, default=300.0)
+    ev = sv.add_parser("event", help="a server's action log").add_subparsers(
+        dest="event_action", required=True, metavar="ACTION"
+    )
+    leaf(ev, "list", cmd_server_event_list, "a server's actions, newest first").add_argument(
+        "server", help="id"
+    )
+    p = leaf(ev, "show", cmd_server_event_show, "one action and its steps")
+    p.add_argument("server", help="id")
+    p.add_argument("request_id")
 
     sg = sub.add_parser("server-group", help="server groups").add_subparsers(
         dest="action", required=True, metavar="ACTION"

@@ -10,7 +10,10 @@ and optionally one for its timeout. The shared steps are here:
 - `finish`: end the action (task_state back to None), its log entry and notifications.
 
 Timers are tasks on HVMESH_TIMERS that wait, by a delayed redelivery, until they are
-due; a timer whose action is over (the request id moved on) does nothing.
+due; a timer whose action is over (the request id moved on) does nothing. A timer
+registered with `register_timer` is the exception: it outlives the action that set it
+(a resize's auto-confirm), and its handler gets the server as it is then, to check for
+itself whether it still applies.
 """
 
 from __future__ import annotations
@@ -64,6 +67,7 @@ class Lifecycle:
     def __init__(self, conductor: Conductor) -> None:
         self.conductor = conductor
         self.actions: dict[str, Handlers] = {}
+        self.free_timers: dict[str, TimerHandler] = {}
 
     @property
     def st(self) -> Store:
@@ -75,6 +79,10 @@ class Lifecycle:
 
     def register(self, action: str, handlers: Handlers) -> None:
         self.actions[action] = handlers
+
+    def register_timer(self, name: str, handler: TimerHandler) -> None:
+        """A timer that is not tied to a running action: it runs whatever the request id."""
+        self.free_timers[name] = handler
 
     # --- dispatch (called by the conductor) -------------------------------------------------
 
@@ -112,6 +120,12 @@ class Lifecycle:
         await step(ev, srv)
 
     async def on_timer(self, task: Task) -> None:
+        free = self.free_timers.get(task.timer)
+        if free is not None:
+            entry = await self.st.servers.get(task.server_id)
+            if entry is not None:
+                await free(task, entry.value)
+            return
         srv = await self.current(task.server_id, task.request_id)
         if srv is None:
             return
@@ -276,5 +290,10 @@ def _event_name(action: str) -> str:
 
 
 def _step_token(srv: Server) -> str:
-    """Identifies the step a timeout waits for: the server's task_state and host now."""
-    return f"{srv.task_state}@{srv.host}"
+    """Identifies the step a timeout waits for: the server's task_state and host now.
+
+    During a move, also its migration's status: a live migration's steps share one
+    task_state and host, and tell themselves apart by it.
+    """
+    token = f"{srv.task_state}@{srv.host}"
+    return f"{token}/{srv.migration.status}" if srv.migration is not None else token

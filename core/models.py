@@ -539,6 +539,9 @@ class RequestSpec(Record):
     group: GroupSpec | None = None
     ignore_hosts: list[str] = field(default_factory=list)
     num_alternates: int = 2
+    # A move's admin-chosen target: only this host is considered (it must still pass
+    # every filter), as Nova's requested_destination.
+    requested_host: str | None = None
 
 
 class Selection(Record):

@@ -91,3 +91,38 @@ async def release(
     entry = await store.hosts.mutate(host, drop)
     LOG.debug("placement.released", host=host, server=server_id)
     return entry
+
+
+async def move(store: Store, host: str, from_consumer: str, to_consumer: str) -> Entry[Host] | None:
+    """Hand `from_consumer`'s allocation on `host` to `to_consumer`, in one write.
+
+    A move holds the source's allocation under the migration's id while it runs, and
+    gives it back to the server when it is reverted or rolled back. A no-op when
+    `from_consumer` holds nothing there (the move was already made); if both hold one,
+    `to_consumer` keeps its own and `from_consumer`'s is dropped.
+    """
+
+    def hand_over(record: Host) -> Host | None:
+        if from_consumer not in record.allocations:
+            return None
+        allocations = dict(record.allocations)
+        held = allocations.pop(from_consumer)
+        allocations.setdefault(to_consumer, held)
+        in_progress = [s for s in record.in_progress if s != from_consumer]
+        return msgspec.structs.replace(record, allocations=allocations, in_progress=in_progress)
+
+    entry = await store.hosts.mutate(host, hand_over)
+    LOG.debug("placement.moved", host=host, source=from_consumer, to=to_consumer)
+    return entry
+
+
+async def not_in_progress(store: Store, host: str, server_id: str) -> Entry[Host] | None:
+    """Stop counting `server_id` among `host`'s builds (a move's claim is no build)."""
+
+    def drop(record: Host) -> Host | None:
+        if server_id not in record.in_progress:
+            return None
+        in_progress = [s for s in record.in_progress if s != server_id]
+        return msgspec.structs.replace(record, in_progress=in_progress)
+
+    return await store.hosts.mutate(host, drop)

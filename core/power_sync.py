@@ -25,9 +25,17 @@ LOG = log.get_logger(__name__)
 _OFF = (S.SHUTDOWN, S.CRASHED, S.NOSTATE)
 
 
-def synced(s: Server, host: str, power: int) -> Server | None:
-    """The record after a power report from `host`, or None when nothing changes."""
+def synced(s: Server, host: str, power: int, seen_at: float | None = None) -> Server | None:
+    """The record after a power report from `host`, or None when nothing changes.
+
+    `seen_at` is when the agent looked (before it read the power state): a report taken
+    before the record's last change may predate an action that changed the power state
+    meanwhile (a start that finished while the report was on its way), so it is ignored;
+    the next report tells.
+    """
     if s.host != host or s.task_state is not None or (s.power_state == power and power not in _OFF):
+        return None
+    if seen_at is not None and seen_at < s.updated_at:
         return None
     vm_state = s.vm_state
     if s.vm_state == S.ACTIVE and power in _OFF:
@@ -47,10 +55,10 @@ async def apply(conductor: Conductor, ev: AgentEvent) -> None:
 
     def change(s: Server) -> Server | None:
         before[:] = [s]
-        return synced(s, ev.host, power)
+        return synced(s, ev.host, power, ev.at)
 
     written = await conductor.st.servers.mutate(ev.server_id, change)
-    if written is None or not before or written.value is before[0]:
+    if written is None or not before:
         return
     if (written.value.vm_state, written.value.power_state) != (
         before[0].vm_state,

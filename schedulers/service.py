@@ -70,6 +70,8 @@ class SchedulerService:
         assert self.store is not None
         started = time.perf_counter()
         held = self.index.consumers.get(spec.server_id)
+        if held in spec.ignore_hosts or spec.requested_host not in (None, held):
+            held = None  # a move: the server's allocation there is not the one asked for
         if held is not None:  # a retried request whose claim already landed
             existing = await placement.claim(
                 self.store, held, spec.server_id, spec.flavor.resources(), attempts=1

@@ -34,6 +34,12 @@ class Filter:
     #: passes). Worth giving with `host_passes`, which otherwise runs once per host.
     applies: Callable[[RequestSpec], bool] | None = None
     description: str = ""
+    #: A promise about `mask`: a host's answer depends only on that host's columns, the
+    #: request (but not its server_id) and the configuration; not on other hosts, the
+    #: clock (except through `up`) or anything outside the index. The filter scheduler
+    #: may then keep the mask between decisions and redo only the hosts that changed,
+    #: calling `mask` with the columns of those hosts alone. See docs/plugins.md.
+    row_local: bool = False
 
     def __post_init__(self) -> None:
         if not (self.sql or self.mask or self.host_passes):
@@ -55,6 +61,10 @@ class Weigher:
     #: A cheap check on the request alone: False skips the weigher for it.
     applies: Callable[[RequestSpec], bool] | None = None
     description: str = ""
+    #: As for Filter: a host's raw score depends only on its own columns, the request
+    #: (not its server_id) and the configuration, so scores may be kept between
+    #: decisions and recomputed for changed hosts only. Normalising stays the scheduler's.
+    row_local: bool = False
 
 
 @dataclass

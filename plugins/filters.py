@@ -248,29 +248,34 @@ _disk_mask, _disk_sql = _fit("disk_gb_free", lambda s: s.flavor.disk_gb)
 BUILTIN_FILTERS = [
     Filter(
         name="ComputeFilter",
+        row_local=True,
         mask=_compute_mask,
         description="Passes hosts whose service is enabled and heartbeating (up).",
     ),
     Filter(
         name="AvailabilityZoneFilter",
+        row_local=True,
         mask=_az_mask,
         sql=_az_sql,
         description="Passes hosts in the requested availability zone.",
     ),
     Filter(
         name="CoreFilter",
+        row_local=True,
         mask=_core_mask,
         sql=_core_sql,
         description="Passes hosts with enough free VCPU (after reserved and allocation ratio).",
     ),
     Filter(
         name="RamFilter",
+        row_local=True,
         mask=_ram_mask,
         sql=_ram_sql,
         description="Passes hosts with enough free MEMORY_MB (after reserved and allocation ratio).",
     ),
     Filter(
         name="DiskFilter",
+        row_local=True,
         mask=_disk_mask,
         sql=_disk_sql,
         description="Passes hosts with enough free DISK_GB (after reserved and allocation ratio).",
@@ -285,12 +290,14 @@ BUILTIN_FILTERS = [
     ),
     Filter(
         name="ImagePropertiesFilter",
+        row_local=True,
         mask=_image_properties_mask,
         description="Passes hosts whose hypervisor type and CPU architecture are what the "
         "image's hypervisor_type/img_hv_type and hw_architecture/architecture ask for.",
     ),
     Filter(
         name="TraitsFilter",
+        row_local=True,
         mask=_traits_mask,
         description="Passes hosts that have every trait marked required and none marked "
         "forbidden (trait:NAME=required|forbidden in flavor extra specs or image "
@@ -298,28 +305,35 @@ BUILTIN_FILTERS = [
     ),
     Filter(
         name="IoOpsFilter",
+        row_local=True,
         mask=_io_ops_mask,
         description="Passes hosts with fewer than [scheduler] max_io_ops_per_host builds "
         "in progress.",
     ),
     Filter(
         name="NumInstancesFilter",
+        row_local=True,
         mask=_num_instances_mask,
         description="Passes hosts with fewer than [scheduler] max_instances_per_host servers.",
     ),
     Filter(
         name="ServerGroupAffinityFilter",
+        # Not row-local: whether any host holds a member decides what every host gets.
         mask=_affinity_mask,
+        applies=lambda spec: spec.group is not None and spec.group.policy == "affinity",
         description="For a server in an affinity group: only the host its members are on.",
     ),
     Filter(
         name="ServerGroupAntiAffinityFilter",
+        row_local=True,
         mask=_anti_affinity_mask,
+        applies=lambda spec: spec.group is not None and spec.group.policy == "anti-affinity",
         description="For a server in an anti-affinity group: only hosts holding fewer than "
         "max_server_per_host of its members.",
     ),
     Filter(
         name="AggregateInstanceExtraSpecsFilter",
+        row_local=True,
         mask=_aggregate_extra_specs_mask,
         applies=lambda spec: bool(_aggregate_specs(spec)),
         description="Passes hosts in an aggregate whose metadata matches each of the "
@@ -328,12 +342,14 @@ BUILTIN_FILTERS = [
     ),
     Filter(
         name="AggregateMultiTenancyIsolation",
+        row_local=True,
         mask=_tenant_isolation_mask,
         description="Hosts in an aggregate with filter_tenant_id metadata take only those "
         "projects' servers; other hosts take anyone's.",
     ),
     Filter(
         name="PciPassthroughFilter",
+        row_local=True,
         mask=_free_mask(_pci_requests),
         applies=lambda spec: "pci_passthrough:alias" in spec.flavor.extra_specs,
         description="Passes hosts with enough free PCI devices for the flavor's "
@@ -341,6 +357,7 @@ BUILTIN_FILTERS = [
     ),
     Filter(
         name="CustomResourceFilter",
+        row_local=True,
         mask=_free_mask(_other_custom_requests),
         applies=lambda spec: any(
             k.startswith("resources:CUSTOM_") for k in spec.flavor.extra_specs
@@ -349,12 +366,14 @@ BUILTIN_FILTERS = [
     ),
     Filter(
         name="SameHostFilter",
+        row_local=True,
         mask=_same_host_mask,
         description="With the scheduler hint same_host: passes only hosts holding one of "
         "those servers.",
     ),
     Filter(
         name="DifferentHostFilter",
+        row_local=True,
         mask=_different_host_mask,
         description="With the scheduler hint different_host: passes only hosts holding "
         "none of those servers.",

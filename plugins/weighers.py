@@ -50,24 +50,28 @@ def _group_policy(policy: str) -> Any:
 BUILTIN_WEIGHERS = [
     Weigher(
         name="RAMWeigher",
+        row_local=True,
         weigh=_free_ram,
         multiplier_option="ram_weight_multiplier",
         description="Prefers hosts with more free RAM (negative multiplier: less, to pack).",
     ),
     Weigher(
         name="CPUWeigher",
+        row_local=True,
         weigh=_free_cpu,
         multiplier_option="cpu_weight_multiplier",
         description="Prefers hosts with more free vCPUs (negative multiplier: fewer, to pack).",
     ),
     Weigher(
         name="DiskWeigher",
+        row_local=True,
         weigh=_free_disk,
         multiplier_option="disk_weight_multiplier",
         description="Prefers hosts with more free disk (negative multiplier: less, to pack).",
     ),
     Weigher(
         name="ServerGroupSoftAffinityWeigher",
+        row_local=True,
         weigh=_soft("soft-affinity", 1.0),
         applies=_group_policy("soft-affinity"),
         multiplier_option="soft_affinity_weight_multiplier",
@@ -75,6 +79,7 @@ BUILTIN_WEIGHERS = [
     ),
     Weigher(
         name="ServerGroupSoftAntiAffinityWeigher",
+        row_local=True,
         weigh=_soft("soft-anti-affinity", -1.0),
         applies=_group_policy("soft-anti-affinity"),
         multiplier_option="soft_anti_affinity_weight_multiplier",
@@ -82,6 +87,7 @@ BUILTIN_WEIGHERS = [
     ),
     Weigher(
         name="IoOpsWeigher",
+        row_local=True,
         weigh=_io_ops,
         multiplier_option="io_ops_weight_multiplier",
         description="As Nova's: with the default negative multiplier, prefers hosts with "
@@ -89,6 +95,7 @@ BUILTIN_WEIGHERS = [
     ),
     Weigher(
         name="BuildFailureWeigher",
+        row_local=True,
         weigh=_build_failures,
         multiplier_option="build_failure_weight_multiplier",
         description="Steers away from hosts whose recent spawns failed; as Nova's, its large "
@@ -96,6 +103,7 @@ BUILTIN_WEIGHERS = [
     ),
     Weigher(
         name="NumInstancesWeigher",
+        row_local=True,
         weigh=_num_instances,
         multiplier_option="num_instances_weight_multiplier",
         description="As Nova's: a positive multiplier prefers hosts with more servers, a "

@@ -5,11 +5,15 @@ columns, else an SQL predicate run in DuckDB, else a per-host check. Weighers sc
 the survivors, each normalised to 0..1 and multiplied, as Nova does. Only the best
 few hosts are ordered (a partial sort), since the claim almost always lands on one of
 the first; the scheduler service asks again, without the hosts it tried, if not.
+
+Requests that repeat a recent shape (all but the server id) reuse what the last one
+computed, redone only for the hosts that changed since: see score_cache.py.
 """
 
 from __future__ import annotations
 
 import random
+import time
 from typing import Any
 
 import numpy as np
@@ -17,12 +21,16 @@ import numpy as np
 from hvmesh.core.models import RequestSpec
 from hvmesh.plugins import hookimpl
 from hvmesh.plugins.api import Columns, SchedulerContext
+from hvmesh.schedulers.score_cache import MAX_SHAPES, ShapeCache, top_cut
 
 TOP = 16  # hosts ordered and handed to the claim step per round
 # Added to every total weight: far below any real difference, it breaks ties at random.
 # Equal hosts are the common case (a fleet of untouched identical hosts), and without it
 # the partial sort degrades to its slow path and every scheduler races for the same host.
 TIE_BREAK = 1e-9
+# Tie-break values are cut from a block of random numbers at a random offset; drawing
+# fresh ones per host per decision cost as much as all the weighers together.
+JITTER_REUSE = 64  # decisions served from one block before it is drawn again
 
 
 def parse_multipliers(items: list[str]) -> dict[str, float]:
@@ -89,17 +97,38 @@ class Survivors(dict):
         return i if i < len(self._rows) and self._rows[i] == row else None
 
 
+def top_rows(scores: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the k highest scores, highest first (partial sorts, then k sorted)."""
+    n = len(scores)
+    best = top_cut(scores, k)[1] if k < n else np.arange(n)
+    if k < len(best):
+        best = best[np.argpartition(scores[best], len(best) - k)[len(best) - k :]]
+    return best[np.argsort(-scores[best], kind="stable")]
+
+
 class FilterScheduler:
-    def __init__(self, ctx: SchedulerContext) -> None:
+    def __init__(self, ctx: SchedulerContext, cache_shapes: int = MAX_SHAPES) -> None:
         self.ctx = ctx
         self.cfg = ctx.config.scheduler
         self.multipliers = parse_multipliers(self.cfg.weight_multipliers)
         self.rng = np.random.default_rng()
+        self.tie_break = TIE_BREAK  # 0 turns the tie-break off (tests compare totals)
         self._block = np.empty(0)
-        self._block_used = 0
+        self._block_uses = 0
         self.masks = [f for f in ctx.filters if f.mask is not None]
         self.sqls = [f for f in ctx.filters if f.mask is None and f.sql is not None]
         self.per_host = [f for f in ctx.filters if f.mask is None and f.sql is None]
+        # The configuration does not change while the scheduler runs.
+        self.weighing = [(w, m) for w in ctx.weighers if (m := self._multiplier(w))]
+        self.cache = ShapeCache(
+            ctx.index,
+            ctx.config,
+            ctx.filters,
+            self.weighing,
+            self._jitter,
+            Survivors,
+            max_shapes=cache_shapes,
+        )
 
     def _multiplier(self, weigher: Any) -> float:
         if weigher.name in self.multipliers:
@@ -114,6 +143,12 @@ class FilterScheduler:
         cols = index.candidate_columns()
         cols.config = self.ctx.config
         keep = cols["present"].copy()
+        if spec.requested_host is not None:  # a move's chosen target: that row alone
+            row = index.columns.row.get(spec.requested_host)
+            only = np.zeros_like(keep)
+            if row is not None:
+                only[row] = True
+            keep &= only
         for name in spec.ignore_hosts:
             row = index.columns.row.get(name)
             if row is not None:
@@ -152,11 +187,8 @@ class FilterScheduler:
         if len(total) == 0:
             return total
         scratch = np.empty_like(total)
-        for w in self.ctx.weighers:
+        for w, mult in self.weighing:
             if w.applies is not None and not w.applies(spec):
-                continue
-            mult = self._multiplier(w)
-            if not mult:
                 continue
             values = np.asarray(w.weigh(survivors, spec))
             lo, hi = values.min(), values.max()
@@ -169,29 +201,45 @@ class FilterScheduler:
         return total
 
     def _jitter(self, n: int) -> np.ndarray:
-        """n tiny random values, cut from a block refilled now and then (drawing is costly)."""
-        if self._block_used + n > len(self._block):
-            self._block = self.rng.random(max(n * 64, 65536)) * TIE_BREAK
-            self._block_used = 0
-        out = self._block[self._block_used : self._block_used + n].copy()
-        self._block_used += n
-        return out
+        """n tiny random values: a window, at a random offset, of a block redrawn now and then."""
+        if not self.tie_break:
+            return np.zeros(n)
+        if len(self._block) < 2 * n or self._block_uses >= JITTER_REUSE:
+            self._block = self.rng.random(max(2 * n, 65536)) * self.tie_break
+            self._block_uses = 0
+        self._block_uses += 1
+        start = int(self.rng.integers(0, len(self._block) - n + 1))
+        return self._block[start : start + n].copy()
+
+    def scored_rows(self, spec: RequestSpec) -> tuple[np.ndarray, np.ndarray]:
+        """The rows passing every filter and their weighed totals, the way select reaches them."""
+        shape = self.cache.shape_for(spec)
+        if shape is not None:
+            shape.refresh(time.time())
+            return shape.scored_rows()
+        cols, rows = self.passing_rows(spec)
+        return rows, self.weigh(Survivors(cols, rows), spec)
 
     async def select(self, spec: RequestSpec) -> list[str]:
-        cols, rows = self.passing_rows(spec)
-        if len(rows) == 0:
-            return []
-        scores = self.weigh(Survivors(cols, rows), spec)
-        k = min(max(TOP, self.cfg.host_subset_size + spec.num_alternates), len(rows))
-        best = np.argpartition(-scores, k - 1)[:k] if k < len(rows) else np.arange(len(rows))
-        best = best[np.argsort(-scores[best], kind="stable")]
-        names = [str(n) for n in cols["name"][rows[best]]]
+        shape = self.cache.shape_for(spec)
+        if shape is not None:
+            shape.refresh(time.time())
+            k = self._top_count(spec, shape.n_passing)
+            best = shape.best(k) if k else np.zeros(0, dtype=np.int64)
+        else:
+            cols, rows = self.passing_rows(spec)
+            k = self._top_count(spec, len(rows))
+            best = rows[top_rows(self.weigh(Survivors(cols, rows), spec), k)] if k else rows
+        names = [str(n) for n in self.ctx.index.columns.arrays["name"][best]]
         subset = min(self.cfg.host_subset_size, len(names))
         if subset > 1:
             head = names[:subset]
             random.shuffle(head)
             names[:subset] = head
         return names
+
+    def _top_count(self, spec: RequestSpec, passing: int) -> int:
+        return min(max(TOP, self.cfg.host_subset_size + spec.num_alternates), passing)
 
 
 @hookimpl

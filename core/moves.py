@@ -131,6 +131,19 @@ class _Moves:
         await placement.move(self.st, m.source_host, srv.id, m.id)
         return m
 
+    async def _begin_with_destination(
+        self, task: Task, srv: Server, action: str
+    ) -> tuple[Migration, str] | None:
+        """Take the move up and claim its destination; None when it ended (no valid host)."""
+        m = await self._begin(task, srv)
+        if m is None:
+            return None
+        chosen = await self._destination(srv, m, getattr(task.action, "host", None))
+        if chosen.host is None:
+            await self._end(srv, action, m.source_host, f"No valid host was found. {chosen.reason}")
+            return None
+        return m, chosen.host
+
     async def _destination(self, srv: Server, m: Migration, requested: str | None) -> Selection:
         """A host claimed for the server with the flavor it will have there, or why none."""
         conductor = self.lc.conductor
@@ -240,14 +253,10 @@ class _Moves:
 
     async def cold_run(self, task: Task, srv: Server) -> None:
         action = action_name(task.action)  # type: ignore[arg-type]
-        m = await self._begin(task, srv)
-        if m is None:
+        placed = await self._begin_with_destination(task, srv, action)
+        if placed is None:
             return
-        chosen = await self._destination(srv, m, getattr(task.action, "host", None))
-        dest = chosen.host
-        if dest is None:
-            await self._end(srv, action, m.source_host, f"No valid host was found. {chosen.reason}")
-            return
+        m, dest = placed
         moving = msgspec.structs.replace(m, dest_host=dest, status="migrating")
         written = await self.lc.transition(
             srv,
@@ -442,14 +451,10 @@ class _Moves:
 
     async def live_run(self, task: Task, srv: Server) -> None:
         action = "live-migrate"
-        m = await self._begin(task, srv)
-        if m is None:
+        placed = await self._begin_with_destination(task, srv, action)
+        if placed is None:
             return
-        chosen = await self._destination(srv, m, getattr(task.action, "host", None))
-        dest = chosen.host
-        if dest is None:
-            await self._end(srv, action, m.source_host, f"No valid host was found. {chosen.reason}")
-            return
+        m, dest = placed
         preparing = msgspec.structs.replace(m, dest_host=dest, status="preparing")
         written = await self.lc.transition(
             srv, lambda s: msgspec.structs.replace(s, migration=preparing)
@@ -554,14 +559,10 @@ class _Moves:
 
     async def evacuate_run(self, task: Task, srv: Server) -> None:
         action = "evacuate"
-        m = await self._begin(task, srv)
-        if m is None:
+        placed = await self._begin_with_destination(task, srv, action)
+        if placed is None:
             return
-        chosen = await self._destination(srv, m, getattr(task.action, "host", None))
-        dest = chosen.host
-        if dest is None:
-            await self._end(srv, action, m.source_host, f"No valid host was found. {chosen.reason}")
-            return
+        m, dest = placed
         rebuilding = msgspec.structs.replace(m, dest_host=dest, status="rebuilding")
         written = await self.lc.transition(
             srv, lambda s: msgspec.structs.replace(s, host=dest, migration=rebuilding)

@@ -103,6 +103,19 @@ async def cas_rate(js: Any, writes: int = 1000) -> tuple[float, float]:
     return round(sequential_ms, 3), round(concurrent, 1)
 
 
+BENCH_FLAVOR = Flavor(id="bench", name="bench", vcpus=2, ram_mb=2048, disk_gb=20)
+
+
+def bench_request(i: int) -> RequestSpec:
+    """The i-th placement request: the bench flavor; every other one names a zone."""
+    return RequestSpec(
+        server_id=str(uuid.uuid4()),
+        project="bench",
+        flavor=BENCH_FLAVOR,
+        availability_zone=f"az{i % 4}" if i % 2 else None,
+    )
+
+
 def bench_host(i: int, width: int, size: HostSize = DEFAULT_SIZE) -> Host:
     """A simulated hypervisor (64 VCPU, 256 GiB, 4 TB by default) in one of four zones."""
     return Host(
@@ -272,7 +285,6 @@ async def place(
     concurrency: int,
     quiet: bool,
 ) -> BenchResult:
-    flavor = Flavor(id="bench", name="bench", vcpus=2, ram_mb=2048, disk_gb=20)
     latencies = np.zeros(requests, dtype=np.float64)
     outcome = {"placed": 0, "none": 0, "errors": 0}
     progress = Progress("placing", requests, quiet)
@@ -286,12 +298,7 @@ async def place(
                 i = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            spec = RequestSpec(
-                server_id=str(uuid.uuid4()),
-                project="bench",
-                flavor=flavor,
-                availability_zone=f"az{i % 4}" if i % 2 else None,
-            )
+            spec = bench_request(i)
             t0 = time.perf_counter()
             try:
                 msg = await nc.request("hvmesh.sched.select", encode(spec), timeout=30)
@@ -327,3 +334,61 @@ async def place(
         audit="clean" if not problems else f"{len(problems)} problems",
         audit_problems=problems[:20],
     )
+
+
+async def decisions(hosts: int, count: int = 3000, cache: bool = True) -> dict[str, float]:
+    """The filter scheduler's decision alone, in this process: ms per select() over `count`
+    requests (as `place` sends them) with the default filters and weighers, each claim
+    applied to the index at once as the scheduler service does. No NATS, no disk.
+
+        python -c "import asyncio; from hvmesh.core import bench; \\
+                   print(asyncio.run(bench.decisions(100000)))"
+    """
+    from hvmesh.core.inventory import Index
+    from hvmesh.core.store import Entry
+    from hvmesh.plugins import manager
+    from hvmesh.plugins.api import SchedulerContext
+    from hvmesh.schedulers.filter_scheduler import FilterScheduler
+    from hvmesh.schedulers.score_cache import MAX_SHAPES
+
+    cfg = config.Config()
+    index = Index(service_down_time=cfg.DEFAULT.service_down_time)
+    width = max(5, len(str(hosts)))
+    for i in range(hosts):
+        host = bench_host(i, width)
+        index.apply_host(Entry(key=host.name, value=host, revision=i + 1), host.name, i + 1)
+        index.apply_heartbeat(Heartbeat(host=host.name, at=now(), agent_id="bench"))
+    registry = manager.load()
+    ctx = SchedulerContext(
+        config=cfg,
+        index=index,
+        filters=registry.pick("filters", cfg.scheduler.enabled_filters),
+        weighers=registry.pick("weighers", cfg.scheduler.weighers),
+    )
+    scheduler = FilterScheduler(ctx, cache_shapes=MAX_SHAPES if cache else 0)
+    revision = hosts
+    took = np.zeros(count)
+    for i in range(count):
+        spec = bench_request(i)
+        started = time.perf_counter()
+        names = await scheduler.select(spec)
+        took[i] = (time.perf_counter() - started) * 1000
+        if names:  # the claim, as placement.claim writes it
+            entry = index.hosts[names[0]]
+            record = msgspec.structs.replace(
+                entry.value,
+                allocations={**entry.value.allocations, spec.server_id: spec.flavor.resources()},
+                in_progress=[*entry.value.in_progress, spec.server_id],
+            )
+            revision += 1
+            index.apply_host(
+                Entry(key=names[0], value=record, revision=revision), names[0], revision
+            )
+    return {
+        "hosts": hosts,
+        "decisions": count,
+        "mean_ms": round(float(took.mean()), 3),
+        "p50_ms": round(float(np.percentile(took, 50)), 3),
+        "p99_ms": round(float(np.percentile(took, 99)), 3),
+        "max_ms": round(float(took.max()), 3),
+    }

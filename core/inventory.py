@@ -265,14 +265,14 @@ class CandidateColumns(dict):
     def __missing__(self, key: str) -> np.ndarray:
         # Columns not handed in are cut from the index on first use (see candidate_columns).
         if key == "up":
-            value = self.up_of(slice(None, self._index.columns.size))  # type: ignore[arg-type]
+            value = self.up_of(slice(None, self._index.columns.size))
         else:
             columns = self._index.columns
             value = columns.arrays[key][: columns.size]
         self[key] = value
         return value
 
-    def up_of(self, rows: np.ndarray) -> np.ndarray:
+    def up_of(self, rows: np.ndarray | slice) -> np.ndarray:
         """`up` of some rows only: heartbeat within service_down_time of `now`."""
         heartbeat = self._index.columns.arrays["heartbeat"][rows]
         return heartbeat >= self.now - self._index.service_down_time

@@ -74,7 +74,7 @@ async def work_done(deployment: Deployment, host: str, timeout: float = 30.0) ->
             info = await js.consumer_info(WORK_STREAM, f"agent-{host}")
             if info.num_pending == 0 and info.num_ack_pending == 0:
                 return
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # noqa: sleep - polls consumer state, bounded
 
 
 async def host_down(deployment: Deployment, host: str, cfg: Config, timeout: float = 30.0) -> None:
@@ -84,7 +84,7 @@ async def host_down(deployment: Deployment, host: str, cfg: Config, timeout: flo
             beat = await deployment.store.heartbeats.get(host)
             if beat is None or beat.value.at < now() - cfg.DEFAULT.service_down_time:
                 return
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # noqa: sleep - staleness is a clock condition
 
 
 @pytest.mark.parametrize(

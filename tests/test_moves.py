@@ -407,7 +407,7 @@ async def take_down(dep: Deployment, admin: ApiClient, agent: Any, host: str) ->
         hosts = (await admin("hypervisors.list"))["hypervisors"]
         if any(h["name"] == host and h["state"] == "down" for h in hosts):
             return
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # noqa: sleep - polls a clock-based condition, bounded
     raise AssertionError(f"{host} never counted as down")
 
 

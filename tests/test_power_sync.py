@@ -40,7 +40,7 @@ async def events_handled(deployment: Deployment, timeout: float = 30.0) -> None:
             info = await js.consumer_info(EVENTS_STREAM, "conductor-events")
             if info.num_pending == 0 and info.num_ack_pending == 0:
                 return
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # noqa: sleep - polls consumer state, bounded
 
 
 async def one_host(deployment: Deployment, admin: ApiClient, **compute: Any) -> Any:

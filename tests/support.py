@@ -196,6 +196,46 @@ def gone(s: Server | None) -> bool:
     return s is None
 
 
+def idle(s: Server | None) -> bool:
+    """No task running: an action is over."""
+    return s is not None and s.task_state is None
+
+
+def resting(vm_state: str) -> Callable[[Server | None], bool]:
+    """The server rests in `vm_state` with no task running."""
+
+    def done(s: Server | None) -> bool:
+        return s is not None and s.vm_state == vm_state and s.task_state is None
+
+    return done
+
+
+async def drained(dep: Deployment, stream: str, durable: str, timeout: float = 30.0) -> None:
+    """Wait until a durable consumer has every message handed out and acknowledged."""
+    js = dep.nc.jetstream()
+    async with asyncio.timeout(timeout):
+        while True:
+            info = await js.consumer_info(stream, durable)
+            if info.num_pending == 0 and info.num_ack_pending == 0:
+                return
+            # Consumer state has no watch: polled, within the timeout.
+            await asyncio.sleep(0.05)  # noqa: sleep
+
+
+async def boot(dep: Deployment, client: ApiClient, name: str = "vm1", **extra: Any) -> Server:
+    """Create a server of make_flavor_image's flavor and image and wait until it is ACTIVE."""
+    body = {"name": name, "flavor": "m1.small", "image": "cirros", **extra}
+    created = (await client("servers.create", body))["server"]
+    server = await wait_server(dep.store, created["id"], settled)
+    assert server is not None and server.vm_state == "active", server
+    return server
+
+
+async def act(client: ApiClient, server_id: str, action: str, **body: Any) -> dict:
+    """hvmesh.api.servers.action: the reply ({"server", "request_id"})."""
+    return await client("servers.action", {"id": server_id, "action": action, **body})
+
+
 async def make_flavor_image(
     admin: ApiClient, vcpus: int = 1, ram: int = 512, disk: int = 1
 ) -> None:

@@ -19,29 +19,15 @@ from hvmesh.core.models import Server
 from tests.support import (
     ApiClient,
     Deployment,
+    act,
+    boot,
     gone,
+    idle,
     make_flavor_image,
     settled,
     wait_all,
     wait_server,
 )
-
-
-def idle(s: Server | None) -> bool:
-    return s is not None and s.task_state is None
-
-
-async def boot(cloud: Deployment, client: ApiClient, name: str = "vm1") -> Server:
-    created = (
-        await client("servers.create", {"name": name, "flavor": "m1.small", "image": "cirros"})
-    )["server"]
-    server = await wait_server(cloud.store, created["id"], settled)
-    assert server is not None and server.vm_state == S.ACTIVE, server
-    return server
-
-
-async def act(client: ApiClient, server_id: str, action: str, **body: Any) -> dict:
-    return await client("servers.action", {"id": server_id, "action": action, **body})
 
 
 async def do(

@@ -14,7 +14,7 @@ from hvmesh.core.config import Config
 from hvmesh.core.launcher import make_agent
 from hvmesh.core.models import Server, now
 from hvmesh.core.store import WORK_STREAM
-from tests.support import ApiClient, Deployment, gone, make_flavor_image, settled, wait_server
+from tests.support import ApiClient, Deployment, boot, drained, gone, make_flavor_image, wait_server
 
 TIMEOUT = 1.5  # [conductor] action_timeout: how long a dead host is waited for
 
@@ -24,15 +24,6 @@ def resting(vm_state: str):  # type: ignore[no-untyped-def]
         return s is not None and s.vm_state == vm_state and s.task_state is None
 
     return done
-
-
-async def boot(deployment: Deployment, admin: ApiClient, name: str = "vm") -> Server:
-    created = (
-        await admin("servers.create", {"name": name, "flavor": "m1.small", "image": "cirros"})
-    )["server"]
-    server = await wait_server(deployment.store, created["id"], settled)
-    assert server is not None and server.vm_state == S.ACTIVE
-    return server
 
 
 async def restart(deployment: Deployment, host: str, cfg: Config, instances: dict[str, int]) -> Any:
@@ -66,15 +57,9 @@ async def last_action(
     raise AssertionError("watch ended")
 
 
-async def work_done(deployment: Deployment, host: str, timeout: float = 30.0) -> None:
+async def work_done(deployment: Deployment, host: str) -> None:
     """Wait until the host's agent has taken (and acknowledged) all its queued work."""
-    js = deployment.nc.jetstream()
-    async with asyncio.timeout(timeout):
-        while True:
-            info = await js.consumer_info(WORK_STREAM, f"agent-{host}")
-            if info.num_pending == 0 and info.num_ack_pending == 0:
-                return
-            await asyncio.sleep(0.05)  # noqa: sleep - polls consumer state, bounded
+    await drained(deployment, WORK_STREAM, f"agent-{host}")
 
 
 async def host_down(deployment: Deployment, host: str, cfg: Config, timeout: float = 30.0) -> None:
@@ -84,7 +69,8 @@ async def host_down(deployment: Deployment, host: str, cfg: Config, timeout: flo
             beat = await deployment.store.heartbeats.get(host)
             if beat is None or beat.value.at < now() - cfg.DEFAULT.service_down_time:
                 return
-            await asyncio.sleep(0.1)  # noqa: sleep - staleness is a clock condition
+            # Staleness is a clock condition: polled, within the timeout.
+            await asyncio.sleep(0.1)  # noqa: sleep
 
 
 @pytest.mark.parametrize(

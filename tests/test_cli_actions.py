@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 from hvmesh.core import audit
-from tests.support import ApiClient, Deployment, make_flavor_image, settled, wait_server
+from tests.support import ApiClient, Deployment, boot, make_flavor_image, wait_server
 from tests.test_cli import Cli, hvmesh
 
 
-async def boot(dep: Deployment, admin: ApiClient) -> str:
+async def boot_id(dep: Deployment, admin: ApiClient) -> str:
     await make_flavor_image(admin)
-    created = (
-        await admin("servers.create", {"name": "vm1", "flavor": "m1.small", "image": "cirros"})
-    )["server"]
-    server = await wait_server(dep.store, created["id"], settled)
-    assert server is not None and server.vm_state == "active"
-    return server.id
+    return (await boot(dep, admin)).id
 
 
 async def test_cli_server_actions(cloud: Deployment, admin: ApiClient) -> None:
     cli = Cli(cloud)
-    sid = await boot(cloud, admin)
+    sid = await boot_id(cloud, admin)
 
     stopped = await cli.json("server", "stop", sid, "--wait")
     assert (stopped["status"], stopped["task_state"]) == ("SHUTOFF", None)
@@ -71,7 +66,7 @@ async def test_cli_server_actions(cloud: Deployment, admin: ApiClient) -> None:
 async def test_cli_wait_reports_a_failed_action(deployment: Deployment, admin: ApiClient) -> None:
     await deployment.start_core(deployment.config(fake={"fail_steps": ["power_off"]}), fake_hosts=1)
     cli = Cli(deployment)
-    sid = await boot(deployment, admin)
+    sid = await boot_id(deployment, admin)
     code, _, err = await hvmesh("server", "stop", sid, "--wait", *cli.auth)
     assert code == 1
     *progress, error = err.rstrip().splitlines()  # progress lines, then one error line

@@ -13,32 +13,24 @@ import pytest
 from hvmesh.core import audit, errors
 from hvmesh.core import states as S
 from hvmesh.core.models import Server
-from tests.support import ApiClient, Deployment, make_flavor_image, settled, wait_server
+from tests.support import (
+    ApiClient,
+    Deployment,
+    act,
+    boot,
+    idle,
+    make_flavor_image,
+    settled,
+    wait_server,
+)
 
 SMALL = {"VCPU": 1, "MEMORY_MB": 512, "DISK_GB": 1}
 LARGE = {"VCPU": 2, "MEMORY_MB": 1024, "DISK_GB": 2}
 
 
-def idle(s: Server | None) -> bool:
-    return s is not None and s.task_state is None
-
-
 async def setup(admin: ApiClient) -> None:
     await make_flavor_image(admin)
     await admin("flavors.create", {"name": "m1.large", "vcpus": 2, "ram_mb": 1024, "disk_gb": 2})
-
-
-async def boot(dep: Deployment, admin: ApiClient, name: str = "vm1") -> Server:
-    created = (
-        await admin("servers.create", {"name": name, "flavor": "m1.small", "image": "cirros"})
-    )["server"]
-    server = await wait_server(dep.store, created["id"], settled)
-    assert server is not None and server.vm_state == S.ACTIVE, server
-    return server
-
-
-async def act(admin: ApiClient, server_id: str, action: str, **body: Any) -> dict:
-    return await admin("servers.action", {"id": server_id, "action": action, **body})
 
 
 async def do(dep: Deployment, admin: ApiClient, server_id: str, action: str, **body: Any) -> Server:
@@ -407,7 +399,8 @@ async def take_down(dep: Deployment, admin: ApiClient, agent: Any, host: str) ->
         hosts = (await admin("hypervisors.list"))["hypervisors"]
         if any(h["name"] == host and h["state"] == "down" for h in hosts):
             return
-        await asyncio.sleep(0.1)  # noqa: sleep - polls a clock-based condition, bounded
+        # A clock-based condition: polled, within the bound above.
+        await asyncio.sleep(0.1)  # noqa: sleep
     raise AssertionError(f"{host} never counted as down")
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import msgspec
@@ -13,34 +12,20 @@ from hvmesh.core import states as S
 from hvmesh.core.models import Flavor, Server, now
 from hvmesh.core.power_sync import synced
 from hvmesh.core.store import EVENTS_STREAM
-from tests.support import ApiClient, Deployment, make_flavor_image, settled, wait_server
+from tests.support import (
+    ApiClient,
+    Deployment,
+    boot,
+    drained,
+    make_flavor_image,
+    resting,
+    wait_server,
+)
 
 
-async def boot(deployment: Deployment, admin: ApiClient) -> Server:
-    created = (
-        await admin("servers.create", {"name": "vm", "flavor": "m1.small", "image": "cirros"})
-    )["server"]
-    server = await wait_server(deployment.store, created["id"], settled)
-    assert server is not None and server.vm_state == S.ACTIVE
-    return server
-
-
-def resting(vm_state: str):  # type: ignore[no-untyped-def]
-    def done(s: Server | None) -> bool:
-        return s is not None and s.vm_state == vm_state and s.task_state is None
-
-    return done
-
-
-async def events_handled(deployment: Deployment, timeout: float = 30.0) -> None:
+async def events_handled(deployment: Deployment) -> None:
     """Wait until the conductor has handled (acknowledged) every agent event published."""
-    js = deployment.nc.jetstream()
-    async with asyncio.timeout(timeout):
-        while True:
-            info = await js.consumer_info(EVENTS_STREAM, "conductor-events")
-            if info.num_pending == 0 and info.num_ack_pending == 0:
-                return
-            await asyncio.sleep(0.05)  # noqa: sleep - polls consumer state, bounded
+    await drained(deployment, EVENTS_STREAM, "conductor-events")
 
 
 async def one_host(deployment: Deployment, admin: ApiClient, **compute: Any) -> Any:

@@ -9,8 +9,15 @@ import pytest
 
 from hvmesh.core import audit, errors
 from hvmesh.core import states as S
-from hvmesh.core.models import Server
-from tests.support import ApiClient, Deployment, make_flavor_image, settled, wait_server
+from tests.support import (
+    ApiClient,
+    Deployment,
+    act,
+    boot,
+    make_flavor_image,
+    resting,
+    wait_server,
+)
 from tests.test_agent_death import last_action, restart, work_done
 
 
@@ -28,23 +35,9 @@ async def start(
     return agents
 
 
-async def boot(deployment: Deployment, admin: ApiClient, name: str = "vm", **extra: Any) -> Server:
-    body = {"name": name, "flavor": "m1.small", "image": "cirros", **extra}
-    created = (await admin("servers.create", body))["server"]
-    server = await wait_server(deployment.store, created["id"], settled)
-    assert server is not None and server.vm_state == S.ACTIVE
-    return server
-
-
-async def act(admin: ApiClient, server_id: str, action: str) -> str:
-    return (await admin("servers.action", {"id": server_id, "action": action}))["request_id"]
-
-
-def resting(vm_state: str):  # type: ignore[no-untyped-def]
-    def done(s: Server | None) -> bool:
-        return s is not None and s.vm_state == vm_state and s.task_state is None
-
-    return done
+async def act_id(admin: ApiClient, server_id: str, action: str) -> str:
+    """Ask for an action; its request id."""
+    return (await act(admin, server_id, action))["request_id"]
 
 
 async def allocations(deployment: Deployment, server_id: str) -> list[str]:
@@ -59,7 +52,7 @@ async def test_shelve_offloads_at_once(deployment: Deployment, admin: ApiClient)
     host = server.host
     assert host is not None
 
-    request_id = await act(admin, server.id, "shelve")
+    request_id = await act_id(admin, server.id, "shelve")
     shelved = await wait_server(deployment.store, server.id, resting(S.SHELVED_OFFLOADED))
 
     assert shelved is not None
@@ -76,7 +69,7 @@ async def test_shelve_offloads_at_once(deployment: Deployment, admin: ApiClient)
     assert await audit.audit(deployment.store) == []
 
     # Unshelve: scheduled afresh, spawned, ACTIVE with a claim on its new host only.
-    await act(admin, server.id, "unshelve")
+    await act_id(admin, server.id, "unshelve")
     back = await wait_server(deployment.store, server.id, resting(S.ACTIVE))
     assert back is not None and back.host is not None and back.power_state == S.RUNNING
     assert agents[back.host].driver.instances[server.id] == S.RUNNING
@@ -92,7 +85,7 @@ async def test_shelve_never_offloaded_keeps_host(deployment: Deployment, admin: 
     host = server.host
     assert host is not None
 
-    await act(admin, server.id, "shelve")
+    await act_id(admin, server.id, "shelve")
     shelved = await wait_server(deployment.store, server.id, resting(S.SHELVED))
     assert shelved is not None and shelved.host == host and shelved.power_state == S.SHUTDOWN
     assert agents[host].driver.instances[server.id] == S.SHUTDOWN
@@ -100,7 +93,7 @@ async def test_shelve_never_offloaded_keeps_host(deployment: Deployment, admin: 
     assert await audit.audit(deployment.store) == []
 
     # Unshelve from SHELVED: powered on where it is.
-    await act(admin, server.id, "unshelve")
+    await act_id(admin, server.id, "unshelve")
     back = await wait_server(deployment.store, server.id, resting(S.ACTIVE))
     assert back is not None and back.host == host and back.power_state == S.RUNNING
     assert agents[host].driver.instances[server.id] == S.RUNNING
@@ -115,14 +108,14 @@ async def test_shelve_then_offload_then_unshelve(deployment: Deployment, admin: 
     assert host is not None
 
     # A stopped server is shelved without a power-off step.
-    await act(admin, server.id, "stop")
+    await act_id(admin, server.id, "stop")
     await wait_server(deployment.store, server.id, resting(S.STOPPED))
-    request_id = await act(admin, server.id, "shelve")
+    request_id = await act_id(admin, server.id, "shelve")
     await wait_server(deployment.store, server.id, resting(S.SHELVED))
     events = {e.event for e in (await last_action(deployment, server.id, request_id)).events}
     assert "compute_power_off" not in events
 
-    request_id = await act(admin, server.id, "shelve-offload")
+    request_id = await act_id(admin, server.id, "shelve-offload")
     offloaded = await wait_server(deployment.store, server.id, resting(S.SHELVED_OFFLOADED))
     assert offloaded is not None and offloaded.host is None
     assert server.id not in agents[host].driver.instances
@@ -130,7 +123,7 @@ async def test_shelve_then_offload_then_unshelve(deployment: Deployment, admin: 
     assert (await last_action(deployment, server.id, request_id)).message is None
     assert await audit.audit(deployment.store) == []
 
-    await act(admin, server.id, "unshelve")
+    await act_id(admin, server.id, "unshelve")
     back = await wait_server(deployment.store, server.id, resting(S.ACTIVE))
     assert back is not None and back.host is not None
     assert await allocations(deployment, server.id) == [back.host]
@@ -143,7 +136,7 @@ async def test_delayed_offload(deployment: Deployment, admin: ApiClient) -> None
     host = server.host
     assert host is not None
 
-    await act(admin, server.id, "shelve")
+    await act_id(admin, server.id, "shelve")
     shelved = await wait_server(deployment.store, server.id, resting(S.SHELVED))
     assert shelved is not None and shelved.host == host
     assert await allocations(deployment, server.id) == [host]
@@ -165,12 +158,12 @@ async def test_unshelved_before_the_offload_is_due_stays(
     host = server.host
     assert host is not None
 
-    await act(admin, server.id, "shelve")
+    await act_id(admin, server.id, "shelve")
     await wait_server(deployment.store, server.id, resting(S.SHELVED))
-    await act(admin, server.id, "unshelve")
+    await act_id(admin, server.id, "unshelve")
     await wait_server(deployment.store, server.id, resting(S.ACTIVE))
     # Shelved again: the first shelve's timer is stale; this one's offloads it later.
-    await act(admin, server.id, "shelve")
+    await act_id(admin, server.id, "shelve")
     await wait_server(deployment.store, server.id, resting(S.SHELVED))
     offloaded = await wait_server(deployment.store, server.id, resting(S.SHELVED_OFFLOADED))
     assert offloaded is not None
@@ -185,21 +178,21 @@ async def test_shelve_conflicts(deployment: Deployment, admin: ApiClient) -> Non
     server = await boot(deployment, admin)
 
     with pytest.raises(errors.Conflict, match="vm_state active"):
-        await act(admin, server.id, "unshelve")
+        await act_id(admin, server.id, "unshelve")
     with pytest.raises(errors.Conflict, match="vm_state active"):
-        await act(admin, server.id, "shelve-offload")
-    await act(admin, server.id, "shelve")
+        await act_id(admin, server.id, "shelve-offload")
+    await act_id(admin, server.id, "shelve")
     await wait_server(deployment.store, server.id, resting(S.SHELVED))
     with pytest.raises(errors.Conflict, match="vm_state shelved"):
-        await act(admin, server.id, "shelve")
+        await act_id(admin, server.id, "shelve")
     with pytest.raises(errors.Conflict, match="vm_state shelved"):
-        await act(admin, server.id, "stop")
-    await act(admin, server.id, "shelve-offload")
+        await act_id(admin, server.id, "stop")
+    await act_id(admin, server.id, "shelve-offload")
     await wait_server(deployment.store, server.id, resting(S.SHELVED_OFFLOADED))
     with pytest.raises(errors.Conflict, match="vm_state shelved_offloaded"):
-        await act(admin, server.id, "shelve-offload")
+        await act_id(admin, server.id, "shelve-offload")
     with pytest.raises(errors.Conflict, match="vm_state shelved_offloaded"):
-        await act(admin, server.id, "shelve")
+        await act_id(admin, server.id, "shelve")
     assert await audit.audit(deployment.store) == []
 
 
@@ -208,12 +201,12 @@ async def test_unshelve_with_no_valid_host_stays_offloaded(
 ) -> None:
     await start(deployment, admin, offload=0, hosts=("h1",))
     server = await boot(deployment, admin)
-    await act(admin, server.id, "shelve")
+    await act_id(admin, server.id, "shelve")
     await wait_server(deployment.store, server.id, resting(S.SHELVED_OFFLOADED))
     # The only host is disabled meanwhile.
     await deployment.store.hosts.mutate("h1", _disabled)
 
-    request_id = await act(admin, server.id, "unshelve")
+    request_id = await act_id(admin, server.id, "unshelve")
     after = await wait_server(deployment.store, server.id, resting(S.SHELVED_OFFLOADED))
     assert after is not None and after.host is None
     assert after.fault is not None and "No valid host" in after.fault.message
@@ -232,7 +225,7 @@ async def test_unshelve_spawn_failure_rolls_back(deployment: Deployment, admin: 
     await deployment.start_agent("good", cfg)
     await make_flavor_image(admin)
     server = await boot(deployment, admin)
-    await act(admin, server.id, "shelve")
+    await act_id(admin, server.id, "shelve")
     await wait_server(deployment.store, server.id, resting(S.SHELVED_OFFLOADED))
     # The only host left now fails every spawn.
     await deployment.store.hosts.mutate("good", _disabled)
@@ -241,7 +234,7 @@ async def test_unshelve_spawn_failure_rolls_back(deployment: Deployment, admin: 
         deployment.config(conductor={"shelved_offload_time": 0}, fake={"fail_steps": ["spawn"]}),
     )
 
-    request_id = await act(admin, server.id, "unshelve")
+    request_id = await act_id(admin, server.id, "unshelve")
     after = await wait_server(deployment.store, server.id, resting(S.SHELVED_OFFLOADED))
     assert after is not None and after.host is None and after.fault is not None
     assert (await last_action(deployment, server.id, request_id)).message == "Error"
@@ -259,12 +252,12 @@ async def test_shelve_in_a_group_keeps_placements(deployment: Deployment, admin:
     b = await boot(deployment, admin, "b", scheduler_hints={"group": group_id})
     assert a.host != b.host
 
-    await act(admin, a.id, "shelve")
+    await act_id(admin, a.id, "shelve")
     await wait_server(deployment.store, a.id, resting(S.SHELVED_OFFLOADED))
     g = (await deployment.store.server_groups.get(group_id)).value
     assert a.id not in g.placements and g.placements[b.id] == b.host
 
-    await act(admin, a.id, "unshelve")
+    await act_id(admin, a.id, "unshelve")
     back = await wait_server(deployment.store, a.id, resting(S.ACTIVE))
     assert back is not None and back.host not in (None, b.host)
     g = (await deployment.store.server_groups.get(group_id)).value
@@ -280,7 +273,7 @@ async def test_shelve_on_a_dead_host_times_out(deployment: Deployment, admin: Ap
     server = await boot(deployment, admin)
     await agents["h1"].stop()
 
-    request_id = await act(admin, server.id, "shelve")
+    request_id = await act_id(admin, server.id, "shelve")
     after = await wait_server(deployment.store, server.id, resting(S.ACTIVE))
     assert after is not None and after.host == "h1" and after.power_state == S.RUNNING
     assert after.fault is not None and "timed out" in after.fault.message
@@ -293,12 +286,12 @@ async def test_offload_on_a_dead_host_times_out(deployment: Deployment, admin: A
     cfg = deployment.config(conductor={"shelved_offload_time": -1, "action_timeout": 1.5})
     agents = await start(deployment, admin, offload=-1, hosts=("h1",), action_timeout=1.5)
     server = await boot(deployment, admin)
-    await act(admin, server.id, "shelve")
+    await act_id(admin, server.id, "shelve")
     await wait_server(deployment.store, server.id, resting(S.SHELVED))
     old = agents["h1"]
     await old.stop()
 
-    request_id = await act(admin, server.id, "shelve-offload")
+    request_id = await act_id(admin, server.id, "shelve-offload")
     after = await wait_server(deployment.store, server.id, resting(S.SHELVED))
     assert after is not None and after.host == "h1" and after.fault is not None
     assert (await last_action(deployment, server.id, request_id)).message == "Error"
@@ -310,7 +303,7 @@ async def test_offload_on_a_dead_host_times_out(deployment: Deployment, admin: A
     back = await restart(deployment, "h1", cfg, dict(old.driver.instances))
     await work_done(deployment, "h1")
     assert back.driver.instances == {server.id: S.SHUTDOWN}
-    await act(admin, server.id, "unshelve")
+    await act_id(admin, server.id, "unshelve")
     active = await wait_server(deployment.store, server.id, resting(S.ACTIVE))
     assert active is not None and active.host == "h1"
     assert back.driver.instances == {server.id: S.RUNNING}
@@ -325,11 +318,11 @@ async def test_unshelve_onto_a_dead_host_times_out(
         "server_group"
     ]
     server = await boot(deployment, admin, scheduler_hints={"group": group["id"]})
-    await act(admin, server.id, "shelve")
+    await act_id(admin, server.id, "shelve")
     await wait_server(deployment.store, server.id, resting(S.SHELVED_OFFLOADED))
     await agents["h1"].stop()  # its heartbeat is still recent: the scheduler takes it
 
-    request_id = await act(admin, server.id, "unshelve")
+    request_id = await act_id(admin, server.id, "unshelve")
     after = await wait_server(deployment.store, server.id, resting(S.SHELVED_OFFLOADED))
     assert after is not None and after.host is None
     assert after.fault is not None and "timed out" in after.fault.message

@@ -347,7 +347,6 @@ async def decisions(hosts: int, count: int = 3000, cache: bool = True) -> dict[s
     from hvmesh.core.inventory import Index
     from hvmesh.core.store import Entry
     from hvmesh.plugins import manager
-    from hvmesh.plugins.api import SchedulerContext
     from hvmesh.schedulers.filter_scheduler import FilterScheduler
     from hvmesh.schedulers.score_cache import MAX_SHAPES
 
@@ -359,12 +358,7 @@ async def decisions(hosts: int, count: int = 3000, cache: bool = True) -> dict[s
         index.apply_host(Entry(key=host.name, value=host, revision=i + 1), host.name, i + 1)
         index.apply_heartbeat(Heartbeat(host=host.name, at=now(), agent_id="bench"))
     registry = manager.load()
-    ctx = SchedulerContext(
-        config=cfg,
-        index=index,
-        filters=registry.pick("filters", cfg.scheduler.enabled_filters),
-        weighers=registry.pick("weighers", cfg.scheduler.weighers),
-    )
+    ctx = registry.context(cfg, index)
     scheduler = FilterScheduler(ctx, cache_shapes=MAX_SHAPES if cache else 0)
     revision = hosts
     took = np.zeros(count)

@@ -8,7 +8,7 @@ from typing import Any
 import pluggy
 
 from hvmesh.plugins import hookspecs
-from hvmesh.plugins.api import Filter, SchedulerFactory, Weigher
+from hvmesh.plugins.api import Filter, SchedulerContext, SchedulerFactory, Weigher
 
 ENTRY_POINT_GROUP = "hvmesh"
 
@@ -34,6 +34,15 @@ class Registry:
                 f"unknown {kind[:-1]} {', '.join(unknown)}; known: {', '.join(sorted(table))}"
             )
         return [table[n] for n in names]
+
+    def context(self, config: Any, index: Any) -> SchedulerContext:
+        """What a scheduler is built with: the filters and weighers `config` enables."""
+        return SchedulerContext(
+            config=config,
+            index=index,
+            filters=self.pick("filters", config.scheduler.enabled_filters),
+            weighers=self.pick("weighers", config.scheduler.weighers),
+        )
 
 
 def _add(table: dict[str, Any], kind: str, name: str, obj: Any) -> None:

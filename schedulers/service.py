@@ -20,7 +20,6 @@ from hvmesh.core.inventory import Index
 from hvmesh.core.models import RequestSpec, Selection
 from hvmesh.core.store import Store
 from hvmesh.plugins import manager
-from hvmesh.plugins.api import SchedulerContext
 
 LOG = log.get_logger(__name__)
 
@@ -35,12 +34,7 @@ class SchedulerService:
         self.cfg = cfg
         self.registry = registry or manager.load()
         self.index = Index(service_down_time=cfg.DEFAULT.service_down_time)
-        ctx = SchedulerContext(
-            config=cfg,
-            index=self.index,
-            filters=self.registry.pick("filters", cfg.scheduler.enabled_filters),
-            weighers=self.registry.pick("weighers", cfg.scheduler.weighers),
-        )
+        ctx = self.registry.context(cfg, self.index)
         factory = self.registry.pick("schedulers", [cfg.scheduler.driver])[0]
         self.scheduler = factory(ctx)
         self.store: Store | None = None

@@ -118,12 +118,7 @@ def pair(index: Index, filters: list[str] = FILTERS) -> tuple[FilterScheduler, F
         ),
     )
     reg = manager.load()
-    ctx = SchedulerContext(
-        config=cfg,
-        index=index,
-        filters=reg.pick("filters", cfg.scheduler.enabled_filters),
-        weighers=reg.pick("weighers", cfg.scheduler.weighers),
-    )
+    ctx = reg.context(cfg, index)
     cached, plain = FilterScheduler(ctx), FilterScheduler(ctx, cache_shapes=0)
     cached.tie_break = plain.tie_break = 0.0
     return cached, plain

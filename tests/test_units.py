@@ -12,7 +12,6 @@ from hvmesh.core.inventory import Index
 from hvmesh.core.models import Flavor, Heartbeat, Host, Inventory, RequestSpec
 from hvmesh.core.store import Entry
 from hvmesh.plugins import manager
-from hvmesh.plugins.api import SchedulerContext
 from hvmesh.schedulers.filter_scheduler import FilterScheduler
 
 
@@ -125,12 +124,7 @@ def scheduler(index: Index, **options) -> FilterScheduler:  # type: ignore[no-un
     cfg = config.Config()
     cfg = msgspec.structs.replace(cfg, scheduler=msgspec.structs.replace(cfg.scheduler, **options))
     reg = manager.load()
-    ctx = SchedulerContext(
-        config=cfg,
-        index=index,
-        filters=reg.pick("filters", cfg.scheduler.enabled_filters),
-        weighers=reg.pick("weighers", cfg.scheduler.weighers),
-    )
+    ctx = reg.context(cfg, index)
     return FilterScheduler(ctx)
 
 

@@ -210,6 +210,87 @@ class ComputeSection(Struct, kw_only=True, forbid_unknown_fields=True):
             "hypervisor sees it (Nova's sync_power_state_interval).",
         ),
     ] = 600.0
+    image_cache_dir: Annotated[
+        str,
+        Meta(
+            description="Where an agent keeps the images it fetched, one file per sha256 "
+            "(default: <state dir>/images where the state dir is $HVMESH_STATE_DIR or ~/.local/share/hvmesh)."
+        ),
+    ] = ""
+    image_cache_max_gb: Annotated[
+        float,
+        Meta(
+            ge=0,
+            description="Size the image cache is trimmed to: unused images go, least "
+            "recently used first (0: no limit).",
+        ),
+    ] = 50.0
+    physical_network_mappings: Annotated[
+        list[str],
+        Meta(
+            description="PHYSNET:DEVICE pairs: the local bridge (libvirt), port group "
+            "(VMware) or virtual switch (Hyper-V) each physical network maps to on this host "
+            "(physnet1:br0). A VLAN network becomes DEVICE with its VLAN tag.",
+        ),
+    ] = msgspec.field(default_factory=list)
+
+
+class MetadataSection(Struct, kw_only=True, forbid_unknown_fields=True):
+    listen: Annotated[str, Meta(description="Address the metadata service listens on.")] = (
+        "0.0.0.0"
+    )
+    port: Annotated[int, Meta(ge=0, le=65535, description="Its TCP port (Nova's 8775).")] = 8775
+    use_forwarded_for: Annotated[
+        bool,
+        Meta(
+            description="Take the instance's address from X-Forwarded-For when the request "
+            "comes from one of trusted_proxies (a metadata proxy in front)."
+        ),
+    ] = False
+    trusted_proxies: Annotated[
+        list[str], Meta(description="Addresses whose X-Forwarded-For header is believed.")
+    ] = msgspec.field(default_factory=lambda: ["127.0.0.1"])
+    vendor_data: Annotated[
+        str, Meta(description="Path to a JSON file served as vendor_data.json ({} if unset).")
+    ] = ""
+    cache_seconds: Annotated[
+        float, Meta(ge=0, description="Seconds one instance's metadata is kept in memory.")
+    ] = 15.0
+
+
+class LibvirtSection(Struct, kw_only=True, forbid_unknown_fields=True):
+    uri: Annotated[str, Meta(description="libvirt connection URI (Nova's connection_uri).")] = (
+        "qemu:///system"
+    )
+    virt_type: Annotated[
+        str, Meta(description="Domain type: kvm, or qemu for software emulation.")
+    ] = "kvm"
+    cpu_mode: Annotated[
+        str,
+        Meta(description="Guest CPU mode: host-model, host-passthrough, custom or none."),
+    ] = "host-model"
+    cpu_model: Annotated[str, Meta(description="CPU model when cpu_mode is custom.")] = ""
+    storage_pool: Annotated[
+        str, Meta(description="libvirt storage pool holding instance disks (a dir pool).")
+    ] = "hvmesh"
+    storage_pool_path: Annotated[
+        str,
+        Meta(description="Directory of that pool, made if missing (default: <state dir>/disks)."),
+    ] = ""
+    console_log_dir: Annotated[
+        str,
+        Meta(description="Where each guest's serial console is logged (default: <state dir>/console)."),
+    ] = ""
+    reconnect_max_delay: Annotated[
+        float, Meta(gt=0, description="Longest wait between reconnects to libvirtd, seconds.")
+    ] = 30.0
+    live_migration_uri: Annotated[
+        str,
+        Meta(
+            description="URI of a destination libvirtd for live and cold migration; %s is the "
+            "destination host's name (qemu+tcp://%s/system)."
+        ),
+    ] = "qemu+tcp://%s/system"
 
 
 class FakeSection(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -251,9 +332,16 @@ class Config(Struct, kw_only=True, forbid_unknown_fields=True):
     scheduler: SchedulerSection = msgspec.field(default_factory=SchedulerSection)
     compute: ComputeSection = msgspec.field(default_factory=ComputeSection)
     fake: FakeSection = msgspec.field(default_factory=FakeSection)
+    metadata: MetadataSection = msgspec.field(default_factory=MetadataSection)
+    libvirt: LibvirtSection = msgspec.field(default_factory=LibvirtSection)
 
     def host_name(self) -> str:
         return self.compute.host or socket.gethostname()
+
+
+def state_dir() -> Path:
+    """Where a process keeps local files (image cache, disks, console logs)."""
+    return Path(os.environ.get("HVMESH_STATE_DIR") or "~/.local/share/hvmesh").expanduser()
 
 
 class ConfigError(ValueError):

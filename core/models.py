@@ -121,28 +121,162 @@ class FlavorCreate(Request):
 DiskFormat = Literal["qcow2", "raw", "vmdk", "vhd", "vhdx", "iso", "ami", "ari", "aki"]
 
 
+ImageStatus = Literal["queued", "saving", "active", "killed"]
+
+
 class Image(Record):
+    """An image's metadata. Its bytes live in the JetStream object store `image_data`
+    under the image id, once uploaded (status "active"); `checksum` is their sha256 (hex).
+
+    Properties are Glance's: `hw_machine_type`, `hw_disk_bus`, `hw_vif_model`,
+    `os_distro`, `kernel_id`/`ramdisk_id` (images holding a kernel and an initrd for
+    direct boot), `hw_architecture`, `img_hv_type`, ... The scheduler's
+    ImagePropertiesFilter and the drivers read them.
+    """
+
     id: str
     name: str
     disk_format: str
+    container_format: str = "bare"
     status: str = "active"
     properties: dict[str, str] = field(default_factory=dict)
     min_ram_mb: int = 0
     min_disk_gb: int = 0
     size: int | None = None
-    checksum: str | None = None
+    checksum: str | None = None  # sha256 of the bytes, hex
     project: str = ""
     visibility: str = "public"
     created_at: float = field(default_factory=now)
+    updated_at: float = field(default_factory=now)
 
 
 class ImageCreate(Request):
     name: Name
     disk_format: DiskFormat = "qcow2"
+    container_format: Literal["bare", "ovf", "ova", "aki", "ari", "ami"] = "bare"
     properties: dict[str, str] = field(default_factory=dict)
     min_ram_mb: NonNegInt = 0
     min_disk_gb: NonNegInt = 0
     visibility: Literal["public", "private"] = "public"
+    # Without data: an image whose bytes live elsewhere (status "active", as before
+    # uploads existed), for schedulers and simulations. With `upload`: status
+    # "queued" until images.upload_finish verifies the bytes.
+    upload: bool = False
+
+
+class ImageUploadFinish(Request):
+    """The client's word on what it sent: the API checks the stored bytes against it."""
+
+    id: Name
+    size: NonNegInt
+    sha256: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
+
+
+# --- networks, ports, keypairs ----------------------------------------------------------------
+
+
+class Network(Record):
+    """A network (Neutron's network and its one IPv4 subnet) and its address allocations.
+
+    `ips` maps every allocated address to its port: IPAM is a compare-and-set write of
+    this one record, so two ports can never get the same address.
+    """
+
+    id: str
+    name: str
+    project: str
+    cidr: str
+    gateway: str | None
+    dns_nameservers: list[str] = field(default_factory=list)
+    allocation_start: str = ""  # first address handed out (first host after the gateway)
+    allocation_end: str = ""  # last address handed out (last host)
+    physical_network: str = "physnet1"
+    network_type: str = "flat"  # "flat" or "vlan"
+    segmentation_id: int | None = None  # the VLAN id of a "vlan" network
+    mtu: int = 1500
+    shared: bool = False
+    dhcp: bool = False  # hvmesh serves addresses through metadata and config drive
+    ips: dict[str, str] = field(default_factory=dict)  # address -> port id
+    created_at: float = field(default_factory=now)
+
+
+Address = Annotated[str, Meta(min_length=1, max_length=64)]
+
+
+class NetworkCreate(Request):
+    name: Name
+    cidr: Annotated[str, Meta(min_length=1, max_length=64)]
+    gateway: Address | None = None  # default: the first host address; "none": no gateway
+    dns_nameservers: list[Address] = field(default_factory=list)
+    allocation_start: Address | None = None
+    allocation_end: Address | None = None
+    physical_network: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "physnet1"
+    network_type: Literal["flat", "vlan"] = "flat"
+    segmentation_id: Annotated[int, Meta(ge=1, le=4094)] | None = None
+    mtu: Annotated[int, Meta(ge=68, le=9216)] = 1500
+    shared: bool = False
+
+
+class Port(Record):
+    """A port: one address and MAC on one network, bound to a server or free."""
+
+    id: str
+    name: str
+    network_id: str
+    project: str
+    mac: str
+    ip: str
+    server_id: str | None = None  # Neutron's device_id
+    # Made by hvmesh for a server's --network, so deleted with it (Nova's auto-created
+    # ports); a port the user made and passed with --port is only unbound.
+    auto_delete: bool = False
+    status: str = "DOWN"  # "ACTIVE" while bound to a running server's interface
+    created_at: float = field(default_factory=now)
+
+
+MacAddress = Annotated[str, Meta(pattern=r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")]
+
+
+class PortCreate(Request):
+    network: Name  # id or name
+    name: Annotated[str, Meta(max_length=255)] = ""
+    fixed_ip: Address | None = None
+    mac: MacAddress | None = None
+
+
+class Vif(Record):
+    """One of a server's interfaces as a driver needs it (Nova's network_info VIF)."""
+
+    port_id: str
+    network_id: str
+    network_name: str
+    mac: str
+    ip: str
+    cidr: str
+    gateway: str | None = None
+    dns_nameservers: list[str] = field(default_factory=list)
+    physical_network: str = "physnet1"
+    network_type: str = "flat"
+    segmentation_id: int | None = None
+    mtu: int = 1500
+
+
+class Keypair(Record):
+    """An SSH public key a user imports; servers created with its name carry the key."""
+
+    id: str
+    name: str
+    project: str
+    user: str
+    public_key: str
+    fingerprint: str
+    type: str = "ssh"
+    created_at: float = field(default_factory=now)
+
+
+class KeypairCreate(Request):
+    name: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.@-][A-Za-z0-9_.@ -]{0,254}$")]
+    public_key: Annotated[str, Meta(min_length=1, max_length=16384)]
 
 
 # --- servers --------------------------------------------------------------------------------
@@ -248,6 +382,13 @@ class Server(Record):
     locked_by: str | None = None
     locker: str | None = None
     locked_reason: str | None = None
+    # Networking: the server's interfaces, in order (eth0, eth1, ...).
+    network_info: list[Vif] = field(default_factory=list)
+    # What the guest reads from the metadata service or its config drive.
+    key_name: str | None = None
+    public_key: str | None = None
+    user_data: str | None = None  # base64, as the request gave it
+    config_drive: bool = False
     created_at: float = field(default_factory=now)
     updated_at: float = field(default_factory=now)
     launched_at: float | None = None
@@ -269,6 +410,13 @@ class ServerCreate(Request):
     # max_count (default: min_count) when there is room.
     min_count: Count = 1
     max_count: Count | None = None
+    # One interface per entry, in order: a network (id or name; a port is made for it)
+    # or an existing free port (by id).
+    networks: list[Name] = field(default_factory=list)
+    ports: list[Name] = field(default_factory=list)
+    key_name: Name | None = None
+    user_data: Annotated[str, Meta(max_length=87384)] | None = None  # base64, <= 64 KiB decoded
+    config_drive: bool = False
 
 
 # --- server actions (hvmesh.api.servers.action) ------------------------------------------
@@ -360,6 +508,18 @@ class ConsoleLog(ActionRequest, tag="console-log"):
     length: PosInt | None = None  # the last N lines; all when absent
 
 
+class AttachInterface(ActionRequest, tag="attach-interface"):
+    """Add an interface: a new port on `network`, or the existing free `port`."""
+
+    network: Name | None = None
+    port: Name | None = None
+    fixed_ip: Address | None = None
+
+
+class DetachInterface(ActionRequest, tag="detach-interface"):
+    port: Name
+
+
 class ResetState(ActionRequest, tag="reset-state"):
     state: Literal["active", "error"] = "error"
 
@@ -385,6 +545,8 @@ ServerAction = (
     | Lock
     | Unlock
     | ConsoleLog
+    | AttachInterface
+    | DetachInterface
     | ResetState
 )
 
@@ -588,6 +750,7 @@ class Work(Record):
     attempt: int = 0
     server: Server | None = None
     image: Image | None = None
+    vif: Vif | None = None  # attach_interface / detach_interface: the interface
     request_id: str = ""
     # The server action this step belongs to ("" for builds and deletes).
     action: str = ""

@@ -8,12 +8,14 @@ runtime reports as a failed action.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import ClassVar, Protocol
 
 import msgspec
 
 from hvmesh.core.config import Config
-from hvmesh.core.models import Flavor, Image, Server
+from hvmesh.core.models import Flavor, Image, Server, Vif
 
 
 class DriverError(Exception):
@@ -38,6 +40,21 @@ class InstanceInfo(msgspec.Struct, kw_only=True):
     power_state: int
 
 
+class ImageSource(Protocol):
+    """The agent's image cache, as drivers see it (agents/image_cache.py)."""
+
+    async def fetch(self, image: Image) -> Path:
+        """The image's bytes as a local file, fetched and sha256-verified once per host."""
+        ...
+
+    async def fetch_id(self, image_id: str) -> Path:
+        """As fetch, for an image known by id (a kernel_id or ramdisk_id property)."""
+        ...
+
+
+PowerListener = Callable[[str, int], Awaitable[None]]
+
+
 class ComputeDriver:
     """Base class of every hypervisor driver."""
 
@@ -49,6 +66,26 @@ class ComputeDriver:
     def __init__(self, host: str, config: Config) -> None:
         self.host = host
         self.config = config
+        #: Set by the agent runtime before init_host: where image files come from.
+        self.image_cache: ImageSource | None = None
+        #: Set by the agent runtime: called when the hypervisor reports that an
+        #: instance's power state changed (lifecycle events), with the new state.
+        self.power_listener: PowerListener | None = None
+
+    async def emit_power(self, server_id: str, power_state: int) -> None:
+        """Report a power-state change the hypervisor announced, if anyone listens."""
+        if self.power_listener is not None:
+            await self.power_listener(server_id, power_state)
+
+    def healthy(self) -> bool:
+        """Whether the hypervisor is reachable now; while not, the host stops heartbeating
+        (and so counts as down) until it is again."""
+        return True
+
+    async def images(self) -> ImageSource:
+        if self.image_cache is None:
+            raise DriverError("this agent has no image cache")
+        return self.image_cache
 
     async def init_host(self) -> None:
         """Connect to the hypervisor; called once before anything else."""
@@ -153,4 +190,19 @@ class ComputeDriver:
 
     async def rollback_live_migration_at_destination(self, server_id: str) -> None:
         """Destination: the migration failed; remove whatever was prepared here."""
+        raise NotImplementedError
+
+    # --- interfaces and snapshots -----------------------------------------------------------
+
+    async def attach_interface(self, server: Server, vif: Vif) -> None:
+        """Plug one more interface into the instance (hot-plug when it runs)."""
+        raise NotImplementedError
+
+    async def detach_interface(self, server: Server, vif: Vif) -> None:
+        """Unplug the interface with `vif`'s MAC; no error if it is already gone."""
+        raise NotImplementedError
+
+    async def snapshot(self, server: Server, target: Path) -> str:
+        """Write the instance's root disk as a standalone image file at `target`;
+        returns its disk format ("qcow2", "raw", ...)."""
         raise NotImplementedError

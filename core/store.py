@@ -38,6 +38,9 @@ from hvmesh.core.models import (
     Host,
     Image,
     InstanceAction,
+    Keypair,
+    Network,
+    Port,
     Server,
     ServerGroup,
     encode,
@@ -55,7 +58,12 @@ BUCKETS: dict[str, type[msgspec.Struct]] = {
     "server_groups": ServerGroup,
     "aggregates": Aggregate,
     "server_actions": InstanceAction,  # key "<server id>.<request id>"
+    "networks": Network,
+    "ports": Port,
+    "keypairs": Keypair,
 }
+
+IMAGE_STORE = "image_data"  # JetStream object store of image bytes, one object per image id
 
 TASKS_STREAM = "HVMESH_TASKS"
 TIMERS_STREAM = "HVMESH_TIMERS"
@@ -279,6 +287,18 @@ class Store:
     @property
     def aggregates(self) -> Bucket[Aggregate]:
         return self._buckets["aggregates"]
+
+    @property
+    def networks(self) -> Bucket[Network]:
+        return self._buckets["networks"]
+
+    @property
+    def ports(self) -> Bucket[Port]:
+        return self._buckets["ports"]
+
+    @property
+    def keypairs(self) -> Bucket[Keypair]:
+        return self._buckets["keypairs"]
 
     async def open(self, create: bool = True) -> Store:
         """Bind (and with `create`, make) every bucket and stream."""

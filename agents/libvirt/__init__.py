@@ -1,0 +1,1 @@
+"""The libvirt driver: guests under libvirtd (KVM, or QEMU's software emulation)."""

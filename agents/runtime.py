@@ -17,6 +17,7 @@ import re
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -25,14 +26,16 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from hvmesh.agents.driver import ComputeDriver, DriverError, NodeInventory
+from hvmesh.agents.image_cache import ImageCache
 from hvmesh.core import bus, log, states
-from hvmesh.core.config import Config
+from hvmesh.core.config import Config, state_dir
 from hvmesh.core.models import (
     AgentEvent,
     Heartbeat,
     Host,
     Inventory,
     Server,
+    Vif,
     Work,
     encode,
     now,
@@ -73,6 +76,12 @@ def _server(work: Work) -> Server:
     return work.server
 
 
+def _vif(work: Work) -> Vif:
+    if work.vif is None:
+        raise ValueError(f"{work.kind} work without an interface")
+    return work.vif
+
+
 def _flag(work: Work, name: str) -> bool:
     return work.params.get(name) == "1"
 
@@ -106,7 +115,13 @@ STEPS: dict[str, Callable[[ComputeDriver, Work], Awaitable[None]]] = {
     "rollback_live_migration_at_destination": lambda d, w: d.rollback_live_migration_at_destination(
         w.server_id
     ),
+    "attach_interface": lambda d, w: d.attach_interface(_server(w), _vif(w)),
+    "detach_interface": lambda d, w: d.detach_interface(_server(w), _vif(w)),
 }
+
+
+# Steps that build an instance from its image (whose cached file it then uses).
+IMAGE_STEPS = {"spawn", "rebuild", "finish_migration"}
 
 
 async def _rebuild(d: ComputeDriver, w: Work) -> None:
@@ -165,9 +180,23 @@ class AgentRuntime:
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._users: defaultdict[str, int] = defaultdict(int)  # work items holding a lock
         self._subs: list[Any] = []
+        self.images: ImageCache | None = None
+
+    def image_cache_dir(self) -> Path:
+        """One directory per host under [compute] image_cache_dir (or the state dir)."""
+        base = self.cfg.compute.image_cache_dir or str(state_dir() / "images")
+        return Path(base).expanduser() / self.host
 
     async def start(self) -> None:
         self.store = await Store(self.js).open()
+        self.images = ImageCache(
+            self.js,
+            self.store,
+            self.image_cache_dir(),
+            int(self.cfg.compute.image_cache_max_gb * 2**30),
+        )
+        self.driver.image_cache = self.images
+        self.driver.power_listener = self.on_power_change
         await self.driver.init_host()
         await self.register()
         await self.reconcile()
@@ -238,7 +267,11 @@ class AgentRuntime:
                 continue  # created meanwhile by another start: refresh it instead
 
     async def heartbeat(self) -> None:
+        """Say the host is up, unless the driver cannot reach its hypervisor now."""
         assert self.store is not None
+        if not self.driver.healthy():
+            LOG.warning("agent.hypervisor_unreachable", host=self.host)
+            return
         await self.store.heartbeats.put(
             self.host, Heartbeat(host=self.host, at=now(), agent_id=self.agent_id)
         )
@@ -319,6 +352,7 @@ class AgentRuntime:
             if step is None:
                 raise ValueError(f"unknown work kind {work.kind}")
             await step(self.driver, work)
+            self.track_images(work)
             event.power_state = await self.power_state(work.server_id)
         except Exception as exc:
             event.ok = False
@@ -336,6 +370,21 @@ class AgentRuntime:
             LOG.info("agent.action_done", host=self.host, server=work.server_id, kind=work.kind)
         event.at = now()
         return event
+
+    def track_images(self, work: Work) -> None:
+        """Keep the image cache from evicting what this host's instances are built on."""
+        if self.images is None:
+            return
+        if work.kind in IMAGE_STEPS and work.image is not None and work.image.checksum:
+            self.images.pin(work.server_id, {work.image.checksum})
+        elif work.kind in ("destroy", "confirm_migration"):
+            self.images.unpin(work.server_id)
+
+    async def on_power_change(self, server_id: str, power_state: int) -> None:
+        """The hypervisor announced a power-state change: report it at once."""
+        await self.publish_event(
+            AgentEvent(kind="power", server_id=server_id, host=self.host, power_state=power_state)
+        )
 
     async def power_state(self, server_id: str) -> int:
         """The hypervisor's power state of an instance; NOSTATE when it has none here."""
@@ -403,6 +452,10 @@ class AgentRuntime:
             if not ours:
                 LOG.warning("agent.orphan_destroyed", host=self.host, server=server_id)
                 await self.driver.destroy(server_id)
+            elif s is not None and self.images is not None:  # adopted: keep its image
+                image = await self.store.images.get(s.image_id)
+                if image is not None and image.value.checksum:
+                    self.images.pin(server_id, {image.value.checksum})
 
     async def _console_log(self, msg: Msg) -> None:
         try:

@@ -56,6 +56,8 @@ RULES: dict[str, Rule] = {
     "shelve-offload": _r((S.SHELVED,), S.SHELVING_OFFLOADING),
     "unshelve": _r((S.SHELVED, S.SHELVED_OFFLOADED), S.UNSHELVING, needs_host=False),
     "evacuate": _r((S.ACTIVE, S.STOPPED, S.ERROR), S.REBUILDING, admin_only=True),
+    "attach-interface": _r((S.ACTIVE, S.PAUSED, S.STOPPED), S.ATTACHING_INTERFACE),
+    "detach-interface": _r((S.ACTIVE, S.PAUSED, S.STOPPED), S.DETACHING_INTERFACE),
     "lock": _r((), None, task_states=ANY_TASK, needs_host=False),
     "unlock": _r((), None, task_states=ANY_TASK, needs_host=False),
     "console-log": _r(_ALL_WITH_HOST, None, task_states=ANY_TASK),

@@ -8,6 +8,8 @@ header; the admin project sees everything.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -15,10 +17,11 @@ import msgspec
 from msgspec import Meta
 from nats.aio.client import Client
 
-from hvmesh.core import action_log, actions, errors, log, notify, reports, states
+from hvmesh.core import action_log, actions, errors, log, notify, ports, reports, states
 from hvmesh.core.bus import Caller, MicroService
 from hvmesh.core.conductor import new_request_id, publish_task
 from hvmesh.core.config import Config
+from hvmesh.core.image_api import ImageEndpoints
 from hvmesh.core.inventory import Index
 from hvmesh.core.models import (
     Aggregate,
@@ -28,7 +31,6 @@ from hvmesh.core.models import (
     Flavor,
     FlavorCreate,
     Image,
-    ImageCreate,
     Request,
     Server,
     ServerAction,
@@ -36,10 +38,12 @@ from hvmesh.core.models import (
     ServerGroup,
     ServerGroupCreate,
     Task,
+    Vif,
     custom_resources,
     new_id,
     now,
 )
+from hvmesh.core.network_api import NetworkEndpoints
 from hvmesh.core.server_actions import ActionRef, ServerActions, ServerRef
 from hvmesh.core.store import Bucket, CasConflict, Store
 
@@ -79,6 +83,32 @@ def need_admin(caller: Caller, what: str) -> None:
         raise errors.Forbidden(f"{what} is admin only")
 
 
+MAX_USER_DATA = 65535
+
+
+def check_user_data(text: str | None) -> str | None:
+    """user_data must be base64 of at most 64 KiB, as Nova's; returned as given."""
+    if text is None:
+        return None
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except binascii.Error:
+        raise errors.BadRequest("user_data: not valid base64") from None
+    if len(raw) > MAX_USER_DATA:
+        raise errors.BadRequest(f"user_data: {len(raw)} bytes, at most {MAX_USER_DATA}")
+    return text
+
+
+def addresses(s: Server) -> dict[str, list[dict]]:
+    """Nova's "addresses": network name -> its addresses on that network."""
+    out: dict[str, list[dict]] = {}
+    for v in s.network_info:
+        out.setdefault(v.network_name, []).append(
+            {"addr": v.ip, "version": 4, "mac_addr": v.mac, "port_id": v.port_id}
+        )
+    return out
+
+
 def server_view(s: Server, caller: Caller) -> dict:
     view = {
         "id": s.id,
@@ -94,6 +124,9 @@ def server_view(s: Server, caller: Caller) -> dict:
         "user": s.user,
         "metadata": s.metadata,
         "reservation_id": s.reservation_id,
+        "addresses": addresses(s),
+        "key_name": s.key_name,
+        "config_drive": s.config_drive,
         "locked": s.locked_by is not None,
         "locked_by": s.locked_by,
         "locked_reason": s.locked_reason,
@@ -127,10 +160,9 @@ class ApiService:
         ep("flavors-list", "hvmesh.api.flavors.list", self.flavor_list, Empty)
         ep("flavors-get", "hvmesh.api.flavors.get", self.flavor_get, Ref)
         ep("flavors-delete", "hvmesh.api.flavors.delete", self.flavor_delete, Ref)
-        ep("images-create", "hvmesh.api.images.create", self.image_create, ImageCreate)
-        ep("images-list", "hvmesh.api.images.list", self.image_list, Empty)
-        ep("images-get", "hvmesh.api.images.get", self.image_get, Ref)
-        ep("images-delete", "hvmesh.api.images.delete", self.image_delete, Ref)
+        ImageEndpoints(self).register()
+        self.net = NetworkEndpoints(self)
+        self.net.register()
         ep("servers-create", "hvmesh.api.servers.create", self.server_create, ServerCreate)
         ep("servers-list", "hvmesh.api.servers.list", self.server_list, Empty)
         ep("servers-get", "hvmesh.api.servers.get", self.server_get, IdOnly)
@@ -179,6 +211,8 @@ class ApiService:
             InventoryReport,
         )
 
+    need_admin = staticmethod(need_admin)
+
     @property
     def st(self) -> Store:
         assert self.store is not None
@@ -197,7 +231,7 @@ class ApiService:
     # --- lookups --------------------------------------------------------------------------
 
     @staticmethod
-    def _check_ref(ref: Ref, what: str) -> None:
+    def check_ref(ref: Ref, what: str) -> None:
         if not ref.id and not ref.name:
             raise errors.BadRequest(f"give the {what}'s id or name")
 
@@ -207,12 +241,12 @@ class ApiService:
             self.st.flavors, ref, "flavor", lambda f: f.is_public or caller.is_admin
         )
 
-    def _visible_image(self, image: Image, caller: Caller) -> bool:
+    def visible_image(self, image: Image, caller: Caller) -> bool:
         return caller.is_admin or image.visibility == "public" or image.project == caller.project
 
     async def find_image(self, ref: str, caller: Caller) -> Image:
         return await _by_id_or_name(
-            self.st.images, ref, "image", lambda i: self._visible_image(i, caller)
+            self.st.images, ref, "image", lambda i: self.visible_image(i, caller)
         )
 
     async def own_server(self, server_id: str, caller: Caller) -> Server:
@@ -250,55 +284,23 @@ class ApiService:
         return {"flavors": sorted(flavors, key=lambda f: (f.ram_mb, f.name))}
 
     async def flavor_get(self, caller: Caller, req: Ref) -> dict:
-        self._check_ref(req, "flavor")
+        self.check_ref(req, "flavor")
         return {"flavor": await self.find_flavor(req.id or req.name or "", caller)}
 
     async def flavor_delete(self, caller: Caller, req: Ref) -> dict:
         need_admin(caller, "deleting flavors")
-        self._check_ref(req, "flavor")
+        self.check_ref(req, "flavor")
         flavor = await self.find_flavor(req.id or req.name or "", caller)
         await self.st.flavors.delete(flavor.id)
         return {"deleted": flavor.id}
-
-    # --- images ---------------------------------------------------------------------------
-
-    async def image_create(self, caller: Caller, req: ImageCreate) -> dict:
-        if req.visibility == "public":
-            need_admin(caller, "creating public images")
-        image = Image(
-            id=new_id(),
-            name=req.name,
-            disk_format=req.disk_format,
-            properties=req.properties,
-            min_ram_mb=req.min_ram_mb,
-            min_disk_gb=req.min_disk_gb,
-            project=caller.project,
-            visibility=req.visibility,
-        )
-        await self.st.images.create(image.id, image)
-        return {"image": image}
-
-    async def image_list(self, caller: Caller, req: Empty) -> dict:
-        images = [i for i in await self.st.images.values() if self._visible_image(i, caller)]
-        return {"images": sorted(images, key=lambda i: (i.name, i.id))}
-
-    async def image_get(self, caller: Caller, req: Ref) -> dict:
-        self._check_ref(req, "image")
-        return {"image": await self.find_image(req.id or req.name or "", caller)}
-
-    async def image_delete(self, caller: Caller, req: Ref) -> dict:
-        self._check_ref(req, "image")
-        image = await self.find_image(req.id or req.name or "", caller)
-        if not caller.is_admin and image.project != caller.project:
-            raise errors.Forbidden(f"image {image.id} belongs to another project")
-        await self.st.images.delete(image.id)
-        return {"deleted": image.id}
 
     # --- servers --------------------------------------------------------------------------
 
     async def server_create(self, caller: Caller, req: ServerCreate) -> dict:
         flavor = await self.resolve(self.find_flavor(req.flavor, caller), "flavor")
         image = await self.resolve(self.find_image(req.image, caller), "image")
+        if image.status != "active":
+            raise errors.BadRequest(f"image {image.name} is {image.status}: upload its data first")
         self.check_fits(flavor, image)
         if req.availability_zone is not None:
             zones = {self.index.zone_of(name) for name in self.index.hosts}
@@ -311,7 +313,44 @@ class ApiService:
             raise errors.BadRequest(
                 f"max_count ({req.max_count}) is less than min_count ({req.min_count})"
             )
+        if req.ports and count > 1:
+            raise errors.BadRequest("ports: a port serves one server; not with max_count > 1")
+        user_data = check_user_data(req.user_data)
+        public_key = None
+        if req.key_name is not None:
+            try:
+                public_key = (await self.net.find_keypair(req.key_name, caller)).public_key
+            except errors.NotFound as exc:
+                raise errors.BadRequest(f"key_name: {exc.message}") from None
         ids = [new_id() for _ in range(count)]
+        nics: dict[str, list[Vif]] = {}
+        try:
+            for server_id in ids:
+                nics[server_id] = await self.net.interfaces(
+                    caller, server_id, req.networks, req.ports
+                )
+            return await self._create_servers(
+                caller, req, flavor, image, ids, count, nics, public_key, user_data
+            )
+        except BaseException:
+            for server_id, vifs in nics.items():
+                if await self.st.servers.get(server_id) is None:
+                    for v in vifs:
+                        await ports.let_go(self.st, server_id, v.port_id)
+            raise
+
+    async def _create_servers(
+        self,
+        caller: Caller,
+        req: ServerCreate,
+        flavor: Flavor,
+        image: Image,
+        ids: list[str],
+        count: int,
+        nics: dict[str, list[Vif]],
+        public_key: str | None,
+        user_data: str | None,
+    ) -> dict:
         group_id = req.scheduler_hints.group
         if group_id:
             try:
@@ -336,6 +375,11 @@ class ApiService:
                 scheduler_hints=req.scheduler_hints,
                 reservation_id=reservation_id,
                 request_id=request_id,
+                network_info=nics[server_id],
+                key_name=req.key_name,
+                public_key=public_key,
+                user_data=user_data,
+                config_drive=req.config_drive,
             )
             for i, server_id in enumerate(ids, start=1)
         ]
@@ -500,12 +544,12 @@ class ApiService:
 
     async def agg_get(self, caller: Caller, req: Ref) -> dict:
         need_admin(caller, "reading aggregates")
-        self._check_ref(req, "aggregate")
+        self.check_ref(req, "aggregate")
         return {"aggregate": await self.find_aggregate(req.id or req.name or "")}
 
     async def agg_delete(self, caller: Caller, req: Ref) -> dict:
         need_admin(caller, "managing aggregates")
-        self._check_ref(req, "aggregate")
+        self.check_ref(req, "aggregate")
         aggregate = await self.find_aggregate(req.id or req.name or "")
         if aggregate.hosts:
             raise errors.Conflict(f"aggregate {aggregate.name} still has hosts: remove them first")

@@ -110,6 +110,13 @@ def decode_body(data: bytes, type_: type[T]) -> T:
         raise errors.BadRequest(f"malformed JSON: {exc}") from None
 
 
+class Raw(msgspec.Struct):
+    """An endpoint body taken as it came (bytes and headers), not decoded as JSON."""
+
+    data: bytes
+    headers: dict[str, str]
+
+
 def error_body(code: int, message: str) -> bytes:
     return encode({"error": {"code": code, "message": message}})
 
@@ -187,7 +194,12 @@ class MicroService:
         error: tuple[int, str] | None = None
         try:
             caller = caller_of(req.headers)
-            result = await handler(caller, decode_body(req.data, body))
+            decoded = (
+                Raw(data=req.data, headers=dict(req.headers or {}))
+                if body is Raw
+                else decode_body(req.data, body)
+            )
+            result = await handler(caller, decoded)
             await req.respond(encode(result))
         except errors.HvmeshError as exc:
             error = (exc.code, exc.message)

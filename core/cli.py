@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import sys
@@ -20,11 +21,21 @@ from typing import Any
 
 import msgspec
 
-from hvmesh.core import bus, config, contexts, errors, launcher, log, natsserver, output
+from hvmesh.core import (
+    bus,
+    config,
+    contexts,
+    errors,
+    image_upload,
+    launcher,
+    log,
+    natsserver,
+    output,
+)
 
 SERVER_COLUMNS = ["id", "name", "status", "task_state", "power_state", "flavor", "image", "host"]
 FLAVOR_COLUMNS = ["id", "name", "vcpus", "ram_mb", "disk_gb", "is_public"]
-IMAGE_COLUMNS = ["id", "name", "disk_format", "status", "visibility"]
+IMAGE_COLUMNS = ["id", "name", "disk_format", "status", "size", "visibility"]
 HYPERVISOR_COLUMNS = [
     "name",
     "state",
@@ -217,15 +228,34 @@ def cmd_flavor_delete(args: argparse.Namespace) -> None:
 
 
 def cmd_image_create(args: argparse.Namespace) -> None:
+    path = Path(args.file).expanduser() if args.file else None
+    if path is not None and not path.is_file():
+        raise CliError(f"--file {args.file}: no such file")
     body = {
         "name": args.name,
         "disk_format": args.disk_format,
+        "container_format": args.container_format,
         "properties": parse_properties(args.property, "--property"),
         "min_ram_mb": args.min_ram,
         "min_disk_gb": args.min_disk,
         "visibility": "private" if args.private else "public",
+        "upload": path is not None,
     }
-    output.emit(call(args, "images", "create", body)["image"], args.format)
+
+    async def create() -> Any:
+        nc = await connect_cli(args)
+        try:
+            image = (await bus.call(nc, "hvmesh.api.images.create", body, timeout=args.timeout))[
+                "image"
+            ]
+            if path is None:
+                return image
+            bar = image_upload.ProgressBar(f"uploading {path.name}")
+            return await image_upload.upload(nc, image["id"], path, args.timeout, bar)
+        finally:
+            await nc.close()
+
+    output.emit(launcher.run(create()), args.format)
 
 
 def cmd_image_list(args: argparse.Namespace) -> None:
@@ -311,6 +341,7 @@ def cmd_server_create(args: argparse.Namespace) -> None:
         hints["group"] = args.group
     if hints:
         body["scheduler_hints"] = hints
+    body.update(interface_options(args))
     if args.min is not None:
         body["min_count"] = args.min
     if args.max is not None:
@@ -331,6 +362,26 @@ def cmd_server_create(args: argparse.Namespace) -> None:
     if args.wait and server["status"] == "ERROR":
         fault = server.get("fault") or {}
         raise CliError(f"server {server['id']} went to ERROR: {fault.get('message', 'no fault')}")
+
+
+def interface_options(args: argparse.Namespace) -> dict[str, Any]:
+    """--network, --port, --key-name, --user-data and --config-drive of server create."""
+    body: dict[str, Any] = {}
+    if args.network:
+        body["networks"] = args.network
+    if args.port:
+        body["ports"] = args.port
+    if args.key_name:
+        body["key_name"] = args.key_name
+    if args.user_data:
+        try:
+            raw = Path(args.user_data).expanduser().read_bytes()
+        except OSError as exc:
+            raise CliError(f"--user-data {args.user_data}: {exc.strerror}") from None
+        body["user_data"] = base64.b64encode(raw).decode()
+    if args.config_drive:
+        body["config_drive"] = True
+    return body
 
 
 def create_many(args: argparse.Namespace, servers: list[dict[str, Any]]) -> None:
@@ -458,6 +509,30 @@ SERVER_ACTIONS: dict[str, ServerAction] = {
         lambda args: {"length": args.lines} if args.lines is not None else {},
         ((("--lines",), {"type": int, "metavar": "N", "help": "the last N lines only"}),),
         waits=False,
+    ),
+    "attach-interface": ServerAction(
+        "attach-interface",
+        "plug a new interface into a server: a port on --network, or --port",
+        lambda args: {
+            k: v
+            for k, v in (
+                ("network", args.network),
+                ("port", args.port),
+                ("fixed_ip", args.fixed_ip),
+            )
+            if v
+        },
+        (
+            (("--network",), {"help": "network id or name: a new port on it"}),
+            (("--port",), {"help": "an existing free port"}),
+            (("--fixed-ip",), {"help": "with --network: the address to take"}),
+        ),
+    ),
+    "detach-interface": ServerAction(
+        "detach-interface",
+        "unplug an interface (its port goes if hvmesh made it)",
+        lambda args: {"port": args.port},
+        ((("--port",), {"required": True, "help": "the interface's port id"}),),
     ),
     "reset-state": ServerAction(
         "reset-state",
@@ -769,9 +844,17 @@ def build_parser() -> argparse.ArgumentParser:
     im = sub.add_parser("image", help="images").add_subparsers(
         dest="action", required=True, metavar="ACTION"
     )
-    p = leaf(im, "create", cmd_image_create, "register an image")
+    p = leaf(im, "create", cmd_image_create, "create an image, uploading its file")
     p.add_argument("name")
-    p.add_argument("--disk-format", default="qcow2")
+    p.add_argument("--file", help="the image's data (uploaded, sha256-checked)")
+    p.add_argument(
+        "--disk-format",
+        default="qcow2",
+        choices=["qcow2", "raw", "vmdk", "vhd", "vhdx", "iso", "ami", "ari", "aki"],
+    )
+    p.add_argument(
+        "--container-format", default="bare", choices=["bare", "ovf", "ova", "aki", "ari", "ami"]
+    )
     p.add_argument("--property", action="append", metavar="KEY=VALUE")
     p.add_argument("--min-ram", type=int, default=0, help="MB")
     p.add_argument("--min-disk", type=int, default=0, help="GB")
@@ -779,6 +862,10 @@ def build_parser() -> argparse.ArgumentParser:
     leaf(im, "list", cmd_image_list, "list images")
     leaf(im, "show", cmd_image_show, "show an image").add_argument("image", help="id or name")
     leaf(im, "delete", cmd_image_delete, "delete an image").add_argument("image", help="id or name")
+
+    from hvmesh.core import cli_network  # it uses this module's helpers
+
+    cli_network.add_parsers(sub, leaf)
 
     sv = sub.add_parser("server", help="servers").add_subparsers(
         dest="action", required=True, metavar="ACTION"
@@ -793,6 +880,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--hint", action="append", metavar="KEY=ID", help="same_host=ID or different_host=ID"
     )
+    p.add_argument(
+        "--network", action="append", metavar="NET", help="an interface on NET (repeatable)"
+    )
+    p.add_argument("--port", action="append", metavar="ID", help="an existing free port")
+    p.add_argument("--key-name", help="keypair whose public key the guest gets")
+    p.add_argument("--user-data", metavar="FILE", help="user data for cloud-init")
+    p.add_argument("--config-drive", action="store_true", help="also give a config drive")
     p.add_argument("--min", type=int, metavar="N", help="multi-create: at least N servers")
     p.add_argument("--max", type=int, metavar="N", help="multi-create: at most N servers")
     p.add_argument("--wait", action="store_true", help="show progress until ACTIVE or ERROR")

@@ -21,10 +21,12 @@ from hvmesh.core import (
     action_log,
     bus,
     errors,
+    interfaces,
     log,
     moves,
     notify,
     placement,
+    ports,
     power_actions,
     power_sync,
     shelving,
@@ -353,6 +355,7 @@ class Conductor:
         except CasConflict:
             return  # changed meanwhile (a delete request): that path finishes it
         await self.group_unplace(srv, leave=True)
+        await ports.let_go_all(self.st, srv)
         LOG.info("conductor.discarded", server=srv.id, reservation=srv.reservation_id)
 
     async def group_spec(self, srv: Server) -> GroupSpec | None:
@@ -552,6 +555,7 @@ class Conductor:
             for h in _move_hosts(srv):
                 await placement.release(self.st, h, srv.migration.id)
         await self.group_unplace(srv, leave=True)
+        await ports.let_go_all(self.st, srv)
         await self.st.servers.delete(server_id)
         if srv.request_id:
             await action_log.finish(self.st, server_id, srv.request_id)
@@ -597,6 +601,9 @@ class Conductor:
             # The host stops counting the build first, so no one sees an ACTIVE server
             # still in progress; a redelivered event repeats both steps harmlessly.
             await self.st.hosts.mutate(ev.host, lambda h: _build_finished(h, ev.server_id))
+            entry = await self.st.servers.get(ev.server_id)
+            if entry is not None and expected(entry.value):  # its ports are up, as Neutron's
+                await ports.set_status(self.st, entry.value, "ACTIVE")
             await self.end_build(ev.server_id, to_active)
             LOG.info("conductor.active", server=ev.server_id, host=ev.host)
             return
@@ -668,7 +675,7 @@ class Conductor:
 
 
 # Each registers its actions with the conductor's Lifecycle.
-ACTION_MODULES = [power_actions, moves, shelving]
+ACTION_MODULES = [power_actions, moves, shelving, interfaces]
 
 
 def _move_hosts(srv: Server) -> list[str]:

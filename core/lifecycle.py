@@ -32,6 +32,7 @@ from hvmesh.core.models import (
     Image,
     Server,
     Task,
+    Vif,
     Work,
     action_name,
     encode,
@@ -170,6 +171,7 @@ class Lifecycle:
         params: dict[str, str] | None = None,
         image: Image | None = None,
         server: Server | None = None,
+        vif: Vif | None = None,
     ) -> None:
         """Hand one driver step to `host`'s agent and start its timeout."""
         assert srv.request_id is not None
@@ -179,6 +181,7 @@ class Lifecycle:
             host=host,
             server=server or srv,
             image=image,
+            vif=vif,
             request_id=srv.request_id,
             action=action,
             params=params or {},

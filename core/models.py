@@ -144,6 +144,7 @@ class Image(Record):
     min_disk_gb: int = 0
     size: int | None = None
     checksum: str | None = None  # sha256 of the bytes, hex
+    uploaded: int = 0  # bytes received so far while "saving"
     project: str = ""
     visibility: str = "public"
     created_at: float = field(default_factory=now)
@@ -384,6 +385,8 @@ class Server(Record):
     locked_reason: str | None = None
     # Networking: the server's interfaces, in order (eth0, eth1, ...).
     network_info: list[Vif] = field(default_factory=list)
+    # The port an attach-interface or detach-interface in progress is about.
+    pending_port: str | None = None
     # What the guest reads from the metadata service or its config drive.
     key_name: str | None = None
     public_key: str | None = None
@@ -415,7 +418,7 @@ class ServerCreate(Request):
     networks: list[Name] = field(default_factory=list)
     ports: list[Name] = field(default_factory=list)
     key_name: Name | None = None
-    user_data: Annotated[str, Meta(max_length=87384)] | None = None  # base64, <= 64 KiB decoded
+    user_data: Annotated[str, Meta(max_length=200_000)] | None = None  # base64, <= 64 KiB decoded
     config_drive: bool = False
 
 

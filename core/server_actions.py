@@ -15,12 +15,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 import msgspec
 from msgspec import Meta
 
-from hvmesh.core import action_log, actions, bus, errors, log, notify
+from hvmesh.core import action_log, actions, bus, errors, log, notify, ports
 from hvmesh.core.bus import Caller
 from hvmesh.core.conductor import new_request_id, publish_task
 from hvmesh.core.models import (
     ActionRequest,
+    AttachInterface,
     ConsoleLog,
+    DetachInterface,
     Evacuate,
     LiveMigrate,
     Lock,
@@ -72,6 +74,7 @@ class ServerActions:
             return await self.at_once(caller, server, req)
         req, migration = await self.prepare(caller, server, req)
         request_id = new_request_id()
+        pending = req.port if isinstance(req, AttachInterface | DetachInterface) else None
 
         def accept(s: Server) -> Server:
             actions.check(name, s, caller.is_admin, caller.user)  # the state may have moved on
@@ -80,11 +83,17 @@ class ServerActions:
                 task_state=rule.task_state,
                 request_id=request_id,
                 migration=migration if migration is not None else s.migration,
+                pending_port=pending,
                 fault=None,
                 updated_at=now(),
             )
 
-        written = await self.api.st.servers.mutate(server.id, accept)
+        try:
+            written = await self.api.st.servers.mutate(server.id, accept)
+        except BaseException:
+            if isinstance(req, AttachInterface) and req.port is not None:
+                await ports.let_go(self.api.st, server.id, req.port)  # refused: give it back
+            raise
         if written is None:
             raise errors.NotFound(f"server {req.id} not found")
         action = actions.action_name(req)
@@ -132,7 +141,40 @@ class ServerActions:
                 return req, self.migration("evacuation", s)
             kind = "migration" if isinstance(req, Migrate) else "live-migration"
             return req, self.migration(kind, s)
+        if isinstance(req, AttachInterface):
+            return await self.attach_port(caller, s, req), None
+        if isinstance(req, DetachInterface):
+            if not any(v.port_id == req.port for v in s.network_info):
+                raise errors.BadRequest(f"port {req.port} is not an interface of server {s.id}")
+            return req, None
         return req, None
+
+    async def attach_port(self, caller: Caller, s: Server, req: AttachInterface) -> AttachInterface:
+        """The port an attach plugs in: made on the network, or the given one bound."""
+        if (req.network is None) == (req.port is None):
+            raise errors.BadRequest("attach-interface: give either network or port")
+        if req.port is not None:
+            if req.fixed_ip is not None:
+                raise errors.BadRequest("attach-interface: fixed_ip goes with network, not port")
+            try:
+                await self.api.net.own_port(req.port, caller)
+            except errors.NotFound as exc:
+                raise errors.BadRequest(f"port: {exc.message}") from None
+            port = await ports.bind(self.api.st, req.port, s.id)
+        else:
+            assert req.network is not None
+            network = await self.api.resolve(
+                self.api.net.find_network(req.network, caller), "network"
+            )
+            port = await ports.create(
+                self.api.st,
+                network,
+                caller.project,
+                fixed_ip=req.fixed_ip,
+                server_id=s.id,
+                auto_delete=True,
+            )
+        return msgspec.structs.replace(req, port=port.id, network=None, fixed_ip=None)
 
     @staticmethod
     def migration(kind: Any, s: Server, new_flavor: Any = None) -> Migration:

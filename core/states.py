@@ -36,6 +36,8 @@ MIGRATING = "migrating"  # live migration
 SHELVING = "shelving"
 SHELVING_OFFLOADING = "shelving_offloading"
 UNSHELVING = "unshelving"
+ATTACHING_INTERFACE = "interface_attaching"
+DETACHING_INTERFACE = "interface_detaching"
 
 # power_state: what the hypervisor says, numbered as Nova's.
 NOSTATE = 0

@@ -318,6 +318,9 @@ class Store:
                 )
             self._buckets[name] = Bucket(kv, type_)
         if create:
+            from hvmesh.core import image_data  # it uses this module's names
+
+            await image_data.open_store(self.js)
             for cfg in STREAMS:
                 try:
                     await self.js.stream_info(cfg.name)

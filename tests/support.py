@@ -62,7 +62,11 @@ class Deployment:
         self.store: Store | None = None
 
     def config(self, **sections: dict[str, Any]) -> config.Config:
-        return fast_config(self.server.address, self.server.passwords["service"], **sections)
+        """Test settings; agents keep their image caches under this test's directory."""
+        compute = {"image_cache_dir": str(self.tmp / "images"), **sections.pop("compute", {})}
+        return fast_config(
+            self.server.address, self.server.passwords["service"], compute=compute, **sections
+        )
 
     def config_file(self, name: str, **sections: dict[str, Any]) -> Path:
         path = self.tmp / f"{name}.ini"
@@ -289,3 +293,45 @@ async def wait_all(
     finally:
         await watcher.stop()
     raise AssertionError("watch ended")
+
+
+# --- the CLI as a separate process ---------------------------------------------------------
+
+
+async def hvmesh(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        HVMESH,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+class Cli:
+    def __init__(self, dep: Deployment) -> None:
+        self.auth = [
+            "--url",
+            dep.server.address,
+            "--user",
+            "admin",
+            "--password",
+            dep.server.passwords["admin"],
+        ]
+
+    async def ok(self, *args: str) -> str:
+        code, out, err = await hvmesh(*args, *self.auth)
+        assert code == 0, f"hvmesh {' '.join(args)} failed: {err}"
+        return out
+
+    async def json(self, *args: str) -> Any:
+        return json.loads(await self.ok(*args, "-f", "json"))
+
+    async def fails(self, *args: str) -> str:
+        code, out, err = await hvmesh(*args, *self.auth)
+        assert code == 1, f"hvmesh {' '.join(args)} should have failed: {out}"
+        lines = err.strip().splitlines()
+        assert len(lines) == 1, f"expected a one-line error, got: {err}"
+        return lines[0]

@@ -8,52 +8,21 @@ import os
 import signal
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import nats
 
 from hvmesh.core import audit, natsserver
 from hvmesh.core.store import Store
-from tests.support import HVMESH, Deployment, gone, settled, wait_for_services, wait_server
-
-
-async def hvmesh(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        HVMESH,
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **(env or {})},
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
-    return proc.returncode or 0, out.decode(), err.decode()
-
-
-class Cli:
-    def __init__(self, dep: Deployment) -> None:
-        self.auth = [
-            "--url",
-            dep.server.address,
-            "--user",
-            "admin",
-            "--password",
-            dep.server.passwords["admin"],
-        ]
-
-    async def ok(self, *args: str) -> str:
-        code, out, err = await hvmesh(*args, *self.auth)
-        assert code == 0, f"hvmesh {' '.join(args)} failed: {err}"
-        return out
-
-    async def json(self, *args: str) -> Any:
-        return json.loads(await self.ok(*args, "-f", "json"))
-
-    async def fails(self, *args: str) -> str:
-        code, out, err = await hvmesh(*args, *self.auth)
-        assert code == 1, f"hvmesh {' '.join(args)} should have failed: {out}"
-        lines = err.strip().splitlines()
-        assert len(lines) == 1, f"expected a one-line error, got: {err}"
-        return lines[0]
+from tests.support import (
+    HVMESH,
+    Cli,
+    Deployment,
+    gone,
+    hvmesh,
+    settled,
+    wait_for_services,
+    wait_server,
+)
 
 
 async def test_cli_boot_list_show_delete(cloud: Deployment) -> None:

@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from pathlib import Path
 from typing import Any, ClassVar
 
 from hvmesh.agents.driver import ComputeDriver, DriverError, InstanceInfo, NodeInventory
 from hvmesh.core import states
-from hvmesh.core.models import Flavor, Image, Server, parse_counts, pci_class
+from hvmesh.core.models import Flavor, Image, Server, Vif, parse_counts, pci_class
 from hvmesh.plugins import hookimpl
 
 
@@ -31,6 +32,8 @@ class FakeDriver(ComputeDriver):
         self.fake = config.fake
         self.instances: dict[str, int] = {}  # server id -> power state
         self.consoles: dict[str, list[str]] = {}
+        self.disks: dict[str, Path] = {}  # server id -> the cached image file it boots from
+        self.interfaces: dict[str, list[str]] = {}  # server id -> MACs plugged in
         self._rng = random.Random()
 
     # --- helpers ----------------------------------------------------------------------------
@@ -89,9 +92,39 @@ class FakeDriver(ComputeDriver):
         if self.fake.fail_rate and self._rng.random() < self.fake.fail_rate:
             raise DriverError(f"simulated spawn failure on {self.host}")
         await self._step("spawn")
+        await self._boot_from(server, image)
+        self.interfaces[server.id] = [vif.mac for vif in server.network_info]
         self.instances[server.id] = states.RUNNING
         self._log(server.id, f"booting {image.name if image else server.image_name}")
         self._log(server.id, f"{server.name} login:")
+
+    async def _boot_from(self, server: Server, image: Image | None) -> None:
+        """An image with uploaded data is fetched into the host's cache, as a real
+        driver would before it boots; the instance records which file it uses."""
+        if image is None or not image.checksum:
+            return
+        path = await (await self.images()).fetch(image)
+        if path.stat().st_size != image.size:
+            raise DriverError(
+                f"cached image {path} has {path.stat().st_size} bytes, not {image.size}"
+            )
+        self.disks[server.id] = path
+        self._log(server.id, f"root disk from {path}")
+
+    async def attach_interface(self, server: Server, vif: Vif) -> None:
+        await self._step("attach_interface")
+        self._require(server.id)
+        nics = self.interfaces.setdefault(server.id, [])
+        if vif.mac not in nics:
+            nics.append(vif.mac)
+        self._log(server.id, f"interface {vif.mac} attached ({vif.ip})")
+
+    async def detach_interface(self, server: Server, vif: Vif) -> None:
+        await self._step("detach_interface")
+        self._require(server.id)
+        if vif.mac in self.interfaces.get(server.id, []):
+            self.interfaces[server.id].remove(vif.mac)
+        self._log(server.id, f"interface {vif.mac} detached")
 
     async def destroy(self, server_id: str) -> None:
         if self.fake.destroy_delay:
@@ -99,6 +132,8 @@ class FakeDriver(ComputeDriver):
         await self._step("destroy")
         self.instances.pop(server_id, None)
         self.consoles.pop(server_id, None)
+        self.disks.pop(server_id, None)
+        self.interfaces.pop(server_id, None)
 
     async def reboot(self, server: Server, reboot_type: str) -> None:
         await self._step("reboot")
@@ -145,6 +180,8 @@ class FakeDriver(ComputeDriver):
         await self._step("confirm_migration")
         self.instances.pop(server_id, None)
         self.consoles.pop(server_id, None)
+        self.disks.pop(server_id, None)
+        self.interfaces.pop(server_id, None)
 
     async def finish_revert_migration(self, server: Server, power_on: bool) -> None:
         await self._step("finish_revert_migration")
@@ -176,6 +213,8 @@ class FakeDriver(ComputeDriver):
     async def rollback_live_migration_at_destination(self, server_id: str) -> None:
         self.instances.pop(server_id, None)
         self.consoles.pop(server_id, None)
+        self.disks.pop(server_id, None)
+        self.interfaces.pop(server_id, None)
 
 
 @hookimpl

@@ -8,6 +8,7 @@ runtime reports as a failed action.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import ClassVar, Protocol
@@ -81,6 +82,19 @@ class ComputeDriver:
         """Whether the hypervisor is reachable now; while not, the host stops heartbeating
         (and so counts as down) until it is again."""
         return True
+
+    async def write_config_drive(self, server: Server, path: Path) -> Path:
+        """Write the server's config drive (ISO 9660, label config-2: what the metadata
+        service serves) to `path`; drivers attach it where guests have no metadata
+        network. Built in a thread: it holds the whole ISO in memory for a moment."""
+        from hvmesh.core.configdrive import build_config_drive
+        from hvmesh.core.metadata_content import config_drive_files
+        from hvmesh.core.metadata_service import load_vendor_data
+
+        files = config_drive_files(server, load_vendor_data(self.config.metadata.vendor_data))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(build_config_drive, files, path)
+        return path
 
     async def images(self) -> ImageSource:
         if self.image_cache is None:

@@ -161,6 +161,12 @@ def cmd_scheduler(args: argparse.Namespace) -> None:
     run_service(args, lambda nc, cfg: [SchedulerService(nc, cfg)])
 
 
+def cmd_metadata(args: argparse.Namespace) -> None:
+    from hvmesh.core.metadata_service import MetadataService
+
+    run_service(args, lambda nc, cfg: [MetadataService(nc, cfg)])
+
+
 def cmd_agent(args: argparse.Namespace) -> None:
     def build(nc: Any, cfg: config.Config) -> list[Any]:
         if args.count > 1:
@@ -180,6 +186,10 @@ def cmd_up(args: argparse.Namespace) -> None:
             "hvmesh up runs its own nats-server: --url and --context are for other commands"
         )
     cfg = service_config(args)
+    if args.metadata_port is not None:
+        cfg = msgspec.structs.replace(
+            cfg, metadata=msgspec.structs.replace(cfg.metadata, port=args.metadata_port)
+        )
     if args.fake_hosts < 0:
         raise CliError("--fake-hosts must be 0 or more")
     launcher.run(
@@ -810,10 +820,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--leaf-port", type=int, default=7422)
     p.add_argument("--listen", default="127.0.0.1", help="address NATS clients connect to")
     p.add_argument("--fake-hosts", type=int, default=3, help="simulated hypervisor hosts")
+    p.add_argument(
+        "--metadata-port", type=int, help="metadata service port (default: [metadata] port)"
+    )
 
     leaf(sub, "api", cmd_api, "run the API service")
     leaf(sub, "conductor", cmd_conductor, "run a conductor")
     leaf(sub, "scheduler", cmd_scheduler, "run a scheduler")
+    leaf(sub, "metadata", cmd_metadata, "run the metadata service guests read (cloud-init)")
     p = leaf(sub, "agent", cmd_agent, "run a hypervisor agent")
     p.add_argument("--driver", default="fake", help="driver name (fake, ...)")
     p.add_argument("--host", help="host name (default: [compute] host or the machine's)")

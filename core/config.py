@@ -236,9 +236,7 @@ class ComputeSection(Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class MetadataSection(Struct, kw_only=True, forbid_unknown_fields=True):
-    listen: Annotated[str, Meta(description="Address the metadata service listens on.")] = (
-        "0.0.0.0"
-    )
+    listen: Annotated[str, Meta(description="Address the metadata service listens on.")] = "0.0.0.0"
     port: Annotated[int, Meta(ge=0, le=65535, description="Its TCP port (Nova's 8775).")] = 8775
     use_forwarded_for: Annotated[
         bool,
@@ -267,8 +265,11 @@ class LibvirtSection(Struct, kw_only=True, forbid_unknown_fields=True):
     ] = "kvm"
     cpu_mode: Annotated[
         str,
-        Meta(description="Guest CPU mode: host-model, host-passthrough, custom or none."),
-    ] = "host-model"
+        Meta(
+            description="Guest CPU mode: host-model, host-passthrough, custom or none "
+            "(default: host-model with virt_type kvm, none with qemu)."
+        ),
+    ] = ""
     cpu_model: Annotated[str, Meta(description="CPU model when cpu_mode is custom.")] = ""
     storage_pool: Annotated[
         str, Meta(description="libvirt storage pool holding instance disks (a dir pool).")
@@ -279,7 +280,9 @@ class LibvirtSection(Struct, kw_only=True, forbid_unknown_fields=True):
     ] = ""
     console_log_dir: Annotated[
         str,
-        Meta(description="Where each guest's serial console is logged (default: <state dir>/console)."),
+        Meta(
+            description="Where each guest's serial console is logged (default: <state dir>/console)."
+        ),
     ] = ""
     reconnect_max_delay: Annotated[
         float, Meta(gt=0, description="Longest wait between reconnects to libvirtd, seconds.")
@@ -291,6 +294,36 @@ class LibvirtSection(Struct, kw_only=True, forbid_unknown_fields=True):
             "destination host's name (qemu+tcp://%s/system)."
         ),
     ] = "qemu+tcp://%s/system"
+    shutdown_timeout: Annotated[
+        float,
+        Meta(
+            ge=0,
+            description="Seconds a guest gets to shut down cleanly when powered off before "
+            "it is stopped hard (0: stop hard at once).",
+        ),
+    ] = 60.0
+    instances_path: Annotated[
+        str,
+        Meta(
+            description="Where per-instance files live, one directory per server id "
+            "(a config drive as disk.config; default: <state dir>/instances)."
+        ),
+    ] = ""
+    pci_alias: Annotated[
+        list[str],
+        Meta(
+            description="PCI aliases flavors ask for in pci_passthrough:alias, as "
+            "ALIAS:VENDOR_ID:PRODUCT_ID in hex (gpu:10de:1eb8)."
+        ),
+    ] = msgspec.field(default_factory=list)
+    vlan_bridge: Annotated[
+        str,
+        Meta(
+            description="How a VLAN network is plugged: empty tags the port on the mapped "
+            "Open vSwitch bridge; otherwise the name of a Linux bridge already carrying "
+            "that VLAN, with {bridge} and {vlan} replaced (br{vlan}, {bridge}v{vlan})."
+        ),
+    ] = ""
 
 
 class FakeSection(Struct, kw_only=True, forbid_unknown_fields=True):

@@ -18,6 +18,7 @@ from hvmesh.core import bus, contexts, launcher, log, natsserver
 from hvmesh.core.api import ApiService
 from hvmesh.core.conductor import Conductor
 from hvmesh.core.config import Config
+from hvmesh.core.metadata_service import MetadataService
 from hvmesh.schedulers.service import SchedulerService
 
 LOG = log.get_logger(__name__)
@@ -41,19 +42,22 @@ def write_contexts(server: natsserver.NatsServer) -> dict[str, Path]:
     return made
 
 
-def banner(server: natsserver.NatsServer, fake_hosts: int, made: dict[str, Path]) -> str:
+def banner(
+    server: natsserver.NatsServer, fake_hosts: int, made: dict[str, Path], metadata_port: int
+) -> str:
     return "\n".join(
         [
             f"hvmesh is up: NATS at {server.address} (leaf nodes: port {server.leaf_port}), "
-            f"{fake_hosts} simulated host(s).",
+            f"{fake_hosts} simulated host(s), metadata service on port {metadata_port}.",
             "",
             "  NATS CLI contexts written:",
             *(f"    {name:<13} {path}" for name, path in made.items()),
             "",
             "  As the operator (hvmesh's CLI uses the hvmesh-admin context by default):",
             "    hvmesh flavor create m1.small --vcpus 1 --ram 512 --disk 1",
-            "    hvmesh image create cirros --disk-format qcow2",
-            "    hvmesh server create vm1 --flavor m1.small --image cirros --wait",
+            "    hvmesh image create cirros --file cirros.qcow2 --disk-format qcow2",
+            "    hvmesh network create net1 --cidr 10.0.0.0/24 --shared",
+            "    hvmesh server create vm1 --flavor m1.small --image cirros --network net1 --wait",
             "    hvmesh hypervisor list",
             "    nats --context hvmesh-admin micro ls",
             "",
@@ -90,17 +94,26 @@ async def up(
                 cfg.nats, url=server.address, user="hvmesh", password=server.passwords["service"]
             ),
         )
+        if not cfg.compute.image_cache_dir:  # simulated hosts cache images under data_dir
+            cfg = msgspec.structs.replace(
+                cfg,
+                compute=msgspec.structs.replace(
+                    cfg.compute, image_cache_dir=str(data_dir / "images")
+                ),
+            )
         nc = await bus.connect(cfg.nats, "hvmesh-up")
+        metadata = MetadataService(nc, cfg)
         components: list[launcher.Component] = [
             ApiService(nc, cfg),
             SchedulerService(nc, cfg),
             Conductor(nc, cfg),
+            metadata,
             *launcher.fake_fleet(nc, cfg, fake_hosts),
         ]
         made = write_contexts(server)
 
         def ready() -> None:
-            print(banner(server, fake_hosts, made), flush=True)
+            print(banner(server, fake_hosts, made, metadata.port), flush=True)
 
         stop = asyncio.Event()
         watchdog = asyncio.create_task(_stop_when_exits(server, stop))

@@ -22,6 +22,10 @@ if ! python3 -c "import ensurepip, venv" 2>/dev/null; then
   apt_install python3-venv
 fi
 
+# libvirtd, QEMU and the test guest for the libvirt driver's tests; libvirt-dev before
+# pip builds libvirt-python.
+bash tests/setup_libvirt.sh
+
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi

@@ -357,7 +357,7 @@ async def decisions(hosts: int, count: int = 3000, cache: bool = True) -> dict[s
         host = bench_host(i, width)
         index.apply_host(Entry(key=host.name, value=host, revision=i + 1), host.name, i + 1)
         index.apply_heartbeat(Heartbeat(host=host.name, at=now(), agent_id="bench"))
-    registry = manager.load()
+    registry = manager.configured(cfg)
     ctx = registry.context(cfg, index)
     scheduler = FilterScheduler(ctx, cache_shapes=MAX_SHAPES if cache else 0)
     revision = hosts

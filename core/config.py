@@ -358,6 +358,21 @@ class FakeSection(Struct, kw_only=True, forbid_unknown_fields=True):
     ] = 0.0
 
 
+class PluginsSection(Struct, kw_only=True, forbid_unknown_fields=True):
+    disabled: Annotated[
+        list[str],
+        Meta(
+            description="Entry-point names of plugins not to load (also $HVMESH_DISABLE_PLUGINS, comma-separated)."
+        ),
+    ] = msgspec.field(default_factory=list)
+    strict: Annotated[
+        bool,
+        Meta(
+            description="Stop with an error when a plugin fails to load, instead of skipping it and logging why."
+        ),
+    ] = False
+
+
 class Config(Struct, kw_only=True, forbid_unknown_fields=True):
     DEFAULT: DefaultSection = msgspec.field(default_factory=DefaultSection)
     nats: NatsSection = msgspec.field(default_factory=NatsSection)
@@ -367,6 +382,7 @@ class Config(Struct, kw_only=True, forbid_unknown_fields=True):
     fake: FakeSection = msgspec.field(default_factory=FakeSection)
     metadata: MetadataSection = msgspec.field(default_factory=MetadataSection)
     libvirt: LibvirtSection = msgspec.field(default_factory=LibvirtSection)
+    plugins: PluginsSection = msgspec.field(default_factory=PluginsSection)
 
     def host_name(self) -> str:
         return self.compute.host or socket.gethostname()

@@ -62,14 +62,25 @@ def make_agent(
     nc: Client, cfg: Config, driver: str, host: str, registry: manager.Registry | None = None
 ) -> AgentRuntime:
     """An agent runtime for `host` with the registered driver called `driver`."""
-    registry = registry or manager.load()
-    driver_cls = registry.pick("drivers", [driver])[0]
+    registry = registry or manager.configured(cfg)
+    driver_cls = registry.driver(driver)
     return AgentRuntime(nc, cfg, driver_cls(host, cfg))
 
 
-def fake_fleet(nc: Client, cfg: Config, count: int, prefix: str = "fake") -> list[AgentRuntime]:
+def load_plugins(cfg: Config) -> manager.Registry:
+    """The installed plugins, as `cfg` asks ([plugins] disabled and strict)."""
+    return manager.configured(cfg)
+
+
+def fake_fleet(
+    nc: Client,
+    cfg: Config,
+    count: int,
+    prefix: str = "fake",
+    registry: manager.Registry | None = None,
+) -> list[AgentRuntime]:
     """`count` simulated hosts named <prefix>-0001 ... sharing one connection."""
-    registry = manager.load()
+    registry = registry or manager.configured(cfg)
     width = max(4, len(str(count)))
     return [
         make_agent(nc, cfg, "fake", f"{prefix}-{i:0{width}d}", registry)

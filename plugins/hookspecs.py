@@ -70,9 +70,13 @@ def hvmesh_register_schedulers(register: Callable[[str, Any], None]) -> None:
 
 
 @hookspec
-def hvmesh_register_drivers(register: Callable[[str, Any], None]) -> None:
-    """Register hypervisor drivers: call `register(name, driver_class)`.
+def hvmesh_register_drivers(register: Callable[..., None]) -> None:
+    """Register hypervisor drivers: call `register(name, driver, requires=(), extra="")`.
 
-    `driver_class` subclasses hvmesh.agents.driver.ComputeDriver; `hvmesh agent --driver
-    NAME` runs it under the shared agent runtime.
+    `driver` subclasses hvmesh.agents.driver.ComputeDriver; give it as the class, or as a
+    "package.module:ClassName" path so the module (and the hypervisor library it imports)
+    is imported only by an agent that runs the driver. `requires` names the modules the
+    driver needs and `extra` the pip extra that installs them: where one is missing the
+    driver is listed as unavailable with that reason, and every other part of hvmesh
+    still loads. `hvmesh agent --driver NAME` runs it under the shared agent runtime.
     """

@@ -32,7 +32,7 @@ class SchedulerService:
     def __init__(self, nc: Client, cfg: Config, registry: manager.Registry | None = None) -> None:
         self.nc = nc
         self.cfg = cfg
-        self.registry = registry or manager.load()
+        self.registry = registry or manager.configured(cfg)
         self.index = Index(service_down_time=cfg.DEFAULT.service_down_time)
         ctx = self.registry.context(cfg, self.index)
         factory = self.registry.pick("schedulers", [cfg.scheduler.driver])[0]

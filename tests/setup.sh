@@ -17,9 +17,23 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
-# venv and pip for the system Python (Debian ships them separately).
-if ! python3 -c "import ensurepip, venv" 2>/dev/null; then
-  apt_install python3-venv
+# Every program and package a test calls, from Debian:
+#   python3-venv    venv and pip for the system Python (Debian ships them separately)
+#   libxml2-utils   xmllint, which virt-xml-validate runs (libvirt domain XML schema tests)
+#   cloud-init      cloud-init's own readers, run by the system python3 against the
+#                   metadata service and the config drive (tests/cloudinit_probe.py)
+#   util-linux      blkid, which checks the config drive's label and type
+#   iproute2        ip netns, the instance's network namespace in the metadata tests
+wanted_debs="python3-venv libxml2-utils cloud-init util-linux iproute2"
+missing_debs=""
+for pkg in $wanted_debs; do
+  if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
+    missing_debs="$missing_debs $pkg"
+  fi
+done
+if [ -n "$missing_debs" ]; then
+  echo "setup: installing:$missing_debs"
+  apt_install $missing_debs
 fi
 
 # libvirtd, QEMU and the test guest for the libvirt driver's tests; libvirt-dev before

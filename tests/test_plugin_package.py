@@ -48,11 +48,13 @@ def test_plugin_is_loaded_from_the_installed_distribution() -> None:
     assert length_weigher is module.NAME_LENGTH_WEIGHER
     assert length_weigher.multiplier == 1.0
     # The plugin manager loaded that module from that distribution.
-    loaded = {
-        dist.project_name: plugin
-        for plugin, dist in manager.plugin_manager().list_plugin_distinfo()
-    }
-    assert loaded[DIST] is module
+    info = next(p for p in registry.plugins if p.name == "hvmesh_example_plugin")
+    assert (info.package, info.module, info.status) == (
+        DIST,
+        "hvmesh_example_plugin.plugin",
+        "loaded",
+    )
+    assert info.registered == {"filters": ["NameSuffixFilter"], "weighers": ["NameLengthWeigher"]}
 
 
 def test_mask_and_weights() -> None:

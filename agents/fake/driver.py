@@ -219,4 +219,4 @@ class FakeDriver(ComputeDriver):
 
 @hookimpl
 def hvmesh_register_drivers(register: Any) -> None:
-    register("fake", FakeDriver)
+    register("fake", FakeDriver, description="simulated hosts in memory, for tests and scale")

@@ -27,7 +27,6 @@ from hvmesh.agents.libvirt.interfaces import interface_xml, nic_model
 from hvmesh.agents.libvirt.moves import LibvirtMoves
 from hvmesh.core import log, states
 from hvmesh.core.models import Image, Server, Vif
-from hvmesh.plugins import hookimpl
 
 LOG = log.get_logger(__name__)
 
@@ -280,8 +279,3 @@ class LibvirtDriver(LibvirtMoves):
                     dom.resume()
         LOG.info("libvirt.snapshot_written", server=server.id, target=str(target))
         return "qcow2"
-
-
-@hookimpl
-def hvmesh_register_drivers(register: Any) -> None:
-    register("libvirt", LibvirtDriver)

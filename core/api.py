@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import socket
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -19,6 +20,7 @@ from nats.aio.client import Client
 
 from hvmesh.core import action_log, actions, errors, log, notify, ports, reports, states
 from hvmesh.core.bus import Caller, MicroService
+from hvmesh.core.compute_api import ComputeEndpoints
 from hvmesh.core.conductor import new_request_id, publish_task
 from hvmesh.core.config import Config
 from hvmesh.core.image_api import ImageEndpoints
@@ -31,6 +33,7 @@ from hvmesh.core.models import (
     Flavor,
     FlavorCreate,
     Image,
+    Port,
     Request,
     Server,
     ServerAction,
@@ -153,7 +156,11 @@ class ApiService:
             name="hvmesh-api",
             version=VERSION,
             description="hvmesh compute API: flavors, images, servers, hypervisors.",
-            metadata={"min_version": MIN_MICROVERSION, "max_version": MAX_MICROVERSION},
+            metadata={
+                "min_version": MIN_MICROVERSION,
+                "max_version": MAX_MICROVERSION,
+                "host": socket.gethostname(),
+            },
         )
         ep = self.service.endpoint
         ep("flavors-create", "hvmesh.api.flavors.create", self.flavor_create, FlavorCreate)
@@ -164,7 +171,7 @@ class ApiService:
         self.net = NetworkEndpoints(self)
         self.net.register()
         ep("servers-create", "hvmesh.api.servers.create", self.server_create, ServerCreate)
-        ep("servers-list", "hvmesh.api.servers.list", self.server_list, Empty)
+        ComputeEndpoints(self).register()  # servers.list, hypervisors.get, zones, services
         ep("servers-get", "hvmesh.api.servers.get", self.server_get, IdOnly)
         ep("servers-delete", "hvmesh.api.servers.delete", self.server_delete, IdOnly)
         acts = ServerActions(self)
@@ -354,9 +361,11 @@ class ApiService:
         group_id = req.scheduler_hints.group
         if group_id:
             try:
-                await self.join_group(group_id, ids, caller)
+                group_id = await self.join_group(group_id, ids, caller)
             except errors.NotFound as exc:
                 raise errors.BadRequest(f"scheduler_hints.group: {exc.message}") from None
+            hints = msgspec.structs.replace(req.scheduler_hints, group=group_id)
+            req = msgspec.structs.replace(req, scheduler_hints=hints)
         reservation_id = f"r-{new_id()[:8]}"
         request_id = new_request_id()
         servers = [
@@ -432,15 +441,6 @@ class ApiService:
     def view(s: Server, caller: Caller) -> dict:
         return server_view(s, caller)
 
-    async def server_list(self, caller: Caller, req: Empty) -> dict:
-        servers = [
-            s
-            for s in await self.st.servers.values()
-            if caller.is_admin or s.project == caller.project
-        ]
-        servers.sort(key=lambda s: (s.created_at, s.id))
-        return {"servers": [server_view(s, caller) for s in servers]}
-
     async def server_get(self, caller: Caller, req: IdOnly) -> dict:
         return {"server": server_view(await self.own_server(req.id, caller), caller)}
 
@@ -512,8 +512,9 @@ class ApiService:
         await self.st.server_groups.delete(group.id)
         return {"deleted": group.id}
 
-    async def join_group(self, group_id: str, server_ids: list[str], caller: Caller) -> None:
-        """Add new servers to their group before they are scheduled, so members see each other."""
+    async def join_group(self, group_id: str, server_ids: list[str], caller: Caller) -> str:
+        """Add new servers to their group (id or name) before they are scheduled, so members
+        see each other; the group's id."""
         group = await self.own_group(group_id, caller)
 
         def add(g: ServerGroup) -> ServerGroup:
@@ -521,6 +522,7 @@ class ApiService:
 
         if await self.st.server_groups.mutate(group.id, add) is None:
             raise errors.NotFound(f"server group {group_id} not found")
+        return group.id
 
     # --- aggregates -----------------------------------------------------------------------
 
@@ -658,7 +660,7 @@ class ApiService:
 
 
 Named = TypeVar("Named", Flavor, Image, Aggregate)
-Owned = TypeVar("Owned", Server, ServerGroup)
+Owned = TypeVar("Owned", Server, ServerGroup, Port)
 
 
 async def _by_id_or_name(
@@ -676,15 +678,27 @@ async def _by_id_or_name(
     return matches[0]
 
 
-async def _owned(bucket: Bucket[Owned], key: str, what: str, caller: Caller) -> Owned:
-    """The record keyed `key` if it is the caller's project's (or the caller is admin).
+async def _owned(bucket: Bucket[Owned], ref: str, what: str, caller: Caller) -> Owned:
+    """The record keyed `ref` if it is the caller's project's (or the caller is admin),
+    else the one record of the caller's own project named `ref`.
 
-    Another project's record is "not found", never "forbidden": its existence is not told.
+    A name is looked up in the caller's project only, the admin's too; several records of
+    that name are a 409 listing their ids. Another project's record is "not found", never
+    "forbidden": its existence is not told.
     """
-    entry = await bucket.get(key) if _is_key(key) else None
-    if entry is None or not (caller.is_admin or entry.value.project == caller.project):
-        raise errors.NotFound(f"{what} {key} not found")
-    return entry.value
+    entry = await bucket.get(ref) if _is_key(ref) else None
+    if entry is not None and (caller.is_admin or entry.value.project == caller.project):
+        return entry.value
+    matches = sorted(
+        (r for r in await bucket.values() if r.name == ref and r.project == caller.project),
+        key=lambda r: (r.created_at, r.id),
+    )
+    if len(matches) > 1:
+        ids = ", ".join(r.id for r in matches)
+        raise errors.Conflict(f"more than one {what} is named {ref!r}: {ids}; use an id")
+    if not matches:
+        raise errors.NotFound(f"{what} {ref} not found")
+    return matches[0]
 
 
 def _is_key(text: str) -> bool:

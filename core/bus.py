@@ -19,13 +19,14 @@ import msgspec
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.micro import add_service
 from nats.micro.request import Request as MicroRequest
 from nats.micro.service import EndpointConfig, Service
 
-from hvmesh.core import errors, log
+from hvmesh.core import errors, log, nats_options
 from hvmesh.core.config import NatsSection
 from hvmesh.core.models import encode
 
@@ -37,25 +38,49 @@ INTERNAL_ACCOUNT = "HVMESH"
 ADMIN_PROJECT = "admin"
 
 
-async def connect(cfg: NatsSection, name: str, **kwargs: Any) -> Client:
-    """Connect to NATS with the configured URL and credentials."""
+class ConnectError(ConnectionError):
+    """Connecting failed on every server of the first round; the message says why."""
+
+
+async def connect(cfg: NatsSection, name: str, *, once: bool = False, **kwargs: Any) -> Client:
+    """Connect to NATS with the configured URL, credentials and TLS settings.
+
+    Services keep retrying until NATS answers. With `once` (the CLI), each server is
+    tried once and the first round's failure is raised at once as a ConnectError, so a
+    refused connection is reported as refused rather than as a timeout.
+    """
     opts: dict[str, Any] = {
-        "servers": [u.strip() for u in cfg.url.split(",") if u.strip()],
+        **nats_options.connect_options(cfg),
         "name": name,
         "max_reconnect_attempts": -1,
         "reconnect_time_wait": 0.5,
         "connect_timeout": 5,
     }
-    if cfg.creds:
-        opts["user_credentials"] = cfg.creds
-    elif cfg.user:
-        opts["user"] = cfg.user
-        opts["password"] = cfg.password
     opts.setdefault("error_cb", _log_error)
     opts.setdefault("disconnected_cb", _log_disconnected)
     opts.setdefault("reconnected_cb", _log_reconnected)
     opts.update(kwargs)
-    return await nats.connect(**opts)
+    if not once:
+        return await nats.connect(**opts)
+    servers, then, failures, connected = len(opts["servers"]) or 1, opts["error_cb"], [], []
+
+    async def first_round(exc: Exception) -> None:
+        """Give up once every server has failed once."""
+        if not connected:
+            failures.append(exc)
+            if len(failures) >= servers:
+                raise ConnectError(nats_options.describe(exc, opts["connect_timeout"])) from exc
+        await then(exc)
+
+    opts.update(error_cb=first_round, allow_reconnect=False, max_reconnect_attempts=0)
+    try:
+        nc = await nats.connect(**opts)
+    except ConnectError:
+        raise
+    except (OSError, NatsError) as exc:
+        raise ConnectError(nats_options.describe(exc, opts["connect_timeout"])) from exc
+    connected.append(True)
+    return nc
 
 
 async def _log_error(exc: Exception) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from hvmesh.core import output
-from hvmesh.core.cli import CliError, call, ref
+from hvmesh.core.cli import CliError, call, delete_each, ref
 
 NETWORK_COLUMNS = ["id", "name", "cidr", "gateway", "physical_network", "segmentation_id", "ports"]
 PORT_COLUMNS = ["id", "name", "network_id", "ip", "mac", "server_id", "status"]
@@ -47,7 +47,7 @@ def cmd_network_show(args: argparse.Namespace) -> None:
 
 
 def cmd_network_delete(args: argparse.Namespace) -> None:
-    output.emit(call(args, "networks", "delete", ref(args.network)), args.format)
+    delete_each(args, "networks", args.network, "networks")
 
 
 def cmd_port_create(args: argparse.Namespace) -> None:
@@ -68,7 +68,7 @@ def cmd_port_show(args: argparse.Namespace) -> None:
 
 
 def cmd_port_delete(args: argparse.Namespace) -> None:
-    output.emit(call(args, "ports", "delete", {"id": args.port}), args.format)
+    delete_each(args, "ports", args.port, "ports")
 
 
 def cmd_keypair_create(args: argparse.Namespace) -> None:
@@ -90,7 +90,7 @@ def cmd_keypair_show(args: argparse.Namespace) -> None:
 
 
 def cmd_keypair_delete(args: argparse.Namespace) -> None:
-    output.emit(call(args, "keypairs", "delete", {"name": args.name}), args.format)
+    delete_each(args, "keypairs", args.name, "keypairs", lambda name: {"name": name})
 
 
 def add_parsers(sub: Any, leaf: Any) -> None:
@@ -111,8 +111,8 @@ def add_parsers(sub: Any, leaf: Any) -> None:
     p.add_argument("--shared", action="store_true", help="usable by every project")
     leaf(nw, "list", cmd_network_list, "list networks")
     leaf(nw, "show", cmd_network_show, "show a network").add_argument("network", help="id or name")
-    leaf(nw, "delete", cmd_network_delete, "delete a network without ports (admin)").add_argument(
-        "network", help="id or name"
+    leaf(nw, "delete", cmd_network_delete, "delete networks without ports (admin)").add_argument(
+        "network", nargs="+", help="id or name (several may be given)"
     )
 
     pt = sub.add_parser("port", help="ports").add_subparsers(
@@ -124,8 +124,10 @@ def add_parsers(sub: Any, leaf: Any) -> None:
     p.add_argument("--fixed-ip", help="the address to take (default: the next free one)")
     p.add_argument("--mac", help="default: a random fa:16:3e:xx:xx:xx")
     leaf(pt, "list", cmd_port_list, "list ports")
-    leaf(pt, "show", cmd_port_show, "show a port").add_argument("port", help="id")
-    leaf(pt, "delete", cmd_port_delete, "delete a free port").add_argument("port", help="id")
+    leaf(pt, "show", cmd_port_show, "show a port").add_argument("port", help="id or name")
+    leaf(pt, "delete", cmd_port_delete, "delete free ports").add_argument(
+        "port", nargs="+", help="id or name (several may be given)"
+    )
 
     kp = sub.add_parser("keypair", help="SSH keypairs").add_subparsers(
         dest="action", required=True, metavar="ACTION"
@@ -135,4 +137,6 @@ def add_parsers(sub: Any, leaf: Any) -> None:
     p.add_argument("--public-key", required=True, metavar="FILE", help="e.g. ~/.ssh/id_ed25519.pub")
     leaf(kp, "list", cmd_keypair_list, "list your keypairs")
     leaf(kp, "show", cmd_keypair_show, "show a keypair").add_argument("name")
-    leaf(kp, "delete", cmd_keypair_delete, "delete a keypair").add_argument("name")
+    leaf(kp, "delete", cmd_keypair_delete, "delete keypairs").add_argument(
+        "name", nargs="+", help="several may be given"
+    )

@@ -33,7 +33,7 @@ def _registered_text(registered: dict[str, list[str]]) -> str:
 def cmd_plugins_list(args: argparse.Namespace) -> None:
     reg = _registry(args)
     rows: list[dict[str, Any]] = [msgspec.to_builtins(p) for p in reg.plugins]
-    if args.format != "json":
+    if output.for_people(args.format):
         rows = [{**r, "registered": _registered_text(r["registered"])} for r in rows]
     output.emit(rows, args.format, PLUGIN_COLUMNS)
 

@@ -36,6 +36,24 @@ class NatsSection(Struct, kw_only=True, forbid_unknown_fields=True):
     creds: Annotated[
         str, Meta(description="Path to a NATS .creds file (instead of a password).")
     ] = ""
+    token: Annotated[str, Meta(description="NATS authentication token.")] = ""
+    nkey: Annotated[
+        str, Meta(description="Path to an nkey seed file (instead of a password or .creds).")
+    ] = ""
+    user_jwt: Annotated[str, Meta(description="A user JWT; the nkey seed file signs for it.")] = ""
+    tls_cert: Annotated[
+        str, Meta(description="Path to a TLS client certificate (PEM); needs tls_key.")
+    ] = ""
+    tls_key: Annotated[str, Meta(description="Path to the TLS client certificate's key.")] = ""
+    tls_ca: Annotated[
+        str, Meta(description="Path to the CA certificates (PEM) the server's is checked against.")
+    ] = ""
+    tls_first: Annotated[
+        bool, Meta(description="Start TLS before the server's greeting (handshake first).")
+    ] = False
+    inbox_prefix: Annotated[
+        str, Meta(description="Prefix of reply subjects (default: _INBOX).")
+    ] = ""
     request_timeout: Annotated[
         float, Meta(description="Seconds to wait for a reply to a request between services.")
     ] = 5.0

@@ -66,6 +66,7 @@ class ServerActions:
 
     async def action(self, caller: Caller, req: ActionRequest) -> dict:
         server = await self.api.own_server(req.id, caller)
+        req = msgspec.structs.replace(req, id=server.id)  # a name is resolved once, here
         name = actions.rule_name(req)
         rule = actions.check(name, server, caller.is_admin, caller.user)
         if isinstance(req, ConsoleLog):
@@ -144,10 +145,27 @@ class ServerActions:
         if isinstance(req, AttachInterface):
             return await self.attach_port(caller, s, req), None
         if isinstance(req, DetachInterface):
-            if not any(v.port_id == req.port for v in s.network_info):
-                raise errors.BadRequest(f"port {req.port} is not an interface of server {s.id}")
-            return req, None
+            return msgspec.structs.replace(req, port=await self.interface_port(s, req.port)), None
         return req, None
+
+    async def interface_port(self, s: Server, ref: str) -> str:
+        """The port id of one of the server's interfaces, named by the port's id or name."""
+        ids = [v.port_id for v in s.network_info]
+        if ref in ids:
+            return ref
+        named = []
+        for port_id in ids:
+            entry = await self.api.st.ports.get(port_id)
+            if entry is not None and entry.value.name == ref:
+                named.append(port_id)
+        if len(named) > 1:
+            raise errors.Conflict(
+                f"more than one interface port of server {s.id} is named {ref!r}: "
+                f"{', '.join(named)}; use an id"
+            )
+        if not named:
+            raise errors.BadRequest(f"port {ref} is not an interface of server {s.id}")
+        return named[0]
 
     async def attach_port(self, caller: Caller, s: Server, req: AttachInterface) -> AttachInterface:
         """The port an attach plugs in: made on the network, or the given one bound."""
@@ -157,10 +175,10 @@ class ServerActions:
             if req.fixed_ip is not None:
                 raise errors.BadRequest("attach-interface: fixed_ip goes with network, not port")
             try:
-                await self.api.net.own_port(req.port, caller)
+                named = await self.api.net.own_port(req.port, caller)
             except errors.NotFound as exc:
                 raise errors.BadRequest(f"port: {exc.message}") from None
-            port = await ports.bind(self.api.st, req.port, s.id)
+            port = await ports.bind(self.api.st, named.id, s.id)
         else:
             assert req.network is not None
             network = await self.api.resolve(
@@ -274,7 +292,7 @@ class ServerActions:
         server (as Nova's os-instance-actions); tenants never see hosts (events_get).
         """
         try:
-            await self.api.own_server(server_id, caller)
+            server_id = (await self.api.own_server(server_id, caller)).id
         except errors.NotFound:
             if not caller.is_admin or not _is_token(server_id):
                 raise

@@ -7,6 +7,7 @@ hosts best first, and claims on them in that order until one claim holds. A lost
 
 from __future__ import annotations
 
+import socket
 import time
 
 import msgspec
@@ -43,7 +44,7 @@ class SchedulerService:
             name="hvmesh-scheduler",
             version=VERSION,
             description="Places servers on hosts: filters, weighers and claims.",
-            metadata={"driver": cfg.scheduler.driver},
+            metadata={"driver": cfg.scheduler.driver, "host": socket.gethostname()},
             concurrency=cfg.scheduler.workers,
         )
         self.service.endpoint("select", SELECT_SUBJECT, self.select, RequestSpec)

@@ -61,7 +61,9 @@ async def test_records_are_scoped_to_the_callers_project(
     assert theirs["project"] == "admin"
 
     assert [s["id"] for s in (await demo("servers.list"))["servers"]] == [mine["id"]]
-    assert {s["id"] for s in (await admin("servers.list"))["servers"]} == {mine["id"], theirs["id"]}
+    assert [s["id"] for s in (await admin("servers.list"))["servers"]] == [theirs["id"]]
+    everyone = (await admin("servers.list", {"all_projects": True}))["servers"]
+    assert {s["id"] for s in everyone} == {mine["id"], theirs["id"]}
     with pytest.raises(errors.NotFound):
         await demo("servers.get", {"id": theirs["id"]})
     with pytest.raises(errors.NotFound):

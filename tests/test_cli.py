@@ -56,7 +56,8 @@ async def test_cli_boot_list_show_delete(cloud: Deployment) -> None:
     assert server["status"] == "ACTIVE"
     assert "ACTIVE" in err  # progress lines go to stderr
     table = await cli.ok("server", "list")
-    assert table.splitlines()[0].split()[:3] == ["ID", "NAME", "STATUS"]
+    header = [cell.strip() for cell in table.splitlines()[1].strip("|").split("|")]
+    assert header[:3] == ["ID", "Name", "Status"]
     assert "vm1" in table and "ACTIVE" in table
     shown = await cli.json("server", "show", server["id"])
     assert shown["host"] == server["host"]

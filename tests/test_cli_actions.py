@@ -49,12 +49,12 @@ async def test_cli_server_actions(cloud: Deployment, admin: ApiClient) -> None:
     assert events[-1]["action"] == "create"
     stop = next(e for e in events if e["action"] == "stop")
     listing = await cli.ok("server", "event", "list", sid)
-    assert listing.splitlines()[0].split() == [
-        "REQUEST_ID",
-        "ACTION",
-        "START_TIME",
-        "MESSAGE",
-        "USER",
+    assert [cell.strip() for cell in listing.splitlines()[1].strip("|").split("|")] == [
+        "Request ID",
+        "Action",
+        "Start Time",
+        "Message",
+        "User",
     ]
     shown = await cli.ok("server", "event", "show", sid, stop["request_id"])
     assert "conductor_stop" in shown and "compute_power_off" in shown and "Success" in shown

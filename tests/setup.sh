@@ -24,7 +24,9 @@ apt_install() {
 #                   metadata service and the config drive (tests/cloudinit_probe.py)
 #   util-linux      blkid, which checks the config drive's label and type
 #   iproute2        ip netns, the instance's network namespace in the metadata tests
-wanted_debs="python3-venv libxml2-utils cloud-init util-linux iproute2"
+#   openssl         makes the certificates of the TLS connection test
+#   zsh             runs the generated zsh completion script
+wanted_debs="python3-venv libxml2-utils cloud-init util-linux iproute2 openssl zsh"
 missing_debs=""
 for pkg in $wanted_debs; do
   if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
@@ -36,8 +38,8 @@ if [ -n "$missing_debs" ]; then
   apt_install $missing_debs
 fi
 
-# libvirtd, QEMU and the test guest for the libvirt driver's tests; libvirt-dev before
-# pip builds libvirt-python.
+# libvirtd, QEMU and the test guest for the libvirt driver's tests; also libvirt-dev,
+# gcc and the Python headers, before pip builds libvirt-python below.
 bash tests/setup_libvirt.sh
 
 if [ ! -x .venv/bin/python ]; then

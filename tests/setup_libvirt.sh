@@ -3,10 +3,11 @@
 # (qemu:///system) able to start software-emulated QEMU guests (domain type
 # 'qemu', no KVM needed), plus the test guest built by tests/guest/build.sh.
 #
-# Steps: install the Debian packages that are missing; make /dev/kvm usable by
-# the QEMU user when it exists; start virtlogd and libvirtd if they are not
-# running (directly, or through systemd when that is PID 1); build the guest;
-# boot it once through libvirt as a smoke test. Settings in
+# Steps: install the Debian packages that are missing (also what pip needs to
+# build libvirt-python); make /dev/kvm usable by the QEMU user when it exists;
+# start virtlogd and libvirtd if they are not running (directly, or through
+# systemd when that is PID 1); build the guest; boot it once through libvirt as
+# a smoke test. Settings in
 # /etc/libvirt/qemu.conf are only added when the smoke boot shows they are
 # needed (each added line carries a comment saying why).
 #
@@ -52,8 +53,10 @@ apt_install() {
 }
 
 # --- packages ---------------------------------------------------------------
-wanted="libvirt-dev pkg-config libvirt-daemon-system libvirt-daemon-driver-qemu
-libvirt-clients qemu-system-x86 qemu-utils cpio"
+# libvirt-python (a test extra) has no wheels: pip compiles it against libvirt-dev,
+# found with pkg-config, with gcc, libc6-dev and the Python headers (python3-dev).
+wanted="libvirt-dev pkg-config gcc libc6-dev python3-dev libvirt-daemon-system
+libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils cpio"
 missing=""
 for pkg in $wanted; do
   if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then

@@ -16,7 +16,9 @@ from typing import ClassVar, Protocol
 import msgspec
 
 from hvmesh.core.config import Config
-from hvmesh.core.models import Flavor, Image, Server, Vif
+from hvmesh.core.metadata.configdrive import build_config_drive
+from hvmesh.core.metadata.content import config_drive_files, load_vendor_data
+from hvmesh.core.protocol.models import Flavor, Image, Server, Vif
 
 
 class DriverError(Exception):
@@ -87,10 +89,6 @@ class ComputeDriver:
         """Write the server's config drive (ISO 9660, label config-2: what the metadata
         service serves) to `path`; drivers attach it where guests have no metadata
         network. Built in a thread: it holds the whole ISO in memory for a moment."""
-        from hvmesh.core.configdrive import build_config_drive
-        from hvmesh.core.metadata_content import config_drive_files
-        from hvmesh.core.metadata_service import load_vendor_data
-
         files = config_drive_files(server, load_vendor_data(self.config.metadata.vendor_data))
         path.parent.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(build_config_drive, files, path)

@@ -15,13 +15,16 @@ import contextlib
 import fcntl
 import os
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 from nats.js import JetStreamContext
 
-from hvmesh.core import errors, image_data, log
-from hvmesh.core.models import Image
-from hvmesh.core.store import Store
+from hvmesh.core import log
+from hvmesh.core.protocol import errors
+from hvmesh.core.protocol.models import Image
+from hvmesh.core.state import image_data
+from hvmesh.core.state.store import Store
 
 LOG = log.get_logger(__name__)
 
@@ -68,7 +71,7 @@ class ImageCache:
         return target
 
     @contextlib.contextmanager
-    def _file_lock(self, checksum: str):  # type: ignore[no-untyped-def]
+    def _file_lock(self, checksum: str) -> Iterator[None]:
         lock_path = self.dir / f".{checksum}.lock"
         with lock_path.open("a") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)

@@ -16,7 +16,7 @@ import contextlib
 import re
 import uuid
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +27,12 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from hvmesh.agents.driver import ComputeDriver, DriverError, NodeInventory
 from hvmesh.agents.image_cache import ImageCache
-from hvmesh.core import bus, log, states
+from hvmesh.core import log
+from hvmesh.core.bus import micro as bus
+from hvmesh.core.bus.worker import PullWorker
 from hvmesh.core.config import Config, state_dir
-from hvmesh.core.models import (
+from hvmesh.core.protocol import states, subjects
+from hvmesh.core.protocol.models import (
     AgentEvent,
     Heartbeat,
     Host,
@@ -40,8 +43,7 @@ from hvmesh.core.models import (
     encode,
     now,
 )
-from hvmesh.core.store import WORK_STREAM, CasConflict, Store
-from hvmesh.core.worker import PullWorker
+from hvmesh.core.state.store import CasConflict, Store
 
 LOG = log.get_logger(__name__)
 
@@ -56,18 +58,6 @@ def check_host_name(name: str) -> str:
             f"host name {name!r} is not usable: use letters, digits, '-' and '_' (no dots)"
         )
     return name
-
-
-def work_subject(host: str) -> str:
-    return f"hvmesh.work.{host}"
-
-
-def event_subject(host: str, server_id: str) -> str:
-    return f"hvmesh.events.{host}.{server_id}"
-
-
-def agent_subject(host: str, op: str) -> str:
-    return f"hvmesh.agent.{host}.{op}"
 
 
 def _server(work: Work) -> Server:
@@ -202,12 +192,12 @@ class AgentRuntime:
         await self.reconcile()
         await self.heartbeat()
         self._subs.append(
-            await self.nc.subscribe(agent_subject(self.host, "console_log"), cb=self._console_log)
+            await self.nc.subscribe(subjects.agent(self.host, "console_log"), cb=self._console_log)
         )
         sub = await self.js.pull_subscribe(
-            work_subject(self.host),
-            durable=f"agent-{self.host}",
-            stream=WORK_STREAM,
+            subjects.work(self.host),
+            durable=subjects.agent_durable(self.host),
+            stream=subjects.WORK_STREAM,
             config=ConsumerConfig(
                 ack_policy=AckPolicy.EXPLICIT,
                 ack_wait=WORK_ACK_WAIT,
@@ -413,7 +403,7 @@ class AgentRuntime:
                 AgentEvent(kind="power", server_id=s.id, host=self.host, power_state=power, at=seen)
             )
 
-    async def _servers_here(self):  # type: ignore[no-untyped-def]
+    async def _servers_here(self) -> AsyncIterator[Server]:
         assert self.store is not None
         async for entry in self.store.servers.entries():
             if entry.value.host == self.host:
@@ -467,20 +457,27 @@ class AgentRuntime:
                 output = "".join(output.splitlines(keepends=True)[-int(length) :])
             await msg.respond(encode({"output": output}))
         except DriverError as exc:
-            await msg.respond(bus.error_body(404, str(exc)), headers=_error(404, str(exc)))
+            await self._reply_error(msg, 404, str(exc))
         except NotImplementedError:
             message = f"the {self.driver.name} driver has no console log"
-            await msg.respond(bus.error_body(409, message), headers=_error(409, message))
+            await self._reply_error(msg, 409, message)
         except Exception as exc:
             LOG.exception("agent.console_log_failed", host=self.host)
-            await msg.respond(bus.error_body(500, str(exc)), headers=_error(500, str(exc)))
+            await self._reply_error(msg, 500, str(exc))
+
+    async def _reply_error(self, msg: Msg, code: int, message: str) -> None:
+        """Answer a request with an error the way micro services do (body and headers)."""
+        if msg.reply:
+            await self.nc.publish(
+                msg.reply, bus.error_body(code, message), headers=_error(code, message)
+            )
 
     async def publish_event(self, event: AgentEvent) -> None:
         msg_id = f"{event.server_id}:{event.kind}:{event.attempt}:{event.host}:{event.request_id}"
         if event.kind == "power":  # a report, not a step: each one counts
             msg_id += f":{event.at}"
         await self.js.publish(
-            event_subject(self.host, event.server_id),
+            subjects.events(self.host, event.server_id),
             encode(event),
             headers={"Nats-Msg-Id": msg_id},
         )

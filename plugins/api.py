@@ -16,8 +16,8 @@ import numpy as np
 
 if TYPE_CHECKING:
     from hvmesh.core.config import Config
-    from hvmesh.core.inventory import Index
-    from hvmesh.core.models import Host, RequestSpec
+    from hvmesh.core.protocol.models import Host, RequestSpec
+    from hvmesh.core.state.inventory import Index
 
 Columns = dict[str, np.ndarray]
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from hvmesh.core.models import Host, RequestSpec, custom_resources
+from hvmesh.core.protocol.models import Host, RequestSpec, custom_resources
 from hvmesh.plugins import hookimpl
 from hvmesh.plugins.api import Columns, Filter
 from hvmesh.plugins.extra_specs import matches

@@ -9,6 +9,7 @@ the first such failure is an error instead. Plugins can be disabled by entry-poi
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import os
 from collections.abc import Callable, Iterable
@@ -264,9 +265,13 @@ def load(
         name = getattr(obj, "__name__", None) or f"{type(obj).__name__}-{i}"
         info = PluginInfo(name=name, module=getattr(obj, "__module__", "") or "")
         reg.plugins.append(info)
-        _load_one(pm, reg, info, lambda obj=obj: obj)
+        _load_one(pm, reg, info, functools.partial(_same, obj))
         _report(info, strict, on_failure)
     return reg
+
+
+def _same(obj: object) -> object:
+    return obj
 
 
 def _report(

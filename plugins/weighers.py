@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from hvmesh.core.models import RequestSpec
+from hvmesh.core.protocol.models import RequestSpec
 from hvmesh.plugins import hookimpl
 from hvmesh.plugins.api import Columns, Weigher
 from hvmesh.plugins.filters import member_counts

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from hvmesh.core.models import RequestSpec
+from hvmesh.core.protocol.models import RequestSpec
 from hvmesh.plugins import hookimpl
 from hvmesh.plugins.api import SchedulerContext
 from hvmesh.schedulers.filter_scheduler import TOP, FilterScheduler

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from hvmesh.core.models import RequestSpec
+from hvmesh.core.protocol.models import RequestSpec
 from hvmesh.plugins import hookimpl
 from hvmesh.plugins.api import Columns, SchedulerContext
 from hvmesh.schedulers.score_cache import MAX_SHAPES, ShapeCache, top_cut

@@ -30,8 +30,8 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from hvmesh.core.inventory import Index
-from hvmesh.core.models import RequestSpec
+from hvmesh.core.protocol.models import RequestSpec
+from hvmesh.core.state.inventory import Index
 from hvmesh.plugins.api import Filter, Weigher
 
 # Rows kept as the best candidates of a shape; when fewer than a decision needs remain

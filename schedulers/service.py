@@ -13,18 +13,19 @@ import time
 import msgspec
 from nats.aio.client import Client
 
-from hvmesh.core import log, placement
-from hvmesh.core.bus import Caller, MicroService
+from hvmesh.core import log
+from hvmesh.core.bus.micro import Caller, MicroService
 from hvmesh.core.config import Config
-from hvmesh.core.errors import Forbidden
-from hvmesh.core.inventory import Index
-from hvmesh.core.models import RequestSpec, Selection
-from hvmesh.core.store import Store
+from hvmesh.core.protocol import subjects
+from hvmesh.core.protocol.errors import Forbidden
+from hvmesh.core.protocol.models import RequestSpec, Selection
+from hvmesh.core.state import placement
+from hvmesh.core.state.inventory import Index
+from hvmesh.core.state.store import Store
 from hvmesh.plugins import manager
 
 LOG = log.get_logger(__name__)
 
-SELECT_SUBJECT = "hvmesh.sched.select"
 MAX_ROUNDS = 64  # select-and-claim rounds before giving up on a request
 VERSION = "0.1.0"
 
@@ -41,13 +42,13 @@ class SchedulerService:
         self.store: Store | None = None
         self.service = MicroService(
             nc,
-            name="hvmesh-scheduler",
+            name=subjects.SCHEDULER_SERVICE,
             version=VERSION,
             description="Places servers on hosts: filters, weighers and claims.",
             metadata={"driver": cfg.scheduler.driver, "host": socket.gethostname()},
             concurrency=cfg.scheduler.workers,
         )
-        self.service.endpoint("select", SELECT_SUBJECT, self.select, RequestSpec)
+        self.service.endpoint("select", subjects.SCHED_SELECT, self.select, RequestSpec)
 
     async def start(self) -> None:
         self.store = await Store(self.nc.jetstream()).open()

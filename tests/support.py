@@ -19,12 +19,15 @@ from typing import Any
 import msgspec
 import nats
 
-from hvmesh.core import bus, config, natsserver
-from hvmesh.core.api import ApiService
-from hvmesh.core.conductor import Conductor
-from hvmesh.core.launcher import fake_fleet, make_agent
-from hvmesh.core.models import Server
-from hvmesh.core.store import Store
+from hvmesh.core import config
+from hvmesh.core.api.service import ApiService
+from hvmesh.core.bus import connection
+from hvmesh.core.bus import micro as bus
+from hvmesh.core.conductor.service import Conductor
+from hvmesh.core.ops import natsserver
+from hvmesh.core.ops.launcher import fake_fleet, make_agent
+from hvmesh.core.protocol.models import Server
+from hvmesh.core.state.store import Store
 from hvmesh.schedulers.service import SchedulerService
 
 HVMESH = str(Path(sys.executable).parent / "hvmesh")
@@ -84,12 +87,12 @@ class Deployment:
             self.components.append(c)
 
     async def service_connection(self) -> Any:
-        return await bus.connect(self.config().nats, "test-services", error_cb=_quiet)
+        return await connection.connect(self.config().nats, "test-services", error_cb=_quiet)
 
     async def start_core(self, cfg: config.Config | None = None, fake_hosts: int = 0) -> None:
         """API, scheduler and conductor (and fake hosts) in this process."""
         cfg = cfg or self.config()
-        nc = await bus.connect(cfg.nats, "test-core", error_cb=_quiet)
+        nc = await connection.connect(cfg.nats, "test-core", error_cb=_quiet)
         self.connections.append(nc)
         await self.start(ApiService(nc, cfg), SchedulerService(nc, cfg), Conductor(nc, cfg))
         if fake_hosts:
@@ -97,7 +100,7 @@ class Deployment:
 
     async def start_agent(self, host: str, cfg: config.Config | None = None) -> Any:
         cfg = cfg or self.config()
-        nc = await bus.connect(cfg.nats, f"test-agent-{host}", error_cb=_quiet)
+        nc = await connection.connect(cfg.nats, f"test-agent-{host}", error_cb=_quiet)
         self.connections.append(nc)
         agent = make_agent(nc, cfg, "fake", host)
         await self.start(agent)

@@ -13,9 +13,11 @@ from typing import Any
 import msgspec
 import pytest
 
-from hvmesh.core import audit, errors, notify
-from hvmesh.core import states as S
-from hvmesh.core.models import Server
+from hvmesh.core.bus import notify
+from hvmesh.core.ops import audit
+from hvmesh.core.protocol import errors
+from hvmesh.core.protocol import states as S
+from hvmesh.core.protocol.models import Server
 from tests.support import (
     ApiClient,
     Deployment,

@@ -8,12 +8,13 @@ from typing import Any
 
 import pytest
 
-from hvmesh.core import audit, bus
-from hvmesh.core import states as S
+from hvmesh.core.bus import connection
 from hvmesh.core.config import Config
-from hvmesh.core.launcher import make_agent
-from hvmesh.core.models import Server, now
-from hvmesh.core.store import WORK_STREAM
+from hvmesh.core.ops import audit
+from hvmesh.core.ops.launcher import make_agent
+from hvmesh.core.protocol import states as S
+from hvmesh.core.protocol.models import Server, now
+from hvmesh.core.protocol.subjects import WORK_STREAM
 from tests.support import ApiClient, Deployment, boot, drained, gone, make_flavor_image, wait_server
 
 TIMEOUT = 1.5  # [conductor] action_timeout: how long a dead host is waited for
@@ -28,7 +29,7 @@ def resting(vm_state: str):  # type: ignore[no-untyped-def]
 
 async def restart(deployment: Deployment, host: str, cfg: Config, instances: dict[str, int]) -> Any:
     """Start `host`'s agent again, its hypervisor still running `instances`."""
-    nc = await bus.connect(cfg.nats, f"test-agent-{host}-again")
+    nc = await connection.connect(cfg.nats, f"test-agent-{host}-again")
     deployment.connections.append(nc)
     agent = make_agent(nc, cfg, "fake", host)
     agent.driver.instances.update(instances)

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from hvmesh.core import audit, errors
+from hvmesh.core.ops import audit
+from hvmesh.core.protocol import errors
 from tests.support import ApiClient, Deployment, gone, make_flavor_image, settled, wait_server
 
 

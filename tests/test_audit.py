@@ -6,8 +6,8 @@ import json
 
 import msgspec
 
-from hvmesh.core import audit
-from hvmesh.core.models import Host
+from hvmesh.core.ops import audit
+from hvmesh.core.protocol.models import Host
 from tests.support import ApiClient, Deployment, make_flavor_image, settled, wait_server
 from tests.test_cli import Cli, hvmesh
 

@@ -10,7 +10,9 @@ import msgspec
 import pytest
 import pytest_asyncio
 
-from hvmesh.core.store import BUCKETS, TASKS_STREAM
+from hvmesh.core.api.service import ApiService
+from hvmesh.core.protocol.subjects import TASKS_STREAM
+from hvmesh.core.state.store import BUCKETS
 from tests.support import ApiClient, Deployment, make_flavor_image, open_deployment
 
 # (endpoint, raw body, expected code, text the message must contain)
@@ -311,8 +313,6 @@ async def test_bad_payload_is_refused_and_changes_nothing(
 
 
 async def test_every_endpoint_is_covered(seeded: Deployment) -> None:
-    from hvmesh.core.api import ApiService
-
     api = ApiService(seeded.nc, seeded.config())
     subjects = {p[1].removeprefix("hvmesh.api.") for p in api.service._pending}
     assert subjects == {c[0] for c in CASES}

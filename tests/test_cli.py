@@ -11,8 +11,8 @@ from pathlib import Path
 
 import nats
 
-from hvmesh.core import audit, natsserver
-from hvmesh.core.store import Store
+from hvmesh.core.ops import audit, natsserver
+from hvmesh.core.state.store import Store
 from tests.support import (
     HVMESH,
     Cli,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hvmesh.core import audit
+from hvmesh.core.ops import audit
 from tests.support import ApiClient, Deployment, boot, make_flavor_image, wait_server
 from tests.test_cli import Cli, hvmesh
 

@@ -28,8 +28,10 @@ import nkeys
 import pytest
 import yaml
 
-from hvmesh.core import bus, config, natsserver
-from hvmesh.core.api import ApiService
+from hvmesh.core import config
+from hvmesh.core.api.service import ApiService
+from hvmesh.core.bus import connection
+from hvmesh.core.ops import natsserver
 from tests.support import HVMESH, Cli, Deployment, hvmesh
 
 BIN = str(Path(HVMESH).parent)
@@ -340,7 +342,7 @@ async def test_contexts_connect_with_tokens_nkeys_and_tls(tmp_path: Path, make: 
         # The API service connects with the same fields, from [nats] of its configuration.
         section = {"url": url, **{CONTEXT_TO_CONFIG.get(k, k): v for k, v in good.items()}}
         cfg = msgspec.convert({"nats": section}, config.Config)
-        nc = await bus.connect(cfg.nats, "test-api", error_cb=_quiet)
+        nc = await connection.connect(cfg.nats, "test-api", error_cb=_quiet)
         api = ApiService(nc, cfg)
         await api.start()
         try:

@@ -9,7 +9,7 @@ import socket
 import time
 from typing import Any
 
-from hvmesh.core import audit
+from hvmesh.core.ops import audit
 from tests.support import (
     ApiClient,
     Cli,

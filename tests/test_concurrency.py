@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
-from hvmesh.core import audit
+from hvmesh.core.ops import audit
 from tests.support import ApiClient, Deployment, settled, wait_all, wait_for_services
 
 HOSTS = 10

@@ -7,7 +7,7 @@ record afterwards. The hosts are small, so most requests race for the last room.
 
 from __future__ import annotations
 
-from hvmesh.core import bench
+from hvmesh.core.ops import bench
 
 HOSTS = 40
 PER_HOST = 25  # 50 VCPU at ratio 1.0 / 2 VCPU per placement; memory and disk are ample

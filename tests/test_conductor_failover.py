@@ -7,8 +7,8 @@ import signal
 
 from nats.js.errors import NotFoundError
 
-from hvmesh.core import audit
-from hvmesh.core.api import ApiService
+from hvmesh.core.api.service import ApiService
+from hvmesh.core.ops import audit
 from hvmesh.schedulers.service import SchedulerService
 from tests.support import (
     ApiClient,

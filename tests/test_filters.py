@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hvmesh.core import errors
-from hvmesh.core.models import Flavor, SchedulerHints
+from hvmesh.core.protocol import errors
+from hvmesh.core.protocol.models import Flavor, SchedulerHints
 from hvmesh.plugins.extra_specs import matches
 from hvmesh.schedulers.best_fit import BestFitScheduler
 from tests.support import ApiClient, Deployment, make_flavor_image, settled, wait_server
@@ -75,7 +75,7 @@ async def test_traits_filter_required_and_forbidden() -> None:
         spec(image_properties={"trait:CUSTOM_GPU": "required"})
     ) == ["gpu"]
     # A trait change on a host reaches the filter.
-    from hvmesh.core.store import Entry
+    from hvmesh.core.state.store import Entry
 
     moved = host("plain", ram=65536, traits=["CUSTOM_GPU"])
     index.apply_host(Entry(key="plain", value=moved, revision=99), "plain", 99)
@@ -204,7 +204,7 @@ async def test_build_failure_weigher_and_its_reset() -> None:
     index = make_index(bad, host("good"))
     assert (await scheduler(index).select(spec()))[0] == "good"
     assert (await scheduler(index, build_failure_weight_multiplier=0.0).select(spec()))[0] == "bad"
-    from hvmesh.core.conductor import _build_finished
+    from hvmesh.core.conductor.service import _build_finished
 
     bad.in_progress = ["s1", "s2"]
     reset = _build_finished(bad, "s1")

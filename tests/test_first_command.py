@@ -34,7 +34,7 @@ from pathlib import Path
 
 import pytest
 
-from hvmesh.core import natsserver
+from hvmesh.core.ops import natsserver
 
 ROOT = Path(__file__).resolve().parent.parent
 # Not part of the installable tree: virtualenvs, build output, caches, VCS data.

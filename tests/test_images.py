@@ -13,8 +13,9 @@ from nats.js.errors import ObjectNotFoundError
 from hvmesh.agents.fake.driver import FakeDriver
 from hvmesh.agents.image_cache import ImageCache
 from hvmesh.agents.runtime import AgentRuntime
-from hvmesh.core import errors, image_data
-from hvmesh.core.store import IMAGE_STORE
+from hvmesh.core.protocol import errors
+from hvmesh.core.protocol.subjects import IMAGE_STORE
+from hvmesh.core.state import image_data
 from tests.support import ApiClient, Cli, Deployment, gone, settled, wait_all
 
 

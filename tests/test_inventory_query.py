@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hvmesh.core import errors
+from hvmesh.core.protocol import errors
 from tests.support import ApiClient, Deployment, make_flavor_image, settled, wait_server
 from tests.test_cli import Cli
 

@@ -24,9 +24,9 @@ from hvmesh.agents.driver import DriverError
 from hvmesh.agents.libvirt import disks
 from hvmesh.agents.libvirt.domain_xml import domain_name
 from hvmesh.agents.libvirt.driver import LibvirtDriver
-from hvmesh.core import states
 from hvmesh.core.config import Config
-from hvmesh.core.models import Flavor, Image, Server, Vif, pci_class
+from hvmesh.core.protocol import states
+from hvmesh.core.protocol.models import Flavor, Image, Server, Vif, pci_class
 
 NODE = """<node>
   <cpu>

@@ -22,8 +22,9 @@ import pytest
 
 from hvmesh.agents.libvirt.driver import LibvirtDriver
 from hvmesh.agents.runtime import AgentRuntime
-from hvmesh.core import bus, states
-from hvmesh.core.launcher import make_agent
+from hvmesh.core.bus.connection import connect as nats_connect
+from hvmesh.core.ops.launcher import make_agent
+from hvmesh.core.protocol import states
 from tests.support import ApiClient, Cli, Deployment, act, gone, idle, settled, wait_server
 
 libvirt = pytest.importorskip("libvirt")
@@ -106,7 +107,7 @@ async def test_real_guest_boots_and_follows_the_api(deployment: Deployment, host
         conductor={"action_timeout": 240},
     )
     await deployment.start_core(cfg)
-    nc = await bus.connect(cfg.nats, "test-libvirt-agent")
+    nc = await nats_connect(cfg.nats, "test-libvirt-agent")
     deployment.connections.append(nc)
     agent = make_agent(nc, cfg, "libvirt", "kvm-e2e")
     assert isinstance(agent.driver, LibvirtDriver)

@@ -24,11 +24,11 @@ from typing import Any
 import pycdlib
 import pytest
 
-from hvmesh.core import metadata_content as mc
-from hvmesh.core.configdrive import build_config_drive
-from hvmesh.core.metadata_service import MetadataService
-from hvmesh.core.models import Flavor, Network, Port, Server, Vif
-from hvmesh.core.store import Store
+from hvmesh.core.metadata import content as mc
+from hvmesh.core.metadata.configdrive import build_config_drive
+from hvmesh.core.metadata.service import MetadataService
+from hvmesh.core.protocol.models import Flavor, Network, Port, Server, Vif
+from hvmesh.core.state.store import Store
 from tests.support import ApiClient, Deployment, boot
 
 SYSTEM_PYTHON = "/usr/bin/python3"

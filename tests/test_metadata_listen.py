@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from hvmesh.core import natsserver
+from hvmesh.core.ops import natsserver
 from tests.support import HVMESH, Deployment
 
 LISTEN = "0A"  # TCP state LISTEN in /proc/net/tcp

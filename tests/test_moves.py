@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
-from hvmesh.core import audit, errors
-from hvmesh.core import states as S
-from hvmesh.core.models import Server
+from hvmesh.core.ops import audit
+from hvmesh.core.protocol import errors
+from hvmesh.core.protocol import states as S
+from hvmesh.core.protocol.models import Server
 from tests.support import (
     ApiClient,
     Deployment,

@@ -6,8 +6,9 @@ import re
 
 import pytest
 
-from hvmesh.core import audit, errors
-from hvmesh.core.models import Server
+from hvmesh.core.ops import audit
+from hvmesh.core.protocol import errors
+from hvmesh.core.protocol.models import Server
 from tests.support import ApiClient, Deployment, make_flavor_image, settled, wait_all
 
 

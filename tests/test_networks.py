@@ -10,7 +10,7 @@ import pytest
 
 from hvmesh.agents.fake.driver import FakeDriver
 from hvmesh.agents.runtime import AgentRuntime
-from hvmesh.core import errors
+from hvmesh.core.protocol import errors
 from tests.support import (
     ApiClient,
     Deployment,

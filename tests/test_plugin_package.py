@@ -12,8 +12,8 @@ import importlib.metadata
 import numpy as np
 from hvmesh_example_plugin import plugin as example
 
-from hvmesh.core import audit
-from hvmesh.core.models import Flavor, RequestSpec
+from hvmesh.core.ops import audit
+from hvmesh.core.protocol.models import Flavor, RequestSpec
 from hvmesh.plugins import manager
 from tests.support import ApiClient, Deployment, make_flavor_image, settled, wait_server
 

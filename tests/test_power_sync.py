@@ -7,11 +7,11 @@ from typing import Any
 import msgspec
 import pytest
 
-from hvmesh.core import audit
-from hvmesh.core import states as S
-from hvmesh.core.models import Flavor, Server, now
-from hvmesh.core.power_sync import synced
-from hvmesh.core.store import EVENTS_STREAM
+from hvmesh.core.conductor.power_sync import synced
+from hvmesh.core.ops import audit
+from hvmesh.core.protocol import states as S
+from hvmesh.core.protocol.models import Flavor, Server, now
+from hvmesh.core.protocol.subjects import EVENTS_STREAM
 from tests.support import (
     ApiClient,
     Deployment,

@@ -6,7 +6,7 @@ import json
 
 import msgspec
 
-from hvmesh.core import audit
+from hvmesh.core.ops import audit
 from tests.support import ApiClient, Deployment, make_flavor_image, settled, wait_server
 
 

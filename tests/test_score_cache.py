@@ -18,9 +18,8 @@ import msgspec
 import numpy as np
 import pytest
 
-from hvmesh.core import config, inventory
-from hvmesh.core.inventory import Index
-from hvmesh.core.models import (
+from hvmesh.core import config
+from hvmesh.core.protocol.models import (
     Aggregate,
     Flavor,
     GroupSpec,
@@ -30,7 +29,9 @@ from hvmesh.core.models import (
     RequestSpec,
     SchedulerHints,
 )
-from hvmesh.core.store import Entry
+from hvmesh.core.state import inventory
+from hvmesh.core.state.inventory import Index
+from hvmesh.core.state.store import Entry
 from hvmesh.plugins import manager
 from hvmesh.plugins.api import Filter, SchedulerContext
 from hvmesh.schedulers import filter_scheduler, score_cache

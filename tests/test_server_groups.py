@@ -6,8 +6,9 @@ import asyncio
 
 import pytest
 
-from hvmesh.core import audit, errors
-from hvmesh.core.models import GroupSpec
+from hvmesh.core.ops import audit
+from hvmesh.core.protocol import errors
+from hvmesh.core.protocol.models import GroupSpec
 from tests.support import ApiClient, Deployment, gone, make_flavor_image, settled, wait_server
 from tests.test_units import host, make_index, scheduler, spec
 

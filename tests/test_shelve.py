@@ -7,8 +7,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from hvmesh.core import audit, errors
-from hvmesh.core import states as S
+from hvmesh.core.ops import audit
+from hvmesh.core.protocol import errors
+from hvmesh.core.protocol import states as S
 from tests.support import (
     ApiClient,
     Deployment,

@@ -7,10 +7,11 @@ import time
 import msgspec
 import pytest
 
-from hvmesh.core import config, states
-from hvmesh.core.inventory import Index
-from hvmesh.core.models import Flavor, Heartbeat, Host, Inventory, RequestSpec
-from hvmesh.core.store import Entry
+from hvmesh.core import config
+from hvmesh.core.protocol import states
+from hvmesh.core.protocol.models import Flavor, Heartbeat, Host, Inventory, RequestSpec
+from hvmesh.core.state.inventory import Index
+from hvmesh.core.state.store import Entry
 from hvmesh.plugins import manager
 from hvmesh.schedulers.filter_scheduler import FilterScheduler
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from hvmesh.agents.driver import ComputeDriver, DriverError, InstanceInfo, NodeInventory
-from hvmesh.core import states
-from hvmesh.core.models import Flavor, Image, Server, Vif, parse_counts, pci_class
+from hvmesh.core.protocol import states
+from hvmesh.core.protocol.models import Flavor, Image, Server, Vif, parse_counts, pci_class
 from hvmesh.plugins import hookimpl
 
 

@@ -25,8 +25,9 @@ from hvmesh.agents.libvirt.base import CONSOLE_TAIL_BYTES, UNSUPPORTED, failing
 from hvmesh.agents.libvirt.domain_xml import server_id_of
 from hvmesh.agents.libvirt.interfaces import interface_xml, nic_model
 from hvmesh.agents.libvirt.moves import LibvirtMoves
-from hvmesh.core import log, states
-from hvmesh.core.models import Image, Server, Vif
+from hvmesh.core import log
+from hvmesh.core.protocol import states
+from hvmesh.core.protocol.models import Image, Server, Vif
 
 LOG = log.get_logger(__name__)
 
@@ -253,6 +254,8 @@ class LibvirtDriver(LibvirtMoves):
 
                 def drop(root: ET.Element) -> None:
                     devices = root.find("devices")
+                    if devices is None:
+                        return
                     for found in list(devices.iterfind("interface")):
                         mac = found.find("mac")
                         if mac is not None and mac.get("address", "").lower() == vif.mac.lower():

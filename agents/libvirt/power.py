@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import libvirt
 
-from hvmesh.core import states
+from hvmesh.core.protocol import states
 
 _BY_DOMAIN_STATE = {
     libvirt.VIR_DOMAIN_NOSTATE: states.NOSTATE,

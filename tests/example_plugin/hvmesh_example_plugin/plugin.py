@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from hvmesh.core.models import RequestSpec
+from hvmesh.core.protocol.models import RequestSpec
 from hvmesh.plugins import hookimpl
 from hvmesh.plugins.api import Columns, Filter, Weigher
 

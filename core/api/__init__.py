@@ -1,0 +1,1 @@
+"""The NATS API service, hvmesh-api: one module per group of resources."""

@@ -1,0 +1,116 @@
+"""The API's host aggregate endpoints, admin only: hvmesh.api.aggregates.{create,list,get,
+delete,add_host,remove_host,set_metadata}.
+
+An aggregate with metadata availability_zone makes its hosts that zone; a host is in one
+zone at most.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from hvmesh.core.api.context import ApiContext
+from hvmesh.core.api.lookups import by_id_or_name, check_ref
+from hvmesh.core.api.policy import need_admin
+from hvmesh.core.api.requests import Empty, Ref
+from hvmesh.core.bus.micro import Caller
+from hvmesh.core.protocol import errors
+from hvmesh.core.protocol.models import (
+    Aggregate,
+    AggregateCreate,
+    AggregateHost,
+    AggregateMetadata,
+    new_id,
+)
+
+
+class AggregateEndpoints:
+    def __init__(self, api: ApiContext) -> None:
+        self.api = api
+
+    async def find_aggregate(self, ref: str) -> Aggregate:
+        return await by_id_or_name(self.api.st.aggregates, ref, "aggregate", lambda a: True)
+
+    async def agg_create(self, caller: Caller, req: AggregateCreate) -> dict:
+        need_admin(caller, "managing aggregates")
+        if any(a.name == req.name for a in await self.api.st.aggregates.values()):
+            raise errors.Conflict(f"an aggregate named {req.name!r} exists")
+        metadata = dict(req.metadata)
+        if req.availability_zone:
+            metadata["availability_zone"] = req.availability_zone
+        aggregate = Aggregate(id=new_id(), name=req.name, metadata=metadata)
+        await self.api.st.aggregates.create(aggregate.id, aggregate)
+        return {"aggregate": aggregate}
+
+    async def agg_list(self, caller: Caller, req: Empty) -> dict:
+        need_admin(caller, "listing aggregates")
+        return {"aggregates": sorted(await self.api.st.aggregates.values(), key=lambda a: a.name)}
+
+    async def agg_get(self, caller: Caller, req: Ref) -> dict:
+        need_admin(caller, "reading aggregates")
+        check_ref(req, "aggregate")
+        return {"aggregate": await self.find_aggregate(req.id or req.name or "")}
+
+    async def agg_delete(self, caller: Caller, req: Ref) -> dict:
+        need_admin(caller, "managing aggregates")
+        check_ref(req, "aggregate")
+        aggregate = await self.find_aggregate(req.id or req.name or "")
+        if aggregate.hosts:
+            raise errors.Conflict(f"aggregate {aggregate.name} still has hosts: remove them first")
+        await self.api.st.aggregates.delete(aggregate.id)
+        return {"deleted": aggregate.id}
+
+    async def _change_aggregate(self, ref: str, change: Any) -> dict:
+        """Apply `change(aggregate) -> aggregate` with compare-and-set; it raises to refuse."""
+        aggregate = await self.find_aggregate(ref)
+        written = await self.api.st.aggregates.mutate(aggregate.id, change)
+        if written is None:
+            raise errors.NotFound(f"aggregate {ref} not found")
+        self.api.index.apply_aggregate(written.key, written.value)  # read-your-writes for zones
+        return {"aggregate": written.value}
+
+    async def agg_add_host(self, caller: Caller, req: AggregateHost) -> dict:
+        need_admin(caller, "managing aggregates")
+        if req.host not in self.api.index.hosts:
+            raise errors.NotFound(f"host {req.host} not found")
+        zone = (await self.find_aggregate(req.id)).availability_zone
+        if zone:
+            for other in await self.api.st.aggregates.values():
+                if req.host in other.hosts and other.availability_zone not in (None, zone):
+                    raise errors.Conflict(
+                        f"host {req.host} is in aggregate {other.name}, availability zone "
+                        f"{other.availability_zone}; a host has one zone"
+                    )
+
+        def add(a: Aggregate) -> Aggregate:
+            if req.host in a.hosts:
+                raise errors.Conflict(f"host {req.host} is already in aggregate {a.name}")
+            return msgspec.structs.replace(a, hosts=[*a.hosts, req.host])
+
+        return await self._change_aggregate(req.id, add)
+
+    async def agg_remove_host(self, caller: Caller, req: AggregateHost) -> dict:
+        need_admin(caller, "managing aggregates")
+
+        def remove(a: Aggregate) -> Aggregate:
+            if req.host not in a.hosts:
+                raise errors.NotFound(f"host {req.host} is not in aggregate {a.name}")
+            return msgspec.structs.replace(a, hosts=[h for h in a.hosts if h != req.host])
+
+        return await self._change_aggregate(req.id, remove)
+
+    async def agg_set_metadata(self, caller: Caller, req: AggregateMetadata) -> dict:
+        need_admin(caller, "managing aggregates")
+
+        def update(a: Aggregate) -> Aggregate:
+            metadata = dict(a.metadata)
+            for key, value in req.metadata.items():
+                if value is None:
+                    metadata.pop(key, None)
+                else:
+                    metadata[key] = value
+            return msgspec.structs.replace(a, metadata=metadata)
+
+        return await self._change_aggregate(req.id, update)

@@ -1,0 +1,61 @@
+"""The API's flavor endpoints: hvmesh.api.flavors.{create,list,get,delete}.
+
+Flavors are made and deleted by the admin; a private flavor (is_public false) is seen by
+the admin project only.
+"""
+
+from __future__ import annotations
+
+from hvmesh.core.api.context import ApiContext
+from hvmesh.core.api.lookups import check_ref, find_flavor
+from hvmesh.core.api.policy import need_admin
+from hvmesh.core.api.requests import Empty, Ref
+from hvmesh.core.bus.micro import Caller
+from hvmesh.core.protocol import errors
+from hvmesh.core.protocol.models import Flavor, FlavorCreate, custom_resources, new_id
+from hvmesh.core.state.store import CasConflict
+
+
+class FlavorEndpoints:
+    def __init__(self, api: ApiContext) -> None:
+        self.api = api
+
+    async def flavor_create(self, caller: Caller, req: FlavorCreate) -> dict:
+        need_admin(caller, "creating flavors")
+        try:
+            custom = custom_resources(req.extra_specs)
+        except ValueError as exc:
+            raise errors.BadRequest(f"extra_specs: {exc}") from None
+        if any(n < 1 for n in custom.values()):
+            raise errors.BadRequest("extra_specs: resources:CUSTOM_* amounts must be 1 or more")
+        if any(f.name == req.name for f in await self.api.st.flavors.values()):
+            raise errors.Conflict(f"a flavor named {req.name!r} exists")
+        flavor = Flavor(
+            id=req.id or new_id(),
+            name=req.name,
+            vcpus=req.vcpus,
+            ram_mb=req.ram_mb,
+            disk_gb=req.disk_gb,
+            extra_specs=req.extra_specs,
+            is_public=req.is_public,
+        )
+        try:
+            await self.api.st.flavors.create(flavor.id, flavor)
+        except CasConflict:
+            raise errors.Conflict(f"flavor id {flavor.id} exists") from None
+        return {"flavor": flavor}
+
+    async def flavor_list(self, caller: Caller, req: Empty) -> dict:
+        flavors = [f for f in await self.api.st.flavors.values() if f.is_public or caller.is_admin]
+        return {"flavors": sorted(flavors, key=lambda f: (f.ram_mb, f.name))}
+
+    async def flavor_get(self, caller: Caller, req: Ref) -> dict:
+        check_ref(req, "flavor")
+        return {"flavor": await find_flavor(self.api.st, req.id or req.name or "", caller)}
+
+    async def flavor_delete(self, caller: Caller, req: Ref) -> dict:
+        need_admin(caller, "deleting flavors")
+        check_ref(req, "flavor")
+        flavor = await find_flavor(self.api.st, req.id or req.name or "", caller)
+        await self.api.st.flavors.delete(flavor.id)
+        return {"deleted": flavor.id}

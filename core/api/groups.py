@@ -1,0 +1,68 @@
+"""The API's server group endpoints: hvmesh.api.server_groups.{create,list,get,delete}.
+
+A group's policy (affinity, anti-affinity, ...) binds the servers created with
+scheduler_hints.group naming it; join_group adds them before they are scheduled.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from hvmesh.core.api.context import ApiContext
+from hvmesh.core.api.lookups import owned
+from hvmesh.core.api.requests import Empty, IdOnly
+from hvmesh.core.bus.micro import Caller
+from hvmesh.core.protocol import errors
+from hvmesh.core.protocol.models import ServerGroup, ServerGroupCreate, new_id
+
+
+class ServerGroupEndpoints:
+    def __init__(self, api: ApiContext) -> None:
+        self.api = api
+
+    async def own_group(self, group_id: str, caller: Caller) -> ServerGroup:
+        return await owned(self.api.st.server_groups, group_id, "server group", caller)
+
+    async def group_create(self, caller: Caller, req: ServerGroupCreate) -> dict:
+        if req.max_server_per_host != 1 and req.policy != "anti-affinity":
+            raise errors.BadRequest(
+                "max_server_per_host is a rule of the anti-affinity policy only"
+            )
+        group = ServerGroup(
+            id=new_id(),
+            name=req.name,
+            project=caller.project,
+            user=caller.user,
+            policy=req.policy,
+            max_server_per_host=req.max_server_per_host,
+        )
+        await self.api.st.server_groups.create(group.id, group)
+        return {"server_group": group}
+
+    async def group_list(self, caller: Caller, req: Empty) -> dict:
+        groups = [
+            g
+            for g in await self.api.st.server_groups.values()
+            if caller.is_admin or g.project == caller.project
+        ]
+        return {"server_groups": sorted(groups, key=lambda g: (g.created_at, g.id))}
+
+    async def group_get(self, caller: Caller, req: IdOnly) -> dict:
+        return {"server_group": await self.own_group(req.id, caller)}
+
+    async def group_delete(self, caller: Caller, req: IdOnly) -> dict:
+        group = await self.own_group(req.id, caller)
+        await self.api.st.server_groups.delete(group.id)
+        return {"deleted": group.id}
+
+    async def join_group(self, group_id: str, server_ids: list[str], caller: Caller) -> str:
+        """Add new servers to their group (id or name) before they are scheduled, so members
+        see each other; the group's id."""
+        group = await self.own_group(group_id, caller)
+
+        def add(g: ServerGroup) -> ServerGroup:
+            return msgspec.structs.replace(g, members=[*g.members, *server_ids])
+
+        if await self.api.st.server_groups.mutate(group.id, add) is None:
+            raise errors.NotFound(f"server group {group_id} not found")
+        return group.id

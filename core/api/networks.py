@@ -1,0 +1,279 @@
+"""The API's networking and keypair endpoints, and the interfaces a new server gets.
+
+hvmesh.api.networks.{create,list,get,delete}, hvmesh.api.ports.{create,list,get,delete},
+hvmesh.api.keypairs.{create,list,get,delete}. Networks are made by the admin (they map to
+physical networks on the hosts) and are visible to their project, or to all when shared.
+Ports take their address from hvmesh's IPAM (core/state/ipam.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from typing import Annotated
+
+from msgspec import Meta
+
+from hvmesh.core import log
+from hvmesh.core.api.context import ApiContext
+from hvmesh.core.api.lookups import by_id_or_name, check_ref, owned, resolve
+from hvmesh.core.api.policy import need_admin
+from hvmesh.core.api.requests import Empty, Ref
+from hvmesh.core.bus.micro import Caller
+from hvmesh.core.protocol import errors
+from hvmesh.core.protocol.models import (
+    Keypair,
+    KeypairCreate,
+    Network,
+    NetworkCreate,
+    Port,
+    PortCreate,
+    Request,
+    Vif,
+    new_id,
+)
+from hvmesh.core.state import ipam, ports
+from hvmesh.core.state.store import CasConflict, Store
+
+LOG = log.get_logger(__name__)
+
+
+class KeypairRef(Request):
+    name: Annotated[str, Meta(min_length=1, max_length=255)]
+
+
+class PortRef(Request):
+    id: Annotated[str, Meta(min_length=1, max_length=255)]
+
+
+class NetworkEndpoints:
+    def __init__(self, api: ApiContext) -> None:
+        self.api = api
+
+    @property
+    def st(self) -> Store:
+        return self.api.st
+
+    # --- networks -------------------------------------------------------------------------
+
+    @staticmethod
+    def visible(n: Network, caller: Caller) -> bool:
+        return caller.is_admin or n.shared or n.project == caller.project
+
+    async def find_network(self, ref: str, caller: Caller) -> Network:
+        return await by_id_or_name(
+            self.st.networks, ref, "network", lambda n: self.visible(n, caller)
+        )
+
+    async def network_create(self, caller: Caller, req: NetworkCreate) -> dict:
+        need_admin(caller, "creating networks")
+        fields = ipam.plan(req)
+        if any(n.name == req.name for n in await self.st.networks.values()):
+            raise errors.Conflict(f"a network named {req.name!r} exists")
+        network = Network(
+            id=new_id(),
+            name=req.name,
+            project=caller.project,
+            dns_nameservers=list(req.dns_nameservers),
+            physical_network=req.physical_network,
+            network_type=req.network_type,
+            segmentation_id=req.segmentation_id,
+            mtu=req.mtu,
+            shared=req.shared,
+            **fields,  # type: ignore[arg-type]
+        )
+        await self.st.networks.create(network.id, network)
+        LOG.info("api.network_created", network=network.id, cidr=network.cidr)
+        return {"network": network_view(network)}
+
+    async def network_list(self, caller: Caller, req: Empty) -> dict:
+        nets = [n for n in await self.st.networks.values() if self.visible(n, caller)]
+        return {"networks": [network_view(n) for n in sorted(nets, key=lambda n: n.name)]}
+
+    async def network_get(self, caller: Caller, req: Ref) -> dict:
+        check_ref(req, "network")
+        return {"network": network_view(await self.find_network(req.id or req.name or "", caller))}
+
+    async def network_delete(self, caller: Caller, req: Ref) -> dict:
+        need_admin(caller, "deleting networks")
+        check_ref(req, "network")
+        network = await self.find_network(req.id or req.name or "", caller)
+        entry = await self.st.networks.must_get(network.id, "network")
+        if entry.value.ips:
+            raise errors.Conflict(
+                f"network {network.name} has {len(entry.value.ips)} port(s): delete them first"
+            )
+        try:
+            await self.st.networks.delete(network.id, revision=entry.revision)
+        except CasConflict:
+            raise errors.Conflict(f"network {network.name} changed meanwhile; try again") from None
+        return {"deleted": network.id}
+
+    # --- ports ----------------------------------------------------------------------------
+
+    async def own_port(self, port_id: str, caller: Caller) -> Port:
+        return await owned(self.st.ports, port_id, "port", caller)
+
+    async def port_create(self, caller: Caller, req: PortCreate) -> dict:
+        network = await resolve(self.find_network(req.network, caller), "network")
+        port = await ports.create(
+            self.st, network, caller.project, name=req.name, fixed_ip=req.fixed_ip, mac=req.mac
+        )
+        return {"port": port}
+
+    async def port_list(self, caller: Caller, req: Empty) -> dict:
+        found = [
+            p
+            for p in await self.st.ports.values()
+            if caller.is_admin or p.project == caller.project
+        ]
+        return {"ports": sorted(found, key=lambda p: (p.network_id, p.ip))}
+
+    async def port_get(self, caller: Caller, req: PortRef) -> dict:
+        return {"port": await self.own_port(req.id, caller)}
+
+    async def port_delete(self, caller: Caller, req: PortRef) -> dict:
+        port = await self.own_port(req.id, caller)
+        if port.server_id is not None:
+            raise errors.Conflict(
+                f"port {port.id} is attached to server {port.server_id}: detach it first"
+            )
+        await ports.remove(self.st, port)
+        return {"deleted": port.id}
+
+    # --- a new server's interfaces ----------------------------------------------------------
+
+    async def interfaces(
+        self, caller: Caller, server_id: str, networks: list[str], port_ids: list[str]
+    ) -> list[Vif]:
+        """Ports for a new server: one made on each network, then the given ports bound.
+
+        All or nothing: on any error the ports made are removed and the bound ones freed.
+        """
+        resolved = [
+            await resolve(self.find_network(ref, caller), f"networks[{i}]")
+            for i, ref in enumerate(networks)
+        ]
+        wanted = [await self._free_port(ref, caller, i) for i, ref in enumerate(port_ids)]
+        done: list[Port] = []
+        try:
+            vifs: list[Vif] = []
+            for network in resolved:
+                port = await ports.create(
+                    self.st, network, caller.project, server_id=server_id, auto_delete=True
+                )
+                done.append(port)
+                vifs.append(ports.vif(port, network))
+            for port in wanted:
+                bound = await ports.bind(self.st, port.id, server_id)
+                done.append(bound)
+                network = (await self.st.networks.must_get(bound.network_id, "network")).value
+                vifs.append(ports.vif(bound, network))
+            return vifs
+        except BaseException:
+            for port in done:
+                await ports.let_go(self.st, server_id, port.id)
+            raise
+
+    async def _free_port(self, ref: str, caller: Caller, i: int) -> Port:
+        try:
+            port = await self.own_port(ref, caller)
+        except errors.NotFound as exc:
+            raise errors.BadRequest(f"ports[{i}]: {exc.message}") from None
+        if port.server_id is not None:
+            raise errors.Conflict(f"port {port.id} is in use by server {port.server_id}")
+        return port
+
+    # --- keypairs -------------------------------------------------------------------------
+
+    async def _keypairs(self, caller: Caller) -> list[Keypair]:
+        return [
+            k
+            for k in await self.st.keypairs.values()
+            if k.user == caller.user and k.project == caller.project
+        ]
+
+    async def find_keypair(self, name: str, caller: Caller) -> Keypair:
+        for k in await self._keypairs(caller):
+            if k.name == name:
+                return k
+        raise errors.NotFound(f"keypair {name} not found")
+
+    async def keypair_create(self, caller: Caller, req: KeypairCreate) -> dict:
+        fingerprint = fingerprint_of(req.public_key)
+        if any(k.name == req.name for k in await self._keypairs(caller)):
+            raise errors.Conflict(f"a keypair named {req.name!r} exists")
+        keypair = Keypair(
+            id=new_id(),
+            name=req.name,
+            project=caller.project,
+            user=caller.user,
+            public_key=req.public_key.strip(),
+            fingerprint=fingerprint,
+        )
+        await self.st.keypairs.create(keypair.id, keypair)
+        return {"keypair": keypair}
+
+    async def keypair_list(self, caller: Caller, req: Empty) -> dict:
+        return {"keypairs": sorted(await self._keypairs(caller), key=lambda k: k.name)}
+
+    async def keypair_get(self, caller: Caller, req: KeypairRef) -> dict:
+        return {"keypair": await self.find_keypair(req.name, caller)}
+
+    async def keypair_delete(self, caller: Caller, req: KeypairRef) -> dict:
+        keypair = await self.find_keypair(req.name, caller)
+        await self.st.keypairs.delete(keypair.id)
+        return {"deleted": keypair.name}
+
+
+SSH_KEY_TYPES = (
+    "ssh-rsa",
+    "ssh-ed25519",
+    "ssh-dss",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+)
+
+
+def fingerprint_of(public_key: str) -> str:
+    """The key's MD5 fingerprint (aa:bb:...), as Nova shows; BadRequest if it is no SSH key."""
+    parts = public_key.strip().split()
+    if len(parts) < 2 or parts[0] not in SSH_KEY_TYPES:
+        raise errors.BadRequest(
+            "public_key: not an OpenSSH public key (expected 'TYPE BASE64 [comment]' with "
+            f"TYPE one of {', '.join(SSH_KEY_TYPES[:3])}, ...)"
+        )
+    try:
+        blob = base64.b64decode(parts[1], validate=True)
+    except binascii.Error:
+        raise errors.BadRequest("public_key: the key data is not valid base64") from None
+    length = int.from_bytes(blob[:4], "big") if len(blob) >= 4 else -1
+    if blob[4 : 4 + length].decode(errors="replace") != parts[0]:
+        raise errors.BadRequest(f"public_key: the key data is not a {parts[0]} key")
+    digest = hashlib.md5(blob, usedforsecurity=False).hexdigest()
+    return ":".join(digest[i : i + 2] for i in range(0, len(digest), 2))
+
+
+def network_view(n: Network) -> dict:
+    """A network as the API shows it: its allocations counted, not listed."""
+    return {
+        "id": n.id,
+        "name": n.name,
+        "project": n.project,
+        "cidr": n.cidr,
+        "gateway": n.gateway,
+        "dns_nameservers": n.dns_nameservers,
+        "allocation_start": n.allocation_start,
+        "allocation_end": n.allocation_end,
+        "physical_network": n.physical_network,
+        "network_type": n.network_type,
+        "segmentation_id": n.segmentation_id,
+        "mtu": n.mtu,
+        "shared": n.shared,
+        "ports": len(n.ips),
+        "created_at": n.created_at,
+    }

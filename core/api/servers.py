@@ -1,0 +1,211 @@
+"""The API's server endpoints: hvmesh.api.servers.{create,get,delete}; a boot starts here.
+
+servers.create (ServerEndpoints.server_create) checks the flavor, image, zone, count,
+user_data and key pair, makes or binds each server's ports (core/api/networks.py), adds
+the servers to their server group, writes the server records (vm_state building) and
+queues one build task on hvmesh.tasks.build for the conductor (core/conductor), which
+schedules and boots them. servers.delete moves a server to task_state deleting at any
+point, also mid-build or mid-action, and queues a delete task. Listing servers is in
+core/api/compute.py, actions on a server in core/api/server_actions.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from hvmesh.core import log
+from hvmesh.core.api.context import ApiContext
+from hvmesh.core.api.groups import ServerGroupEndpoints
+from hvmesh.core.api.lookups import find_flavor, find_image, own_server, resolve
+from hvmesh.core.api.networks import NetworkEndpoints
+from hvmesh.core.api.policy import check_fits, check_user_data
+from hvmesh.core.api.requests import IdOnly
+from hvmesh.core.api.views import server_view
+from hvmesh.core.bus import notify
+from hvmesh.core.bus.micro import Caller
+from hvmesh.core.protocol import actions, errors, states
+from hvmesh.core.protocol.models import (
+    Flavor,
+    Image,
+    Server,
+    ServerCreate,
+    Task,
+    Vif,
+    new_id,
+    now,
+)
+from hvmesh.core.state import action_log, ports
+from hvmesh.core.state.store import Store
+from hvmesh.core.state.tasks import new_request_id, publish_task
+
+LOG = log.get_logger(__name__)
+
+
+class ServerEndpoints:
+    """Create, show and delete servers; ports come from `net`, group membership from
+    `groups`."""
+
+    def __init__(
+        self, api: ApiContext, net: NetworkEndpoints, groups: ServerGroupEndpoints
+    ) -> None:
+        self.api = api
+        self.net = net
+        self.groups = groups
+
+    @property
+    def st(self) -> Store:
+        return self.api.st
+
+    async def server_create(self, caller: Caller, req: ServerCreate) -> dict:
+        """Boot: check the request, make the ports, write the servers, queue the build."""
+        flavor = await resolve(find_flavor(self.st, req.flavor, caller), "flavor")
+        image = await resolve(find_image(self.st, req.image, caller), "image")
+        if image.status != "active":
+            raise errors.BadRequest(f"image {image.name} is {image.status}: upload its data first")
+        check_fits(flavor, image)
+        if req.availability_zone is not None:
+            index = self.api.index
+            zones = {index.zone_of(name) for name in index.hosts}
+            if req.availability_zone not in zones:
+                raise errors.BadRequest(
+                    f"availability_zone {req.availability_zone!r} does not exist"
+                )
+        count = req.max_count if req.max_count is not None else req.min_count
+        if count < req.min_count:
+            raise errors.BadRequest(
+                f"max_count ({req.max_count}) is less than min_count ({req.min_count})"
+            )
+        if req.ports and count > 1:
+            raise errors.BadRequest("ports: a port serves one server; not with max_count > 1")
+        user_data = check_user_data(req.user_data)
+        public_key = None
+        if req.key_name is not None:
+            try:
+                public_key = (await self.net.find_keypair(req.key_name, caller)).public_key
+            except errors.NotFound as exc:
+                raise errors.BadRequest(f"key_name: {exc.message}") from None
+        ids = [new_id() for _ in range(count)]
+        nics: dict[str, list[Vif]] = {}
+        try:
+            for server_id in ids:
+                nics[server_id] = await self.net.interfaces(
+                    caller, server_id, req.networks, req.ports
+                )
+            return await self._create_servers(
+                caller, req, flavor, image, ids, count, nics, public_key, user_data
+            )
+        except BaseException:
+            for server_id, vifs in nics.items():
+                if await self.st.servers.get(server_id) is None:
+                    for v in vifs:
+                        await ports.let_go(self.st, server_id, v.port_id)
+            raise
+
+    async def _create_servers(
+        self,
+        caller: Caller,
+        req: ServerCreate,
+        flavor: Flavor,
+        image: Image,
+        ids: list[str],
+        count: int,
+        nics: dict[str, list[Vif]],
+        public_key: str | None,
+        user_data: str | None,
+    ) -> dict:
+        """Join the group, write the server records and their create actions, queue the
+        build task: from here the conductor takes over."""
+        group_id = req.scheduler_hints.group
+        if group_id:
+            try:
+                group_id = await self.groups.join_group(group_id, ids, caller)
+            except errors.NotFound as exc:
+                raise errors.BadRequest(f"scheduler_hints.group: {exc.message}") from None
+            hints = msgspec.structs.replace(req.scheduler_hints, group=group_id)
+            req = msgspec.structs.replace(req, scheduler_hints=hints)
+        reservation_id = f"r-{new_id()[:8]}"
+        request_id = new_request_id()
+        servers = [
+            Server(
+                id=server_id,
+                # Nova's multi_instance_display_name_template: "%(name)s-%(count)d".
+                name=req.name if count == 1 else f"{req.name}-{i}",
+                project=caller.project,
+                user=caller.user,
+                flavor=flavor,
+                image_id=image.id,
+                image_name=image.name,
+                availability_zone=req.availability_zone,
+                metadata=req.metadata,
+                image_properties=image.properties,
+                scheduler_hints=req.scheduler_hints,
+                reservation_id=reservation_id,
+                request_id=request_id,
+                network_info=nics[server_id],
+                key_name=req.key_name,
+                public_key=public_key,
+                user_data=user_data,
+                config_drive=req.config_drive,
+            )
+            for i, server_id in enumerate(ids, start=1)
+        ]
+        for server in servers:
+            await action_log.start(
+                self.st, server.id, request_id, "create", caller.project, caller.user
+            )
+            await self.st.servers.create(server.id, server)
+        await publish_task(
+            self.api.js,
+            Task(
+                kind="build",
+                server_id=ids[0],
+                attempt=0,
+                request_id=request_id,
+                server_ids=ids if count > 1 else [],
+                min_count=req.min_count,
+            ),
+        )
+        LOG.info("api.server_created", server=ids[0], count=count, project=caller.project)
+        views = [server_view(s, caller) for s in servers]
+        reply: dict[str, Any] = {"server": views[0], "reservation_id": reservation_id}
+        if count > 1:
+            reply["servers"] = views
+        return reply
+
+    async def server_get(self, caller: Caller, req: IdOnly) -> dict:
+        return {"server": server_view(await own_server(self.st, req.id, caller), caller)}
+
+    async def server_delete(self, caller: Caller, req: IdOnly) -> dict:
+        """Delete at any point, also mid-build or mid-action: the delete supersedes it."""
+        server = await own_server(self.st, req.id, caller)
+        request_id = new_request_id()
+        superseded: list[str] = []
+
+        def to_deleting(s: Server) -> Server | None:
+            actions.check_unlocked(s, caller.is_admin, caller.user)
+            superseded.clear()
+            if s.task_state == states.DELETING:
+                return None
+            if s.request_id:
+                superseded.append(s.request_id)
+            # The running action's late events and timers no longer match the request id.
+            return msgspec.structs.replace(
+                s, task_state=states.DELETING, request_id=request_id, updated_at=now()
+            )
+
+        written = await self.st.servers.mutate(server.id, to_deleting)
+        if written is None:
+            raise errors.NotFound(f"server {req.id} not found")
+        if written.value.request_id == request_id:
+            await action_log.start(
+                self.st, server.id, request_id, "delete", caller.project, caller.user
+            )
+            await notify.updated(self.api.nc, server, written.value)
+            for old in superseded:  # the build or action the delete cuts short
+                await action_log.finish(self.st, server.id, old, error="superseded by delete")
+        await publish_task(
+            self.api.js, Task(kind="delete", server_id=server.id, request_id=request_id)
+        )
+        return {"server": server_view(written.value, caller)}

@@ -1,0 +1,190 @@
+"""The API service "hvmesh-api": JSON request/reply on hvmesh.api.<resource>.<verb>.
+
+Each endpoint validates its body (msgspec), checks policy, writes records with
+compare-and-set and answers Nova-style wrapped JSON ({"server": {...}}). Records are
+scoped to the caller's project, which comes from the server-stamped Nats-Request-Info
+header; the admin project sees everything.
+
+This module wires the endpoints together: each subject's handler lives in the module of
+its resource (servers.py: a boot starts there; flavors.py, images.py, networks.py,
+groups.py, aggregates.py, hypervisors.py, compute.py for listings, server_actions.py).
+"""
+
+from __future__ import annotations
+
+import socket
+
+from nats.aio.client import Client
+
+from hvmesh.core import log
+from hvmesh.core.api.aggregates import AggregateEndpoints
+from hvmesh.core.api.compute import ComputeEndpoints, ServerList
+from hvmesh.core.api.flavors import FlavorEndpoints
+from hvmesh.core.api.groups import ServerGroupEndpoints
+from hvmesh.core.api.hypervisors import HypervisorEndpoints, InventoryQuery, InventoryReport
+from hvmesh.core.api.images import ImageEndpoints
+from hvmesh.core.api.networks import KeypairRef, NetworkEndpoints, PortRef
+from hvmesh.core.api.requests import Empty, IdOnly, Ref
+from hvmesh.core.api.server_actions import ActionRef, ServerActions, ServerRef
+from hvmesh.core.api.servers import ServerEndpoints
+from hvmesh.core.bus.micro import MicroService, Raw
+from hvmesh.core.config import Config
+from hvmesh.core.protocol import subjects
+from hvmesh.core.protocol.models import (
+    AggregateCreate,
+    AggregateHost,
+    AggregateMetadata,
+    FlavorCreate,
+    ImageCreate,
+    ImageUploadFinish,
+    KeypairCreate,
+    NetworkCreate,
+    PortCreate,
+    ServerAction,
+    ServerCreate,
+    ServerGroupCreate,
+)
+from hvmesh.core.state.inventory import Index
+from hvmesh.core.state.store import Store
+
+LOG = log.get_logger(__name__)
+
+VERSION = "0.1.0"
+MIN_MICROVERSION = "1.0"
+MAX_MICROVERSION = "1.0"
+
+
+class ApiService:
+    """The micro service: its connection, store and index (an ApiContext for the
+    endpoints), and every endpoint registered on its subject."""
+
+    def __init__(self, nc: Client, cfg: Config) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.cfg = cfg
+        self.store: Store | None = None
+        self.index = Index(service_down_time=cfg.DEFAULT.service_down_time)
+        self.service = MicroService(
+            nc,
+            name=subjects.API_SERVICE,
+            version=VERSION,
+            description="hvmesh compute API: flavors, images, servers, hypervisors.",
+            metadata={
+                "min_version": MIN_MICROVERSION,
+                "max_version": MAX_MICROVERSION,
+                "host": socket.gethostname(),
+            },
+        )
+        self.flavors = FlavorEndpoints(self)
+        self.images = ImageEndpoints(self)
+        self.networks = NetworkEndpoints(self)
+        self.groups = ServerGroupEndpoints(self)
+        self.servers = ServerEndpoints(self, self.networks, self.groups)
+        self.compute = ComputeEndpoints(self)
+        self.actions = ServerActions(self, self.networks)
+        self.hypervisors = HypervisorEndpoints(self)
+        self.aggregates = AggregateEndpoints(self)
+        self._register()
+
+    def _register(self) -> None:
+        """Every endpoint: its name, subject, handler and request body type."""
+        ep = self.service.endpoint
+        flavors, images, net = self.flavors, self.images, self.networks
+        servers, compute, acts = self.servers, self.compute, self.actions
+        hyp, groups, aggs = self.hypervisors, self.groups, self.aggregates
+        api = subjects.api
+        # flavors
+        ep("flavors-create", api("flavors", "create"), flavors.flavor_create, FlavorCreate)
+        ep("flavors-list", api("flavors", "list"), flavors.flavor_list, Empty)
+        ep("flavors-get", api("flavors", "get"), flavors.flavor_get, Ref)
+        ep("flavors-delete", api("flavors", "delete"), flavors.flavor_delete, Ref)
+        # images
+        ep("images-create", api("images", "create"), images.create, ImageCreate)
+        ep("images-list", api("images", "list"), images.list, Empty)
+        ep("images-get", api("images", "get"), images.get, Ref)
+        ep("images-delete", api("images", "delete"), images.delete, Ref)
+        ep("images-upload", api("images", "upload"), images.upload, Raw)
+        ep(
+            "images-upload-finish",
+            api("images", "upload_finish"),
+            images.finish,
+            ImageUploadFinish,
+        )
+        # networks, ports, keypairs
+        ep("networks-create", api("networks", "create"), net.network_create, NetworkCreate)
+        ep("networks-list", api("networks", "list"), net.network_list, Empty)
+        ep("networks-get", api("networks", "get"), net.network_get, Ref)
+        ep("networks-delete", api("networks", "delete"), net.network_delete, Ref)
+        ep("ports-create", api("ports", "create"), net.port_create, PortCreate)
+        ep("ports-list", api("ports", "list"), net.port_list, Empty)
+        ep("ports-get", api("ports", "get"), net.port_get, PortRef)
+        ep("ports-delete", api("ports", "delete"), net.port_delete, PortRef)
+        ep("keypairs-create", api("keypairs", "create"), net.keypair_create, KeypairCreate)
+        ep("keypairs-list", api("keypairs", "list"), net.keypair_list, Empty)
+        ep("keypairs-get", api("keypairs", "get"), net.keypair_get, KeypairRef)
+        ep("keypairs-delete", api("keypairs", "delete"), net.keypair_delete, KeypairRef)
+        # servers (a boot starts at servers.create), listings, zones, services
+        ep("servers-create", api("servers", "create"), servers.server_create, ServerCreate)
+        ep("servers-list", api("servers", "list"), compute.server_list, ServerList)
+        ep("hypervisors-get", api("hypervisors", "get"), hyp.hypervisor_get, Ref)
+        ep("availability-zones-list", api("availability_zones", "list"), compute.zones, Empty)
+        ep("services-list", api("services", "list"), compute.services, Empty)
+        ep("servers-get", api("servers", "get"), servers.server_get, IdOnly)
+        ep("servers-delete", api("servers", "delete"), servers.server_delete, IdOnly)
+        # server actions and their log
+        ep("servers-action", api("servers", "action"), acts.action, ServerAction)
+        ep("servers-events-list", api("servers", "events.list"), acts.events_list, ServerRef)
+        ep("servers-events-get", api("servers", "events.get"), acts.events_get, ActionRef)
+        # hypervisors
+        ep("hypervisors-list", api("hypervisors", "list"), hyp.hypervisor_list, Empty)
+        # server groups
+        ep(
+            "server-groups-create",
+            api("server_groups", "create"),
+            groups.group_create,
+            ServerGroupCreate,
+        )
+        ep("server-groups-list", api("server_groups", "list"), groups.group_list, Empty)
+        ep("server-groups-get", api("server_groups", "get"), groups.group_get, IdOnly)
+        ep("server-groups-delete", api("server_groups", "delete"), groups.group_delete, IdOnly)
+        # aggregates
+        ep("aggregates-create", api("aggregates", "create"), aggs.agg_create, AggregateCreate)
+        ep("aggregates-list", api("aggregates", "list"), aggs.agg_list, Empty)
+        ep("aggregates-get", api("aggregates", "get"), aggs.agg_get, Ref)
+        ep("aggregates-delete", api("aggregates", "delete"), aggs.agg_delete, Ref)
+        ep(
+            "aggregates-add-host",
+            api("aggregates", "add_host"),
+            aggs.agg_add_host,
+            AggregateHost,
+        )
+        ep(
+            "aggregates-remove-host",
+            api("aggregates", "remove_host"),
+            aggs.agg_remove_host,
+            AggregateHost,
+        )
+        ep(
+            "aggregates-set-metadata",
+            api("aggregates", "set_metadata"),
+            aggs.agg_set_metadata,
+            AggregateMetadata,
+        )
+        # inventory
+        ep("inventory-query", api("inventory", "query"), hyp.inventory_query, InventoryQuery)
+        ep("inventory-report", api("inventory", "report"), hyp.inventory_report, InventoryReport)
+
+    @property
+    def st(self) -> Store:
+        assert self.store is not None
+        return self.store
+
+    async def start(self) -> None:
+        self.store = await Store(self.js).open()
+        await self.index.start(self.store)
+        await self.service.start()
+        LOG.info("api.started")
+
+    async def stop(self) -> None:
+        await self.service.stop()
+        await self.index.stop()

@@ -1,0 +1,1 @@
+"""NATS plumbing: connections, contexts, micro services, the durable pull worker, notifications."""

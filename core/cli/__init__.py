@@ -1,0 +1,1 @@
+"""The `hvmesh` command: one module per command group, output formats."""

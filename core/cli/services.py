@@ -1,0 +1,173 @@
+"""`hvmesh up|api|conductor|scheduler|metadata|agent` and `config sample`: running the services."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from hvmesh.core import config, log
+from hvmesh.core.cli import lazy
+from hvmesh.core.cli.connect import nats_settings
+from hvmesh.core.cli.errors import CliError
+
+# Imported when first used: parsing the command line (and --help) needs none of them.
+api_service = lazy.module("hvmesh.core.api.service")
+conductor_service = lazy.module("hvmesh.core.conductor.service")
+connection = lazy.module("hvmesh.core.bus.connection")
+launcher = lazy.module("hvmesh.core.ops.launcher")
+metadata_service = lazy.module("hvmesh.core.metadata.service")
+ops_up = lazy.module("hvmesh.core.ops.up")
+scheduler_service = lazy.module("hvmesh.schedulers.service")
+
+
+def service_config(args: argparse.Namespace) -> config.Config:
+    cfg = config.load(args.config)
+    if getattr(args, "strict_plugins", False):
+        cfg = msgspec.structs.replace(
+            cfg, plugins=msgspec.structs.replace(cfg.plugins, strict=True)
+        )
+    if args.url or args.context:
+        cfg = msgspec.structs.replace(cfg, nats=nats_settings(args))
+    log.setup("debug" if args.debug else cfg.DEFAULT.log_level)
+    return cfg
+
+
+def run_service(args: argparse.Namespace, build: Callable[[Any, config.Config], list[Any]]) -> None:
+    cfg = service_config(args)
+    if cfg.plugins.strict:  # a plugin that fails stops the service before it connects
+        launcher.load_plugins(cfg)
+
+    async def main() -> None:
+        nc = await connection.connect(cfg.nats, f"hvmesh-{args.command}")
+        try:
+            await launcher.serve(build(nc, cfg))
+        finally:
+            await nc.drain()
+
+    launcher.run(main())
+
+
+def cmd_api(args: argparse.Namespace) -> None:
+    service = api_service.ApiService  # read now: its module loads before connecting
+    run_service(args, lambda nc, cfg: [service(nc, cfg)])
+
+
+def cmd_conductor(args: argparse.Namespace) -> None:
+    service = conductor_service.Conductor  # read now: its module loads before connecting
+    run_service(args, lambda nc, cfg: [service(nc, cfg)])
+
+
+def cmd_scheduler(args: argparse.Namespace) -> None:
+    service = scheduler_service.SchedulerService  # read now: its module loads before connecting
+    run_service(args, lambda nc, cfg: [service(nc, cfg)])
+
+
+def cmd_metadata(args: argparse.Namespace) -> None:
+    service = metadata_service.MetadataService  # read now: its module loads before connecting
+
+    def build(nc: Any, cfg: config.Config) -> list[Any]:
+        if args.metadata_listen is not None:
+            cfg = msgspec.structs.replace(
+                cfg, metadata=msgspec.structs.replace(cfg.metadata, listen=args.metadata_listen)
+            )
+        return [service(nc, cfg)]
+
+    run_service(args, build)
+
+
+def cmd_agent(args: argparse.Namespace) -> None:
+    if args.count > 1 and args.driver != "fake":
+        raise CliError("--count is for the fake driver only")
+    # The driver is loaded before connecting: a missing hypervisor library is one line now.
+    registry = launcher.load_plugins(service_config(args))
+    registry.driver(args.driver)
+
+    def build(nc: Any, cfg: config.Config) -> list[Any]:
+        if args.count > 1:
+            return launcher.fake_fleet(
+                nc, cfg, args.count, prefix=args.host or "fake", registry=registry
+            )
+        return [launcher.make_agent(nc, cfg, args.driver, args.host or cfg.host_name(), registry)]
+
+    run_service(args, build)
+
+
+def cmd_up(args: argparse.Namespace) -> None:
+    if args.url or args.context:
+        raise CliError(
+            "hvmesh up runs its own nats-server: --url and --context are for other commands"
+        )
+    cfg = service_config(args)
+    if args.metadata_port is not None:
+        cfg = msgspec.structs.replace(
+            cfg, metadata=msgspec.structs.replace(cfg.metadata, port=args.metadata_port)
+        )
+    if args.fake_hosts < 0:
+        raise CliError("--fake-hosts must be 0 or more")
+    launcher.run(
+        ops_up.up(
+            cfg,
+            data_dir=Path(args.data_dir).expanduser(),
+            nats_port=args.nats_port,
+            leaf_port=args.leaf_port,
+            fake_hosts=args.fake_hosts,
+            listen=args.listen,
+            metadata_listen=args.metadata_listen,
+        )
+    )
+
+
+def cmd_config_sample(args: argparse.Namespace) -> None:
+    print(config.sample())
+
+
+def add_parsers(sub: Any, leaf: Any) -> None:
+    """`up`, the service commands and `config sample`."""
+    p = leaf(sub, "up", cmd_up, "run everything on this box: nats-server, services, fake hosts")
+    up_parser = p
+    p.add_argument("--data-dir", default="~/.local/share/hvmesh", help="state directory")
+    p.add_argument("--nats-port", type=int, default=4222)
+    p.add_argument("--leaf-port", type=int, default=7422)
+    p.add_argument("--listen", default="127.0.0.1", help="address NATS clients connect to")
+    p.add_argument("--fake-hosts", type=int, default=3, help="simulated hypervisor hosts")
+    p.add_argument(
+        "--metadata-port", type=int, help="metadata service port (default: [metadata] port)"
+    )
+    p.add_argument(
+        "--metadata-listen",
+        metavar="ADDR",
+        help="address the metadata service listens on (default: --listen)",
+    )
+
+    services = [
+        leaf(sub, "api", cmd_api, "run the API service"),
+        leaf(sub, "conductor", cmd_conductor, "run a conductor"),
+        leaf(sub, "scheduler", cmd_scheduler, "run a scheduler"),
+        leaf(sub, "metadata", cmd_metadata, "run the metadata service guests read (cloud-init)"),
+        leaf(sub, "agent", cmd_agent, "run a hypervisor agent"),
+    ]
+    p = services[-1]
+    p.add_argument("--driver", default="fake", help="driver name (fake, ...)")
+    p.add_argument("--host", help="host name (default: [compute] host or the machine's)")
+    p.add_argument("--count", type=int, default=1, help="fake driver: run this many hosts")
+    for p in [*services, up_parser]:
+        p.add_argument(
+            "--strict-plugins",
+            action="store_true",
+            help="fail when a plugin fails to load (default: log it and skip the plugin)",
+        )
+
+    sub.choices["metadata"].add_argument(
+        "--metadata-listen",
+        metavar="ADDR",
+        help="address to listen on (default: [metadata] listen)",
+    )
+
+    cfg = sub.add_parser("config", help="configuration").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    leaf(cfg, "sample", cmd_config_sample, "print every option with its default and help")

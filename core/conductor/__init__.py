@@ -1,0 +1,1 @@
+"""The conductor: builds, deletes, agent events, moves, shelving, power and interfaces."""

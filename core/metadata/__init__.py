@@ -1,0 +1,1 @@
+"""The metadata service guests read, its content, and the config drive."""

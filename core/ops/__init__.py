@@ -1,0 +1,1 @@
+"""Running hvmesh: `hvmesh up`, the launcher, nats-server, audit and benchmarks."""

@@ -1,0 +1,192 @@
+"""`hvmesh up`: the whole control plane on one box, on an embedded nats-server.
+
+Starts nats-server with nats.conf and a local data directory, then the API, scheduler,
+conductor, metadata service (on the same address as NATS unless told otherwise) and N
+simulated hosts in this process; writes NATS CLI contexts for the admin and the demo
+tenant; prints how to connect and the commands that boot a first server; stops
+everything on Ctrl-C/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+import msgspec
+
+from hvmesh.core import log
+from hvmesh.core.api.service import ApiService
+from hvmesh.core.bus import connection, contexts
+from hvmesh.core.conductor.service import Conductor
+from hvmesh.core.config import Config
+from hvmesh.core.metadata.service import MetadataService
+from hvmesh.core.ops import launcher, natsserver
+from hvmesh.schedulers.service import SchedulerService
+
+LOG = log.get_logger(__name__)
+
+
+def write_contexts(server: natsserver.NatsServer) -> dict[str, Path]:
+    made = {}
+    for name, user, what in (
+        ("hvmesh-admin", "admin", "hvmesh operator (admin project)"),
+        ("hvmesh-demo", "demo", "hvmesh demo tenant (project DEMO)"),
+    ):
+        made[name] = contexts.write(
+            name,
+            contexts.Context(
+                url=server.address,
+                user=user,
+                password=server.passwords[user],
+                description=what,
+            ),
+        )
+    return made
+
+
+def cli_command() -> str:
+    """How a shell runs this hvmesh: `hvmesh` when PATH finds this very program, else its path."""
+    argv0 = Path(sys.argv[0])
+    if argv0.name != "hvmesh" or not argv0.is_file():  # run as `python -m hvmesh.core.cli.main`
+        return shlex.join([sys.executable, "-m", "hvmesh.core.cli.main"])
+    on_path = shutil.which("hvmesh")
+    if on_path and os.path.samefile(on_path, argv0):
+        return "hvmesh"
+    return shlex.quote(str(argv0.absolute()))
+
+
+def _url_host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
+
+
+def banner(
+    server: natsserver.NatsServer,
+    fake_hosts: int,
+    made: dict[str, Path],
+    metadata_address: str,
+    metadata_port: int,
+    hvmesh: str | None = None,
+    nats_cli: bool | None = None,
+) -> str:
+    """What `hvmesh up` prints once it is up.
+
+    Every line indented by four spaces under a heading other than the contexts' is a
+    command that works as printed, in the order printed, on a fresh deployment: `hvmesh`
+    is named as this shell finds it (`hvmesh` or its path) and the nats CLI is suggested
+    only when it is on PATH.
+    """
+    hv = hvmesh or cli_command()
+    if nats_cli is None:
+        nats_cli = shutil.which("nats") is not None
+    demo_create = (
+        'req hvmesh.api.servers.create \'{"name":"vm2","flavor":"m1.small","image":"cirros"}\''
+    )
+    operator = [
+        f"{hv} flavor create m1.small --vcpus 1 --ram 512 --disk 1",
+        f"{hv} image create cirros --disk-format qcow2",
+        f"{hv} network create net1 --cidr 10.0.0.0/24 --shared",
+    ]
+    if fake_hosts > 0:
+        operator += [
+            f"{hv} server create vm1 --flavor m1.small --image cirros --network net1 --wait",
+            f"{hv} server list",
+        ]
+    operator.append(f"{hv} hypervisor list")
+    if nats_cli:
+        operator.append("nats --context hvmesh-admin micro ls")
+    lines = [
+        f"hvmesh is up: NATS at {server.address} (leaf nodes: port {server.leaf_port}), "
+        f"{fake_hosts} simulated host(s), metadata service at "
+        f"http://{_url_host(metadata_address)}:{metadata_port}.",
+        "",
+        "  NATS CLI contexts written:",
+        *(f"    {name:<13} {path}" for name, path in made.items()),
+        "",
+        "  In another shell, as the operator (hvmesh's CLI uses the hvmesh-admin context):",
+        *(f"    {command}" for command in operator),
+        "",
+    ]
+    if fake_hosts > 0:
+        raw = f"nats --context hvmesh-demo {demo_create}"
+        if not nats_cli:
+            raw = f"{hv} --context hvmesh-demo {demo_create}"
+        lines += [
+            "  Then as the demo tenant (project DEMO):",
+            f"    {raw}",
+            f"    {hv} --context hvmesh-demo server list",
+            "",
+        ]
+    else:
+        lines += ["  No hosts: start an agent (hvmesh agent) before booting a server.", ""]
+    lines.append(f"  Logs: {server.log_path.parent}   Stop: Ctrl-C")
+    return "\n".join(lines)
+
+
+async def _stop_when_exits(server: natsserver.NatsServer, stop: asyncio.Event) -> None:
+    """Stop everything if nats-server dies under us: the services cannot work without it."""
+    await asyncio.to_thread(server.process.wait)
+    LOG.error("up.nats_server_exited", code=server.process.returncode)
+    stop.set()
+
+
+async def up(
+    cfg: Config,
+    data_dir: Path,
+    nats_port: int,
+    leaf_port: int,
+    fake_hosts: int,
+    listen: str = "127.0.0.1",
+    metadata_listen: str | None = None,
+) -> None:
+    """Run everything until SIGINT/SIGTERM; the metadata service binds on `metadata_listen`,
+    else on `listen` (the NATS client address)."""
+    server = await natsserver.start(data_dir, port=nats_port, leaf_port=leaf_port, host=listen)
+    try:
+        cfg = msgspec.structs.replace(
+            cfg,
+            nats=msgspec.structs.replace(
+                cfg.nats, url=server.address, user="hvmesh", password=server.passwords["service"]
+            ),
+            metadata=msgspec.structs.replace(cfg.metadata, listen=metadata_listen or listen),
+        )
+        if not cfg.compute.image_cache_dir:  # simulated hosts cache images under data_dir
+            cfg = msgspec.structs.replace(
+                cfg,
+                compute=msgspec.structs.replace(
+                    cfg.compute, image_cache_dir=str(data_dir / "images")
+                ),
+            )
+        nc = await connection.connect(cfg.nats, "hvmesh-up")
+        metadata = MetadataService(nc, cfg)
+        components: list[launcher.Component] = [
+            ApiService(nc, cfg),
+            SchedulerService(nc, cfg),
+            Conductor(nc, cfg),
+            metadata,
+            *launcher.fake_fleet(nc, cfg, fake_hosts),
+        ]
+        made = write_contexts(server)
+
+        def ready() -> None:
+            print(banner(server, fake_hosts, made, metadata.address, metadata.port), flush=True)
+
+        stop = asyncio.Event()
+        watchdog = asyncio.create_task(_stop_when_exits(server, stop))
+        try:
+            await launcher.serve(components, on_ready=ready, stop=stop)
+        finally:
+            watchdog.cancel()
+            with contextlib.suppress(Exception):
+                await nc.drain()
+        if server.process.poll() is not None:
+            raise natsserver.NatsServerError(
+                f"nats-server exited (code {server.process.returncode}); see {server.log_path}"
+            )
+    finally:
+        server.stop()
+        print("hvmesh stopped.", file=sys.stderr, flush=True)

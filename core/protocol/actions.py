@@ -1,0 +1,113 @@
+"""The server state machine: which action is allowed from which state, and what it sets.
+
+One table, read by the API before it accepts an action (a refusal is a 409 naming the
+state, and nothing changes) and by the conductor, which only carries on an action whose
+task_state and request id the server still shows. The allowed states are Nova's
+(`check_instance_state` on each compute API method).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hvmesh.core.protocol import errors
+from hvmesh.core.protocol import states as S
+from hvmesh.core.protocol.models import ActionRequest, Reboot, Server, action_name
+
+NO_TASK: frozenset[str | None] = frozenset({None})
+ANY_TASK: frozenset[str | None] = frozenset()  # empty: every task_state allowed
+
+
+@dataclass(frozen=True)
+class Rule:
+    vm_states: frozenset[str]  # empty: every vm_state
+    task_state: str | None  # set while the action runs; None: it is done at once
+    task_states: frozenset[str | None] = NO_TASK
+    admin_only: bool = False
+    needs_host: bool = True
+
+
+def _r(vm: tuple[str, ...], task: str | None, **kw: object) -> Rule:
+    return Rule(vm_states=frozenset(vm), task_state=task, **kw)  # type: ignore[arg-type]
+
+
+_ALL_WITH_HOST = (S.ACTIVE, S.STOPPED, S.PAUSED, S.SUSPENDED, S.RESIZED, S.ERROR, S.SHELVED)
+
+RULES: dict[str, Rule] = {
+    "reboot": _r((S.ACTIVE,), S.REBOOTING),
+    "reboot-hard": _r(
+        (S.ACTIVE, S.STOPPED, S.PAUSED, S.SUSPENDED, S.ERROR),
+        S.REBOOTING_HARD,
+        task_states=frozenset({None, S.REBOOTING}),
+    ),
+    "stop": _r((S.ACTIVE, S.ERROR), S.POWERING_OFF),
+    "start": _r((S.STOPPED,), S.POWERING_ON),
+    "pause": _r((S.ACTIVE,), S.PAUSING),
+    "unpause": _r((S.PAUSED,), S.UNPAUSING),
+    "suspend": _r((S.ACTIVE,), S.SUSPENDING),
+    "resume": _r((S.SUSPENDED,), S.RESUMING),
+    "rebuild": _r((S.ACTIVE, S.STOPPED, S.ERROR), S.REBUILDING),
+    "resize": _r((S.ACTIVE, S.STOPPED), S.RESIZE_PREP),
+    "confirm-resize": _r((S.RESIZED,), S.RESIZE_CONFIRMING),
+    "revert-resize": _r((S.RESIZED,), S.RESIZE_REVERTING),
+    "migrate": _r((S.ACTIVE, S.STOPPED), S.RESIZE_PREP, admin_only=True),
+    "live-migrate": _r((S.ACTIVE, S.PAUSED), S.MIGRATING, admin_only=True),
+    "shelve": _r((S.ACTIVE, S.STOPPED, S.PAUSED, S.SUSPENDED), S.SHELVING),
+    "shelve-offload": _r((S.SHELVED,), S.SHELVING_OFFLOADING),
+    "unshelve": _r((S.SHELVED, S.SHELVED_OFFLOADED), S.UNSHELVING, needs_host=False),
+    "evacuate": _r((S.ACTIVE, S.STOPPED, S.ERROR), S.REBUILDING, admin_only=True),
+    "attach-interface": _r((S.ACTIVE, S.PAUSED, S.STOPPED), S.ATTACHING_INTERFACE),
+    "detach-interface": _r((S.ACTIVE, S.PAUSED, S.STOPPED), S.DETACHING_INTERFACE),
+    "lock": _r((), None, task_states=ANY_TASK, needs_host=False),
+    "unlock": _r((), None, task_states=ANY_TASK, needs_host=False),
+    "console-log": _r(_ALL_WITH_HOST, None, task_states=ANY_TASK),
+    "reset-state": _r((), None, task_states=ANY_TASK, admin_only=True, needs_host=False),
+}
+
+
+def rule_name(action: ActionRequest) -> str:
+    """The rule an action request follows (a hard reboot has its own)."""
+    if isinstance(action, Reboot) and action.type == "HARD":
+        return "reboot-hard"
+    return action_name(action)
+
+
+def allowed(rule: Rule, s: Server) -> bool:
+    return (not rule.vm_states or s.vm_state in rule.vm_states) and (
+        not rule.task_states or s.task_state in rule.task_states
+    )
+
+
+def check(name: str, s: Server, is_admin: bool, user: str) -> Rule:
+    """The rule for action `name` on `s`, or the error that refuses it (nothing changes).
+
+    A locked server takes actions only from an admin or, when its owner locked it,
+    from the owner (Nova's lock semantics); lock and unlock follow their own check.
+    """
+    rule = RULES[name]
+    if rule.admin_only and not is_admin:
+        raise errors.Forbidden(f"{name} is admin only")
+    if s.task_state == S.DELETING or s.vm_state == S.DELETED:
+        raise errors.Conflict(f"Cannot '{name}' instance {s.id} while it is being deleted")
+    if name not in ("lock", "console-log") and s.locked_by is not None:
+        check_unlocked(s, is_admin, user)
+    if rule.vm_states and s.vm_state not in rule.vm_states:
+        raise errors.Conflict(
+            f"Cannot '{name}' instance {s.id} while it is in vm_state {s.vm_state}"
+        )
+    if rule.task_states and s.task_state not in rule.task_states:
+        raise errors.Conflict(
+            f"Cannot '{name}' instance {s.id} while it is in task_state {s.task_state}"
+        )
+    if rule.needs_host and not s.host:
+        raise errors.Conflict(f"Cannot '{name}' instance {s.id}: it is on no host")
+    return rule
+
+
+def check_unlocked(s: Server, is_admin: bool, user: str) -> None:
+    """409 when a locked server may not be acted on by this caller."""
+    if s.locked_by is None or is_admin:
+        return
+    if s.locked_by == "owner" and user == s.locker:
+        return
+    raise errors.Conflict(f"Instance {s.id} is locked")

@@ -1,0 +1,96 @@
+"""Every NATS name hvmesh uses: subjects, streams, buckets, object stores, services, durables.
+
+Nothing else in hvmesh spells a subject or stream name; it imports it from here, so this
+module is the map of the wire (docs/architecture.md draws the same map).
+"""
+
+from __future__ import annotations
+
+# --- request/reply -------------------------------------------------------------------------
+
+API_PREFIX = "hvmesh.api"
+API_ALL = f"{API_PREFIX}.>"  # what tenant accounts import from the HVMESH account
+SCHED_SELECT = "hvmesh.sched.select"  # the scheduler service's one endpoint
+
+
+def api(resource: str, verb: str) -> str:
+    """hvmesh.api.<resource>.<verb>: one endpoint of the API service."""
+    return f"{API_PREFIX}.{resource}.{verb}"
+
+
+def agent(host: str, op: str) -> str:
+    """hvmesh.agent.<host>.<op>: a quick request to one host's agent (console log, ...)."""
+    return f"hvmesh.agent.{host}.{op}"
+
+
+# --- streams and their subjects --------------------------------------------------------------
+
+TASKS_STREAM = "HVMESH_TASKS"  # conductor work queue
+TASKS_ALL = "hvmesh.tasks.>"
+TIMERS_STREAM = "HVMESH_TIMERS"  # conductor timers, due at not_before
+TIMERS_ALL = "hvmesh.timers.>"
+NOTIFY_STREAM = "HVMESH_NOTIFICATIONS"  # versioned notifications for outside consumers
+NOTIFY_ALL = "hvmesh.notify.>"
+WORK_STREAM = "HVMESH_WORK"  # per-host agent work
+WORK_ALL = "hvmesh.work.>"
+EVENTS_STREAM = "HVMESH_EVENTS"  # agents' progress and power-state events
+EVENTS_ALL = "hvmesh.events.>"
+
+
+def task(kind: str) -> str:
+    """hvmesh.tasks.<kind>: one conductor task (build, delete, ...)."""
+    return f"hvmesh.tasks.{kind}"
+
+
+def timer(name: str) -> str:
+    """hvmesh.timers.<name>: one conductor timer."""
+    return f"hvmesh.timers.{name}"
+
+
+def notify(event_type: str) -> str:
+    """hvmesh.notify.<event_type>: a versioned notification."""
+    return f"hvmesh.notify.{event_type}"
+
+
+def work(host: str) -> str:
+    """hvmesh.work.<host>: durable work for one host's agent."""
+    return f"hvmesh.work.{host}"
+
+
+def events(host: str, server_id: str) -> str:
+    """hvmesh.events.<host>.<server>: an agent's event about one server."""
+    return f"hvmesh.events.{host}.{server_id}"
+
+
+# --- durable consumers -----------------------------------------------------------------------
+
+CONDUCTOR_TASKS_DURABLE = "conductor"
+CONDUCTOR_EVENTS_DURABLE = "conductor-events"
+CONDUCTOR_TIMERS_DURABLE = "conductor-timers"
+
+
+def agent_durable(host: str) -> str:
+    """The durable consumer on HVMESH_WORK of one host's agent."""
+    return f"agent-{host}"
+
+
+# --- micro services --------------------------------------------------------------------------
+
+API_SERVICE = "hvmesh-api"
+SCHEDULER_SERVICE = "hvmesh-scheduler"
+
+# --- KV buckets and object stores ------------------------------------------------------------
+# Short names so `nats kv get servers <id>` reads well.
+
+SERVERS_BUCKET = "servers"
+HOSTS_BUCKET = "hosts"
+FLAVORS_BUCKET = "flavors"
+IMAGES_BUCKET = "images"
+HEARTBEATS_BUCKET = "heartbeats"
+SERVER_GROUPS_BUCKET = "server_groups"
+AGGREGATES_BUCKET = "aggregates"
+SERVER_ACTIONS_BUCKET = "server_actions"  # key "<server id>.<request id>"
+NETWORKS_BUCKET = "networks"
+PORTS_BUCKET = "ports"
+KEYPAIRS_BUCKET = "keypairs"
+IMAGE_STORE = "image_data"  # object store of image bytes, one object per image id

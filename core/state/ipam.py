@@ -1,0 +1,133 @@
+"""hvmesh's own IP address management: addresses and MACs for ports.
+
+A network record holds its allocations (`ips`: address -> port id), so taking an
+address is one compare-and-set write of that record: two ports allocated at once on one
+network can never get the same address; the loser of a race re-reads and takes the
+next free one. Addresses come from the allocation range (by default every host address
+of the CIDR after the gateway); MACs are random, locally administered (fa:16:3e:..., as
+Neutron's base MAC).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+
+import msgspec
+
+from hvmesh.core.protocol import errors
+from hvmesh.core.protocol.models import Network, NetworkCreate
+from hvmesh.core.state.store import Bucket
+
+MAC_PREFIX = "fa:16:3e"
+
+
+def plan(req: NetworkCreate) -> dict[str, object]:
+    """Check a network request and work out its gateway and allocation range.
+
+    Returns the Network fields derived from it; BadRequest names what is wrong.
+    """
+    try:
+        net = ipaddress.ip_network(req.cidr, strict=True)
+    except ValueError as exc:
+        raise errors.BadRequest(f"cidr {req.cidr!r}: {exc}") from None
+    if net.version != 4:
+        raise errors.BadRequest(f"cidr {req.cidr}: only IPv4 networks are supported")
+    if net.num_addresses < 4:
+        raise errors.BadRequest(f"cidr {req.cidr}: too small (a /30 at least)")
+    hosts_first = net.network_address + 1
+    hosts_last = net.broadcast_address - 1
+    gateway: str | None
+    if req.gateway == "none":
+        gateway = None
+    elif req.gateway is None:
+        gateway = str(hosts_first)
+    else:
+        gateway = str(_in(net, req.gateway, "gateway"))
+    start = _in(net, req.allocation_start, "allocation_start") if req.allocation_start else None
+    end = _in(net, req.allocation_end, "allocation_end") if req.allocation_end else hosts_last
+    if start is None:
+        start = hosts_first
+        if gateway is not None and ipaddress.ip_address(gateway) == start:
+            start += 1
+    if start > end:
+        raise errors.BadRequest(f"allocation range {start}-{end} is empty")
+    for dns in req.dns_nameservers:
+        try:
+            ipaddress.ip_address(dns)
+        except ValueError:
+            raise errors.BadRequest(f"dns_nameservers: {dns!r} is not an IP address") from None
+    if req.network_type == "vlan" and req.segmentation_id is None:
+        raise errors.BadRequest("a vlan network needs segmentation_id (the VLAN id, 1-4094)")
+    if req.network_type == "flat" and req.segmentation_id is not None:
+        raise errors.BadRequest("segmentation_id is for vlan networks only")
+    return {
+        "cidr": str(net),
+        "gateway": gateway,
+        "allocation_start": str(start),
+        "allocation_end": str(end),
+    }
+
+
+def _in(net: ipaddress.IPv4Network, text: str, what: str) -> ipaddress.IPv4Address:
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        raise errors.BadRequest(f"{what}: {text!r} is not an IP address") from None
+    if addr not in net or addr in (net.network_address, net.broadcast_address):
+        raise errors.BadRequest(f"{what}: {addr} is not a host address of {net}")
+    return addr  # type: ignore[return-value]
+
+
+def new_mac(rng: random.Random | None = None) -> str:
+    r = rng or random.SystemRandom()
+    return MAC_PREFIX + "".join(f":{r.randrange(256):02x}" for _ in range(3))
+
+
+def _free_address(network: Network, wanted: str | None) -> str:
+    """The address to take: `wanted` if given and free, else the lowest free one."""
+    if wanted is not None:
+        net = ipaddress.ip_network(network.cidr)
+        addr = _in(net, wanted, "fixed_ip")  # type: ignore[arg-type]
+        if str(addr) == network.gateway:
+            raise errors.Conflict(f"{addr} is the gateway of network {network.name}")
+        if str(addr) in network.ips:
+            raise errors.Conflict(f"{addr} is in use on network {network.name}")
+        return str(addr)
+    start = int(ipaddress.ip_address(network.allocation_start))
+    end = int(ipaddress.ip_address(network.allocation_end))
+    taken = network.ips
+    for n in range(start, end + 1):
+        candidate = str(ipaddress.ip_address(n))
+        if candidate not in taken and candidate != network.gateway:
+            return candidate
+    raise errors.Conflict(f"network {network.name} has no free address left")
+
+
+async def allocate(
+    networks: Bucket[Network], network_id: str, port_id: str, wanted: str | None = None
+) -> str:
+    """Take an address on the network for `port_id` (compare-and-set); returns it."""
+    chosen: list[str] = []
+
+    def take(n: Network) -> Network:
+        addr = _free_address(n, wanted)
+        chosen[:] = [addr]
+        return msgspec.structs.replace(n, ips={**n.ips, addr: port_id})
+
+    if await networks.mutate(network_id, take) is None:
+        raise errors.NotFound(f"network {network_id} not found")
+    return chosen[0]
+
+
+async def release(networks: Bucket[Network], network_id: str, address: str, port_id: str) -> None:
+    """Give an address back (only if it is still this port's)."""
+
+    def give_back(n: Network) -> Network | None:
+        if n.ips.get(address) != port_id:
+            return None
+        ips = dict(n.ips)
+        del ips[address]
+        return msgspec.structs.replace(n, ips=ips)
+
+    await networks.mutate(network_id, give_back)

@@ -1,0 +1,322 @@
+"""JetStream state: the KV buckets and streams hvmesh keeps, and compare-and-set on records.
+
+Every state change is a write with the revision the writer read (`Bucket.update`), so
+two writers can never both win; `Bucket.mutate` is the read-modify-write loop built on it.
+Records are JSON so `nats kv get servers <id>` is readable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Generic, TypeVar
+
+import msgspec
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+from nats.js.api import (
+    DeliverPolicy,
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import (
+    BucketNotFoundError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NotFoundError,
+)
+from nats.js.kv import KeyValue
+
+from hvmesh.core.protocol import errors, subjects
+from hvmesh.core.protocol.models import (
+    Aggregate,
+    Flavor,
+    Heartbeat,
+    Host,
+    Image,
+    InstanceAction,
+    Keypair,
+    Network,
+    Port,
+    Server,
+    ServerGroup,
+    encode,
+)
+
+T = TypeVar("T", bound=msgspec.Struct)
+
+# Bucket name -> record type.
+BUCKETS: dict[str, type[msgspec.Struct]] = {
+    subjects.SERVERS_BUCKET: Server,
+    subjects.HOSTS_BUCKET: Host,
+    subjects.FLAVORS_BUCKET: Flavor,
+    subjects.IMAGES_BUCKET: Image,
+    subjects.HEARTBEATS_BUCKET: Heartbeat,
+    subjects.SERVER_GROUPS_BUCKET: ServerGroup,
+    subjects.AGGREGATES_BUCKET: Aggregate,
+    subjects.SERVER_ACTIONS_BUCKET: InstanceAction,
+    subjects.NETWORKS_BUCKET: Network,
+    subjects.PORTS_BUCKET: Port,
+    subjects.KEYPAIRS_BUCKET: Keypair,
+}
+
+
+STREAMS = [
+    StreamConfig(
+        name=subjects.TASKS_STREAM,
+        description="Conductor work queue: one message per task (build, delete, ...).",
+        subjects=[subjects.TASKS_ALL],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        duplicate_window=120.0,
+    ),
+    StreamConfig(
+        name=subjects.TIMERS_STREAM,
+        description="Conductor timers (action timeouts, resize auto-confirm), due at not_before.",
+        subjects=[subjects.TIMERS_ALL],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        duplicate_window=120.0,
+    ),
+    StreamConfig(
+        name=subjects.NOTIFY_STREAM,
+        description="Versioned notifications on hvmesh.notify.<event_type>, for outside consumers.",
+        subjects=[subjects.NOTIFY_ALL],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=7 * 24 * 3600.0,
+        discard=DiscardPolicy.OLD,
+    ),
+    StreamConfig(
+        name=subjects.WORK_STREAM,
+        description="Per-host agent work on hvmesh.work.<host>.",
+        subjects=[subjects.WORK_ALL],
+        retention=RetentionPolicy.WORK_QUEUE,
+        storage=StorageType.FILE,
+        duplicate_window=120.0,
+    ),
+    StreamConfig(
+        name=subjects.EVENTS_STREAM,
+        description="Agent events on hvmesh.events.<host>.<server>, applied by conductors.",
+        subjects=[subjects.EVENTS_ALL],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=7 * 24 * 3600.0,
+        discard=DiscardPolicy.OLD,
+    ),
+]
+
+
+class CasConflict(Exception):
+    """Another writer changed the record since it was read."""
+
+
+class Entry(msgspec.Struct, Generic[T]):
+    key: str
+    value: T
+    revision: int
+
+
+class Bucket(Generic[T]):
+    """One KV bucket of `type_` records with compare-and-set helpers."""
+
+    def __init__(self, kv: KeyValue, type_: type[T]) -> None:
+        self.kv = kv
+        self.type = type_
+        self._decoder = msgspec.json.Decoder(type_)
+
+    def decode(self, data: bytes) -> T:
+        return self._decoder.decode(data)
+
+    async def get(self, key: str) -> Entry[T] | None:
+        try:
+            e = await self.kv.get(key)
+        except KeyNotFoundError:  # also covers deleted keys
+            return None
+        if not e.value:
+            return None
+        return Entry(key=key, value=self.decode(e.value), revision=e.revision or 0)
+
+    async def must_get(self, key: str, what: str) -> Entry[T]:
+        entry = await self.get(key)
+        if entry is None:
+            raise errors.NotFound(f"{what} {key} not found")
+        return entry
+
+    async def create(self, key: str, value: T) -> int:
+        """Write a new record; CasConflict if the key already holds one."""
+        try:
+            return await self.kv.create(key, encode(value))
+        except KeyWrongLastSequenceError:
+            raise CasConflict(key) from None
+
+    async def update(self, key: str, value: T, revision: int) -> int:
+        """Write `value` only if the record is still at `revision`."""
+        try:
+            return await self.kv.update(key, encode(value), last=revision)
+        except KeyWrongLastSequenceError:
+            raise CasConflict(key) from None
+
+    async def put(self, key: str, value: T) -> int:
+        return await self.kv.put(key, encode(value))
+
+    async def delete(self, key: str, revision: int | None = None) -> None:
+        try:
+            await self.kv.delete(key, last=revision)
+        except KeyWrongLastSequenceError:
+            raise CasConflict(key) from None
+
+    async def mutate(
+        self,
+        key: str,
+        change: Callable[[T], T | None],
+        attempts: int = 50,
+    ) -> Entry[T] | None:
+        """Read, apply `change`, write with compare-and-set; retry on conflict.
+
+        `change` returns the new record, or None to leave it as it is. Returns the
+        entry as written (or as found), or None when the key does not exist.
+        """
+        for _ in range(attempts):
+            entry = await self.get(key)
+            if entry is None:
+                return None
+            new = change(msgspec.structs.replace(entry.value))
+            if new is None:
+                return entry
+            try:
+                rev = await self.update(key, new, entry.revision)
+            except CasConflict:
+                await asyncio.sleep(0)
+                continue
+            return Entry(key=key, value=new, revision=rev)
+        raise CasConflict(f"{key}: gave up after {attempts} conflicting writes")
+
+    async def entries(self, prefix: str = "") -> AsyncIterator[Entry[T]]:
+        """Every live record (whose key starts with `prefix.`, if given), in one read.
+
+        One ordered consumer reads up to the last message. A write that lands during the
+        read is delivered too, so a key can come twice: only its latest revision is kept
+        (and a deletion read last removes it).
+        """
+        js = self.kv._js
+        subject = f"{self.kv._pre}{prefix + '.' if prefix else ''}>"
+        info = await js.stream_info(self.kv._stream, subjects_filter=subject if prefix else None)
+        if info.state.messages == 0 or (prefix and not info.state.subjects):
+            return
+        sub = await js.subscribe(
+            subject,
+            stream=self.kv._stream,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+        )
+        cut = len(self.kv._pre)
+        latest: dict[str, Entry[T] | None] = {}
+        try:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=10.0)
+                except NatsTimeout:
+                    break  # emptied since stream_info looked
+                meta = msg.metadata
+                key = msg.subject[cut:]
+                operation = (msg.headers or {}).get("KV-Operation")
+                if msg.data and operation is None:
+                    latest[key] = Entry(
+                        key=key, value=self.decode(msg.data), revision=meta.sequence.stream
+                    )
+                else:
+                    latest[key] = None
+                if meta.num_pending == 0:
+                    break
+        finally:
+            await sub.unsubscribe()
+        for entry in latest.values():
+            if entry is not None:
+                yield entry
+
+    async def values(self, prefix: str = "") -> list[T]:
+        return [e.value async for e in self.entries(prefix)]
+
+
+class Store:
+    """The buckets and streams of one hvmesh deployment."""
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self.js = js
+        self._buckets: dict[str, Bucket] = {}
+
+    @property
+    def servers(self) -> Bucket[Server]:
+        return self._buckets["servers"]
+
+    @property
+    def hosts(self) -> Bucket[Host]:
+        return self._buckets["hosts"]
+
+    @property
+    def flavors(self) -> Bucket[Flavor]:
+        return self._buckets["flavors"]
+
+    @property
+    def images(self) -> Bucket[Image]:
+        return self._buckets["images"]
+
+    @property
+    def heartbeats(self) -> Bucket[Heartbeat]:
+        return self._buckets["heartbeats"]
+
+    @property
+    def server_groups(self) -> Bucket[ServerGroup]:
+        return self._buckets["server_groups"]
+
+    @property
+    def server_actions(self) -> Bucket[InstanceAction]:
+        return self._buckets["server_actions"]
+
+    @property
+    def aggregates(self) -> Bucket[Aggregate]:
+        return self._buckets["aggregates"]
+
+    @property
+    def networks(self) -> Bucket[Network]:
+        return self._buckets["networks"]
+
+    @property
+    def ports(self) -> Bucket[Port]:
+        return self._buckets["ports"]
+
+    @property
+    def keypairs(self) -> Bucket[Keypair]:
+        return self._buckets["keypairs"]
+
+    async def open(self, create: bool = True) -> Store:
+        """Bind (and with `create`, make) every bucket and stream."""
+        for name, type_ in BUCKETS.items():
+            try:
+                kv = await self.js.key_value(name)
+            except (BucketNotFoundError, NotFoundError):
+                if not create:
+                    raise
+                kv = await self.js.create_key_value(
+                    KeyValueConfig(
+                        bucket=name,
+                        history=5 if name != "heartbeats" else 1,
+                        storage=StorageType.FILE,
+                        description=f"hvmesh {name} records",
+                    )
+                )
+            self._buckets[name] = Bucket(kv, type_)
+        if create:
+            from hvmesh.core.state import image_data  # it uses this module's names
+
+            await image_data.open_store(self.js)
+            for cfg in STREAMS:
+                try:
+                    await self.js.stream_info(cfg.name or "")
+                except NotFoundError:
+                    await self.js.add_stream(cfg)
+        return self

@@ -204,7 +204,7 @@ async def test_build_failure_weigher_and_its_reset() -> None:
     index = make_index(bad, host("good"))
     assert (await scheduler(index).select(spec()))[0] == "good"
     assert (await scheduler(index, build_failure_weight_multiplier=0.0).select(spec()))[0] == "bad"
-    from hvmesh.core.conductor.service import _build_finished
+    from hvmesh.core.conductor.build import _build_finished
 
     bad.in_progress = ["s1", "s2"]
     reset = _build_finished(bad, "s1")

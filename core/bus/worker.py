@@ -17,6 +17,7 @@ from typing import Any, Generic, TypeVar
 import msgspec
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from hvmesh.core import log
 
@@ -24,6 +25,28 @@ LOG = log.get_logger(__name__)
 T = TypeVar("T")
 
 RETRY_DELAY = 2.0
+
+
+async def durable_pull(
+    js: Any,
+    subject: str,
+    durable: str,
+    stream: str,
+    ack_wait: float,
+    max_ack_pending: int,
+    deliver_policy: DeliverPolicy | None = None,
+) -> Any:
+    """A pull subscription on a durable consumer with explicit acks, for a PullWorker.
+
+    `max_ack_pending` -1 sets no limit; without `deliver_policy`, ConsumerConfig's
+    default applies (every message in the stream).
+    """
+    config = ConsumerConfig(
+        ack_policy=AckPolicy.EXPLICIT, ack_wait=ack_wait, max_ack_pending=max_ack_pending
+    )
+    if deliver_policy is not None:
+        config.deliver_policy = deliver_policy
+    return await js.pull_subscribe(subject, durable=durable, stream=stream, config=config)
 
 
 class PullWorker(Generic[T]):

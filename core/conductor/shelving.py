@@ -12,7 +12,7 @@ gives the host's claim and the server's group placement back, and leaves the ser
 SHELVED_OFFLOADED on no host.
 
 unshelve (task unshelving): a SHELVED server is powered on where it is; a
-SHELVED_OFFLOADED one is scheduled afresh (`Conductor.place`: scheduler, claim, group
+SHELVED_OFFLOADED one is scheduled afresh (`build.place`: scheduler, claim, group
 placement) and spawned on the chosen host. When no host is found, or the spawn fails
 or times out, the claim and group placement are given back and the server is
 SHELVED_OFFLOADED again, with the error as its fault.
@@ -28,8 +28,10 @@ import msgspec
 
 from hvmesh.core import log
 from hvmesh.core.bus import notify
+from hvmesh.core.conductor import build
 from hvmesh.core.conductor.context import ConductorContext
 from hvmesh.core.conductor.lifecycle import Handlers, Lifecycle
+from hvmesh.core.conductor.scheduling import group_unplace
 from hvmesh.core.protocol import actions, errors
 from hvmesh.core.protocol import states as S
 from hvmesh.core.protocol.models import AgentEvent, Host, Server, ShelveOffload, Task, now
@@ -131,7 +133,7 @@ class _Shelving:
         # The claim and the group placement go first: the server shows its task until
         # the last write, so no one sees it offloaded with its claim still held.
         await placement.release(self.lc.st, host, srv.id)
-        await self.conductor.group_unplace(srv)
+        await group_unplace(self.lc.st, srv)
 
         def offloaded(s: Server) -> Server:
             return msgspec.structs.replace(
@@ -212,7 +214,7 @@ class _Shelving:
         """Schedule afresh (no earlier build's retries or alternates), claim, spawn."""
         fresh = msgspec.structs.replace(srv, attempt=0, retry_hosts=[], alternates=[], host=None)
         try:
-            chosen = await self.conductor.place(fresh)
+            chosen = await build.place(self.conductor, fresh)
         except errors.ServiceUnavailable as exc:
             await self._rollback(srv, "unshelve", f"no scheduler answered: {exc.message}")
             return
@@ -227,7 +229,7 @@ class _Shelving:
         written = await self.lc.transition(srv, to_host)
         if written is None:  # deleted or reset meanwhile: give back what place() took
             await placement.release(self.lc.st, host, srv.id)
-            await self.conductor.group_unplace(srv)
+            await group_unplace(self.lc.st, srv)
             return
         srv = written.value
         image = await self.lc.st.images.get(srv.image_id)
@@ -244,7 +246,7 @@ class _Shelving:
     async def _unspawned(self, srv: Server, host: str, message: str) -> None:
         """A spawn on the new host failed: everything place() took goes back."""
         await placement.release(self.lc.st, host, srv.id)
-        await self.conductor.group_unplace(srv)
+        await group_unplace(self.lc.st, srv)
         await self._rollback(srv, "unshelve", message, vm_state=S.SHELVED_OFFLOADED, host=None)
 
     async def _active(self, srv: Server, power: int | None, launched: bool = False) -> None:

@@ -1,0 +1,96 @@
+"""Deletes: the destroy sent to every host that may hold the server, and its outcome.
+
+A successful destroy gives back every claim the server holds and removes its record;
+a failed one leaves the server in ERROR with a fault, to be deleted again.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from hvmesh.core import log
+from hvmesh.core.bus import notify
+from hvmesh.core.conductor.context import ConductorContext
+from hvmesh.core.conductor.scheduling import group_unplace
+from hvmesh.core.protocol import states, subjects
+from hvmesh.core.protocol.models import AgentEvent, Fault, Server, Task, Work, encode, now
+from hvmesh.core.state import action_log, placement, ports
+
+LOG = log.get_logger(__name__)
+
+
+async def delete(ctx: ConductorContext, task: Task) -> bool:
+    entry = await ctx.st.servers.get(task.server_id)
+    if entry is None:
+        return True
+    srv = entry.value
+    if srv.task_state != states.DELETING:
+        return True
+    # Every host that may hold the instance: its own, and both ends of a move.
+    hosts = [h for h in dict.fromkeys([srv.host, *_move_hosts(srv)]) if h]
+    up = [h for h in hosts if await host_up(ctx, h)]
+    if not up:
+        # No host that holds it answers: delete here, as Nova's local delete does.
+        # A host that comes back removes the instance when it reconciles.
+        await finish_delete(ctx, srv.id, None)
+        return True
+    for host in up:
+        work = Work(kind="destroy", server_id=srv.id, host=host, request_id=task.request_id)
+        await ctx.js.publish(
+            subjects.work(host),
+            encode(work),
+            headers={"Nats-Msg-Id": f"{srv.id}:destroy:{task.request_id}:{host}"},
+        )
+    return True
+
+
+async def host_up(ctx: ConductorContext, host: str) -> bool:
+    beat = await ctx.st.heartbeats.get(host)
+    return beat is not None and beat.value.at >= now() - ctx.cfg.DEFAULT.service_down_time
+
+
+async def finish_delete(ctx: ConductorContext, server_id: str, host: str | None) -> None:
+    """Give back every claim the server holds, then remove its record."""
+    if host:
+        await placement.release(ctx.st, host, server_id)
+    entry = await ctx.st.servers.get(server_id)
+    if entry is None:
+        return
+    srv = entry.value
+    for h in dict.fromkeys([srv.host, *_move_hosts(srv)]):
+        if h and h != host:
+            await placement.release(ctx.st, h, server_id)
+    if srv.migration is not None:  # the source's claim, held under the migration's id
+        for h in _move_hosts(srv):
+            await placement.release(ctx.st, h, srv.migration.id)
+    await group_unplace(ctx.st, srv, leave=True)
+    await ports.let_go_all(ctx.st, srv)
+    await ctx.st.servers.delete(server_id)
+    if srv.request_id:
+        await action_log.finish(ctx.st, server_id, srv.request_id)
+    await notify.send(ctx.nc, "instance.delete.end", srv)
+    LOG.info("conductor.deleted", server=server_id)
+
+
+async def on_destroyed(ctx: ConductorContext, ev: AgentEvent) -> None:
+    if ev.ok:
+        await finish_delete(ctx, ev.server_id, ev.host)
+        return
+
+    def to_error(s: Server) -> Server | None:
+        if s.task_state != states.DELETING:
+            return None
+        return msgspec.structs.replace(
+            s,
+            vm_state=states.ERROR,
+            task_state=None,
+            fault=Fault(code=500, message=f"Delete failed on {ev.host}: {ev.message}"),
+            updated_at=now(),
+        )
+
+    await ctx.st.servers.mutate(ev.server_id, to_error)
+
+
+def _move_hosts(srv: Server) -> list[str]:
+    m = srv.migration
+    return [h for h in (m.source_host, m.dest_host) if h] if m is not None else []

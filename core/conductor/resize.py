@@ -1,0 +1,252 @@
+"""Resize and cold migration: the move itself, confirm-resize, revert-resize and auto-confirm.
+
+moves.py describes every move and holds the steps they share.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import msgspec
+
+from hvmesh.core import log
+from hvmesh.core.bus import notify
+from hvmesh.core.conductor.lifecycle import Handlers, Lifecycle
+from hvmesh.core.conductor.moves import MoveSteps, power_on
+from hvmesh.core.protocol import states as S
+from hvmesh.core.protocol.models import AgentEvent, ConfirmResize, Server, Task, action_name, now
+from hvmesh.core.state import action_log, placement
+from hvmesh.core.state.tasks import publish_task
+
+LOG = log.get_logger(__name__)
+
+AUTO_CONFIRM = "auto-confirm-resize"  # the timer that confirms a resize left unconfirmed
+COLD = ("resize", "migrate")
+
+
+def register(lc: Lifecycle) -> None:
+    m = _Resize(lc)
+    for action in COLD:
+        lc.register(
+            action,
+            Handlers(
+                run=m.cold_run,
+                steps={
+                    "migrate_disk_and_power_off": m.cold_migrated,
+                    "finish_migration": m.cold_finished,
+                },
+                timeout=m.uncertain,
+            ),
+        )
+    lc.register(
+        "confirm-resize",
+        Handlers(run=m.confirm_run, steps={"confirm_migration": m.confirmed}, timeout=m.uncertain),
+    )
+    lc.register(
+        "revert-resize",
+        Handlers(
+            run=m.revert_run,
+            steps={"destroy": m.revert_destroyed, "finish_revert_migration": m.reverted},
+            timeout=m.uncertain,
+        ),
+    )
+    lc.register_timer(AUTO_CONFIRM, m.auto_confirm)
+
+
+class _Resize(MoveSteps):
+    # --- resize and cold migration ---------------------------------------------------------
+
+    async def cold_run(self, task: Task, srv: Server) -> None:
+        action = action_name(task.action)  # type: ignore[arg-type]
+        placed = await self._begin_with_destination(task, srv, action)
+        if placed is None:
+            return
+        m, dest = placed
+        moving = msgspec.structs.replace(m, dest_host=dest, status="migrating")
+        written = await self.lc.transition(
+            srv,
+            lambda s: msgspec.structs.replace(s, task_state=S.RESIZE_MIGRATING, migration=moving),
+        )
+        if written is None:  # deleted or reset meanwhile: the claims go back
+            await self._settle(srv, m, m.source_host, dest)
+            return
+        await self.lc.send(
+            written.value, action, "migrate_disk_and_power_off", m.source_host, {"dest": dest}
+        )
+
+    async def cold_migrated(self, ev: AgentEvent, srv: Server) -> None:
+        m = srv.migration
+        assert m is not None and m.dest_host is not None
+        if not ev.ok:  # the guest is still on the source: roll back, as it was
+            await self._end(srv, ev.action, m.source_host, f"{ev.action} failed: {ev.message}")
+            return
+        power = ev.power_state
+        written = await self.lc.transition(
+            srv,
+            lambda s: msgspec.structs.replace(
+                s,
+                task_state=S.RESIZE_FINISH,
+                power_state=power if power is not None else s.power_state,
+            ),
+        )
+        if written is None:
+            return
+        srv = written.value
+        there = msgspec.structs.replace(srv, host=m.dest_host, flavor=m.new_flavor or srv.flavor)
+        await self.lc.send(
+            srv,
+            ev.action,
+            "finish_migration",
+            m.dest_host,
+            {"power_on": power_on(m)},
+            await self._image(srv),
+            server=there,
+        )
+
+    async def cold_finished(self, ev: AgentEvent, srv: Server) -> None:
+        m = srv.migration
+        assert m is not None and m.dest_host is not None
+        if not ev.ok:
+            await self._end(
+                srv, ev.action, m.source_host, f"{ev.action} failed: {ev.message}", S.ERROR
+            )
+            return
+        dest, power = m.dest_host, ev.power_state
+        finished = msgspec.structs.replace(m, status="finished")
+
+        def resized(s: Server) -> Server:
+            return msgspec.structs.replace(
+                s,
+                vm_state=S.RESIZED,
+                host=dest,
+                flavor=m.new_flavor or s.flavor,
+                power_state=power if power is not None else s.power_state,
+                migration=finished,
+                fault=None,
+            )
+
+        done = await self.lc.finish(srv, ev.action, resized)
+        window = self.lc.cfg.conductor.resize_confirm_window
+        if done is not None and window > 0:
+            await self.lc.timer(srv, AUTO_CONFIRM, window, migration=m.id)
+
+    async def auto_confirm(self, task: Task, srv: Server) -> None:
+        """Confirm a resize left unconfirmed for the window, as an admin's confirm-resize.
+
+        The request id comes from the migration's, so a timer handled twice (a conductor
+        died halfway) accepts and queues the same confirm, which happens once.
+        """
+        migration_id = task.params.get("migration")
+        request_id = f"req-{uuid.uuid5(uuid.NAMESPACE_OID, f'auto-confirm:{migration_id}')}"
+
+        def accept(s: Server) -> Server | None:
+            if s.request_id == request_id:
+                return None  # accepted by an earlier try
+            if (
+                s.vm_state != S.RESIZED
+                or s.task_state is not None
+                or s.migration is None
+                or s.migration.id != migration_id
+            ):
+                return None
+            return msgspec.structs.replace(
+                s,
+                task_state=S.RESIZE_CONFIRMING,
+                request_id=request_id,
+                fault=None,
+                updated_at=now(),
+            )
+
+        written = await self.st.servers.mutate(srv.id, accept)
+        if written is None or written.value.request_id != request_id:
+            return
+
+        LOG.info("moves.auto_confirm", server=srv.id, migration=migration_id)
+        await action_log.start(self.st, srv.id, request_id, "confirm-resize", srv.project, srv.user)
+        await notify.updated(self.lc.conductor.nc, srv, written.value)
+        await publish_task(
+            self.lc.conductor.js,
+            Task(
+                kind="action",
+                server_id=srv.id,
+                request_id=request_id,
+                action=ConfirmResize(id=srv.id),
+            ),
+        )
+
+    # --- confirm and revert ---------------------------------------------------------------
+
+    async def confirm_run(self, task: Task, srv: Server) -> None:
+        await self.lc.started(srv, "confirm-resize")
+        m = srv.migration
+        if m is None:
+            await self.lc.fail(srv, "confirm-resize", f"server {srv.id} has no resize to confirm")
+            return
+        await self.lc.send(srv, "confirm-resize", "confirm_migration", m.source_host)
+
+    async def confirmed(self, ev: AgentEvent, srv: Server) -> None:
+        m = srv.migration
+        assert m is not None and srv.host is not None
+        if not ev.ok:
+            await self._end(srv, ev.action, srv.host, f"{ev.action} failed: {ev.message}", S.ERROR)
+            return
+        await placement.release(self.st, m.source_host, m.id)
+
+        def confirmed(s: Server) -> Server:
+            return msgspec.structs.replace(s, vm_state=m.old_vm_state, migration=None, fault=None)
+
+        await self.lc.finish(srv, ev.action, confirmed)
+
+    async def revert_run(self, task: Task, srv: Server) -> None:
+        await self.lc.started(srv, "revert-resize")
+        m = srv.migration
+        if m is None or m.dest_host is None:
+            await self.lc.fail(srv, "revert-resize", f"server {srv.id} has no resize to revert")
+            return
+        await self.lc.send(srv, "revert-resize", "destroy", m.dest_host)
+
+    async def revert_destroyed(self, ev: AgentEvent, srv: Server) -> None:
+        m = srv.migration
+        assert m is not None and m.dest_host is not None
+        if not ev.ok:
+            await self._end(
+                srv, ev.action, m.dest_host, f"{ev.action} failed: {ev.message}", S.ERROR
+            )
+            return
+        await placement.release(self.st, m.dest_host, srv.id)
+        await placement.move(self.st, m.source_host, m.id, srv.id)
+        await self._group_host(srv, m.source_host)
+        reverting = msgspec.structs.replace(m, status="reverting")
+        written = await self.lc.transition(
+            srv,
+            lambda s: msgspec.structs.replace(
+                s, host=m.source_host, flavor=m.old_flavor or s.flavor, migration=reverting
+            ),
+        )
+        if written is None:
+            return
+        srv = written.value
+        await self.lc.send(
+            srv, ev.action, "finish_revert_migration", m.source_host, {"power_on": power_on(m)}
+        )
+
+    async def reverted(self, ev: AgentEvent, srv: Server) -> None:
+        m = srv.migration
+        assert m is not None
+        if not ev.ok:
+            await self._end(
+                srv, ev.action, m.source_host, f"{ev.action} failed: {ev.message}", S.ERROR
+            )
+            return
+        power = ev.power_state
+
+        def reverted(s: Server) -> Server:
+            return msgspec.structs.replace(
+                s,
+                vm_state=m.old_vm_state,
+                power_state=power if power is not None else s.power_state,
+                migration=None,
+                fault=None,
+            )
+
+        await self.lc.finish(srv, ev.action, reverted)

@@ -12,9 +12,16 @@ from typing import Any
 
 import numpy as np
 
-from hvmesh.core.protocol.models import Host, RequestSpec, custom_resources
+from hvmesh.core.protocol.models import Aggregate, Host, RequestSpec, custom_resources
 from hvmesh.plugins import hookimpl
-from hvmesh.plugins.api import Columns, Filter
+from hvmesh.plugins.api import (
+    ColumnName,
+    Columns,
+    Filter,
+    MaskFunction,
+    RegisterFilter,
+    SqlFunction,
+)
 from hvmesh.plugins.extra_specs import matches
 
 
@@ -25,7 +32,7 @@ def _compute_mask(cols: Columns, spec: RequestSpec) -> np.ndarray:
 def _az_mask(cols: Columns, spec: RequestSpec) -> np.ndarray | None:
     if not spec.availability_zone:
         return None
-    return cols["az_code"] == cols.zone_code(spec.availability_zone)  # type: ignore[attr-defined]
+    return cols["az_code"] == cols.zone_code(spec.availability_zone)
 
 
 def _az_sql(spec: RequestSpec) -> tuple[str, list[Any]] | None:
@@ -34,7 +41,9 @@ def _az_sql(spec: RequestSpec) -> tuple[str, list[Any]] | None:
     return "availability_zone = ?", [spec.availability_zone]
 
 
-def _fit(column: str, amount_of: Callable[[RequestSpec], int]) -> tuple[Any, Any]:
+def _fit(
+    column: ColumnName, amount_of: Callable[[RequestSpec], int]
+) -> tuple[MaskFunction, SqlFunction]:
     def mask(cols: Columns, spec: RequestSpec) -> np.ndarray | None:
         amount = amount_of(spec)
         return cols[column] >= amount if amount > 0 else None
@@ -77,7 +86,7 @@ def _capabilities_pass(host: Host, spec: RequestSpec) -> bool:
 
 
 # Image properties that name what the host must be, and the column holding it.
-_IMAGE_PROPERTY_COLUMNS = {
+_IMAGE_PROPERTY_COLUMNS: dict[str, ColumnName] = {
     "hypervisor_type": "hypervisor_type",
     "img_hv_type": "hypervisor_type",
     "hw_architecture": "cpu_arch",
@@ -117,27 +126,27 @@ def _traits_mask(cols: Columns, spec: RequestSpec) -> np.ndarray | None:
         return None
     mask = np.ones(len(cols["name"]), dtype=bool)
     for t in required:
-        mask &= cols.has_trait(t)  # type: ignore[attr-defined]
+        mask &= cols.has_trait(t)
     for t in forbidden:
-        mask &= ~cols.has_trait(t)  # type: ignore[attr-defined]
+        mask &= ~cols.has_trait(t)
     return mask
 
 
 def _io_ops_mask(cols: Columns, spec: RequestSpec) -> np.ndarray:
-    limit = cols.config.scheduler.max_io_ops_per_host  # type: ignore[attr-defined]
+    limit = cols.config.scheduler.max_io_ops_per_host
     return cols["io_ops"] < limit
 
 
 def _num_instances_mask(cols: Columns, spec: RequestSpec) -> np.ndarray:
-    limit = cols.config.scheduler.max_instances_per_host  # type: ignore[attr-defined]
+    limit = cols.config.scheduler.max_instances_per_host
     return cols["running_vms"] < limit
 
 
 def _hosts_of(cols: Columns, server_ids: list[str]) -> np.ndarray:
     mask = np.zeros(len(cols["name"]), dtype=bool)
     for sid in server_ids:
-        host = cols.host_of(sid)  # type: ignore[attr-defined]
-        row = cols.row_of(host) if host else None  # type: ignore[attr-defined]
+        host = cols.host_of(sid)
+        row = cols.row_of(host) if host else None
         if row is not None:
             mask[row] = True
     return mask
@@ -159,7 +168,7 @@ def member_counts(cols: Columns, spec: RequestSpec) -> np.ndarray:
     if spec.group is None:
         return counts
     for host in spec.group.member_hosts:
-        row = cols.row_of(host)  # type: ignore[attr-defined]
+        row = cols.row_of(host)
         if row is not None:
             counts[row] += 1
     return counts
@@ -193,18 +202,18 @@ def _aggregate_extra_specs_mask(cols: Columns, spec: RequestSpec) -> np.ndarray 
     mask = None
     for key, requirement in _aggregate_specs(spec).items():
 
-        def wanted(agg: Any, key: str = key, requirement: str = requirement) -> bool:
+        def wanted(agg: Aggregate, key: str = key, requirement: str = requirement) -> bool:
             values = agg.metadata.get(key)
             return values is not None and any(
                 matches(v.strip(), requirement) for v in values.split(",")
             )
 
-        m = cols.in_aggregates(wanted)  # type: ignore[attr-defined]
+        m = cols.in_aggregates(wanted)
         mask = m if mask is None else mask & m
     return mask
 
 
-def _tenants(agg: Any) -> set[str] | None:
+def _tenants(agg: Aggregate) -> set[str] | None:
     """The projects an aggregate is isolated for (None: not isolating)."""
     keys = [k for k in agg.metadata if k.startswith("filter_tenant_id")]
     if not keys:
@@ -213,10 +222,10 @@ def _tenants(agg: Any) -> set[str] | None:
 
 
 def _tenant_isolation_mask(cols: Columns, spec: RequestSpec) -> np.ndarray:
-    restricted = cols.in_aggregates(lambda a: _tenants(a) is not None)  # type: ignore[attr-defined]
+    restricted = cols.in_aggregates(lambda a: _tenants(a) is not None)
     if not restricted.any():
         return np.ones(len(cols["name"]), dtype=bool)
-    allowed = cols.in_aggregates(lambda a: spec.project in (_tenants(a) or ()))  # type: ignore[attr-defined]
+    allowed = cols.in_aggregates(lambda a: spec.project in (_tenants(a) or ()))
     return ~restricted | allowed
 
 
@@ -230,11 +239,11 @@ def _other_custom_requests(spec: RequestSpec) -> dict[str, int]:
     return {rc: n for rc, n in wanted.items() if not rc.startswith("CUSTOM_PCI_")}
 
 
-def _free_mask(requests_of: Callable[[RequestSpec], dict[str, int]]) -> Any:
+def _free_mask(requests_of: Callable[[RequestSpec], dict[str, int]]) -> MaskFunction:
     def mask(cols: Columns, spec: RequestSpec) -> np.ndarray | None:
         result = None
         for rc, n in requests_of(spec).items():
-            m = cols.free(rc) >= n  # type: ignore[attr-defined]
+            m = cols.free(rc) >= n
             result = m if result is None else result & m
         return result
 
@@ -382,6 +391,6 @@ BUILTIN_FILTERS = [
 
 
 @hookimpl
-def hvmesh_register_filters(register: Any) -> None:
+def hvmesh_register_filters(register: RegisterFilter) -> None:
     for f in BUILTIN_FILTERS:
         register(f)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from hvmesh.core.protocol.models import RequestSpec
 from hvmesh.plugins import hookimpl
-from hvmesh.plugins.api import Columns, Weigher
+from hvmesh.plugins.api import AppliesFunction, Columns, RegisterWeigher, Weigher, WeighFunction
 from hvmesh.plugins.filters import member_counts
 
 
@@ -36,14 +34,14 @@ def _num_instances(cols: Columns, spec: RequestSpec) -> np.ndarray:
     return cols["running_vms"]
 
 
-def _soft(policy: str, sign: float) -> Any:
+def _soft(policy: str, sign: float) -> WeighFunction:
     def weigh(cols: Columns, spec: RequestSpec) -> np.ndarray:
         return sign * member_counts(cols, spec).astype(np.float64)
 
     return weigh
 
 
-def _group_policy(policy: str) -> Any:
+def _group_policy(policy: str) -> AppliesFunction:
     return lambda spec: spec.group is not None and spec.group.policy == policy
 
 
@@ -113,6 +111,6 @@ BUILTIN_WEIGHERS = [
 
 
 @hookimpl
-def hvmesh_register_weighers(register: Any) -> None:
+def hvmesh_register_weighers(register: RegisterWeigher) -> None:
     for w in BUILTIN_WEIGHERS:
         register(w)

@@ -8,18 +8,18 @@ maintenance or power savings pick it with `[scheduler] driver = best_fit`.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 
 from hvmesh.core.protocol.models import RequestSpec
 from hvmesh.plugins import hookimpl
-from hvmesh.plugins.api import SchedulerContext
+from hvmesh.plugins.api import ColumnName, RegisterScheduler, SchedulerContext
 from hvmesh.schedulers.filter_scheduler import TOP, FilterScheduler
 
 # (free column, used column, flavor amount) per resource class; free + used is the
 # capacity after reserved and allocation ratio, what "scarce" must be measured against.
-_RESOURCES = (
+_RESOURCES: tuple[tuple[ColumnName, ColumnName, Callable[[RequestSpec], int]], ...] = (
     ("vcpus_free", "vcpus_used", lambda s: s.flavor.vcpus),
     ("memory_mb_free", "memory_mb_used", lambda s: s.flavor.ram_mb),
     ("disk_gb_free", "local_gb_used", lambda s: s.flavor.disk_gb),
@@ -47,5 +47,5 @@ class BestFitScheduler:
 
 
 @hookimpl
-def hvmesh_register_schedulers(register: Any) -> None:
+def hvmesh_register_schedulers(register: RegisterScheduler) -> None:
     register("best_fit", BestFitScheduler)

@@ -14,14 +14,29 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from hvmesh.core.protocol.models import RequestSpec
 from hvmesh.plugins import hookimpl
-from hvmesh.plugins.api import Columns, SchedulerContext
+from hvmesh.plugins.api import (
+    ColumnName,
+    Columns,
+    Filter,
+    HostPassesFunction,
+    MaskFunction,
+    RegisterScheduler,
+    SchedulerContext,
+    SqlFunction,
+    Weigher,
+)
 from hvmesh.schedulers.score_cache import MAX_SHAPES, ShapeCache, top_cut
+
+if TYPE_CHECKING:
+    from hvmesh.core.config import Config
+    from hvmesh.core.protocol.models import Aggregate
 
 TOP = 16  # hosts ordered and handed to the claim step per round
 # Added to every total weight: far below any real difference, it breaks ties at random.
@@ -56,13 +71,13 @@ class Survivors(dict):
     (`row_of` answers a position among them).
     """
 
-    def __init__(self, cols: Any, rows: np.ndarray) -> None:
+    def __init__(self, cols: Columns, rows: np.ndarray) -> None:
         super().__init__()
         self._cols = cols
         self._rows = rows  # ascending row numbers of the full columns
-        self.config = cols.config
+        self.config: Config = cols.config
 
-    def __missing__(self, key: str) -> np.ndarray:
+    def __missing__(self, key: ColumnName) -> np.ndarray:
         column = self._cols[key]
         # Every host passing is common (an unfiltered request): then no copy is needed.
         value = self[key] = column if len(self._rows) == len(column) else column[self._rows]
@@ -85,7 +100,7 @@ class Survivors(dict):
         column = self._cols.free(resource_class)
         return column if len(self._rows) == len(column) else column[self._rows]
 
-    def in_aggregates(self, wanted: Any) -> np.ndarray:
+    def in_aggregates(self, wanted: Callable[[Aggregate], bool]) -> np.ndarray:
         mask = self._cols.in_aggregates(wanted)
         return mask if len(self._rows) == len(mask) else mask[self._rows]
 
@@ -115,9 +130,18 @@ class FilterScheduler:
         self.tie_break = TIE_BREAK  # 0 turns the tie-break off (tests compare totals)
         self._block = np.empty(0)
         self._block_uses = 0
-        self.masks = [f for f in ctx.filters if f.mask is not None]
-        self.sqls = [f for f in ctx.filters if f.mask is None and f.sql is not None]
-        self.per_host = [f for f in ctx.filters if f.mask is None and f.sql is None]
+        # Each filter with the form it is run in.
+        self.masks: list[tuple[Filter, MaskFunction]] = [
+            (f, f.mask) for f in ctx.filters if f.mask is not None
+        ]
+        self.sqls: list[tuple[Filter, SqlFunction]] = [
+            (f, f.sql) for f in ctx.filters if f.mask is None and f.sql is not None
+        ]
+        self.per_host: list[tuple[Filter, HostPassesFunction]] = [
+            (f, f.host_passes)
+            for f in ctx.filters
+            if f.mask is None and f.sql is None and f.host_passes is not None
+        ]
         # The configuration does not change while the scheduler runs.
         self.weighing = [(w, m) for w in ctx.weighers if (m := self._multiplier(w))]
         self.cache = ShapeCache(
@@ -130,7 +154,7 @@ class FilterScheduler:
             max_shapes=cache_shapes,
         )
 
-    def _multiplier(self, weigher: Any) -> float:
+    def _multiplier(self, weigher: Weigher) -> float:
         if weigher.name in self.multipliers:
             return self.multipliers[weigher.name]
         if weigher.multiplier_option and hasattr(self.cfg, weigher.multiplier_option):
@@ -153,35 +177,35 @@ class FilterScheduler:
             row = index.columns.row.get(name)
             if row is not None:
                 keep[row] = False
-        for f in self.masks:
+        for f, mask in self.masks:
             if f.applies is not None and not f.applies(spec):
                 continue
-            m = f.mask(cols, spec)  # type: ignore[misc]
+            m = mask(cols, spec)
             if m is not None:
                 keep &= m
         where: list[str] = []
         params: list[Any] = []
-        for f in self.sqls:
+        for f, sql in self.sqls:
             if f.applies is not None and not f.applies(spec):
                 continue
-            pred = f.sql(spec)  # type: ignore[misc]
+            pred = sql(spec)
             if pred is not None:
                 where.append(pred[0])
                 params.extend(pred[1])
         if where and keep.any():
             keep &= index.sql_mask(where, params)
         rows = np.flatnonzero(keep)
-        per_host = [f for f in self.per_host if f.applies is None or f.applies(spec)]
+        per_host = [p for f, p in self.per_host if f.applies is None or f.applies(spec)]
         if per_host and len(rows):
             ok = [
                 (e := index.hosts.get(str(cols["name"][r]))) is not None
-                and all(f.host_passes(e.value, spec) for f in per_host)  # type: ignore[misc]
+                and all(passes(e.value, spec) for passes in per_host)
                 for r in rows
             ]
             rows = rows[np.asarray(ok, dtype=bool)]
         return cols, rows
 
-    def weigh(self, survivors: Columns, spec: RequestSpec) -> np.ndarray:
+    def weigh(self, survivors: Survivors, spec: RequestSpec) -> np.ndarray:
         """Sum of multiplier x normalised score, with a tie-breaking jitter already added."""
         total = self._jitter(len(survivors))
         if len(total) == 0:
@@ -243,5 +267,5 @@ class FilterScheduler:
 
 
 @hookimpl
-def hvmesh_register_schedulers(register: Any) -> None:
+def hvmesh_register_schedulers(register: RegisterScheduler) -> None:
     register("filter_scheduler", FilterScheduler)

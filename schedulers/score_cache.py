@@ -25,14 +25,17 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 from itertools import compress
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 import numpy as np
 
 from hvmesh.core.protocol.models import RequestSpec
 from hvmesh.core.state.inventory import Index
-from hvmesh.plugins.api import Filter, Weigher
+from hvmesh.plugins.api import Columns, Filter, MaskFunction, Weigher
+
+if TYPE_CHECKING:
+    from hvmesh.core.config import Config
 
 # Rows kept as the best candidates of a shape; when fewer than a decision needs remain
 # above the threshold they were cut at, they are picked again from every row. Among
@@ -43,7 +46,14 @@ SEEN = 64  # shapes remembered as seen once: only a shape seen twice is kept
 # Changed rows beyond this fraction of the index: rebuilding is as cheap as updating.
 REBUILD_FRACTION = 4
 
-ViewOf = Callable[[Any, np.ndarray], Any]  # (full columns, rows) -> columns of those rows
+
+class RowsView(Columns, Protocol):
+    """Columns of some rows only, whose `up` the cache sets itself."""
+
+    def __setitem__(self, column: str, value: np.ndarray, /) -> None: ...
+
+
+ViewOf = Callable[[Columns, np.ndarray], RowsView]  # (full columns, rows) -> columns of those rows
 
 
 def top_cut(
@@ -150,9 +160,9 @@ class Shape:
     def __init__(
         self,
         index: Index,
-        config: Any,
+        config: Config,
         spec: RequestSpec,
-        filters: list[Filter],
+        masks: list[MaskFunction],
         weighers: list[tuple[Weigher, float]],
         jitter: Callable[[int], np.ndarray],
         view_of: ViewOf,
@@ -160,7 +170,7 @@ class Shape:
         self.index = index
         self.config = config
         self.spec = spec  # the first request of the shape: all its kin read the same
-        self.filters = filters  # the row-local masks that apply
+        self.masks = masks  # the row-local masks that apply
         self.weighers = weighers  # (weigher, multiplier), each applying and non-zero
         self._jitter = jitter
         self._view_of = view_of
@@ -207,8 +217,8 @@ class Shape:
         cols.config = self.config
         self.size = n = index.columns.size
         passing = cols["present"].copy()
-        for f in self.filters:
-            m = f.mask(cols, self.spec)  # type: ignore[misc]
+        for mask in self.masks:
+            m = mask(cols, self.spec)
             if m is not None:
                 passing &= m
         self.passing = passing
@@ -234,8 +244,8 @@ class Shape:
         view["up"] = up = base.up_of(rows)
         present = base["present"][rows]
         new_pass = present.copy()
-        for f in self.filters:
-            m = f.mask(view, self.spec)  # type: ignore[misc]
+        for mask in self.masks:
+            m = mask(view, self.spec)
             if m is not None:
                 new_pass &= m
         heartbeats = base["heartbeat"][rows][up & present]
@@ -327,7 +337,7 @@ class ShapeCache:
     def __init__(
         self,
         index: Index,
-        config: Any,
+        config: Config,
         filters: list[Filter],
         weighers: list[tuple[Weigher, float]],
         jitter: Callable[[int], np.ndarray],
@@ -372,7 +382,7 @@ class ShapeCache:
 
     def _make(self, spec: RequestSpec) -> Shape | None:
         """A Shape of `spec`, or None if a filter or weigher that applies is not cacheable."""
-        filters = []
+        masks: list[MaskFunction] = []
         for f in self.filters:
             if f.applies is not None and not f.applies(spec):
                 continue
@@ -383,7 +393,7 @@ class ShapeCache:
                 return None
             if not f.row_local:
                 return None
-            filters.append(f)
+            masks.append(f.mask)
         weighers = []
         for w, mult in self.weighers:
             if w.applies is not None and not w.applies(spec):
@@ -391,4 +401,4 @@ class ShapeCache:
             if not w.row_local:
                 return None
             weighers.append((w, mult))
-        return Shape(self.index, self.config, spec, filters, weighers, self.jitter, self.view_of)
+        return Shape(self.index, self.config, spec, masks, weighers, self.jitter, self.view_of)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import get_args
 
 import msgspec
 import pytest
@@ -10,9 +11,11 @@ import pytest
 from hvmesh.core import config
 from hvmesh.core.protocol import states
 from hvmesh.core.protocol.models import Flavor, Heartbeat, Host, Inventory, RequestSpec
+from hvmesh.core.state.host_columns import HOST_COLUMNS
 from hvmesh.core.state.inventory import Index
 from hvmesh.core.state.store import Entry
 from hvmesh.plugins import manager
+from hvmesh.plugins.api import ColumnName
 from hvmesh.schedulers.filter_scheduler import FilterScheduler
 
 
@@ -248,3 +251,7 @@ async def test_weight_multipliers_by_name_override_and_bad_ones_fail() -> None:
     assert (await ram_only.select(spec()))[0] == "ram-rich"
     with pytest.raises(ValueError, match="'RAMWeigher:2' is not Name=number"):
         scheduler(index, weight_multipliers=["RAMWeigher:2"])
+
+
+def test_the_plugin_api_names_every_index_column() -> None:
+    assert set(get_args(ColumnName)) == set(HOST_COLUMNS) | {"up"}

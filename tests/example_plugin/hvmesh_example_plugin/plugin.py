@@ -15,13 +15,11 @@ prefers hosts with shorter names.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from hvmesh.core.protocol.models import RequestSpec
 from hvmesh.plugins import hookimpl
-from hvmesh.plugins.api import Columns, Filter, Weigher
+from hvmesh.plugins.api import Columns, Filter, RegisterFilter, RegisterWeigher, Weigher
 
 SUFFIX_KEY = "example:host_suffix"
 
@@ -63,10 +61,10 @@ NAME_LENGTH_WEIGHER = Weigher(
 
 
 @hookimpl
-def hvmesh_register_filters(register: Any) -> None:
+def hvmesh_register_filters(register: RegisterFilter) -> None:
     register(NAME_SUFFIX_FILTER)
 
 
 @hookimpl
-def hvmesh_register_weighers(register: Any) -> None:
+def hvmesh_register_weighers(register: RegisterWeigher) -> None:
     register(NAME_LENGTH_WEIGHER)

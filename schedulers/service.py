@@ -19,6 +19,7 @@ from hvmesh.core.config import Config
 from hvmesh.core.protocol import subjects
 from hvmesh.core.protocol.errors import Forbidden
 from hvmesh.core.protocol.models import RequestSpec, Selection
+from hvmesh.core.protocol.version import VERSION
 from hvmesh.core.state import placement
 from hvmesh.core.state.inventory import Index
 from hvmesh.core.state.store import Store
@@ -27,7 +28,6 @@ from hvmesh.plugins import manager
 LOG = log.get_logger(__name__)
 
 MAX_ROUNDS = 64  # select-and-claim rounds before giving up on a request
-VERSION = "0.1.0"
 
 
 class SchedulerService:

@@ -44,12 +44,12 @@ from hvmesh.core.protocol.models import (
     ServerCreate,
     ServerGroupCreate,
 )
+from hvmesh.core.protocol.version import VERSION
 from hvmesh.core.state.inventory import Index
 from hvmesh.core.state.store import Store
 
 LOG = log.get_logger(__name__)
 
-VERSION = "0.1.0"
 MIN_MICROVERSION = "1.0"
 MAX_MICROVERSION = "1.0"
 

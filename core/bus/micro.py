@@ -1,7 +1,8 @@
 """NATS micro services with typed endpoints, the caller's identity, and `call`, their client side.
 
-A `MicroService` wraps nats.py's micro service so each endpoint declares the msgspec
-Struct its body must decode to; a bad body becomes a 400 naming the field, an
+A `MicroService` speaks the NATS micro protocol ($SRV.PING/INFO/STATS, the endpoints in
+one queue group) on plain subscriptions, and each endpoint declares the msgspec Struct
+its body must decode to; a bad body becomes a 400 naming the field, an
 `HvmeshError` becomes its code, anything else a 500. Handlers run as tasks, so one slow
 request never holds up the next. `call` is the client side: it raises the error a
 service answered with.
@@ -10,20 +11,23 @@ service answered with.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import re
 import time
 import types
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
-from nats.micro import add_service
-from nats.micro.request import Request as MicroRequest
-from nats.micro.service import EndpointConfig, Service
+from nats.nuid import NUID
 
 from hvmesh.core import log
 from hvmesh.core.protocol import errors
@@ -91,8 +95,117 @@ def error_body(code: int, message: str) -> bytes:
 Handler = Callable[[Caller, Any], Awaitable[Any]]
 
 
+PREFIX = "$SRV"
+VERBS = ("PING", "INFO", "STATS")
+PING_RESPONSE = "io.nats.micro.v1.ping_response"
+INFO_RESPONSE = "io.nats.micro.v1.info_response"
+STATS_RESPONSE = "io.nats.micro.v1.stats_response"
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
+SEMVER_PATTERN = re.compile(
+    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
+    r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
+    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
+)
+
+
+class EndpointInfo(msgspec.Struct):
+    """One endpoint as $SRV.INFO describes it."""
+
+    name: str
+    subject: str
+    queue_group: str
+    metadata: dict[str, str] = {}
+
+
+class EndpointStats(msgspec.Struct):
+    """One endpoint's counters as $SRV.STATS reports them (times in nanoseconds)."""
+
+    name: str
+    subject: str
+    queue_group: str
+    num_requests: int = 0
+    num_errors: int = 0
+    last_error: str = ""
+    processing_time: int = 0
+    average_processing_time: int = 0
+    data: Any = None
+
+
+class PingResponse(msgspec.Struct):
+    """The io.nats.micro.v1.ping_response a service answers $SRV.PING with."""
+
+    type: str
+    name: str
+    id: str
+    version: str
+    metadata: dict[str, str]
+
+
+class InfoResponse(msgspec.Struct):
+    """The io.nats.micro.v1.info_response a service answers $SRV.INFO with."""
+
+    type: str
+    name: str
+    id: str
+    version: str
+    metadata: dict[str, str]
+    description: str
+    endpoints: list[EndpointInfo]
+
+
+class StatsResponse(msgspec.Struct):
+    """The io.nats.micro.v1.stats_response a service answers $SRV.STATS with."""
+
+    type: str
+    name: str
+    id: str
+    version: str
+    metadata: dict[str, str]
+    started: str
+    endpoints: list[EndpointStats]
+
+
+def control_subjects(verb: str, name: str, id_: str) -> list[str]:
+    """The three subjects a service answers `verb` on: all services, its name, itself."""
+    return [f"{PREFIX}.{verb}", f"{PREFIX}.{verb}.{name}", f"{PREFIX}.{verb}.{name}.{id_}"]
+
+
+class _Endpoint:
+    """A registered endpoint: its handler, body type, subscription and counters."""
+
+    def __init__(
+        self,
+        name: str,
+        subject: str,
+        queue_group: str,
+        handler: Handler,
+        body: type | types.UnionType,
+    ) -> None:
+        self.handler = handler
+        self.body = body
+        self.info = EndpointInfo(name=name, subject=subject, queue_group=queue_group)
+        self.stats = EndpointStats(name=name, subject=subject, queue_group=queue_group)
+        self.completed = 0
+        self.subscription: Subscription | None = None
+
+    def finished(self, elapsed_ns: int, error: tuple[int, str] | None) -> None:
+        """Count a request that was answered, in `elapsed_ns`, with `error` if it failed."""
+        stats = self.stats
+        self.completed += 1
+        stats.processing_time += elapsed_ns
+        stats.average_processing_time = stats.processing_time // self.completed
+        if error is not None:
+            stats.num_errors += 1
+            stats.last_error = f"{error[0]}:{error[1]}"
+
+
 class MicroService:
-    """A NATS micro service whose endpoints decode typed bodies and answer JSON."""
+    """A NATS micro service whose endpoints decode typed bodies and answer JSON.
+
+    It speaks the NATS micro protocol on plain subscriptions: each endpoint subscribes
+    in the service's queue group, and every instance answers $SRV.PING, $SRV.INFO and
+    $SRV.STATS (for all services, its name, and its name and id).
+    """
 
     def __init__(
         self,
@@ -103,16 +216,22 @@ class MicroService:
         metadata: dict[str, str] | None = None,
         concurrency: int = 64,
     ) -> None:
+        if not NAME_PATTERN.match(name):
+            raise ValueError(f"invalid micro service name {name!r}")
+        if not SEMVER_PATTERN.match(version):
+            raise ValueError(f"micro service version {version!r} is not a semantic version")
         self.nc = nc
         self.name = name
         self.version = version
         self.description = description
         self.metadata = metadata or {}
-        self._service: Service | None = None
-        self._pending: list[tuple[str, str, Handler, type | types.UnionType]] = []
+        self.id = NUID().next().decode()
+        self.queue_group = name
+        self.started = datetime.now(UTC)
+        self._endpoints: list[_Endpoint] = []
+        self._control: list[Subscription] = []
         self._sem = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._endpoints: dict[str, Any] = {}
 
     def endpoint(
         self, name: str, subject: str, handler: Handler, body: type | types.UnionType
@@ -121,35 +240,80 @@ class MicroService:
 
         `body` is a msgspec Struct type, or a union of tagged Structs.
         """
-        self._pending.append((name, subject, handler, body))
+        if not NAME_PATTERN.match(name):
+            raise ValueError(f"invalid endpoint name {name!r}")
+        self._endpoints.append(_Endpoint(name, subject, self.queue_group, handler, body))
+
+    @property
+    def _pending(self) -> list[tuple[str, str, Handler, type | types.UnionType]]:
+        """The registered endpoints as (name, subject, handler, body)."""
+        return [(ep.info.name, ep.info.subject, ep.handler, ep.body) for ep in self._endpoints]
 
     async def start(self) -> None:
-        self._service = await add_service(
-            self.nc,
-            name=self.name,
-            version=self.version,
-            description=self.description,
-            metadata=self.metadata,
-            queue_group=self.name,
-        )
-        for name, subject, handler, body in self._pending:
-            await self._service.add_endpoint(
-                EndpointConfig(
-                    name=name,
-                    subject=subject,
-                    handler=self._dispatcher(name, subject, handler, body),
-                )
+        """Subscribe the endpoints, then answer PING/INFO/STATS (so a PING means ready)."""
+        if self._control:
+            return
+        for ep in self._endpoints:
+            ep.subscription = await self.nc.subscribe(
+                ep.info.subject, queue=self.queue_group, cb=self._dispatcher(ep)
             )
-            # nats.py counts errors and time only for handlers that raise inside its own
-            # callback; ours answer from a task, so they report into its counters here.
-            self._endpoints[name] = self._service._endpoints[-1]
+        answers = {"PING": self.ping, "INFO": self.info, "STATS": self.stats}
+        for verb in VERBS:
+            for subject in control_subjects(verb, self.name, self.id):
+                self._control.append(
+                    await self.nc.subscribe(subject, cb=self._control_handler(answers[verb]))
+                )
+        self.started = datetime.now(UTC)
+        await self.nc.flush()
 
-    def _dispatcher(
-        self, name: str, subject: str, handler: Handler, body: type | types.UnionType
-    ) -> Callable[[MicroRequest], Awaitable[None]]:
-        async def dispatch(req: MicroRequest) -> None:
+    def ping(self) -> PingResponse:
+        """What this instance answers $SRV.PING with."""
+        return PingResponse(
+            type=PING_RESPONSE,
+            name=self.name,
+            id=self.id,
+            version=self.version,
+            metadata=self.metadata,
+        )
+
+    def info(self) -> InfoResponse:
+        """What this instance answers $SRV.INFO with: itself and its endpoints."""
+        return InfoResponse(
+            type=INFO_RESPONSE,
+            name=self.name,
+            id=self.id,
+            version=self.version,
+            metadata=self.metadata,
+            description=self.description,
+            endpoints=[ep.info for ep in self._endpoints],
+        )
+
+    def stats(self) -> StatsResponse:
+        """What this instance answers $SRV.STATS with: each endpoint's counters."""
+        return StatsResponse(
+            type=STATS_RESPONSE,
+            name=self.name,
+            id=self.id,
+            version=self.version,
+            metadata=self.metadata,
+            started=self.started.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            endpoints=[ep.stats for ep in self._endpoints],
+        )
+
+    def _control_handler(
+        self, answer: Callable[[], msgspec.Struct]
+    ) -> Callable[[Msg], Awaitable[None]]:
+        async def respond(msg: Msg) -> None:
+            if msg.reply:
+                await self.nc.publish(msg.reply, msgspec.json.encode(answer()))
+
+        return respond
+
+    def _dispatcher(self, ep: _Endpoint) -> Callable[[Msg], Awaitable[None]]:
+        async def dispatch(msg: Msg) -> None:
+            ep.stats.num_requests += 1
             await self._sem.acquire()
-            task = asyncio.create_task(self._handle(name, subject, handler, body, req))
+            task = asyncio.create_task(self._handle(ep, msg))
             self._tasks.add(task)
             task.add_done_callback(self._done)
 
@@ -159,54 +323,47 @@ class MicroService:
         self._tasks.discard(task)
         self._sem.release()
 
-    async def _handle(
-        self,
-        name: str,
-        subject: str,
-        handler: Handler,
-        body: type | types.UnionType,
-        req: MicroRequest,
-    ) -> None:
+    async def _handle(self, ep: _Endpoint, msg: Msg) -> None:
         started = time.perf_counter_ns()
         error: tuple[int, str] | None = None
         try:
-            caller = caller_of(req.headers)
+            caller = caller_of(msg.headers)
             decoded = (
-                Raw(data=req.data, headers=dict(req.headers or {}))
-                if body is Raw
-                else decode_body(req.data, body)
+                Raw(data=msg.data, headers=dict(msg.headers or {}))
+                if ep.body is Raw
+                else decode_body(msg.data, ep.body)
             )
-            result = await handler(caller, decoded)
-            await req.respond(encode(result))
+            result = await ep.handler(caller, decoded)
+            await self._respond(msg, encode(result))
         except errors.HvmeshError as exc:
             error = (exc.code, exc.message)
         except Exception as exc:
-            LOG.exception("request.failed", subject=subject)
+            LOG.exception("request.failed", subject=ep.info.subject)
             error = (500, f"internal error: {type(exc).__name__}: {exc}")
         if error is not None:
-            await self._respond_error(req, *error)
-        self._account(name, time.perf_counter_ns() - started, error)
+            await self._respond_error(msg, *error)
+        ep.finished(time.perf_counter_ns() - started, error)
 
-    def _account(self, name: str, elapsed_ns: int, error: tuple[int, str] | None) -> None:
-        ep = self._endpoints.get(name)
-        if ep is None:
-            return
-        ep._processing_time += elapsed_ns
-        ep._average_processing_time = int(ep._processing_time / max(ep._num_requests, 1))
-        if error is not None:
-            ep._num_errors += 1
-            ep._last_error = f"{error[0]}:{error[1]}"
+    async def _respond(self, msg: Msg, data: bytes, headers: dict[str, str] | None = None) -> None:
+        if msg.reply:
+            await self.nc.publish(msg.reply, data, headers=headers)
 
-    @staticmethod
-    async def _respond_error(req: MicroRequest, code: int, message: str) -> None:
+    async def _respond_error(self, msg: Msg, code: int, message: str) -> None:
+        headers = {"Nats-Service-Error": message, "Nats-Service-Error-Code": str(code)}
         try:
-            await req.respond_error(str(code), message, data=error_body(code, message))
+            await self._respond(msg, error_body(code, message), headers)
         except Exception:
             LOG.exception("request.respond_failed")
 
     async def stop(self) -> None:
-        if self._service is not None:
-            await self._service.stop()
+        """Stop taking requests, then wait for the ones under way."""
+        subscriptions = [ep.subscription for ep in self._endpoints if ep.subscription]
+        for sub in [*subscriptions, *self._control]:
+            with contextlib.suppress(NatsError):
+                await sub.unsubscribe()
+        for ep in self._endpoints:
+            ep.subscription = None
+        self._control = []
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 

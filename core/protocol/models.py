@@ -19,9 +19,6 @@ from msgspec import Meta, Struct, field
 Name = Annotated[str, Meta(min_length=1, max_length=255)]
 NonNegInt = Annotated[int, Meta(ge=0)]
 PosInt = Annotated[int, Meta(ge=1)]
-Ratio = Annotated[float, Meta(gt=0)]
-
-RESOURCE_CLASSES = ("VCPU", "MEMORY_MB", "DISK_GB")
 
 
 def new_id() -> str:
@@ -119,9 +116,6 @@ class FlavorCreate(Request):
 # --- images ---------------------------------------------------------------------------------
 
 DiskFormat = Literal["qcow2", "raw", "vmdk", "vhd", "vhdx", "iso", "ami", "ari", "aki"]
-
-
-ImageStatus = Literal["queued", "saving", "active", "killed"]
 
 
 class Image(Record):

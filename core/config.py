@@ -12,7 +12,7 @@ import os
 import socket
 import typing
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
@@ -22,6 +22,10 @@ class DefaultSection(Struct, kw_only=True, forbid_unknown_fields=True):
     log_level: Annotated[str, Meta(description="Log level: debug, info, warning or error.")] = (
         "info"
     )
+    log_format: Annotated[
+        Literal["auto", "json", "console"],
+        Meta(description="json, console (readable lines) or auto: console on a terminal."),
+    ] = "auto"
     service_down_time: Annotated[
         float, Meta(description="Seconds without a heartbeat after which a host counts as down.")
     ] = 60.0

@@ -29,7 +29,7 @@ from hvmesh.core.protocol.models import (
     RequestSpec,
     SchedulerHints,
 )
-from hvmesh.core.state import inventory
+from hvmesh.core.state import host_columns, inventory
 from hvmesh.core.state.inventory import Index
 from hvmesh.core.state.store import Entry
 from hvmesh.plugins import manager
@@ -297,7 +297,7 @@ def test_heartbeats_of_up_hosts_are_not_journaled(clock: Clock) -> None:
 async def test_a_forgotten_journal_means_a_rebuild(
     clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(inventory, "JOURNAL_LIMIT", 8)
+    monkeypatch.setattr(host_columns, "JOURNAL_LIMIT", 8)
     rng = random.Random(3)
     fleet = Fleet(clock)
     for i in range(40):

@@ -32,7 +32,7 @@ def service_config(args: argparse.Namespace) -> config.Config:
         )
     if args.url or args.context:
         cfg = msgspec.structs.replace(cfg, nats=nats_settings(args))
-    log.setup("debug" if args.debug else cfg.DEFAULT.log_level)
+    log.setup("debug" if args.debug else cfg.DEFAULT.log_level, fmt=cfg.DEFAULT.log_format)
     return cfg
 
 

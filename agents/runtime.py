@@ -1,6 +1,7 @@
 """The agent runtime every driver runs under: one AgentRuntime per hypervisor host.
 
-It registers the host record with the driver's inventory, heartbeats, takes work from
+It registers the host record with the driver's inventory (its traits plus one per
+driver capability, core/protocol/actions.py CAPABILITY_TRAITS), heartbeats, takes work from
 the host's own durable queue (hvmesh.work.<host>), runs it through the driver and
 reports the outcome as events (hvmesh.events.<host>.<server>). It never writes a server
 record: the conductor applies the events. It also reports every instance's power state
@@ -227,11 +228,16 @@ class AgentRuntime:
     # --- host record and heartbeats -------------------------------------------------------
 
     async def register(self) -> None:
-        """Create or refresh this host's record; allocations and status are left as they are."""
+        """Create or refresh this host's record; allocations and status are left as they are.
+
+        The traits are the hypervisor's own and one per capability the driver declares,
+        as Nova's compute reports its driver's capabilities to placement.
+        """
         assert self.store is not None
         node = await self.driver.get_inventory()
         inventories = inventories_for(node, self.cfg)
         az = self.cfg.compute.availability_zone
+        traits = sorted(set(node.traits) | self.driver.capability_traits())
 
         def refresh(record: Host) -> Host:
             return msgspec.structs.replace(
@@ -239,7 +245,7 @@ class AgentRuntime:
                 driver=self.driver.name,
                 availability_zone=az,
                 inventories=inventories,
-                traits=sorted(set(node.traits)),
+                traits=traits,
                 hypervisor_type=node.hypervisor_type,
                 hypervisor_version=node.hypervisor_version,
                 cpu_arch=node.cpu_arch,
@@ -346,7 +352,10 @@ class AgentRuntime:
             event.power_state = await self.power_state(work.server_id)
         except Exception as exc:
             event.ok = False
-            event.message = f"{type(exc).__name__}: {exc}"
+            reason = str(exc)
+            if isinstance(exc, NotImplementedError) and not reason:
+                reason = f"the {self.driver.name} driver cannot {work.kind}"
+            event.message = f"{type(exc).__name__}: {reason}"
             with contextlib.suppress(Exception):
                 event.power_state = await self.power_state(work.server_id)
             LOG.warning(

@@ -4,6 +4,8 @@ It is what `hvmesh up --fake-hosts N` and the tests run; thousands of fake hosts
 one process. Settings come from the [fake] config section: `fail_rate` fails spawns at
 random, `fail_steps` fails named driver steps always (to exercise rollbacks). Each
 instance keeps a console log of what happened to it, as a guest's serial console would.
+`FakeDriver.lacking(...)` makes a fake driver class without some capabilities, for
+tests of what the API refuses on such hosts.
 """
 
 from __future__ import annotations
@@ -23,9 +25,35 @@ from hvmesh.plugins import hookimpl
 class FakeDriver(ComputeDriver):
     name: ClassVar[str] = "fake"
     capabilities: ClassVar[dict[str, bool]] = {
-        "supports_multiattach": False,
+        "supports_attach_interface": True,
+        "supports_evacuate": True,
         "supports_live_migration": True,
+        "supports_pci_passthrough": True,  # [fake] pci_devices, claimed as resources
+        "supports_multiattach": False,
+        # confirm_migration drops the instance: a move must leave the host
+        "supports_migrate_to_same_host": False,
+        # an image is only fetched and kept, never read: every format boots
+        **{
+            f"supports_image_type_{fmt}": True
+            for fmt in ("aki", "ami", "ari", "iso", "qcow2", "raw", "vhd", "vhdx", "vmdk")
+        },
     }
+
+    @classmethod
+    def lacking(cls, *capabilities: str, name: str = "") -> type[FakeDriver]:
+        """A FakeDriver subclass that declares `capabilities` False, registered as `name`
+        (default "fake-without-<capabilities>"); everything else is the fake driver's."""
+        unknown = set(capabilities) - cls.capabilities.keys()
+        if unknown:
+            raise ValueError(f"the fake driver has no capability {', '.join(sorted(unknown))}")
+        short = "-".join(c.removeprefix("supports_").replace("_", "-") for c in capabilities)
+        name = name or f"fake-without-{short}"
+        attrs = {
+            "name": name,
+            "capabilities": cls.capabilities | dict.fromkeys(capabilities, False),
+        }
+        class_name = "".join(part.title() for part in name.replace("_", "-").split("-"))
+        return type(f"{class_name}Driver", (cls,), attrs)
 
     def __init__(self, host: str, config: Any) -> None:
         super().__init__(host, config)

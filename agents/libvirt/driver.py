@@ -39,6 +39,12 @@ class LibvirtDriver(LibvirtMoves):
         "supports_live_migration": True,
         "supports_attach_interface": True,
         "supports_pci_passthrough": True,
+        "supports_evacuate": True,
+        "supports_migrate_to_same_host": True,
+        "supports_image_type_qcow2": True,
+        "supports_image_type_raw": True,
+        "supports_image_type_aki": True,
+        "supports_image_type_ari": True,
     }
 
     # --- the contract: inventory, listing -------------------------------------------------

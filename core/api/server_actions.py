@@ -1,7 +1,9 @@
 """The API's server actions: hvmesh.api.servers.action and the instance action log endpoints.
 
-An action is checked against the state machine (core/protocol/actions.py) and its own rules
-(the image of a rebuild must fit the flavor, a resize needs another flavor, ...), then
+An action is checked against the state machine (core/protocol/actions.py), against what
+the driver of the server's host can do (its capability traits; a 409 naming the capability
+and the driver) and its own rules (the image of a rebuild must fit the flavor, a resize
+needs another flavor, ...), then
 accepted with one compare-and-set on the server that re-checks the state it read: a
 refusal is a 409 or 400 and changes nothing. Accepted, the server shows the action's
 task_state and request id, the action is logged, and a task is queued for the
@@ -77,6 +79,7 @@ class ServerActions:
         req = msgspec.structs.replace(req, id=server.id)  # a name is resolved once, here
         name = actions.rule_name(req)
         rule = actions.check(name, server, caller.is_admin, caller.user)
+        self.check_capable(name, server, req)
         if isinstance(req, ConsoleLog):
             return await self.console_log(server, req)
         if isinstance(req, Lock | Unlock | ResetState):
@@ -116,6 +119,19 @@ class ServerActions:
         )
         LOG.info("api.server_action", server=server.id, action=action, request=request_id)
         return {"server": server_view(written.value, caller), "request_id": request_id}
+
+    def check_capable(self, name: str, s: Server, req: ServerAction) -> None:
+        """409 when the driver of the server's host, or of the host a move names, lacks
+        the capability the action needs (actions.ACTION_CAPABILITIES), read from the host
+        traits in the inventory index. A host the index does not know is not judged here
+        (a named one is refused by `prepare`)."""
+        hosts = [s.host]
+        if isinstance(req, Migrate | LiveMigrate | Evacuate) and req.host is not None:
+            hosts.append(req.host)
+        for host in hosts:
+            entry = self.api.index.hosts.get(host) if host else None
+            if entry is not None:
+                actions.check_capable(name, entry.value)
 
     async def prepare(
         self, caller: Caller, s: Server, req: ServerAction

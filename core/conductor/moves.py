@@ -35,10 +35,11 @@ import msgspec
 from hvmesh.core import log
 from hvmesh.core.conductor.lifecycle import Handlers, Lifecycle
 from hvmesh.core.conductor.scheduling import select
-from hvmesh.core.protocol import errors
+from hvmesh.core.protocol import actions, errors
 from hvmesh.core.protocol import states as S
 from hvmesh.core.protocol.models import (
     AgentEvent,
+    Flavor,
     Image,
     Migration,
     RequestSpec,
@@ -97,18 +98,24 @@ class MoveSteps:
         m = await self._begin(task, srv)
         if m is None:
             return None
-        chosen = await self._destination(srv, m, getattr(task.action, "host", None))
+        chosen = await self._destination(srv, m, getattr(task.action, "host", None), action)
         if chosen.host is None:
             await self._end(srv, action, m.source_host, f"No valid host was found. {chosen.reason}")
             return None
         return m, chosen.host
 
-    async def _destination(self, srv: Server, m: Migration, requested: str | None) -> Selection:
-        """A host claimed for the server with the flavor it will have there, or why none."""
+    async def _destination(
+        self, srv: Server, m: Migration, requested: str | None, action: str
+    ) -> Selection:
+        """A host claimed for the server with the flavor it will have there, or why none.
+
+        A move that needs a driver capability (live migration, evacuation) asks for the
+        capability's trait, so the destination's driver can do it too.
+        """
         spec = RequestSpec(
             server_id=srv.id,
             project=srv.project,
-            flavor=m.new_flavor or srv.flavor,
+            flavor=needing_capability(m.new_flavor or srv.flavor, action),
             image_properties=srv.image_properties,
             availability_zone=srv.availability_zone,
             scheduler_hints=srv.scheduler_hints,
@@ -241,3 +248,14 @@ class _Evacuation(MoveSteps):
             )
 
         await self.lc.finish(srv, ev.action, evacuated)
+
+
+def needing_capability(flavor: Flavor, action: str) -> Flavor:
+    """`flavor`, requiring the trait of the driver capability `action` needs (if any)."""
+    capability = actions.ACTION_CAPABILITIES.get(action)
+    if capability is None:
+        return flavor
+    trait = actions.capability_trait(capability)
+    return msgspec.structs.replace(
+        flavor, extra_specs={**flavor.extra_specs, f"trait:{trait}": "required"}
+    )

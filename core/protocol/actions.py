@@ -4,6 +4,11 @@ One table, read by the API before it accepts an action (a refusal is a 409 namin
 state, and nothing changes) and by the conductor, which only carries on an action whose
 task_state and request id the server still shows. The allowed states are Nova's
 (`check_instance_state` on each compute API method).
+
+Beside it, what a host's driver must be able to do: ACTION_CAPABILITIES names the
+driver capability an action needs, and CAPABILITY_TRAITS the host trait each capability
+becomes (Nova's CAPABILITY_TRAITS_MAP, with os-traits names). The API refuses an action
+whose capability the server's host lacks with a 409 naming both, before anything changes.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from dataclasses import dataclass
 
 from hvmesh.core.protocol import errors
 from hvmesh.core.protocol import states as S
-from hvmesh.core.protocol.models import ActionRequest, Reboot, Server, action_name
+from hvmesh.core.protocol.models import ActionRequest, Host, Reboot, Server, action_name
 
 NO_TASK: frozenset[str | None] = frozenset({None})
 ANY_TASK: frozenset[str | None] = frozenset()  # empty: every task_state allowed
@@ -63,6 +68,56 @@ RULES: dict[str, Rule] = {
     "console-log": _r(_ALL_WITH_HOST, None, task_states=ANY_TASK),
     "reset-state": _r((), None, task_states=ANY_TASK, admin_only=True, needs_host=False),
 }
+
+
+# Driver capability -> the host trait it becomes when the driver declares it True. Nova's
+# trait where os-traits has one; hvmesh's own capabilities as CUSTOM_HVMESH_<CAPABILITY>.
+CAPABILITY_TRAITS: dict[str, str] = {
+    "supports_attach_interface": "COMPUTE_NET_ATTACH_INTERFACE",
+    "supports_multiattach": "COMPUTE_VOLUME_MULTI_ATTACH",
+    "supports_migrate_to_same_host": "COMPUTE_SAME_HOST_COLD_MIGRATE",
+    "supports_image_type_aki": "COMPUTE_IMAGE_TYPE_AKI",
+    "supports_image_type_ami": "COMPUTE_IMAGE_TYPE_AMI",
+    "supports_image_type_ari": "COMPUTE_IMAGE_TYPE_ARI",
+    "supports_image_type_iso": "COMPUTE_IMAGE_TYPE_ISO",
+    "supports_image_type_qcow2": "COMPUTE_IMAGE_TYPE_QCOW2",
+    "supports_image_type_raw": "COMPUTE_IMAGE_TYPE_RAW",
+    "supports_image_type_vhd": "COMPUTE_IMAGE_TYPE_VHD",
+    "supports_image_type_vhdx": "COMPUTE_IMAGE_TYPE_VHDX",
+    "supports_image_type_vmdk": "COMPUTE_IMAGE_TYPE_VMDK",
+    "supports_evacuate": "CUSTOM_HVMESH_SUPPORTS_EVACUATE",
+    "supports_live_migration": "CUSTOM_HVMESH_SUPPORTS_LIVE_MIGRATION",
+    "supports_pci_passthrough": "CUSTOM_HVMESH_SUPPORTS_PCI_PASSTHROUGH",
+}
+
+# Action (a RULES name) -> the driver capability the server's host needs for it. Nova
+# checks supports_attach_interface and supports_evacuate; a detach is the same hot-plug.
+ACTION_CAPABILITIES: dict[str, str] = {
+    "live-migrate": "supports_live_migration",
+    "evacuate": "supports_evacuate",
+    "attach-interface": "supports_attach_interface",
+    "detach-interface": "supports_attach_interface",
+}
+
+
+def capability_trait(capability: str) -> str:
+    """The host trait a driver capability becomes (CUSTOM_HVMESH_<NAME> when unlisted)."""
+    known = CAPABILITY_TRAITS.get(capability)
+    if known is not None:
+        return known
+    name = "".join(c if c.isascii() and c.isalnum() else "_" for c in capability.upper())
+    return f"CUSTOM_HVMESH_{name}"
+
+
+def check_capable(name: str, host: Host) -> None:
+    """409 when action `name` needs a driver capability that `host` lacks (its traits)."""
+    capability = ACTION_CAPABILITIES.get(name)
+    if capability is None or capability_trait(capability) in host.traits:
+        return
+    raise errors.Conflict(
+        f"host {host.name} (driver {host.driver}) cannot {name}: "
+        f"it lacks the capability {capability}"
+    )
 
 
 def rule_name(action: ActionRequest) -> str:

@@ -24,13 +24,13 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import DeliverPolicy
 
 from hvmesh.agents.driver import ComputeDriver, DriverError, NodeInventory
 from hvmesh.agents.image_cache import ImageCache
 from hvmesh.core import log
 from hvmesh.core.bus import micro as bus
-from hvmesh.core.bus.worker import PullWorker
+from hvmesh.core.bus.worker import PullWorker, durable_pull
 from hvmesh.core.config import Config, state_dir
 from hvmesh.core.protocol import states, subjects
 from hvmesh.core.protocol.models import (
@@ -195,16 +195,14 @@ class AgentRuntime:
         self._subs.append(
             await self.nc.subscribe(subjects.agent(self.host, "console_log"), cb=self._console_log)
         )
-        sub = await self.js.pull_subscribe(
+        sub = await durable_pull(
+            self.js,
             subjects.work(self.host),
-            durable=subjects.agent_durable(self.host),
-            stream=subjects.WORK_STREAM,
-            config=ConsumerConfig(
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=WORK_ACK_WAIT,
-                deliver_policy=DeliverPolicy.ALL,
-                max_ack_pending=max(self.cfg.compute.workers * 4, 16),
-            ),
+            subjects.agent_durable(self.host),
+            subjects.WORK_STREAM,
+            WORK_ACK_WAIT,
+            max_ack_pending=max(self.cfg.compute.workers * 4, 16),
+            deliver_policy=DeliverPolicy.ALL,
         )
         self._tasks.append(asyncio.create_task(self._heartbeat_loop()))
         self._tasks.append(asyncio.create_task(self._power_sync_loop()))

@@ -26,7 +26,7 @@ from hvmesh.core.config import Config
 from hvmesh.core.metadata.configdrive import build_config_drive
 from hvmesh.core.metadata.content import config_drive_files, load_vendor_data
 from hvmesh.core.protocol.actions import capability_trait
-from hvmesh.core.protocol.models import Flavor, Image, Server, Vif
+from hvmesh.core.protocol.records import Flavor, Image, Server, Vif
 
 
 class DriverError(Exception):

@@ -22,7 +22,7 @@ from nats.js import JetStreamContext
 
 from hvmesh.core import log
 from hvmesh.core.protocol import errors
-from hvmesh.core.protocol.models import Image
+from hvmesh.core.protocol.records import Image
 from hvmesh.core.state import image_data
 from hvmesh.core.state.store import Store
 

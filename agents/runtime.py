@@ -33,17 +33,9 @@ from hvmesh.core.bus import micro as bus
 from hvmesh.core.bus.worker import PullWorker, durable_pull
 from hvmesh.core.config import Config, state_dir
 from hvmesh.core.protocol import states, subjects
-from hvmesh.core.protocol.models import (
-    AgentEvent,
-    Heartbeat,
-    Host,
-    Inventory,
-    Server,
-    Vif,
-    Work,
-    encode,
-    now,
-)
+from hvmesh.core.protocol.base import encode, now
+from hvmesh.core.protocol.messages import AgentEvent, Work
+from hvmesh.core.protocol.records import Heartbeat, Host, Inventory, Server, Vif
 from hvmesh.core.state.store import CasConflict, Store
 
 LOG = log.get_logger(__name__)

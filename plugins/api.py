@@ -8,7 +8,7 @@ Candidate hosts reach filters and weighers as `Columns`: equal-length numpy arra
 per column of the inventory index (read as `cols["vcpus_free"]`), plus a few lookups the
 built-in filters need (`zone_code`, `has_trait`, `free`, ...) and the deployment's
 configuration. Per-host fallbacks get the host's full record
-(hvmesh.core.protocol.models.Host).
+(hvmesh.core.protocol.records.Host).
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import numpy as np
 
 if TYPE_CHECKING:
     from hvmesh.core.config import Config
-    from hvmesh.core.protocol.models import Aggregate, Host, RequestSpec
+    from hvmesh.core.protocol.messages import RequestSpec
+    from hvmesh.core.protocol.records import Aggregate, Host
     from hvmesh.core.state.inventory import Index
 
 ColumnName = Literal[

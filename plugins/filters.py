@@ -12,7 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from hvmesh.core.protocol.models import Aggregate, Host, RequestSpec, custom_resources
+from hvmesh.core.protocol.messages import RequestSpec
+from hvmesh.core.protocol.records import Aggregate, Host
+from hvmesh.core.protocol.resources import custom_resources
 from hvmesh.plugins import hookimpl
 from hvmesh.plugins.api import (
     ColumnName,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hvmesh.core.protocol.models import RequestSpec
+from hvmesh.core.protocol.messages import RequestSpec
 from hvmesh.plugins import hookimpl
 from hvmesh.plugins.api import AppliesFunction, Columns, RegisterWeigher, Weigher, WeighFunction
 from hvmesh.plugins.filters import member_counts

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from hvmesh.core.protocol.models import RequestSpec
+from hvmesh.core.protocol.messages import RequestSpec
 from hvmesh.plugins import hookimpl
 from hvmesh.plugins.api import ColumnName, RegisterScheduler, SchedulerContext
 from hvmesh.schedulers.filter_scheduler import TOP, FilterScheduler

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hvmesh.core.protocol.models import RequestSpec
+from hvmesh.core.protocol.messages import RequestSpec
 from hvmesh.plugins import hookimpl
 from hvmesh.plugins.api import (
     ColumnName,
@@ -36,7 +36,7 @@ from hvmesh.schedulers.score_cache import MAX_SHAPES, ShapeCache, top_cut
 
 if TYPE_CHECKING:
     from hvmesh.core.config import Config
-    from hvmesh.core.protocol.models import Aggregate
+    from hvmesh.core.protocol.records import Aggregate
 
 TOP = 16  # hosts ordered and handed to the claim step per round
 # Added to every total weight: far below any real difference, it breaks ties at random.

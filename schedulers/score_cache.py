@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import msgspec
 import numpy as np
 
-from hvmesh.core.protocol.models import RequestSpec
+from hvmesh.core.protocol.messages import RequestSpec
 from hvmesh.core.state.inventory import Index
 from hvmesh.plugins.api import Columns, Filter, MaskFunction, Weigher
 

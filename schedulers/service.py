@@ -18,7 +18,7 @@ from hvmesh.core.bus.micro import Caller, MicroService
 from hvmesh.core.config import Config
 from hvmesh.core.protocol import subjects
 from hvmesh.core.protocol.errors import Forbidden
-from hvmesh.core.protocol.models import RequestSpec, Selection
+from hvmesh.core.protocol.messages import RequestSpec, Selection
 from hvmesh.core.protocol.version import VERSION
 from hvmesh.core.state import placement
 from hvmesh.core.state.inventory import Index

@@ -26,7 +26,7 @@ from hvmesh.core.bus import micro as bus
 from hvmesh.core.conductor.service import Conductor
 from hvmesh.core.ops import natsserver
 from hvmesh.core.ops.launcher import fake_fleet, make_agent
-from hvmesh.core.protocol.models import Server
+from hvmesh.core.protocol.records import Server
 from hvmesh.core.state.store import Store
 from hvmesh.schedulers.service import SchedulerService
 

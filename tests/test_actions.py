@@ -17,7 +17,7 @@ from hvmesh.core.bus import notify
 from hvmesh.core.ops import audit
 from hvmesh.core.protocol import errors
 from hvmesh.core.protocol import states as S
-from hvmesh.core.protocol.models import Server
+from hvmesh.core.protocol.records import Server
 from tests.support import (
     ApiClient,
     Deployment,

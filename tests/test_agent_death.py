@@ -13,7 +13,8 @@ from hvmesh.core.config import Config
 from hvmesh.core.ops import audit
 from hvmesh.core.ops.launcher import make_agent
 from hvmesh.core.protocol import states as S
-from hvmesh.core.protocol.models import Server, now
+from hvmesh.core.protocol.base import now
+from hvmesh.core.protocol.records import Server
 from hvmesh.core.protocol.subjects import WORK_STREAM
 from tests.support import ApiClient, Deployment, boot, drained, gone, make_flavor_image, wait_server
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hvmesh.core.protocol import errors
-from hvmesh.core.protocol.models import Aggregate
+from hvmesh.core.protocol.records import Aggregate
 from hvmesh.schedulers.service import SchedulerService
 from tests.support import ApiClient, Deployment, make_flavor_image, settled, wait_server
 from tests.test_filters import flavor_with

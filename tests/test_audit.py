@@ -7,7 +7,7 @@ import json
 import msgspec
 
 from hvmesh.core.ops import audit
-from hvmesh.core.protocol.models import Host
+from hvmesh.core.protocol.records import Host
 from tests.support import ApiClient, Deployment, make_flavor_image, settled, wait_server
 from tests.test_cli import Cli, hvmesh
 

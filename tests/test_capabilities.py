@@ -11,7 +11,7 @@ from hvmesh.agents.runtime import AgentRuntime
 from hvmesh.core.bus import connection
 from hvmesh.core.ops.launcher import make_agent
 from hvmesh.core.protocol import actions, errors
-from hvmesh.core.protocol.models import Host, Server
+from hvmesh.core.protocol.records import Host, Server
 from hvmesh.core.state import action_log
 from hvmesh.plugins import hookimpl, manager
 from tests.support import ApiClient, Deployment, act, boot, idle, make_flavor_image, wait_server

@@ -6,7 +6,8 @@ import pytest
 
 from hvmesh.core.ops import audit
 from hvmesh.core.protocol import errors
-from hvmesh.core.protocol.models import Flavor, Inventory, custom_resources, pci_class
+from hvmesh.core.protocol.records import Flavor, Inventory
+from hvmesh.core.protocol.resources import custom_resources, pci_class
 from tests.support import ApiClient, Deployment, make_flavor_image, settled, wait_server
 from tests.test_filters import flavor_with
 from tests.test_units import host, make_index, scheduler, spec

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hvmesh.core.protocol import errors
-from hvmesh.core.protocol.models import Flavor, SchedulerHints
+from hvmesh.core.protocol.records import Flavor, SchedulerHints
 from hvmesh.plugins.extra_specs import matches
 from hvmesh.schedulers.best_fit import BestFitScheduler
 from tests.support import ApiClient, Deployment, make_flavor_image, settled, wait_server

@@ -26,7 +26,8 @@ from hvmesh.agents.libvirt.domain_xml import domain_name
 from hvmesh.agents.libvirt.driver import LibvirtDriver
 from hvmesh.core.config import Config
 from hvmesh.core.protocol import states
-from hvmesh.core.protocol.models import Flavor, Image, Server, Vif, pci_class
+from hvmesh.core.protocol.records import Flavor, Image, Server, Vif
+from hvmesh.core.protocol.resources import pci_class
 
 NODE = """<node>
   <cpu>

@@ -22,7 +22,7 @@ from hvmesh.agents.libvirt.domain_xml import (
 )
 from hvmesh.agents.libvirt.pci import PciAddress
 from hvmesh.core.config import Config
-from hvmesh.core.protocol.models import Flavor, Server, Vif
+from hvmesh.core.protocol.records import Flavor, Server, Vif
 
 
 def config(**libvirt: str) -> Config:

@@ -27,7 +27,7 @@ import pytest
 from hvmesh.core.metadata import content as mc
 from hvmesh.core.metadata.configdrive import build_config_drive
 from hvmesh.core.metadata.service import MetadataService
-from hvmesh.core.protocol.models import Flavor, Network, Port, Server, Vif
+from hvmesh.core.protocol.records import Flavor, Network, Port, Server, Vif
 from hvmesh.core.state.store import Store
 from tests.support import ApiClient, Deployment, boot
 

@@ -8,7 +8,7 @@ import pytest
 
 from hvmesh.core.ops import audit
 from hvmesh.core.protocol import errors
-from hvmesh.core.protocol.models import Server
+from hvmesh.core.protocol.records import Server
 from tests.support import ApiClient, Deployment, make_flavor_image, settled, wait_all
 
 

@@ -13,7 +13,8 @@ import numpy as np
 from hvmesh_example_plugin import plugin as example
 
 from hvmesh.core.ops import audit
-from hvmesh.core.protocol.models import Flavor, RequestSpec
+from hvmesh.core.protocol.messages import RequestSpec
+from hvmesh.core.protocol.records import Flavor
 from hvmesh.plugins import manager
 from tests.support import ApiClient, Deployment, make_flavor_image, settled, wait_server
 

@@ -10,7 +10,8 @@ import pytest
 from hvmesh.core.conductor.power_sync import synced
 from hvmesh.core.ops import audit
 from hvmesh.core.protocol import states as S
-from hvmesh.core.protocol.models import Flavor, Server, now
+from hvmesh.core.protocol.base import now
+from hvmesh.core.protocol.records import Flavor, Server
 from hvmesh.core.protocol.subjects import EVENTS_STREAM
 from tests.support import (
     ApiClient,

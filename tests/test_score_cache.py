@@ -19,14 +19,14 @@ import numpy as np
 import pytest
 
 from hvmesh.core import config
-from hvmesh.core.protocol.models import (
+from hvmesh.core.protocol.messages import RequestSpec
+from hvmesh.core.protocol.records import (
     Aggregate,
     Flavor,
     GroupSpec,
     Heartbeat,
     Host,
     Inventory,
-    RequestSpec,
     SchedulerHints,
 )
 from hvmesh.core.state import host_columns, inventory

@@ -8,7 +8,7 @@ import pytest
 
 from hvmesh.core.ops import audit
 from hvmesh.core.protocol import errors
-from hvmesh.core.protocol.models import GroupSpec
+from hvmesh.core.protocol.records import GroupSpec
 from tests.support import ApiClient, Deployment, gone, make_flavor_image, settled, wait_server
 from tests.test_units import host, make_index, scheduler, spec
 

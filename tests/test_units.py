@@ -10,7 +10,8 @@ import pytest
 
 from hvmesh.core import config
 from hvmesh.core.protocol import states
-from hvmesh.core.protocol.models import Flavor, Heartbeat, Host, Inventory, RequestSpec
+from hvmesh.core.protocol.messages import RequestSpec
+from hvmesh.core.protocol.records import Flavor, Heartbeat, Host, Inventory
 from hvmesh.core.state.host_columns import HOST_COLUMNS
 from hvmesh.core.state.inventory import Index
 from hvmesh.core.state.store import Entry

@@ -18,7 +18,8 @@ from typing import Any, ClassVar
 
 from hvmesh.agents.driver import ComputeDriver, DriverError, InstanceInfo, NodeInventory
 from hvmesh.core.protocol import states
-from hvmesh.core.protocol.models import Flavor, Image, Server, Vif, parse_counts, pci_class
+from hvmesh.core.protocol.records import Flavor, Image, Server, Vif
+from hvmesh.core.protocol.resources import parse_counts, pci_class
 from hvmesh.plugins import hookimpl
 
 

@@ -19,7 +19,7 @@ from hvmesh.agents.libvirt.connection import Connection
 from hvmesh.agents.libvirt.domain_xml import DomainSpec, domain_name, domain_xml, server_id_of
 from hvmesh.core import log
 from hvmesh.core.config import Config, state_dir
-from hvmesh.core.protocol.models import Flavor, Image, Server
+from hvmesh.core.protocol.records import Flavor, Image, Server
 
 LOG = log.get_logger(__name__)
 

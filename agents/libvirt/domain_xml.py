@@ -22,7 +22,7 @@ from hvmesh.agents.driver import DriverError
 from hvmesh.agents.libvirt.interfaces import interface_element, nic_model
 from hvmesh.agents.libvirt.pci import PciAddress
 from hvmesh.core.config import Config
-from hvmesh.core.protocol.models import Flavor, Server
+from hvmesh.core.protocol.records import Flavor, Server
 
 #: Names of the domains this driver manages: the prefix and the server id.
 NAME_PREFIX = "hvmesh-"

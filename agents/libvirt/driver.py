@@ -27,7 +27,7 @@ from hvmesh.agents.libvirt.interfaces import interface_xml, nic_model
 from hvmesh.agents.libvirt.moves import LibvirtMoves
 from hvmesh.core import log
 from hvmesh.core.protocol import states
-from hvmesh.core.protocol.models import Image, Server, Vif
+from hvmesh.core.protocol.records import Image, Server, Vif
 
 LOG = log.get_logger(__name__)
 

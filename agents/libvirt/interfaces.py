@@ -16,7 +16,7 @@ import xml.etree.ElementTree as ET
 
 from hvmesh.agents.driver import DriverError
 from hvmesh.core.config import Config
-from hvmesh.core.protocol.models import Vif
+from hvmesh.core.protocol.records import Vif
 
 NIC_MODELS = ("virtio", "e1000", "e1000e", "rtl8139", "ne2k_pci", "pcnet")
 

@@ -24,7 +24,7 @@ from hvmesh.agents.libvirt.base import (
     failing,
 )
 from hvmesh.core import log
-from hvmesh.core.protocol.models import Flavor, Image, Server
+from hvmesh.core.protocol.records import Flavor, Image, Server
 
 LOG = log.get_logger(__name__)
 

@@ -14,7 +14,7 @@ import libvirt
 import msgspec
 
 from hvmesh.agents.driver import DriverError
-from hvmesh.core.protocol.models import parse_counts, pci_class
+from hvmesh.core.protocol.resources import parse_counts, pci_class
 
 
 class PciAlias(msgspec.Struct, frozen=True):

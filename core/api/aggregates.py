@@ -17,13 +17,9 @@ from hvmesh.core.api.policy import need_admin
 from hvmesh.core.api.requests import Empty, Ref
 from hvmesh.core.bus.micro import Caller
 from hvmesh.core.protocol import errors
-from hvmesh.core.protocol.models import (
-    Aggregate,
-    AggregateCreate,
-    AggregateHost,
-    AggregateMetadata,
-    new_id,
-)
+from hvmesh.core.protocol.base import new_id
+from hvmesh.core.protocol.records import Aggregate
+from hvmesh.core.protocol.requests import AggregateCreate, AggregateHost, AggregateMetadata
 
 
 class AggregateEndpoints:

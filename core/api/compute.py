@@ -28,7 +28,8 @@ from hvmesh.core.api.requests import Empty
 from hvmesh.core.api.views import server_view
 from hvmesh.core.bus.micro import Caller
 from hvmesh.core.protocol import errors, states, subjects
-from hvmesh.core.protocol.models import Request, Server
+from hvmesh.core.protocol.base import Request
+from hvmesh.core.protocol.records import Server
 from hvmesh.core.state.store import Store
 
 LOG = log.get_logger(__name__)

@@ -12,7 +12,10 @@ from hvmesh.core.api.policy import need_admin
 from hvmesh.core.api.requests import Empty, Ref
 from hvmesh.core.bus.micro import Caller
 from hvmesh.core.protocol import errors
-from hvmesh.core.protocol.models import Flavor, FlavorCreate, custom_resources, new_id
+from hvmesh.core.protocol.base import new_id
+from hvmesh.core.protocol.records import Flavor
+from hvmesh.core.protocol.requests import FlavorCreate
+from hvmesh.core.protocol.resources import custom_resources
 from hvmesh.core.state.store import CasConflict
 
 

@@ -13,7 +13,9 @@ from hvmesh.core.api.lookups import owned
 from hvmesh.core.api.requests import Empty, IdOnly
 from hvmesh.core.bus.micro import Caller
 from hvmesh.core.protocol import errors
-from hvmesh.core.protocol.models import ServerGroup, ServerGroupCreate, new_id
+from hvmesh.core.protocol.base import new_id
+from hvmesh.core.protocol.records import ServerGroup
+from hvmesh.core.protocol.requests import ServerGroupCreate
 
 
 class ServerGroupEndpoints:

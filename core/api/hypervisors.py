@@ -19,7 +19,7 @@ from hvmesh.core.api.policy import need_admin
 from hvmesh.core.api.requests import Empty, Ref
 from hvmesh.core.bus.micro import Caller
 from hvmesh.core.protocol import errors
-from hvmesh.core.protocol.models import Request
+from hvmesh.core.protocol.base import Request
 from hvmesh.core.state import reports
 
 

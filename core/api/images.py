@@ -18,7 +18,9 @@ from hvmesh.core.api.policy import need_admin
 from hvmesh.core.api.requests import Empty, Ref
 from hvmesh.core.bus.micro import Caller, Raw
 from hvmesh.core.protocol import errors
-from hvmesh.core.protocol.models import Image, ImageCreate, ImageUploadFinish, new_id, now
+from hvmesh.core.protocol.base import new_id, now
+from hvmesh.core.protocol.records import Image
+from hvmesh.core.protocol.requests import ImageCreate, ImageUploadFinish
 from hvmesh.core.state import image_data
 from hvmesh.core.state.store import Store
 

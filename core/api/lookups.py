@@ -8,7 +8,7 @@ from typing import TypeVar
 from hvmesh.core.api.requests import Ref
 from hvmesh.core.bus.micro import Caller
 from hvmesh.core.protocol import errors
-from hvmesh.core.protocol.models import (
+from hvmesh.core.protocol.records import (
     Aggregate,
     Flavor,
     Image,

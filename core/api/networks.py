@@ -22,17 +22,9 @@ from hvmesh.core.api.policy import need_admin
 from hvmesh.core.api.requests import Empty, Ref
 from hvmesh.core.bus.micro import Caller
 from hvmesh.core.protocol import errors
-from hvmesh.core.protocol.models import (
-    Keypair,
-    KeypairCreate,
-    Network,
-    NetworkCreate,
-    Port,
-    PortCreate,
-    Request,
-    Vif,
-    new_id,
-)
+from hvmesh.core.protocol.base import Request, new_id
+from hvmesh.core.protocol.records import Keypair, Network, Port, Vif
+from hvmesh.core.protocol.requests import KeypairCreate, NetworkCreate, PortCreate
 from hvmesh.core.state import ipam, ports
 from hvmesh.core.state.store import CasConflict, Store
 

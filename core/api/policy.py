@@ -7,7 +7,7 @@ import binascii
 
 from hvmesh.core.bus.micro import Caller
 from hvmesh.core.protocol import errors
-from hvmesh.core.protocol.models import Flavor, Image
+from hvmesh.core.protocol.records import Flavor, Image
 
 MAX_USER_DATA = 65535
 

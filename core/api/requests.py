@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hvmesh.core.protocol.models import Request
+from hvmesh.core.protocol.base import Request
 
 
 class Empty(Request):

@@ -27,7 +27,7 @@ from hvmesh.core.bus import micro as bus
 from hvmesh.core.bus import notify
 from hvmesh.core.bus.micro import Caller
 from hvmesh.core.protocol import actions, errors, subjects
-from hvmesh.core.protocol.models import (
+from hvmesh.core.protocol.action_requests import (
     AttachInterface,
     ConsoleLog,
     DetachInterface,
@@ -35,18 +35,15 @@ from hvmesh.core.protocol.models import (
     LiveMigrate,
     Lock,
     Migrate,
-    Migration,
     Rebuild,
-    Request,
     ResetState,
     Resize,
-    Server,
     ServerAction,
-    Task,
     Unlock,
-    new_id,
-    now,
 )
+from hvmesh.core.protocol.base import Request, new_id, now
+from hvmesh.core.protocol.messages import Task
+from hvmesh.core.protocol.records import Migration, Server
 from hvmesh.core.state import action_log, ports
 from hvmesh.core.state.tasks import new_request_id, publish_task
 

@@ -26,16 +26,10 @@ from hvmesh.core.api.views import server_view
 from hvmesh.core.bus import notify
 from hvmesh.core.bus.micro import Caller
 from hvmesh.core.protocol import actions, errors, states
-from hvmesh.core.protocol.models import (
-    Flavor,
-    Image,
-    Server,
-    ServerCreate,
-    Task,
-    Vif,
-    new_id,
-    now,
-)
+from hvmesh.core.protocol.base import new_id, now
+from hvmesh.core.protocol.messages import Task
+from hvmesh.core.protocol.records import Flavor, Image, Server, Vif
+from hvmesh.core.protocol.requests import ServerCreate
 from hvmesh.core.state import action_log, ports
 from hvmesh.core.state.store import Store
 from hvmesh.core.state.tasks import new_request_id, publish_task

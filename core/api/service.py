@@ -30,7 +30,8 @@ from hvmesh.core.api.servers import ServerEndpoints
 from hvmesh.core.bus.micro import MicroService, Raw
 from hvmesh.core.config import Config
 from hvmesh.core.protocol import subjects
-from hvmesh.core.protocol.models import (
+from hvmesh.core.protocol.action_requests import ServerAction
+from hvmesh.core.protocol.requests import (
     AggregateCreate,
     AggregateHost,
     AggregateMetadata,
@@ -40,7 +41,6 @@ from hvmesh.core.protocol.models import (
     KeypairCreate,
     NetworkCreate,
     PortCreate,
-    ServerAction,
     ServerCreate,
     ServerGroupCreate,
 )

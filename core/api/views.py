@@ -6,7 +6,7 @@ import msgspec
 
 from hvmesh.core.bus.micro import Caller
 from hvmesh.core.protocol import states
-from hvmesh.core.protocol.models import Server
+from hvmesh.core.protocol.records import Server
 
 
 def addresses(s: Server) -> dict[str, list[dict]]:

@@ -31,7 +31,7 @@ from nats.nuid import NUID
 
 from hvmesh.core import log
 from hvmesh.core.protocol import errors
-from hvmesh.core.protocol.models import encode
+from hvmesh.core.protocol.base import encode
 
 LOG = log.get_logger(__name__)
 

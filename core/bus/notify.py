@@ -14,7 +14,8 @@ import msgspec
 
 from hvmesh.core import log
 from hvmesh.core.protocol import states, subjects
-from hvmesh.core.protocol.models import Record, Server, encode, now
+from hvmesh.core.protocol.base import Record, encode, now
+from hvmesh.core.protocol.records import Server
 
 LOG = log.get_logger(__name__)
 

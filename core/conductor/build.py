@@ -16,18 +16,9 @@ from hvmesh.core.bus import notify
 from hvmesh.core.conductor.context import ConductorContext
 from hvmesh.core.conductor.scheduling import group_place, group_spec, group_unplace, select
 from hvmesh.core.protocol import errors, states, subjects
-from hvmesh.core.protocol.models import (
-    AgentEvent,
-    Fault,
-    Host,
-    RequestSpec,
-    Selection,
-    Server,
-    Task,
-    Work,
-    encode,
-    now,
-)
+from hvmesh.core.protocol.base import encode, now
+from hvmesh.core.protocol.messages import AgentEvent, RequestSpec, Selection, Task, Work
+from hvmesh.core.protocol.records import Fault, Host, Server
 from hvmesh.core.state import action_log, placement, ports
 from hvmesh.core.state.store import CasConflict, Entry
 from hvmesh.core.state.tasks import publish_task

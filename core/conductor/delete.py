@@ -13,7 +13,9 @@ from hvmesh.core.bus import notify
 from hvmesh.core.conductor.context import ConductorContext
 from hvmesh.core.conductor.scheduling import group_unplace
 from hvmesh.core.protocol import states, subjects
-from hvmesh.core.protocol.models import AgentEvent, Fault, Server, Task, Work, encode, now
+from hvmesh.core.protocol.base import encode, now
+from hvmesh.core.protocol.messages import AgentEvent, Task, Work
+from hvmesh.core.protocol.records import Fault, Server
 from hvmesh.core.state import action_log, placement, ports
 
 LOG = log.get_logger(__name__)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hvmesh.core.conductor import build, delete, power_sync
 from hvmesh.core.conductor.context import ConductorContext
 from hvmesh.core.conductor.lifecycle import Lifecycle
-from hvmesh.core.protocol.models import AgentEvent
+from hvmesh.core.protocol.messages import AgentEvent
 
 
 async def apply(ctx: ConductorContext, lifecycle: Lifecycle, event: AgentEvent) -> None:

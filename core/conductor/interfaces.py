@@ -13,7 +13,8 @@ from __future__ import annotations
 import msgspec
 
 from hvmesh.core.conductor.lifecycle import Handlers, Lifecycle
-from hvmesh.core.protocol.models import AgentEvent, Server, Task, Vif
+from hvmesh.core.protocol.messages import AgentEvent, Task
+from hvmesh.core.protocol.records import Server, Vif
 from hvmesh.core.state import ports
 
 STEPS = {"attach-interface": "attach_interface", "detach-interface": "detach_interface"}

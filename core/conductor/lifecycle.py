@@ -28,18 +28,10 @@ from hvmesh.core import log
 from hvmesh.core.bus import notify
 from hvmesh.core.conductor.context import ConductorContext
 from hvmesh.core.protocol import subjects
-from hvmesh.core.protocol.models import (
-    AgentEvent,
-    Fault,
-    Image,
-    Server,
-    Task,
-    Vif,
-    Work,
-    action_name,
-    encode,
-    now,
-)
+from hvmesh.core.protocol.action_requests import action_name
+from hvmesh.core.protocol.base import encode, now
+from hvmesh.core.protocol.messages import AgentEvent, Task, Work
+from hvmesh.core.protocol.records import Fault, Image, Server, Vif
 from hvmesh.core.state import action_log
 from hvmesh.core.state.store import Entry, Store
 

@@ -10,7 +10,8 @@ import msgspec
 from hvmesh.core.conductor.lifecycle import Handlers, Lifecycle
 from hvmesh.core.conductor.moves import MoveSteps
 from hvmesh.core.protocol import states as S
-from hvmesh.core.protocol.models import AgentEvent, Fault, Server, Task
+from hvmesh.core.protocol.messages import AgentEvent, Task
+from hvmesh.core.protocol.records import Fault, Server
 from hvmesh.core.state import placement
 
 

@@ -37,18 +37,9 @@ from hvmesh.core.conductor.lifecycle import Handlers, Lifecycle
 from hvmesh.core.conductor.scheduling import select
 from hvmesh.core.protocol import actions, errors
 from hvmesh.core.protocol import states as S
-from hvmesh.core.protocol.models import (
-    AgentEvent,
-    Flavor,
-    Image,
-    Migration,
-    RequestSpec,
-    Selection,
-    Server,
-    ServerGroup,
-    Task,
-    action_name,
-)
+from hvmesh.core.protocol.action_requests import action_name
+from hvmesh.core.protocol.messages import AgentEvent, RequestSpec, Selection, Task
+from hvmesh.core.protocol.records import Flavor, Image, Migration, Server, ServerGroup
 from hvmesh.core.state import placement
 from hvmesh.core.state.store import Store
 

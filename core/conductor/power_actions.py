@@ -15,7 +15,9 @@ import msgspec
 
 from hvmesh.core.conductor.lifecycle import Handlers, Lifecycle
 from hvmesh.core.protocol import states as S
-from hvmesh.core.protocol.models import AgentEvent, Reboot, Rebuild, Server, Task
+from hvmesh.core.protocol.action_requests import Reboot, Rebuild
+from hvmesh.core.protocol.messages import AgentEvent, Task
+from hvmesh.core.protocol.records import Server
 
 
 @dataclass(frozen=True)

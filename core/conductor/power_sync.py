@@ -15,7 +15,9 @@ from hvmesh.core import log
 from hvmesh.core.bus import notify
 from hvmesh.core.conductor.context import ConductorContext
 from hvmesh.core.protocol import states as S
-from hvmesh.core.protocol.models import AgentEvent, Server, now
+from hvmesh.core.protocol.base import now
+from hvmesh.core.protocol.messages import AgentEvent
+from hvmesh.core.protocol.records import Server
 
 LOG = log.get_logger(__name__)
 

@@ -14,7 +14,10 @@ from hvmesh.core.bus import notify
 from hvmesh.core.conductor.lifecycle import Handlers, Lifecycle
 from hvmesh.core.conductor.moves import MoveSteps, power_on
 from hvmesh.core.protocol import states as S
-from hvmesh.core.protocol.models import AgentEvent, ConfirmResize, Server, Task, action_name, now
+from hvmesh.core.protocol.action_requests import ConfirmResize, action_name
+from hvmesh.core.protocol.base import now
+from hvmesh.core.protocol.messages import AgentEvent, Task
+from hvmesh.core.protocol.records import Server
 from hvmesh.core.state import action_log, placement
 from hvmesh.core.state.tasks import publish_task
 

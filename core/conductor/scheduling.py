@@ -7,7 +7,8 @@ import msgspec
 from hvmesh.core.bus import micro as bus
 from hvmesh.core.conductor.context import ConductorContext
 from hvmesh.core.protocol import subjects
-from hvmesh.core.protocol.models import GroupSpec, RequestSpec, Selection, Server, ServerGroup
+from hvmesh.core.protocol.messages import RequestSpec, Selection
+from hvmesh.core.protocol.records import GroupSpec, Server, ServerGroup
 from hvmesh.core.state import placement
 from hvmesh.core.state.store import Store
 

@@ -34,7 +34,8 @@ from hvmesh.core.conductor import (
 from hvmesh.core.conductor.lifecycle import Lifecycle
 from hvmesh.core.config import Config
 from hvmesh.core.protocol import subjects
-from hvmesh.core.protocol.models import AgentEvent, Task, now
+from hvmesh.core.protocol.base import now
+from hvmesh.core.protocol.messages import AgentEvent, Task
 from hvmesh.core.state.store import Store
 
 LOG = log.get_logger(__name__)

@@ -34,7 +34,10 @@ from hvmesh.core.conductor.lifecycle import Handlers, Lifecycle
 from hvmesh.core.conductor.scheduling import group_unplace
 from hvmesh.core.protocol import actions, errors
 from hvmesh.core.protocol import states as S
-from hvmesh.core.protocol.models import AgentEvent, Host, Server, ShelveOffload, Task, now
+from hvmesh.core.protocol.action_requests import ShelveOffload
+from hvmesh.core.protocol.base import now
+from hvmesh.core.protocol.messages import AgentEvent, Task
+from hvmesh.core.protocol.records import Host, Server
 from hvmesh.core.state import action_log, placement
 from hvmesh.core.state.tasks import new_request_id, publish_task
 

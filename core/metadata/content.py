@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 
 from hvmesh.core.config import ConfigError
-from hvmesh.core.protocol.models import Server
+from hvmesh.core.protocol.records import Server
 
 LATEST = "latest"
 

@@ -24,7 +24,7 @@ from hvmesh.core import log
 from hvmesh.core.config import Config, ConfigError
 from hvmesh.core.metadata import content as metadata_content
 from hvmesh.core.metadata.content import load_vendor_data
-from hvmesh.core.protocol.models import Port, Server
+from hvmesh.core.protocol.records import Port, Server
 from hvmesh.core.state.store import Store
 
 LOG = log.get_logger(__name__)

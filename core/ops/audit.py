@@ -25,7 +25,7 @@ import functools
 import msgspec
 
 from hvmesh.core.protocol import states
-from hvmesh.core.protocol.models import Host, Server
+from hvmesh.core.protocol.records import Host, Server
 from hvmesh.core.state.store import Store
 
 

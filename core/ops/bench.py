@@ -35,7 +35,9 @@ from hvmesh.core.bus import micro as bus
 from hvmesh.core.ops import natsserver
 from hvmesh.core.ops.audit import host_findings
 from hvmesh.core.protocol import subjects
-from hvmesh.core.protocol.models import Flavor, Heartbeat, Host, Inventory, RequestSpec, encode, now
+from hvmesh.core.protocol.base import encode, now
+from hvmesh.core.protocol.messages import RequestSpec
+from hvmesh.core.protocol.records import Flavor, Heartbeat, Host, Inventory
 from hvmesh.core.state.store import Store
 
 

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 from hvmesh.core.protocol import errors
 from hvmesh.core.protocol import states as S
-from hvmesh.core.protocol.models import ActionRequest, Host, Reboot, Server, action_name
+from hvmesh.core.protocol.action_requests import ActionRequest, Reboot, action_name
+from hvmesh.core.protocol.records import Host, Server
 
 NO_TASK: frozenset[str | None] = frozenset({None})
 ANY_TASK: frozenset[str | None] = frozenset()  # empty: every task_state allowed

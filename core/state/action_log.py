@@ -13,7 +13,8 @@ import contextlib
 
 import msgspec
 
-from hvmesh.core.protocol.models import ActionEvent, InstanceAction, now
+from hvmesh.core.protocol.base import now
+from hvmesh.core.protocol.records import ActionEvent, InstanceAction
 from hvmesh.core.state.store import CasConflict, Store
 
 

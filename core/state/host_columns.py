@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from hvmesh.core.protocol.models import Host
+from hvmesh.core.protocol.records import Host
 
 # Column name -> numpy dtype. `object` columns hold Python strings.
 HOST_COLUMNS: dict[str, Any] = {

@@ -26,7 +26,7 @@ import numpy as np
 from nats.js.kv import KeyValue
 
 from hvmesh.core import log
-from hvmesh.core.protocol.models import Aggregate, Heartbeat, Host
+from hvmesh.core.protocol.records import Aggregate, Heartbeat, Host
 from hvmesh.core.state.host_columns import SQL_COLUMNS, HostColumns
 from hvmesh.core.state.store import Bucket, Entry, Store
 

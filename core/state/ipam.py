@@ -16,7 +16,8 @@ import random
 import msgspec
 
 from hvmesh.core.protocol import errors
-from hvmesh.core.protocol.models import Network, NetworkCreate
+from hvmesh.core.protocol.records import Network
+from hvmesh.core.protocol.requests import NetworkCreate
 from hvmesh.core.state.store import Bucket
 
 MAC_PREFIX = "fa:16:3e"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import msgspec
 
 from hvmesh.core import log
-from hvmesh.core.protocol.models import Host
+from hvmesh.core.protocol.records import Host
 from hvmesh.core.state.store import CasConflict, Entry, Store
 
 LOG = log.get_logger(__name__)

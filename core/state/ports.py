@@ -11,7 +11,8 @@ import msgspec
 
 from hvmesh.core import log
 from hvmesh.core.protocol import errors
-from hvmesh.core.protocol.models import Network, Port, Server, Vif, new_id
+from hvmesh.core.protocol.base import new_id
+from hvmesh.core.protocol.records import Network, Port, Server, Vif
 from hvmesh.core.state import ipam
 from hvmesh.core.state.store import Store
 

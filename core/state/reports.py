@@ -18,7 +18,7 @@ import msgspec
 import numpy as np
 
 from hvmesh.core.protocol import errors
-from hvmesh.core.protocol.models import Server
+from hvmesh.core.protocol.records import Server
 from hvmesh.core.state.inventory import Index
 
 MAX_ROWS = 10_000

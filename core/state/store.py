@@ -31,7 +31,8 @@ from nats.js.errors import (
 from nats.js.kv import KeyValue
 
 from hvmesh.core.protocol import errors, subjects
-from hvmesh.core.protocol.models import (
+from hvmesh.core.protocol.base import encode
+from hvmesh.core.protocol.records import (
     Aggregate,
     Flavor,
     Heartbeat,
@@ -43,7 +44,6 @@ from hvmesh.core.protocol.models import (
     Port,
     Server,
     ServerGroup,
-    encode,
 )
 
 T = TypeVar("T", bound=msgspec.Struct)

@@ -6,7 +6,8 @@ import uuid
 from typing import Any
 
 from hvmesh.core.protocol import subjects
-from hvmesh.core.protocol.models import Task, encode
+from hvmesh.core.protocol.base import encode
+from hvmesh.core.protocol.messages import Task
 
 
 def new_request_id() -> str:

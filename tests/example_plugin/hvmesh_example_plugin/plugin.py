@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hvmesh.core.protocol.models import RequestSpec
+from hvmesh.core.protocol.messages import RequestSpec
 from hvmesh.plugins import hookimpl
 from hvmesh.plugins.api import Columns, Filter, RegisterFilter, RegisterWeigher, Weigher
 

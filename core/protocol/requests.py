@@ -1,0 +1,124 @@
+"""The bodies of API requests that create or change records; unknown fields are refused."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from msgspec import Meta, field
+
+from hvmesh.core.protocol.base import DiskFormat, GroupPolicy, Name, NonNegInt, PosInt, Request
+from hvmesh.core.protocol.records import SchedulerHints
+
+
+class FlavorCreate(Request):
+    name: Name
+    vcpus: PosInt
+    ram_mb: PosInt
+    disk_gb: NonNegInt = 0
+    extra_specs: dict[str, str] = field(default_factory=dict)
+    is_public: bool = True
+    id: Annotated[str, Meta(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_.-]+$")] | None = (
+        None
+    )
+
+
+class ImageCreate(Request):
+    name: Name
+    disk_format: DiskFormat = "qcow2"
+    container_format: Literal["bare", "ovf", "ova", "aki", "ari", "ami"] = "bare"
+    properties: dict[str, str] = field(default_factory=dict)
+    min_ram_mb: NonNegInt = 0
+    min_disk_gb: NonNegInt = 0
+    visibility: Literal["public", "private"] = "public"
+    # Without data: an image whose bytes live elsewhere (status "active", as before
+    # uploads existed), for schedulers and simulations. With `upload`: status
+    # "queued" until images.upload_finish verifies the bytes.
+    upload: bool = False
+
+
+class ImageUploadFinish(Request):
+    """The client's word on what it sent: the API checks the stored bytes against it."""
+
+    id: Name
+    size: NonNegInt
+    sha256: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
+
+
+Address = Annotated[str, Meta(min_length=1, max_length=64)]
+
+
+class NetworkCreate(Request):
+    name: Name
+    cidr: Annotated[str, Meta(min_length=1, max_length=64)]
+    gateway: Address | None = None  # default: the first host address; "none": no gateway
+    dns_nameservers: list[Address] = field(default_factory=list)
+    allocation_start: Address | None = None
+    allocation_end: Address | None = None
+    physical_network: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "physnet1"
+    network_type: Literal["flat", "vlan"] = "flat"
+    segmentation_id: Annotated[int, Meta(ge=1, le=4094)] | None = None
+    mtu: Annotated[int, Meta(ge=68, le=9216)] = 1500
+    shared: bool = False
+
+
+MacAddress = Annotated[str, Meta(pattern=r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")]
+
+
+class PortCreate(Request):
+    network: Name  # id or name
+    name: Annotated[str, Meta(max_length=255)] = ""
+    fixed_ip: Address | None = None
+    mac: MacAddress | None = None
+
+
+class KeypairCreate(Request):
+    name: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.@-][A-Za-z0-9_.@ -]{0,254}$")]
+    public_key: Annotated[str, Meta(min_length=1, max_length=16384)]
+
+
+class ServerGroupCreate(Request):
+    name: Name
+    policy: GroupPolicy
+    max_server_per_host: PosInt = 1
+
+
+MAX_COUNT = 1000  # most servers one create request may ask for
+
+
+Count = Annotated[int, Meta(ge=1, le=MAX_COUNT)]
+
+
+class ServerCreate(Request):
+    name: Name
+    flavor: Name
+    image: Name
+    availability_zone: Annotated[str, Meta(min_length=1, max_length=255)] | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    scheduler_hints: SchedulerHints = field(default_factory=SchedulerHints)
+    # Multi-create, as Nova's: at least min_count servers are placed or none is; up to
+    # max_count (default: min_count) when there is room.
+    min_count: Count = 1
+    max_count: Count | None = None
+    # One interface per entry, in order: a network (id or name; a port is made for it)
+    # or an existing free port (by id).
+    networks: list[Name] = field(default_factory=list)
+    ports: list[Name] = field(default_factory=list)
+    key_name: Name | None = None
+    user_data: Annotated[str, Meta(max_length=200_000)] | None = None  # base64, <= 64 KiB decoded
+    config_drive: bool = False
+
+
+class AggregateCreate(Request):
+    name: Name
+    availability_zone: Annotated[str, Meta(min_length=1, max_length=255)] | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+class AggregateHost(Request):
+    id: str
+    host: Annotated[str, Meta(min_length=1, max_length=128)]
+
+
+class AggregateMetadata(Request):
+    id: str
+    metadata: dict[str, str | None]  # null removes a key

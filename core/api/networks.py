@@ -60,7 +60,7 @@ class NetworkEndpoints:
 
     async def network_create(self, caller: Caller, req: NetworkCreate) -> dict:
         need_admin(caller, "creating networks")
-        fields = ipam.plan(req)
+        planned = ipam.plan(req)
         if any(n.name == req.name for n in await self.st.networks.values()):
             raise errors.Conflict(f"a network named {req.name!r} exists")
         network = Network(
@@ -73,7 +73,10 @@ class NetworkEndpoints:
             segmentation_id=req.segmentation_id,
             mtu=req.mtu,
             shared=req.shared,
-            **fields,  # type: ignore[arg-type]
+            cidr=planned.cidr,
+            gateway=planned.gateway,
+            allocation_start=planned.allocation_start,
+            allocation_end=planned.allocation_end,
         )
         await self.st.networks.create(network.id, network)
         LOG.info("api.network_created", network=network.id, cidr=network.cidr)

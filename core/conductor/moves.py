@@ -73,7 +73,8 @@ class MoveSteps:
 
     async def _begin(self, task: Task, srv: Server) -> Migration | None:
         """Take the action up: the source's allocation is handed to the migration consumer."""
-        action = action_name(task.action)  # type: ignore[arg-type]
+        assert task.action is not None  # an action task carries its action
+        action = action_name(task.action)
         await self.lc.started(srv, action)
         m = srv.migration
         if m is None or srv.host is None:

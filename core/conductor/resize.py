@@ -60,7 +60,8 @@ class _Resize(MoveSteps):
     # --- resize and cold migration ---------------------------------------------------------
 
     async def cold_run(self, task: Task, srv: Server) -> None:
-        action = action_name(task.action)  # type: ignore[arg-type]
+        assert task.action is not None  # an action task carries its action
+        action = action_name(task.action)
         placed = await self._begin_with_destination(task, srv, action)
         if placed is None:
             return

@@ -33,8 +33,21 @@ class Rule:
     needs_host: bool = True
 
 
-def _r(vm: tuple[str, ...], task: str | None, **kw: object) -> Rule:
-    return Rule(vm_states=frozenset(vm), task_state=task, **kw)  # type: ignore[arg-type]
+def _r(
+    vm: tuple[str, ...],
+    task: str | None,
+    *,
+    task_states: frozenset[str | None] = NO_TASK,
+    admin_only: bool = False,
+    needs_host: bool = True,
+) -> Rule:
+    return Rule(
+        vm_states=frozenset(vm),
+        task_state=task,
+        task_states=task_states,
+        admin_only=admin_only,
+        needs_host=needs_host,
+    )
 
 
 _ALL_WITH_HOST = (S.ACTIVE, S.STOPPED, S.PAUSED, S.SUSPENDED, S.RESIZED, S.ERROR, S.SHELVED)

@@ -23,10 +23,19 @@ from hvmesh.core.state.store import Bucket
 MAC_PREFIX = "fa:16:3e"
 
 
-def plan(req: NetworkCreate) -> dict[str, object]:
+class NetworkPlan(msgspec.Struct, frozen=True):
+    """The Network fields worked out from a create request."""
+
+    cidr: str
+    gateway: str | None
+    allocation_start: str
+    allocation_end: str
+
+
+def plan(req: NetworkCreate) -> NetworkPlan:
     """Check a network request and work out its gateway and allocation range.
 
-    Returns the Network fields derived from it; BadRequest names what is wrong.
+    BadRequest names what is wrong.
     """
     try:
         net = ipaddress.ip_network(req.cidr, strict=True)
@@ -62,12 +71,9 @@ def plan(req: NetworkCreate) -> dict[str, object]:
         raise errors.BadRequest("a vlan network needs segmentation_id (the VLAN id, 1-4094)")
     if req.network_type == "flat" and req.segmentation_id is not None:
         raise errors.BadRequest("segmentation_id is for vlan networks only")
-    return {
-        "cidr": str(net),
-        "gateway": gateway,
-        "allocation_start": str(start),
-        "allocation_end": str(end),
-    }
+    return NetworkPlan(
+        cidr=str(net), gateway=gateway, allocation_start=str(start), allocation_end=str(end)
+    )
 
 
 def _in(net: ipaddress.IPv4Network, text: str, what: str) -> ipaddress.IPv4Address:
@@ -77,7 +83,8 @@ def _in(net: ipaddress.IPv4Network, text: str, what: str) -> ipaddress.IPv4Addre
         raise errors.BadRequest(f"{what}: {text!r} is not an IP address") from None
     if addr not in net or addr in (net.network_address, net.broadcast_address):
         raise errors.BadRequest(f"{what}: {addr} is not a host address of {net}")
-    return addr  # type: ignore[return-value]
+    assert isinstance(addr, ipaddress.IPv4Address)  # it is in an IPv4 network
+    return addr
 
 
 def new_mac(rng: random.Random | None = None) -> str:
@@ -88,8 +95,8 @@ def new_mac(rng: random.Random | None = None) -> str:
 def _free_address(network: Network, wanted: str | None) -> str:
     """The address to take: `wanted` if given and free, else the lowest free one."""
     if wanted is not None:
-        net = ipaddress.ip_network(network.cidr)
-        addr = _in(net, wanted, "fixed_ip")  # type: ignore[arg-type]
+        net = ipaddress.IPv4Network(network.cidr)
+        addr = _in(net, wanted, "fixed_ip")
         if str(addr) == network.gateway:
             raise errors.Conflict(f"{addr} is the gateway of network {network.name}")
         if str(addr) in network.ips:

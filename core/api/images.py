@@ -22,7 +22,6 @@ from hvmesh.core.protocol.base import new_id, now
 from hvmesh.core.protocol.records import Image
 from hvmesh.core.protocol.requests import ImageCreate, ImageUploadFinish
 from hvmesh.core.state import image_data
-from hvmesh.core.state.store import Store
 
 LOG = log.get_logger(__name__)
 
@@ -30,10 +29,6 @@ LOG = log.get_logger(__name__)
 class ImageEndpoints:
     def __init__(self, api: ApiContext) -> None:
         self.api = api
-
-    @property
-    def st(self) -> Store:
-        return self.api.st
 
     async def create(self, caller: Caller, req: ImageCreate) -> dict:
         if req.visibility == "public":
@@ -50,19 +45,19 @@ class ImageEndpoints:
             project=caller.project,
             visibility=req.visibility,
         )
-        await self.st.images.create(image.id, image)
+        await self.api.st.images.create(image.id, image)
         return {"image": image}
 
     async def list(self, caller: Caller, req: Empty) -> dict:
-        images = [i for i in await self.st.images.values() if visible_image(i, caller)]
+        images = [i for i in await self.api.st.images.values() if visible_image(i, caller)]
         return {"images": sorted(images, key=lambda i: (i.name, i.id))}
 
     async def get(self, caller: Caller, req: Ref) -> dict:
         check_ref(req, "image")
-        return {"image": await find_image(self.st, req.id or req.name or "", caller)}
+        return {"image": await find_image(self.api.st, req.id or req.name or "", caller)}
 
     async def _own(self, ref: str, caller: Caller) -> Image:
-        image = await find_image(self.st, ref, caller)
+        image = await find_image(self.api.st, ref, caller)
         if not caller.is_admin and image.project != caller.project:
             raise errors.Forbidden(f"image {image.id} belongs to another project")
         return image
@@ -70,13 +65,13 @@ class ImageEndpoints:
     async def delete(self, caller: Caller, req: Ref) -> dict:
         check_ref(req, "image")
         image = await self._own(req.id or req.name or "", caller)
-        users = [s.id for s in await self.st.servers.values() if s.image_id == image.id]
+        users = [s.id for s in await self.api.st.servers.values() if s.image_id == image.id]
         if users:
             more = f" and {len(users) - 3} more" if len(users) > 3 else ""
             raise errors.Conflict(
                 f"image {image.id} is in use by server(s) {', '.join(users[:3])}{more}"
             )
-        await self.st.images.delete(image.id)
+        await self.api.st.images.delete(image.id)
         await image_data.delete(self.api.js, image.id)
         LOG.info("api.image_deleted", image=image.id)
         return {"deleted": image.id}
@@ -111,7 +106,7 @@ class ImageEndpoints:
                 i, status="saving", uploaded=offset + len(req.data), updated_at=now()
             )
 
-        entry = await self.st.images.mutate(image.id, advance)
+        entry = await self.api.st.images.mutate(image.id, advance)
         if entry is None:
             raise errors.NotFound(f"image {image.id} not found")
         return {"id": image.id, "uploaded": entry.value.uploaded}
@@ -125,7 +120,7 @@ class ImageEndpoints:
         try:
             await image_data.seal(self.api.js, image.id, req.size, req.sha256)
         except errors.BadRequest:
-            await self.st.images.mutate(
+            await self.api.st.images.mutate(
                 image.id,
                 lambda i: msgspec.structs.replace(i, status="queued", uploaded=0, updated_at=now()),
             )
@@ -141,7 +136,7 @@ class ImageEndpoints:
                 updated_at=now(),
             )
 
-        entry = await self.st.images.mutate(image.id, activate)
+        entry = await self.api.st.images.mutate(image.id, activate)
         if entry is None:
             raise errors.NotFound(f"image {image.id} not found")
         LOG.info("api.image_uploaded", image=image.id, size=req.size)

@@ -26,7 +26,7 @@ from hvmesh.core.protocol.base import Request, new_id
 from hvmesh.core.protocol.records import Keypair, Network, Port, Vif
 from hvmesh.core.protocol.requests import KeypairCreate, NetworkCreate, PortCreate
 from hvmesh.core.state import ipam, ports
-from hvmesh.core.state.store import CasConflict, Store
+from hvmesh.core.state.store import CasConflict
 
 LOG = log.get_logger(__name__)
 
@@ -43,10 +43,6 @@ class NetworkEndpoints:
     def __init__(self, api: ApiContext) -> None:
         self.api = api
 
-    @property
-    def st(self) -> Store:
-        return self.api.st
-
     # --- networks -------------------------------------------------------------------------
 
     @staticmethod
@@ -55,13 +51,13 @@ class NetworkEndpoints:
 
     async def find_network(self, ref: str, caller: Caller) -> Network:
         return await by_id_or_name(
-            self.st.networks, ref, "network", lambda n: self.visible(n, caller)
+            self.api.st.networks, ref, "network", lambda n: self.visible(n, caller)
         )
 
     async def network_create(self, caller: Caller, req: NetworkCreate) -> dict:
         need_admin(caller, "creating networks")
         planned = ipam.plan(req)
-        if any(n.name == req.name for n in await self.st.networks.values()):
+        if any(n.name == req.name for n in await self.api.st.networks.values()):
             raise errors.Conflict(f"a network named {req.name!r} exists")
         network = Network(
             id=new_id(),
@@ -78,12 +74,12 @@ class NetworkEndpoints:
             allocation_start=planned.allocation_start,
             allocation_end=planned.allocation_end,
         )
-        await self.st.networks.create(network.id, network)
+        await self.api.st.networks.create(network.id, network)
         LOG.info("api.network_created", network=network.id, cidr=network.cidr)
         return {"network": network_view(network)}
 
     async def network_list(self, caller: Caller, req: Empty) -> dict:
-        nets = [n for n in await self.st.networks.values() if self.visible(n, caller)]
+        nets = [n for n in await self.api.st.networks.values() if self.visible(n, caller)]
         return {"networks": [network_view(n) for n in sorted(nets, key=lambda n: n.name)]}
 
     async def network_get(self, caller: Caller, req: Ref) -> dict:
@@ -94,13 +90,13 @@ class NetworkEndpoints:
         need_admin(caller, "deleting networks")
         check_ref(req, "network")
         network = await self.find_network(req.id or req.name or "", caller)
-        entry = await self.st.networks.must_get(network.id, "network")
+        entry = await self.api.st.networks.must_get(network.id, "network")
         if entry.value.ips:
             raise errors.Conflict(
                 f"network {network.name} has {len(entry.value.ips)} port(s): delete them first"
             )
         try:
-            await self.st.networks.delete(network.id, revision=entry.revision)
+            await self.api.st.networks.delete(network.id, revision=entry.revision)
         except CasConflict:
             raise errors.Conflict(f"network {network.name} changed meanwhile; try again") from None
         return {"deleted": network.id}
@@ -108,19 +104,19 @@ class NetworkEndpoints:
     # --- ports ----------------------------------------------------------------------------
 
     async def own_port(self, port_id: str, caller: Caller) -> Port:
-        return await owned(self.st.ports, port_id, "port", caller)
+        return await owned(self.api.st.ports, port_id, "port", caller)
 
     async def port_create(self, caller: Caller, req: PortCreate) -> dict:
         network = await resolve(self.find_network(req.network, caller), "network")
         port = await ports.create(
-            self.st, network, caller.project, name=req.name, fixed_ip=req.fixed_ip, mac=req.mac
+            self.api.st, network, caller.project, name=req.name, fixed_ip=req.fixed_ip, mac=req.mac
         )
         return {"port": port}
 
     async def port_list(self, caller: Caller, req: Empty) -> dict:
         found = [
             p
-            for p in await self.st.ports.values()
+            for p in await self.api.st.ports.values()
             if caller.is_admin or p.project == caller.project
         ]
         return {"ports": sorted(found, key=lambda p: (p.network_id, p.ip))}
@@ -134,7 +130,7 @@ class NetworkEndpoints:
             raise errors.Conflict(
                 f"port {port.id} is attached to server {port.server_id}: detach it first"
             )
-        await ports.remove(self.st, port)
+        await ports.remove(self.api.st, port)
         return {"deleted": port.id}
 
     # --- a new server's interfaces ----------------------------------------------------------
@@ -156,19 +152,19 @@ class NetworkEndpoints:
             vifs: list[Vif] = []
             for network in resolved:
                 port = await ports.create(
-                    self.st, network, caller.project, server_id=server_id, auto_delete=True
+                    self.api.st, network, caller.project, server_id=server_id, auto_delete=True
                 )
                 done.append(port)
                 vifs.append(ports.vif(port, network))
             for port in wanted:
-                bound = await ports.bind(self.st, port.id, server_id)
+                bound = await ports.bind(self.api.st, port.id, server_id)
                 done.append(bound)
-                network = (await self.st.networks.must_get(bound.network_id, "network")).value
+                network = (await self.api.st.networks.must_get(bound.network_id, "network")).value
                 vifs.append(ports.vif(bound, network))
             return vifs
         except BaseException:
             for port in done:
-                await ports.let_go(self.st, server_id, port.id)
+                await ports.let_go(self.api.st, server_id, port.id)
             raise
 
     async def _free_port(self, ref: str, caller: Caller, i: int) -> Port:
@@ -185,7 +181,7 @@ class NetworkEndpoints:
     async def _keypairs(self, caller: Caller) -> list[Keypair]:
         return [
             k
-            for k in await self.st.keypairs.values()
+            for k in await self.api.st.keypairs.values()
             if k.user == caller.user and k.project == caller.project
         ]
 
@@ -207,7 +203,7 @@ class NetworkEndpoints:
             public_key=req.public_key.strip(),
             fingerprint=fingerprint,
         )
-        await self.st.keypairs.create(keypair.id, keypair)
+        await self.api.st.keypairs.create(keypair.id, keypair)
         return {"keypair": keypair}
 
     async def keypair_list(self, caller: Caller, req: Empty) -> dict:
@@ -218,7 +214,7 @@ class NetworkEndpoints:
 
     async def keypair_delete(self, caller: Caller, req: KeypairRef) -> dict:
         keypair = await self.find_keypair(req.name, caller)
-        await self.st.keypairs.delete(keypair.id)
+        await self.api.st.keypairs.delete(keypair.id)
         return {"deleted": keypair.name}
 
 

@@ -31,7 +31,6 @@ from hvmesh.core.protocol.messages import Task
 from hvmesh.core.protocol.records import Flavor, Image, Server, Vif
 from hvmesh.core.protocol.requests import ServerCreate
 from hvmesh.core.state import action_log, ports
-from hvmesh.core.state.store import Store
 from hvmesh.core.state.tasks import new_request_id, publish_task
 
 LOG = log.get_logger(__name__)
@@ -48,14 +47,10 @@ class ServerEndpoints:
         self.net = net
         self.groups = groups
 
-    @property
-    def st(self) -> Store:
-        return self.api.st
-
     async def server_create(self, caller: Caller, req: ServerCreate) -> dict:
         """Boot: check the request, make the ports, write the servers, queue the build."""
-        flavor = await resolve(find_flavor(self.st, req.flavor, caller), "flavor")
-        image = await resolve(find_image(self.st, req.image, caller), "image")
+        flavor = await resolve(find_flavor(self.api.st, req.flavor, caller), "flavor")
+        image = await resolve(find_image(self.api.st, req.image, caller), "image")
         if image.status != "active":
             raise errors.BadRequest(f"image {image.name} is {image.status}: upload its data first")
         check_fits(flavor, image)
@@ -92,9 +87,9 @@ class ServerEndpoints:
             )
         except BaseException:
             for server_id, vifs in nics.items():
-                if await self.st.servers.get(server_id) is None:
+                if await self.api.st.servers.get(server_id) is None:
                     for v in vifs:
-                        await ports.let_go(self.st, server_id, v.port_id)
+                        await ports.let_go(self.api.st, server_id, v.port_id)
             raise
 
     async def _create_servers(
@@ -147,9 +142,9 @@ class ServerEndpoints:
         ]
         for server in servers:
             await action_log.start(
-                self.st, server.id, request_id, "create", caller.project, caller.user
+                self.api.st, server.id, request_id, "create", caller.project, caller.user
             )
-            await self.st.servers.create(server.id, server)
+            await self.api.st.servers.create(server.id, server)
         await publish_task(
             self.api.js,
             Task(
@@ -169,11 +164,11 @@ class ServerEndpoints:
         return reply
 
     async def server_get(self, caller: Caller, req: IdOnly) -> dict:
-        return {"server": server_view(await own_server(self.st, req.id, caller), caller)}
+        return {"server": server_view(await own_server(self.api.st, req.id, caller), caller)}
 
     async def server_delete(self, caller: Caller, req: IdOnly) -> dict:
         """Delete at any point, also mid-build or mid-action: the delete supersedes it."""
-        server = await own_server(self.st, req.id, caller)
+        server = await own_server(self.api.st, req.id, caller)
         request_id = new_request_id()
         superseded: list[str] = []
 
@@ -189,16 +184,16 @@ class ServerEndpoints:
                 s, task_state=states.DELETING, request_id=request_id, updated_at=now()
             )
 
-        written = await self.st.servers.mutate(server.id, to_deleting)
+        written = await self.api.st.servers.mutate(server.id, to_deleting)
         if written is None:
             raise errors.NotFound(f"server {req.id} not found")
         if written.value.request_id == request_id:
             await action_log.start(
-                self.st, server.id, request_id, "delete", caller.project, caller.user
+                self.api.st, server.id, request_id, "delete", caller.project, caller.user
             )
             await notify.updated(self.api.nc, server, written.value)
             for old in superseded:  # the build or action the delete cuts short
-                await action_log.finish(self.st, server.id, old, error="superseded by delete")
+                await action_log.finish(self.api.st, server.id, old, error="superseded by delete")
         await publish_task(
             self.api.js, Task(kind="delete", server_id=server.id, request_id=request_id)
         )

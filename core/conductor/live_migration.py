@@ -92,7 +92,7 @@ class _LiveMigration(MoveSteps):
                 srv, ev.action, m.dest_host, f"{ev.action} failed: {ev.message}", S.ERROR
             )
             return
-        await placement.release(self.st, m.source_host, m.id)
+        await placement.release(self.lc.st, m.source_host, m.id)
         power = ev.power_state
 
         def migrated(s: Server) -> Server:

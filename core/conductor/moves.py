@@ -41,7 +41,6 @@ from hvmesh.core.protocol.action_requests import action_name
 from hvmesh.core.protocol.messages import AgentEvent, RequestSpec, Selection, Task
 from hvmesh.core.protocol.records import Flavor, Image, Migration, Server, ServerGroup
 from hvmesh.core.state import placement
-from hvmesh.core.state.store import Store
 
 LOG = log.get_logger(__name__)
 
@@ -65,10 +64,6 @@ class MoveSteps:
     def __init__(self, lc: Lifecycle) -> None:
         self.lc = lc
 
-    @property
-    def st(self) -> Store:
-        return self.lc.st
-
     # --- shared steps ----------------------------------------------------------------------
 
     async def _begin(self, task: Task, srv: Server) -> Migration | None:
@@ -80,7 +75,7 @@ class MoveSteps:
         if m is None or srv.host is None:
             await self.lc.fail(srv, action, f"{action}: server {srv.id} has no migration")
             return None
-        await placement.move(self.st, m.source_host, srv.id, m.id)
+        await placement.move(self.lc.st, m.source_host, srv.id, m.id)
         return m
 
     async def _begin_with_destination(
@@ -127,9 +122,9 @@ class MoveSteps:
         """Claims as for a server resting on `host`: its own allocation there, none elsewhere."""
         for h in dict.fromkeys([m.source_host, m.dest_host, *others]):
             if h and h != host:
-                await placement.release(self.st, h, srv.id)
-                await placement.release(self.st, h, m.id)
-        await placement.move(self.st, host, m.id, srv.id)
+                await placement.release(self.lc.st, h, srv.id)
+                await placement.release(self.lc.st, h, m.id)
+        await placement.move(self.lc.st, host, m.id, srv.id)
         await self._group_host(srv, host)
 
     async def _group_host(self, srv: Server, host: str) -> None:
@@ -142,7 +137,7 @@ class MoveSteps:
                 return None
             return msgspec.structs.replace(g, placements={**g.placements, srv.id: host})
 
-        await self.st.server_groups.mutate(group_id, put)
+        await self.lc.st.server_groups.mutate(group_id, put)
 
     async def _end(
         self,
@@ -176,7 +171,7 @@ class MoveSteps:
         await self.lc.finish(srv, action, failed, error=error, fault=True)
 
     async def _image(self, srv: Server) -> Image | None:
-        entry = await self.st.images.get(srv.image_id)
+        entry = await self.lc.st.images.get(srv.image_id)
         return entry.value if entry else None
 
     async def uncertain(self, task: Task, srv: Server) -> None:
@@ -227,7 +222,7 @@ class _Evacuation(MoveSteps):
             )
             return
         # The source is down: its instance is removed when its agent starts again.
-        await placement.release(self.st, m.source_host, m.id)
+        await placement.release(self.lc.st, m.source_host, m.id)
         power = ev.power_state
 
         def evacuated(s: Server) -> Server:

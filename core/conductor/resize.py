@@ -161,12 +161,14 @@ class _Resize(MoveSteps):
                 updated_at=now(),
             )
 
-        written = await self.st.servers.mutate(srv.id, accept)
+        written = await self.lc.st.servers.mutate(srv.id, accept)
         if written is None or written.value.request_id != request_id:
             return
 
         LOG.info("moves.auto_confirm", server=srv.id, migration=migration_id)
-        await action_log.start(self.st, srv.id, request_id, "confirm-resize", srv.project, srv.user)
+        await action_log.start(
+            self.lc.st, srv.id, request_id, "confirm-resize", srv.project, srv.user
+        )
         await notify.updated(self.lc.conductor.nc, srv, written.value)
         await publish_task(
             self.lc.conductor.js,
@@ -194,7 +196,7 @@ class _Resize(MoveSteps):
         if not ev.ok:
             await self._end(srv, ev.action, srv.host, f"{ev.action} failed: {ev.message}", S.ERROR)
             return
-        await placement.release(self.st, m.source_host, m.id)
+        await placement.release(self.lc.st, m.source_host, m.id)
 
         def confirmed(s: Server) -> Server:
             return msgspec.structs.replace(s, vm_state=m.old_vm_state, migration=None, fault=None)
@@ -217,8 +219,8 @@ class _Resize(MoveSteps):
                 srv, ev.action, m.dest_host, f"{ev.action} failed: {ev.message}", S.ERROR
             )
             return
-        await placement.release(self.st, m.dest_host, srv.id)
-        await placement.move(self.st, m.source_host, m.id, srv.id)
+        await placement.release(self.lc.st, m.dest_host, srv.id)
+        await placement.move(self.lc.st, m.source_host, m.id, srv.id)
         await self._group_host(srv, m.source_host)
         reverting = msgspec.structs.replace(m, status="reverting")
         written = await self.lc.transition(

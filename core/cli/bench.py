@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -11,8 +11,12 @@ from hvmesh.core.cli import lazy, output
 from hvmesh.core.cli.errors import CliError
 
 # Imported when first used: parsing the command line (and --help) needs none of them.
-launcher = lazy.module("hvmesh.core.ops.launcher")
-ops_bench = lazy.module("hvmesh.core.ops.bench")
+if TYPE_CHECKING:
+    from hvmesh.core.ops import bench as ops_bench
+    from hvmesh.core.ops import launcher
+else:
+    launcher = lazy.module("hvmesh.core.ops.launcher")
+    ops_bench = lazy.module("hvmesh.core.ops.bench")
 
 
 def cmd_bench_scheduler(args: argparse.Namespace) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -15,10 +15,17 @@ from hvmesh.core.cli.errors import CliError
 from hvmesh.core.protocol import subjects
 
 # Imported when first used: parsing the command line (and --help) needs none of them.
-asyncio = lazy.module("asyncio")
-bus = lazy.module("hvmesh.core.bus.micro")
-connection = lazy.module("hvmesh.core.bus.connection")
-launcher = lazy.module("hvmesh.core.ops.launcher")
+if TYPE_CHECKING:
+    import asyncio
+
+    from hvmesh.core.bus import connection
+    from hvmesh.core.bus import micro as bus
+    from hvmesh.core.ops import launcher
+else:
+    asyncio = lazy.module("asyncio")
+    bus = lazy.module("hvmesh.core.bus.micro")
+    connection = lazy.module("hvmesh.core.bus.connection")
+    launcher = lazy.module("hvmesh.core.ops.launcher")
 
 
 def nats_settings(args: argparse.Namespace) -> config.NatsSection:

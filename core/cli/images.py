@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hvmesh.core.cli import lazy, output
 from hvmesh.core.cli.connect import call, connect_cli
@@ -13,9 +13,14 @@ from hvmesh.core.cli.resources import delete_each, parse_properties, ref
 from hvmesh.core.protocol import subjects
 
 # Imported when first used: parsing the command line (and --help) needs none of them.
-bus = lazy.module("hvmesh.core.bus.micro")
-image_upload = lazy.module("hvmesh.core.cli.image_upload")
-launcher = lazy.module("hvmesh.core.ops.launcher")
+if TYPE_CHECKING:
+    from hvmesh.core.bus import micro as bus
+    from hvmesh.core.cli import image_upload
+    from hvmesh.core.ops import launcher
+else:
+    bus = lazy.module("hvmesh.core.bus.micro")
+    image_upload = lazy.module("hvmesh.core.cli.image_upload")
+    launcher = lazy.module("hvmesh.core.ops.launcher")
 
 IMAGE_COLUMNS = ["id", "name", "disk_format", "status", "size", "visibility"]
 

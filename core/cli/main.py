@@ -12,7 +12,7 @@ import argparse
 import sys
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hvmesh.core import config, log
 from hvmesh.core.cli import (
@@ -39,7 +39,10 @@ from hvmesh.core.protocol import errors
 from hvmesh.plugins.drivers import DriverUnavailable
 
 # Imported when first used: main() reads it only when a command fails.
-natsserver = lazy.module("hvmesh.core.ops.natsserver")
+if TYPE_CHECKING:
+    from hvmesh.core.ops import natsserver
+else:
+    natsserver = lazy.module("hvmesh.core.ops.natsserver")
 
 
 def add_common_options(p: argparse.ArgumentParser, suppress: bool) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -12,9 +12,13 @@ from hvmesh.core.cli.connect import connect_cli
 from hvmesh.core.cli.errors import CliError
 
 # Imported when first used: parsing the command line (and --help) needs none of them.
-audit = lazy.module("hvmesh.core.ops.audit")
-launcher = lazy.module("hvmesh.core.ops.launcher")
-state_store = lazy.module("hvmesh.core.state.store")
+if TYPE_CHECKING:
+    from hvmesh.core.ops import audit, launcher
+    from hvmesh.core.state import store as state_store
+else:
+    audit = lazy.module("hvmesh.core.ops.audit")
+    launcher = lazy.module("hvmesh.core.ops.launcher")
+    state_store = lazy.module("hvmesh.core.state.store")
 
 
 def cmd_manage_audit(args: argparse.Namespace) -> None:

@@ -16,12 +16,15 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from hvmesh.core.cli import lazy, output_table
 
 # Imported when first used: only `-f yaml` needs it.
-yaml = lazy.module("yaml")
+if TYPE_CHECKING:
+    import yaml
+else:
+    yaml = lazy.module("yaml")
 
 FORMATS = ("table", "json", "yaml", "value", "csv")
 # Formats printed as cells for people and shell scripts, not as the API's structures.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -12,7 +12,10 @@ from hvmesh.core.cli import lazy, output
 
 # Imported when first used: loading plugins pulls in numpy and every plugin's modules,
 # which the rest of the CLI's start-up does not need.
-manager = lazy.module("hvmesh.plugins.manager")
+if TYPE_CHECKING:
+    from hvmesh.plugins import manager
+else:
+    manager = lazy.module("hvmesh.plugins.manager")
 
 PLUGIN_COLUMNS = ["name", "package", "version", "status", "registered", "error"]
 DRIVER_COLUMNS = ["name", "plugin", "available", "reason", "description"]

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hvmesh.core.cli import lazy, output
 from hvmesh.core.cli.connect import api
 from hvmesh.core.cli.errors import CliError
 
 # Imported when first used: parsing the command line (and --help) needs none of it.
-launcher = lazy.module("hvmesh.core.ops.launcher")
+if TYPE_CHECKING:
+    from hvmesh.core.ops import launcher
+else:
+    launcher = lazy.module("hvmesh.core.ops.launcher")
 
 
 def cmd_req(args: argparse.Namespace) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hvmesh.core.cli import lazy, output
 from hvmesh.core.cli.connect import connect_cli
@@ -13,8 +13,12 @@ from hvmesh.core.cli.errors import CliError
 from hvmesh.core.protocol import errors, subjects
 
 # Imported when first used: parsing the command line (and --help) needs none of them.
-bus = lazy.module("hvmesh.core.bus.micro")
-launcher = lazy.module("hvmesh.core.ops.launcher")
+if TYPE_CHECKING:
+    from hvmesh.core.bus import micro as bus
+    from hvmesh.core.ops import launcher
+else:
+    bus = lazy.module("hvmesh.core.bus.micro")
+    launcher = lazy.module("hvmesh.core.ops.launcher")
 
 
 def parse_properties(items: list[str] | None, what: str) -> dict[str, str]:

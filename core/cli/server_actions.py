@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -22,7 +22,10 @@ from hvmesh.core.cli.servers import emit_server, for_people, iso, wait_for_serve
 from hvmesh.core.protocol import subjects
 
 # Imported when first used: parsing the command line (and --help) needs none of it.
-launcher = lazy.module("hvmesh.core.ops.launcher")
+if TYPE_CHECKING:
+    from hvmesh.core.ops import launcher
+else:
+    launcher = lazy.module("hvmesh.core.ops.launcher")
 
 
 class ServerAction(msgspec.Struct, frozen=True):

@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hvmesh.core.cli import lazy, output
 from hvmesh.core.cli.connect import call, connect_cli
@@ -18,9 +18,15 @@ from hvmesh.core.protocol import errors, subjects
 from hvmesh.core.protocol.states import POWER_STATE_NAMES
 
 # Imported when first used: parsing the command line (and --help) needs none of them.
-asyncio = lazy.module("asyncio")
-bus = lazy.module("hvmesh.core.bus.micro")
-launcher = lazy.module("hvmesh.core.ops.launcher")
+if TYPE_CHECKING:
+    import asyncio
+
+    from hvmesh.core.bus import micro as bus
+    from hvmesh.core.ops import launcher
+else:
+    asyncio = lazy.module("asyncio")
+    bus = lazy.module("hvmesh.core.bus.micro")
+    launcher = lazy.module("hvmesh.core.ops.launcher")
 
 LIST_COLUMNS = ["id", "name", "status", "networks", "image", "flavor"]
 LONG_COLUMNS = [

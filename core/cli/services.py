@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -15,13 +15,22 @@ from hvmesh.core.cli.connect import nats_settings
 from hvmesh.core.cli.errors import CliError
 
 # Imported when first used: parsing the command line (and --help) needs none of them.
-api_service = lazy.module("hvmesh.core.api.service")
-conductor_service = lazy.module("hvmesh.core.conductor.service")
-connection = lazy.module("hvmesh.core.bus.connection")
-launcher = lazy.module("hvmesh.core.ops.launcher")
-metadata_service = lazy.module("hvmesh.core.metadata.service")
-ops_up = lazy.module("hvmesh.core.ops.up")
-scheduler_service = lazy.module("hvmesh.schedulers.service")
+if TYPE_CHECKING:
+    from hvmesh.core.api import service as api_service
+    from hvmesh.core.bus import connection
+    from hvmesh.core.conductor import service as conductor_service
+    from hvmesh.core.metadata import service as metadata_service
+    from hvmesh.core.ops import launcher
+    from hvmesh.core.ops import up as ops_up
+    from hvmesh.schedulers import service as scheduler_service
+else:
+    api_service = lazy.module("hvmesh.core.api.service")
+    conductor_service = lazy.module("hvmesh.core.conductor.service")
+    connection = lazy.module("hvmesh.core.bus.connection")
+    launcher = lazy.module("hvmesh.core.ops.launcher")
+    metadata_service = lazy.module("hvmesh.core.metadata.service")
+    ops_up = lazy.module("hvmesh.core.ops.up")
+    scheduler_service = lazy.module("hvmesh.schedulers.service")
 
 
 def service_config(args: argparse.Namespace) -> config.Config:

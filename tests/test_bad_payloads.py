@@ -262,6 +262,18 @@ CASES: list[tuple[str, bytes, int, str]] = [
         "unknown field `net`",
     ),
     ("servers.action", b'{"id": "x", "action": "detach-interface"}', 400, "missing required field"),
+    # Ids that are no KV key, and bodies nested past any sense: 400s, never tracebacks.
+    ("servers.get", b'{"id": "a."}', 404, "server a. not found"),
+    ("servers.get", b'{"id": "a..b"}', 404, "server a..b not found"),
+    ("flavors.get", b'{"id": "a."}', 404, "flavor a. not found"),
+    ("ports.get", b'{"id": ".a"}', 404, "port .a not found"),
+    ("servers.action", b'{"id": ' + b"[" * 3000 + b"]" * 3000 + b"}", 400, "nested too deeply"),
+    (
+        "servers.action",
+        b'{"x": {"a": ' + b"[" * 3000 + b"]" * 3000 + b'}, "action": "reboot"}',
+        400,
+        "nested too deeply",
+    ),
 ]
 
 

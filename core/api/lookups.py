@@ -93,7 +93,9 @@ async def owned(bucket: Bucket[Owned], ref: str, what: str, caller: Caller) -> O
 
 
 def is_key(text: str) -> bool:
-    """Whether `text` can be a KV key (names with spaces cannot)."""
+    """Whether `text` can be a KV key: no spaces, and no empty token between dots."""
     return (
-        bool(text) and all(c.isalnum() or c in "-_=./" for c in text) and not text.startswith(".")
+        bool(text)
+        and all(c.isalnum() or c in "-_=./" for c in text)
+        and all(token for token in text.split("."))
     )

@@ -79,6 +79,8 @@ def decode_body(data: bytes, type_: Any) -> Any:
         raise errors.BadRequest(f"invalid request: {exc}") from None
     except msgspec.DecodeError as exc:
         raise errors.BadRequest(f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise errors.BadRequest("invalid request: JSON nested too deeply") from None
 
 
 class Raw(msgspec.Struct):

@@ -24,6 +24,7 @@ from nats.js.api import (
 )
 from nats.js.errors import (
     BucketNotFoundError,
+    InvalidKeyError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
     NotFoundError,
@@ -134,7 +135,7 @@ class Bucket(Generic[T]):
     async def get(self, key: str) -> Entry[T] | None:
         try:
             e = await self.kv.get(key)
-        except KeyNotFoundError:  # also covers deleted keys
+        except (KeyNotFoundError, InvalidKeyError):  # deleted keys too; no such key can exist
             return None
         if not e.value:
             return None

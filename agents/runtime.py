@@ -456,20 +456,13 @@ class AgentRuntime:
                 output = "".join(output.splitlines(keepends=True)[-int(length) :])
             await msg.respond(encode({"output": output}))
         except DriverError as exc:
-            await self._reply_error(msg, 404, str(exc))
+            await bus.reply_error(self.nc, msg, 404, str(exc))
         except NotImplementedError:
             message = f"the {self.driver.name} driver has no console log"
-            await self._reply_error(msg, 409, message)
+            await bus.reply_error(self.nc, msg, 409, message)
         except Exception as exc:
             LOG.exception("agent.console_log_failed", host=self.host)
-            await self._reply_error(msg, 500, str(exc))
-
-    async def _reply_error(self, msg: Msg, code: int, message: str) -> None:
-        """Answer a request with an error the way micro services do (body and headers)."""
-        if msg.reply:
-            await self.nc.publish(
-                msg.reply, bus.error_body(code, message), headers=_error(code, message)
-            )
+            await bus.reply_error(self.nc, msg, 500, str(exc))
 
     async def publish_event(self, event: AgentEvent) -> None:
         msg_id = f"{event.server_id}:{event.kind}:{event.attempt}:{event.host}:{event.request_id}"
@@ -480,8 +473,3 @@ class AgentRuntime:
             encode(event),
             headers={"Nats-Msg-Id": msg_id},
         )
-
-
-def _error(code: int, message: str) -> dict[str, str]:
-    """The micro error headers `bus.call` turns back into an HvmeshError."""
-    return {"Nats-Service-Error": message, "Nats-Service-Error-Code": str(code)}

@@ -94,6 +94,17 @@ def error_body(code: int, message: str) -> bytes:
     return encode({"error": {"code": code, "message": message}})
 
 
+def error_headers(code: int, message: str) -> dict[str, str]:
+    """The micro error headers `call` turns back into an HvmeshError."""
+    return {"Nats-Service-Error": message, "Nats-Service-Error-Code": str(code)}
+
+
+async def reply_error(nc: Client, msg: Msg, code: int, message: str) -> None:
+    """Answer a request with an error as micro services do: headers and a JSON body."""
+    if msg.reply:
+        await nc.publish(msg.reply, error_body(code, message), headers=error_headers(code, message))
+
+
 Handler = Callable[[Caller, Any], Awaitable[Any]]
 
 
@@ -346,14 +357,13 @@ class MicroService:
             await self._respond_error(msg, *error)
         ep.finished(time.perf_counter_ns() - started, error)
 
-    async def _respond(self, msg: Msg, data: bytes, headers: dict[str, str] | None = None) -> None:
+    async def _respond(self, msg: Msg, data: bytes) -> None:
         if msg.reply:
-            await self.nc.publish(msg.reply, data, headers=headers)
+            await self.nc.publish(msg.reply, data)
 
     async def _respond_error(self, msg: Msg, code: int, message: str) -> None:
-        headers = {"Nats-Service-Error": message, "Nats-Service-Error-Code": str(code)}
         try:
-            await self._respond(msg, error_body(code, message), headers)
+            await reply_error(self.nc, msg, code, message)
         except Exception:
             LOG.exception("request.respond_failed")
 

@@ -163,12 +163,13 @@ async def up(
             )
         nc = await connection.connect(cfg.nats, "hvmesh-up")
         metadata = MetadataService(nc, cfg)
+        plugins = launcher.load_plugins(cfg)  # once, for the scheduler and the hosts
         components: list[launcher.Component] = [
             ApiService(nc, cfg),
-            SchedulerService(nc, cfg),
+            SchedulerService(nc, cfg, plugins),
             Conductor(nc, cfg),
             metadata,
-            *launcher.fake_fleet(nc, cfg, fake_hosts),
+            *launcher.fake_fleet(nc, cfg, fake_hosts, registry=plugins),
         ]
         made = write_contexts(server)
 

@@ -5,7 +5,8 @@ Concurrent boots of one image wait on one download: an asyncio lock per checksum
 the agent, and an exclusive file lock (fcntl) across agents sharing the directory. A
 download goes to a temporary file and is renamed into place only once its sha256
 matched. Files not used by any instance on the host are evicted, least recently used
-first, when the cache is over its size limit.
+first, when the cache is over its size limit: an instance pins every image it needs, its
+root image and the kernel and ramdisk its image's `kernel_id` and `ramdisk_id` name.
 """
 
 from __future__ import annotations
@@ -131,8 +132,37 @@ class ImageCache:
         """Mark the images an instance on this host uses: they are never evicted."""
         self._pins[server_id] = set(checksums)
 
+    async def needed(self, image: Image | None, properties: dict[str, str]) -> set[str]:
+        """The checksums an instance needs: its root image's, and its kernel's and
+        ramdisk's when the image's properties name them (`kernel_id`, `ramdisk_id`)."""
+        sums = {image.checksum} if image is not None and image.checksum else set()
+        for key in ("kernel_id", "ramdisk_id"):
+            image_id = properties.get(key)
+            if not image_id:
+                continue
+            try:
+                entry = await self.store.images.get(image_id)
+            except Exception as exc:  # the instance runs: a pin missed is not a failure
+                LOG.warning("image_cache.pin_lookup_failed", image=image_id, error=str(exc))
+                continue
+            if entry is not None and entry.value.checksum:
+                sums.add(entry.value.checksum)
+        return sums
+
+    async def pin_instance(
+        self, server_id: str, image: Image | None, properties: dict[str, str]
+    ) -> None:
+        """Pin everything the instance of `server_id` boots from (see `needed`)."""
+        sums = await self.needed(image, properties)
+        if sums:
+            self.pin(server_id, sums)
+
     def unpin(self, server_id: str) -> None:
         self._pins.pop(server_id, None)
+
+    def pinned_servers(self) -> list[str]:
+        """The servers whose images are pinned here."""
+        return sorted(self._pins)
 
     @property
     def pinned(self) -> set[str]:

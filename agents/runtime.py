@@ -6,14 +6,16 @@ the host's own durable queue (hvmesh.work.<host>), runs it through the driver an
 reports the outcome as events (hvmesh.events.<host>.<server>). It never writes a server
 record: the conductor applies the events. It also reports every instance's power state
 now and then (the hypervisor's truth, for the conductor's power-state sync), answers
-quick requests on hvmesh.agent.<host>.<op> (console log), and on start removes
-instances the hypervisor runs that are no longer this host's (evacuated meanwhile).
+quick requests on hvmesh.agent.<host>.<op> (console log), and on start and every
+[compute] reconcile_interval removes instances the hypervisor runs that are no longer
+this host's (agents/reconcile.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 import uuid
 from collections import defaultdict
@@ -26,22 +28,28 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
+from hvmesh.agents import orphans
 from hvmesh.agents.driver import ComputeDriver, DriverError, NodeInventory
 from hvmesh.agents.image_cache import ImageCache
+from hvmesh.agents.reconcile import reconcile as reconcile_guests
+from hvmesh.agents.reconcile import remove_failed_spawn
 from hvmesh.core import log
 from hvmesh.core.bus import micro as bus
-from hvmesh.core.bus.worker import PullWorker, durable_pull
+from hvmesh.core.bus.worker import PullWorker, Retry, durable_pull
 from hvmesh.core.config import Config, state_dir
 from hvmesh.core.protocol import states, subjects
 from hvmesh.core.protocol.base import encode, now
 from hvmesh.core.protocol.messages import AgentEvent, Work
 from hvmesh.core.protocol.records import Heartbeat, Host, Inventory, Server, Vif
+from hvmesh.core.state import dead_letters
 from hvmesh.core.state.store import CasConflict, Store
 
 LOG = log.get_logger(__name__)
 
 HOST_NAME = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-WORK_ACK_WAIT = 300.0
+# A work item held by an agent that died is handed out again after this long; a live
+# agent keeps its items in progress meanwhile, however long a step runs.
+WORK_ACK_WAIT = 30.0
 
 
 def check_host_name(name: str) -> str:
@@ -187,6 +195,8 @@ class AgentRuntime:
         self._subs.append(
             await self.nc.subscribe(subjects.agent(self.host, "console_log"), cb=self._console_log)
         )
+        self._subs += await orphans.subscribe(self)  # the audit's requests
+        retry = Retry.of(self.cfg.conductor)
         sub = await durable_pull(
             self.js,
             subjects.work(self.host),
@@ -195,12 +205,17 @@ class AgentRuntime:
             WORK_ACK_WAIT,
             max_ack_pending=max(self.cfg.compute.workers * 4, 16),
             deliver_policy=DeliverPolicy.ALL,
+            max_deliver=retry.max_deliver,
         )
         self._tasks.append(asyncio.create_task(self._heartbeat_loop()))
         self._tasks.append(asyncio.create_task(self._power_sync_loop()))
+        if self.cfg.compute.reconcile_interval > 0:  # 0: only at start, above
+            self._tasks.append(asyncio.create_task(self._reconcile_loop()))
+        keep = functools.partial(dead_letters.keep, self.js)
         self._worker = PullWorker(
-            f"agent-{self.host}", sub, Work, self._handle, self.cfg.compute.workers
-        )
+            f"agent-{self.host}", sub, Work, self._handle, self.cfg.compute.workers,
+            retry=retry, on_exhausted=self._give_up, keep=keep,
+        )  # fmt: skip
         self._worker.start()
         LOG.info("agent.started", host=self.host, driver=self.driver.name)
 
@@ -274,9 +289,8 @@ class AgentRuntime:
 
     async def _handle(self, work: Work, msg: Msg) -> None:
         keepalive = asyncio.create_task(self._keep_in_progress(msg))
-        self._users[work.server_id] += 1
         try:
-            async with self._locks[work.server_id]:
+            async with self.hold(work.server_id):
                 if not await self.still_wanted(work):
                     LOG.info(
                         "agent.work_dropped", host=self.host, server=work.server_id, kind=work.kind
@@ -284,17 +298,36 @@ class AgentRuntime:
                     await msg.ack()
                     return
                 event = await self.run(work)
+                if work.kind == "spawn" and not event.ok:
+                    await remove_failed_spawn(self.driver, self.host, work.server_id)
             await self.publish_event(event)
             await msg.ack()
         finally:
             keepalive.cancel()
-            # Forget the lock only when no other work for the server holds or awaits it: a
-            # waiter just woken by the release does not show it as locked yet, and a new
-            # lock handed to a third item would let it run alongside that waiter.
-            self._users[work.server_id] -= 1
-            if not self._users[work.server_id]:
-                del self._users[work.server_id]
-                self._locks.pop(work.server_id, None)
+
+    async def _give_up(self, work: Work, msg: Msg, why: str) -> None:
+        """Work that failed every delivery is reported failed: the conductor ends it."""
+        message = f"agent {self.host} gave up on {work.kind} {why}"
+        event = AgentEvent(kind=work.kind, server_id=work.server_id, host=self.host, ok=False)
+        event.attempt, event.request_id, event.action = work.attempt, work.request_id, work.action
+        event.message = message
+        await self.publish_event(event)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, server_id: str) -> AsyncIterator[None]:
+        """Hold the server's lock: its work items, and reconcile, run one at a time."""
+        self._users[server_id] += 1
+        try:
+            async with self._locks[server_id]:
+                yield
+        finally:
+            # Forget the lock only when no other holder has or awaits it: a waiter just
+            # woken by the release does not show it as locked yet, and a new lock handed
+            # to a third one would let it run alongside that waiter.
+            self._users[server_id] -= 1
+            if not self._users[server_id]:
+                del self._users[server_id]
+                self._locks.pop(server_id, None)
 
     @staticmethod
     async def _keep_in_progress(msg: Msg) -> None:
@@ -338,7 +371,7 @@ class AgentRuntime:
             if step is None:
                 raise ValueError(f"unknown work kind {work.kind}")
             await step(self.driver, work)
-            self.track_images(work)
+            await self.track_images(work)
             event.power_state = await self.power_state(work.server_id)
         except Exception as exc:
             event.ok = False
@@ -360,12 +393,13 @@ class AgentRuntime:
         event.at = now()
         return event
 
-    def track_images(self, work: Work) -> None:
+    async def track_images(self, work: Work) -> None:
         """Keep the image cache from evicting what this host's instances are built on."""
         if self.images is None:
             return
-        if work.kind in IMAGE_STEPS and work.image is not None and work.image.checksum:
-            self.images.pin(work.server_id, {work.image.checksum})
+        if work.kind in IMAGE_STEPS and work.image is not None:
+            props = work.server.image_properties if work.server is not None else {}
+            await self.images.pin_instance(work.server_id, work.image, props)
         elif work.kind in ("destroy", "confirm_migration"):
             self.images.unpin(work.server_id)
 
@@ -417,34 +451,17 @@ class AgentRuntime:
                 LOG.exception("agent.power_sync_failed", host=self.host)
 
     async def reconcile(self) -> None:
-        """Remove instances this hypervisor runs that no server here accounts for.
-
-        That is what an evacuation leaves behind on a host that was down (Nova's
-        _destroy_evacuated_instances), and what a build given up on leaves. An instance
-        whose server is moving to or from this host is left alone.
-        """
+        """Remove instances this hypervisor runs that no server places here (agents/reconcile.py)."""
         assert self.store is not None
-        try:
-            instances = await self.driver.list_instances()
-        except NotImplementedError:
-            return
-        for server_id in instances:
-            entry = await self.store.servers.get(server_id)
-            s = entry.value if entry else None
-            ours = s is not None and (
-                s.host == self.host
-                or (
-                    s.migration is not None
-                    and self.host in (s.migration.source_host, s.migration.dest_host)
-                )
-            )
-            if not ours:
-                LOG.warning("agent.orphan_destroyed", host=self.host, server=server_id)
-                await self.driver.destroy(server_id)
-            elif s is not None and self.images is not None:  # adopted: keep its image
-                image = await self.store.images.get(s.image_id)
-                if image is not None and image.value.checksum:
-                    self.images.pin(server_id, {image.value.checksum})
+        await reconcile_guests(self.store, self.driver, self.host, self.hold, self.images)
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.compute.reconcile_interval)
+            try:
+                await self.reconcile()
+            except Exception:
+                LOG.exception("agent.reconcile_failed", host=self.host)
 
     async def _console_log(self, msg: Msg) -> None:
         try:

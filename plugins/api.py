@@ -134,6 +134,9 @@ HostPassesFunction: TypeAlias = "Callable[[Host, RequestSpec], bool]"
 """`host_passes(host, spec)`: whether this one host passes."""
 AppliesFunction: TypeAlias = "Callable[[RequestSpec], bool]"
 """`applies(spec)`: False skips the filter or weigher for that request."""
+ClaimCheckFunction: TypeAlias = "Callable[[Host, RequestSpec, Config], str | None]"
+"""`claim_check(host, spec, config)`: why `host` may not take the request's server (None:
+it may), judged on the authoritative host record inside the claim's compare-and-set."""
 WeighFunction: TypeAlias = "Callable[[Columns, RequestSpec], np.ndarray]"
 """`weigh(cols, spec)`: raw scores, one per row of `cols`, higher is better."""
 
@@ -156,6 +159,11 @@ class Filter:
     #: may then keep the mask between decisions and redo only the hosts that changed,
     #: calling `mask` with the columns of those hosts alone. See docs/plugins.md.
     row_local: bool = False
+    #: The filter's rule again, on the host record the claim writes (see
+    #: ClaimCheckFunction), for a rule concurrent placements could beat on the index: a
+    #: count of servers, the servers a hint names. Skipped when `applies` says False. See
+    #: docs/plugins.md.
+    claim_check: ClaimCheckFunction | None = None
 
     def __post_init__(self) -> None:
         if not (self.sql or self.mask or self.host_passes):

@@ -1,8 +1,10 @@
 """Built-in host filters, named as Nova's so operators can carry their configuration over.
 
 Each gives a vectorised mask over the index's columns (what the filter scheduler runs)
-and, where it can be said in SQL, the same test as a predicate for DuckDB. They
-register through the "hvmesh" entry point exactly as a third-party plugin would.
+and, where it can be said in SQL, the same test as a predicate for DuckDB; those whose
+rule concurrent placements could beat on the index (instance and build counts, the
+servers a hint names) also give a claim-time check on the host record. They register
+through the "hvmesh" entry point exactly as a third-party plugin would.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from hvmesh.core.config import Config
 from hvmesh.core.protocol.messages import RequestSpec
 from hvmesh.core.protocol.records import Aggregate, Host
 from hvmesh.core.protocol.resources import custom_resources
@@ -142,6 +145,34 @@ def _io_ops_mask(cols: Columns, spec: RequestSpec) -> np.ndarray:
 def _num_instances_mask(cols: Columns, spec: RequestSpec) -> np.ndarray:
     limit = cols.config.scheduler.max_instances_per_host
     return cols["running_vms"] < limit
+
+
+# Claim-time checks: the same rules on the host record a claim writes, so that
+# simultaneous placements cannot each pass them on the index (see docs/plugins.md).
+
+
+def _io_ops_claim(host: Host, spec: RequestSpec, config: Config) -> str | None:
+    limit = config.scheduler.max_io_ops_per_host
+    busy = len(host.in_progress)
+    return f"{busy} builds in progress, limit {limit}" if busy >= limit else None
+
+
+def _num_instances_claim(host: Host, spec: RequestSpec, config: Config) -> str | None:
+    limit = config.scheduler.max_instances_per_host
+    held = len(host.allocations)  # every consumer, a move's too: as running_vms counts
+    return f"{held} servers, limit {limit}" if held >= limit else None
+
+
+def _same_host_claim(host: Host, spec: RequestSpec, config: Config) -> str | None:
+    ids = spec.scheduler_hints.same_host
+    if not ids or any(sid in host.allocations for sid in ids):
+        return None
+    return "holds none of the same_host servers"
+
+
+def _different_host_claim(host: Host, spec: RequestSpec, config: Config) -> str | None:
+    near = [sid for sid in spec.scheduler_hints.different_host if sid in host.allocations]
+    return f"holds different_host server {near[0]}" if near else None
 
 
 def _hosts_of(cols: Columns, server_ids: list[str]) -> np.ndarray:
@@ -317,6 +348,7 @@ BUILTIN_FILTERS = [
     Filter(
         name="IoOpsFilter",
         row_local=True,
+        claim_check=_io_ops_claim,
         mask=_io_ops_mask,
         description="Passes hosts with fewer than [scheduler] max_io_ops_per_host builds "
         "in progress.",
@@ -324,6 +356,7 @@ BUILTIN_FILTERS = [
     Filter(
         name="NumInstancesFilter",
         row_local=True,
+        claim_check=_num_instances_claim,
         mask=_num_instances_mask,
         description="Passes hosts with fewer than [scheduler] max_instances_per_host servers.",
     ),
@@ -378,6 +411,8 @@ BUILTIN_FILTERS = [
     Filter(
         name="SameHostFilter",
         row_local=True,
+        applies=lambda spec: bool(spec.scheduler_hints.same_host),
+        claim_check=_same_host_claim,
         mask=_same_host_mask,
         description="With the scheduler hint same_host: passes only hosts holding one of "
         "those servers.",
@@ -385,6 +420,8 @@ BUILTIN_FILTERS = [
     Filter(
         name="DifferentHostFilter",
         row_local=True,
+        applies=lambda spec: bool(spec.scheduler_hints.different_host),
+        claim_check=_different_host_claim,
         mask=_different_host_mask,
         description="With the scheduler hint different_host: passes only hosts holding "
         "none of those servers.",

@@ -28,6 +28,7 @@ LOG = log.get_logger(__name__)
 ENTRY_POINT_GROUP = "hvmesh"
 DISABLE_ENV = "HVMESH_DISABLE_PLUGINS"
 KINDS = ("filters", "weighers", "schedulers", "drivers")
+BUILTIN_PACKAGE = "hvmesh"  # the distribution whose entry points are hvmesh's own
 
 __all__ = [
     "DISABLE_ENV",
@@ -96,6 +97,20 @@ class Registry:
             filters=self.pick("filters", config.scheduler.enabled_filters),
             weighers=self.pick("weighers", config.scheduler.weighers),
         )
+
+    def origin(self, kind: str, name: str) -> str:
+        """Who registered the `kind` ("filters", "weighers", ...) called `name`, for messages:
+        "built into hvmesh, entry point builtin_filters", or "plugin my-filters, entry point
+        myfilters = my_filters.plugin"; "unknown origin" if no loaded plugin did."""
+        for p in self.plugins:
+            if p.status != "loaded" or name not in p.registered.get(kind, []):
+                continue
+            if p.package == BUILTIN_PACKAGE:
+                return f"built into hvmesh, entry point {p.name}"
+            if p.package:
+                return f"plugin {p.package}, entry point {p.name} = {p.module}"
+            return f"plugin {p.name}" + (f" ({p.module})" if p.module else "")
+        return "unknown origin"
 
     def _failed_hint(self) -> str:
         failed = self.failures

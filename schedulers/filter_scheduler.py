@@ -32,6 +32,7 @@ from hvmesh.plugins.api import (
     SqlFunction,
     Weigher,
 )
+from hvmesh.schedulers.faults import PluginRaised
 from hvmesh.schedulers.score_cache import MAX_SHAPES, ShapeCache, top_cut
 
 if TYPE_CHECKING:
@@ -162,7 +163,11 @@ class FilterScheduler:
         return weigher.multiplier
 
     def passing_rows(self, spec: RequestSpec) -> tuple[Columns, np.ndarray]:
-        """The index's columns and the row numbers of hosts passing every filter."""
+        """The index's columns and the row numbers of hosts passing every filter.
+
+        Each filter is called once per request (per host only in its host_passes form);
+        whatever one raises comes out as PluginRaised naming it.
+        """
         index = self.ctx.index
         cols = index.candidate_columns()
         cols.config = self.ctx.config
@@ -177,32 +182,54 @@ class FilterScheduler:
             row = index.columns.row.get(name)
             if row is not None:
                 keep[row] = False
-        for f, mask in self.masks:
-            if f.applies is not None and not f.applies(spec):
-                continue
-            m = mask(cols, spec)
-            if m is not None:
-                keep &= m
-        where: list[str] = []
-        params: list[Any] = []
-        for f, sql in self.sqls:
-            if f.applies is not None and not f.applies(spec):
-                continue
-            pred = sql(spec)
-            if pred is not None:
-                where.append(pred[0])
-                params.extend(pred[1])
-        if where and keep.any():
-            keep &= index.sql_mask(where, params)
-        rows = np.flatnonzero(keep)
-        per_host = [p for f, p in self.per_host if f.applies is None or f.applies(spec)]
-        if per_host and len(rows):
-            ok = [
-                (e := index.hosts.get(str(cols["name"][r]))) is not None
-                and all(passes(e.value, spec) for passes in per_host)
-                for r in rows
-            ]
-            rows = rows[np.asarray(ok, dtype=bool)]
+        current: Filter | None = None
+        try:
+            for current, mask in self.masks:
+                if current.applies is not None and not current.applies(spec):
+                    continue
+                m = mask(cols, spec)
+                if m is not None:
+                    keep &= m
+            where: list[str] = []
+            params: list[Any] = []
+            querying: list[Filter] = []
+            for current, sql in self.sqls:
+                if current.applies is not None and not current.applies(spec):
+                    continue
+                pred = sql(spec)
+                if pred is not None:
+                    where.append(pred[0])
+                    params.extend(pred[1])
+                    querying.append(current)
+            current = None
+            if where and keep.any():
+                try:
+                    keep &= index.sql_mask(where, params)
+                except Exception as exc:  # one of the predicates: name them all
+                    names = [f.name for f in querying]
+                    raise PluginRaised("filter", names, exc) from exc
+            rows = np.flatnonzero(keep)
+            per_host = []
+            for current, passes in self.per_host:
+                if current.applies is None or current.applies(spec):
+                    per_host.append((current, passes))
+            current = None
+            if per_host and len(rows):
+                entries = [index.hosts.get(str(cols["name"][r])) for r in rows]
+                ok = [e is not None for e in entries]
+                for f, passes in per_host:
+                    current = f
+                    ok = [
+                        good and e is not None and bool(passes(e.value, spec))
+                        for good, e in zip(ok, entries, strict=True)
+                    ]
+                rows = rows[np.asarray(ok, dtype=bool)]
+        except PluginRaised:
+            raise
+        except Exception as exc:
+            if current is None:
+                raise
+            raise PluginRaised("filter", current.name, exc) from exc
         return cols, rows
 
     def weigh(self, survivors: Survivors, spec: RequestSpec) -> np.ndarray:
@@ -211,17 +238,22 @@ class FilterScheduler:
         if len(total) == 0:
             return total
         scratch = np.empty_like(total)
-        for w, mult in self.weighing:
-            if w.applies is not None and not w.applies(spec):
-                continue
-            values = np.asarray(w.weigh(survivors, spec))
-            lo, hi = values.min(), values.max()
-            if hi == lo:
-                continue  # normalised to all zeros: adds nothing
-            # total += mult * (values - lo) / (hi - lo), in one scratch buffer
-            np.subtract(values, lo, out=scratch, casting="unsafe")
-            scratch *= mult / float(hi - lo)
-            total += scratch
+        current: Weigher | None = None
+        try:
+            for current, mult in self.weighing:
+                if current.applies is not None and not current.applies(spec):
+                    continue
+                values = np.asarray(current.weigh(survivors, spec))
+                lo, hi = values.min(), values.max()
+                if hi == lo:
+                    continue  # normalised to all zeros: adds nothing
+                # total += mult * (values - lo) / (hi - lo), in one scratch buffer
+                np.subtract(values, lo, out=scratch, casting="unsafe")
+                scratch *= mult / float(hi - lo)
+                total += scratch
+        except Exception as exc:
+            assert current is not None  # nothing else in the loop raises
+            raise PluginRaised("weigher", current.name, exc) from exc
         return total
 
     def _jitter(self, n: int) -> np.ndarray:

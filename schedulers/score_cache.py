@@ -33,6 +33,7 @@ import numpy as np
 from hvmesh.core.protocol.messages import RequestSpec
 from hvmesh.core.state.inventory import Index
 from hvmesh.plugins.api import Columns, Filter, MaskFunction, Weigher
+from hvmesh.schedulers.faults import PluginRaised
 
 if TYPE_CHECKING:
     from hvmesh.core.config import Config
@@ -91,6 +92,31 @@ def _snapshot(values: Any, n: int) -> np.ndarray:
     """A weigher's result as an array of its own (it may be a view of the index's column)."""
     array = np.asarray(values)
     return array.copy() if array.shape == (n,) else np.array(np.broadcast_to(array, (n,)))
+
+
+def _masked(
+    masks: list[tuple[Filter, MaskFunction]], cols: Columns, spec: RequestSpec, keep: np.ndarray
+) -> np.ndarray:
+    """`keep` narrowed by every mask, in place; a mask that raises comes out as PluginRaised."""
+    current: Filter | None = None
+    try:
+        for f, mask in masks:
+            current = f
+            m = mask(cols, spec)
+            if m is not None:
+                keep &= m
+    except Exception as exc:
+        assert current is not None  # nothing else in the loop raises
+        raise PluginRaised("filter", current.name, exc) from exc
+    return keep
+
+
+def _scores(weigher: Weigher, cols: Columns, spec: RequestSpec, n: int) -> np.ndarray:
+    """The weigher's raw scores of the n rows of `cols`; what it raises comes out as PluginRaised."""
+    try:
+        return _snapshot(weigher.weigh(cols, spec), n)
+    except Exception as exc:
+        raise PluginRaised("weigher", weigher.name, exc) from exc
 
 
 class Extremes:
@@ -162,7 +188,7 @@ class Shape:
         index: Index,
         config: Config,
         spec: RequestSpec,
-        masks: list[MaskFunction],
+        masks: list[tuple[Filter, MaskFunction]],
         weighers: list[tuple[Weigher, float]],
         jitter: Callable[[int], np.ndarray],
         view_of: ViewOf,
@@ -170,7 +196,7 @@ class Shape:
         self.index = index
         self.config = config
         self.spec = spec  # the first request of the shape: all its kin read the same
-        self.masks = masks  # the row-local masks that apply
+        self.masks = masks  # the row-local filters that apply, with their masks
         self.weighers = weighers  # (weigher, multiplier), each applying and non-zero
         self._jitter = jitter
         self._view_of = view_of
@@ -191,7 +217,17 @@ class Shape:
     # --- keeping current -------------------------------------------------------------------
 
     def refresh(self, now: float) -> None:
-        """Bring the shape up to date with the index as of `now`."""
+        """Bring the shape up to date with the index as of `now`.
+
+        A plugin that raises leaves the shape half updated: it is built afresh next time.
+        """
+        try:
+            self._catch_up(now)
+        except BaseException:
+            self.size = -1
+            raise
+
+    def _catch_up(self, now: float) -> None:
         columns = self.index.columns
         if (
             self.size != columns.size
@@ -216,14 +252,10 @@ class Shape:
         cols = index.candidate_columns(now)
         cols.config = self.config
         self.size = n = index.columns.size
-        passing = cols["present"].copy()
-        for mask in self.masks:
-            m = mask(cols, self.spec)
-            if m is not None:
-                passing &= m
+        passing = _masked(self.masks, cols, self.spec, cols["present"].copy())
         self.passing = passing
         self.n_passing = int(np.count_nonzero(passing))
-        self.raw = [_snapshot(w.weigh(cols, self.spec), n) for w, _ in self.weighers]
+        self.raw = [_scores(w, cols, self.spec, n) for w, _ in self.weighers]
         self.extremes = []
         for values in self.raw:
             extremes = Extremes()
@@ -243,11 +275,7 @@ class Shape:
         view = self._view_of(base, rows)
         view["up"] = up = base.up_of(rows)
         present = base["present"][rows]
-        new_pass = present.copy()
-        for mask in self.masks:
-            m = mask(view, self.spec)
-            if m is not None:
-                new_pass &= m
+        new_pass = _masked(self.masks, view, self.spec, present.copy())
         heartbeats = base["heartbeat"][rows][up & present]
         self.up_until = min(self.up_until, self._stale_at(heartbeats))
         old_pass = self.passing[rows]
@@ -256,7 +284,7 @@ class Shape:
         was, now_passing = old_pass.tolist(), new_pass.tolist()
         moved = False
         for (w, _), values, extremes in zip(self.weighers, self.raw, self.extremes, strict=True):
-            new = _snapshot(w.weigh(view, self.spec), len(rows))
+            new = _scores(w, view, self.spec, len(rows))
             removed = list(compress(values[rows].tolist(), was))
             values[rows] = new
             added = list(compress(new.tolist(), now_passing))
@@ -382,22 +410,26 @@ class ShapeCache:
 
     def _make(self, spec: RequestSpec) -> Shape | None:
         """A Shape of `spec`, or None if a filter or weigher that applies is not cacheable."""
-        masks: list[MaskFunction] = []
+        masks: list[tuple[Filter, MaskFunction]] = []
         for f in self.filters:
-            if f.applies is not None and not f.applies(spec):
-                continue
-            if f.mask is None:
-                # Run as SQL if it has it (then None means nothing to test), else per host.
-                if f.sql is not None and f.sql(spec) is None:
+            try:
+                if f.applies is not None and not f.applies(spec):
                     continue
+                # Run as SQL if it has it (then None means nothing to test), else per host.
+                if f.mask is None and f.sql is not None and f.sql(spec) is None:
+                    continue
+            except Exception as exc:
+                raise PluginRaised("filter", f.name, exc) from exc
+            if f.mask is None or not f.row_local:
                 return None
-            if not f.row_local:
-                return None
-            masks.append(f.mask)
+            masks.append((f, f.mask))
         weighers = []
         for w, mult in self.weighers:
-            if w.applies is not None and not w.applies(spec):
-                continue
+            try:
+                if w.applies is not None and not w.applies(spec):
+                    continue
+            except Exception as exc:
+                raise PluginRaised("weigher", w.name, exc) from exc
             if not w.row_local:
                 return None
             weighers.append((w, mult))

@@ -10,9 +10,10 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -338,3 +339,36 @@ class Cli:
         lines = err.strip().splitlines()
         assert len(lines) == 1, f"expected a one-line error, got: {err}"
         return lines[0]
+
+
+@contextlib.contextmanager
+def stopped(procs: list[subprocess.Popen[bytes]]) -> Iterator[None]:
+    """The processes stopped (SIGSTOP) inside the block, always continued after it."""
+    try:
+        for p in procs:
+            os.kill(p.pid, signal.SIGSTOP)
+        yield
+    finally:
+        for p in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGCONT)
+
+
+async def actions_finished(dep: Deployment, server_id: str, timeout: float = 30.0) -> None:
+    """Wait until every action recorded for the server is finished (written after its record)."""
+    assert dep.store is not None
+    bucket = dep.store.server_actions
+    watcher = await bucket.kv.watch(f"{server_id}.*")
+    open_: dict[str, bool] = {}
+    initial_read = False  # the watch marks the end of the records it started with by None
+    try:
+        async with asyncio.timeout(timeout):
+            async for e in watcher:
+                if e is None:
+                    initial_read = True
+                else:
+                    open_[e.key] = bool(e.value) and bucket.decode(e.value).finish_time is None
+                if initial_read and not any(open_.values()):
+                    return
+    finally:
+        await watcher.stop()

@@ -22,6 +22,7 @@ from tests.support import (
     ApiClient,
     Deployment,
     act,
+    actions_finished,
     boot,
     gone,
     idle,
@@ -174,6 +175,7 @@ async def test_refused_actions_name_the_state_and_change_nothing(
     for vm_state, refused in refusals.items():
         if into[vm_state]:
             assert (await do(cloud, admin, s.id, into[vm_state])).vm_state == vm_state
+        await actions_finished(cloud, s.id)
         revision, before = await record(cloud, s.id)
         log_before = (await admin("servers.events.list", {"id": s.id}))["instance_actions"]
         held = await claims(cloud)

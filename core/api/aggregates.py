@@ -2,7 +2,7 @@
 delete,add_host,remove_host,set_metadata}.
 
 An aggregate with metadata availability_zone makes its hosts that zone; a host is in one
-zone at most.
+zone at most. An aggregate's name is unique, also under concurrent creates.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from hvmesh.core.protocol import errors
 from hvmesh.core.protocol.base import new_id
 from hvmesh.core.protocol.records import Aggregate
 from hvmesh.core.protocol.requests import AggregateCreate, AggregateHost, AggregateMetadata
+from hvmesh.core.state import names
 
 
 class AggregateEndpoints:
@@ -31,13 +32,16 @@ class AggregateEndpoints:
 
     async def agg_create(self, caller: Caller, req: AggregateCreate) -> dict:
         need_admin(caller, "managing aggregates")
-        if any(a.name == req.name for a in await self.api.st.aggregates.values()):
-            raise errors.Conflict(f"an aggregate named {req.name!r} exists")
         metadata = dict(req.metadata)
         if req.availability_zone:
             metadata["availability_zone"] = req.availability_zone
         aggregate = Aggregate(id=new_id(), name=req.name, metadata=metadata)
-        await self.api.st.aggregates.create(aggregate.id, aggregate)
+        st = self.api.st
+
+        async def legacy() -> bool:
+            return any(a.name == req.name for a in await st.aggregates.values())
+
+        await names.create(st, st.aggregates, "aggregate", aggregate, legacy=legacy)
         return {"aggregate": aggregate}
 
     async def agg_list(self, caller: Caller, req: Empty) -> dict:
@@ -56,6 +60,7 @@ class AggregateEndpoints:
         if aggregate.hosts:
             raise errors.Conflict(f"aggregate {aggregate.name} still has hosts: remove them first")
         await self.api.st.aggregates.delete(aggregate.id)
+        await names.give_up(self.api.st, "aggregate", aggregate.name, aggregate.id)
         return {"deleted": aggregate.id}
 
     async def _change_aggregate(self, ref: str, change: Any) -> dict:

@@ -1,7 +1,8 @@
 """The API's flavor endpoints: hvmesh.api.flavors.{create,list,get,delete}.
 
 Flavors are made and deleted by the admin; a private flavor (is_public false) is seen by
-the admin project only.
+the admin project only. A flavor's name is unique, also under concurrent creates
+(core/state/names.py).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from hvmesh.core.protocol.base import new_id
 from hvmesh.core.protocol.records import Flavor
 from hvmesh.core.protocol.requests import FlavorCreate
 from hvmesh.core.protocol.resources import custom_resources
-from hvmesh.core.state.store import CasConflict
+from hvmesh.core.state import names
 
 
 class FlavorEndpoints:
@@ -31,8 +32,6 @@ class FlavorEndpoints:
             raise errors.BadRequest(f"extra_specs: {exc}") from None
         if any(n < 1 for n in custom.values()):
             raise errors.BadRequest("extra_specs: resources:CUSTOM_* amounts must be 1 or more")
-        if any(f.name == req.name for f in await self.api.st.flavors.values()):
-            raise errors.Conflict(f"a flavor named {req.name!r} exists")
         flavor = Flavor(
             id=req.id or new_id(),
             name=req.name,
@@ -42,10 +41,12 @@ class FlavorEndpoints:
             extra_specs=req.extra_specs,
             is_public=req.is_public,
         )
-        try:
-            await self.api.st.flavors.create(flavor.id, flavor)
-        except CasConflict:
-            raise errors.Conflict(f"flavor id {flavor.id} exists") from None
+        st = self.api.st
+
+        async def legacy() -> bool:
+            return any(f.name == req.name for f in await st.flavors.values())
+
+        await names.create(st, st.flavors, "flavor", flavor, legacy=legacy)
         return {"flavor": flavor}
 
     async def flavor_list(self, caller: Caller, req: Empty) -> dict:
@@ -61,4 +62,5 @@ class FlavorEndpoints:
         check_ref(req, "flavor")
         flavor = await find_flavor(self.api.st, req.id or req.name or "", caller)
         await self.api.st.flavors.delete(flavor.id)
+        await names.give_up(self.api.st, "flavor", flavor.name, flavor.id)
         return {"deleted": flavor.id}

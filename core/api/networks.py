@@ -25,7 +25,7 @@ from hvmesh.core.protocol import errors
 from hvmesh.core.protocol.base import Request, new_id
 from hvmesh.core.protocol.records import Keypair, Network, Port, Vif
 from hvmesh.core.protocol.requests import KeypairCreate, NetworkCreate, PortCreate
-from hvmesh.core.state import ipam, ports
+from hvmesh.core.state import ipam, names, ports
 from hvmesh.core.state.store import CasConflict
 
 LOG = log.get_logger(__name__)
@@ -57,8 +57,6 @@ class NetworkEndpoints:
     async def network_create(self, caller: Caller, req: NetworkCreate) -> dict:
         need_admin(caller, "creating networks")
         planned = ipam.plan(req)
-        if any(n.name == req.name for n in await self.api.st.networks.values()):
-            raise errors.Conflict(f"a network named {req.name!r} exists")
         network = Network(
             id=new_id(),
             name=req.name,
@@ -74,7 +72,12 @@ class NetworkEndpoints:
             allocation_start=planned.allocation_start,
             allocation_end=planned.allocation_end,
         )
-        await self.api.st.networks.create(network.id, network)
+        st = self.api.st
+
+        async def legacy() -> bool:
+            return any(n.name == req.name for n in await st.networks.values())
+
+        await names.create(st, st.networks, "network", network, legacy=legacy)
         LOG.info("api.network_created", network=network.id, cidr=network.cidr)
         return {"network": network_view(network)}
 
@@ -99,6 +102,7 @@ class NetworkEndpoints:
             await self.api.st.networks.delete(network.id, revision=entry.revision)
         except CasConflict:
             raise errors.Conflict(f"network {network.name} changed meanwhile; try again") from None
+        await names.give_up(self.api.st, "network", network.name, network.id)
         return {"deleted": network.id}
 
     # --- ports ----------------------------------------------------------------------------
@@ -193,8 +197,6 @@ class NetworkEndpoints:
 
     async def keypair_create(self, caller: Caller, req: KeypairCreate) -> dict:
         fingerprint = fingerprint_of(req.public_key)
-        if any(k.name == req.name for k in await self._keypairs(caller)):
-            raise errors.Conflict(f"a keypair named {req.name!r} exists")
         keypair = Keypair(
             id=new_id(),
             name=req.name,
@@ -203,7 +205,12 @@ class NetworkEndpoints:
             public_key=req.public_key.strip(),
             fingerprint=fingerprint,
         )
-        await self.api.st.keypairs.create(keypair.id, keypair)
+        st, scope = self.api.st, (caller.project, caller.user)  # unique per user, as Nova's
+
+        async def legacy() -> bool:
+            return any(k.name == req.name for k in await self._keypairs(caller))
+
+        await names.create(st, st.keypairs, "keypair", keypair, scope, legacy)
         return {"keypair": keypair}
 
     async def keypair_list(self, caller: Caller, req: Empty) -> dict:
@@ -215,6 +222,8 @@ class NetworkEndpoints:
     async def keypair_delete(self, caller: Caller, req: KeypairRef) -> dict:
         keypair = await self.find_keypair(req.name, caller)
         await self.api.st.keypairs.delete(keypair.id)
+        scope = (keypair.project, keypair.user)
+        await names.give_up(self.api.st, "keypair", keypair.name, keypair.id, scope)
         return {"deleted": keypair.name}
 
 

@@ -1,10 +1,12 @@
-"""Consuming a durable JetStream pull subscription with bounded concurrency.
+"""Consuming a durable JetStream pull subscription with bounded concurrency and bounded retries.
 
-Conductors (tasks, events) and agents (work) all do the same: fetch a batch, decode
-each message into its Struct, run the handler as a task with at most N in flight,
-and on shutdown stop fetching and let the running handlers finish. An undecodable
-message is terminated, not redelivered forever; a handler that raises gets the
-message redelivered after a delay.
+Conductors (tasks, events, timers) and agents (work) all do the same: fetch a batch,
+decode each message into its Struct, run the handler as a task with at most N in
+flight, and on shutdown stop fetching and let the running handlers finish. A handler
+that raises gets the message redelivered with exponential backoff; after
+`max_deliveries` such faults the owner's `on_exhausted` ends the work cleanly, the
+message is kept as a dead letter and terminated. An undecodable message is kept and
+terminated at once. A handler's own nak (work that is not due yet) is no fault.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -24,7 +27,45 @@ from hvmesh.core import log
 LOG = log.get_logger(__name__)
 T = TypeVar("T")
 
-RETRY_DELAY = 2.0
+RETRY_DELAY = 2.0  # seconds before the first redelivery of a message whose handler raised
+RETRY_DELAY_MAX = 60.0
+MAX_DELIVERIES = 8
+SAFETY_FACTOR = 4  # the consumer's own max_deliver, as a multiple of max_deliveries
+TRACKED = 10_000  # messages whose fault count one worker remembers at most
+
+# on_exhausted(item, msg, "after N deliveries: KeyError: 'x'"): the owner ends the work.
+Exhausted = Callable[[Any, Msg, str], Awaitable[None]]
+# keep(component, msg, deliveries, error): store a copy of a message given up on.
+Keeper = Callable[[str, Msg, int, str], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Retry:
+    """How a worker retries: backoff from `delay` to `delay_max`, `max_deliveries` faults.
+
+    `waits` is how many deliveries its handler may nak on purpose (not due yet); the
+    consumer's own max_deliver, a safety net, leaves room for them.
+    """
+
+    delay: float = RETRY_DELAY
+    delay_max: float = RETRY_DELAY_MAX
+    max_deliveries: int = MAX_DELIVERIES
+    waits: int = 0
+
+    @classmethod
+    def of(cls, section: Any, waits: int = 0) -> Retry:
+        """From a config section with retry_delay, retry_delay_max and max_deliveries."""
+        return cls(section.retry_delay, section.retry_delay_max, section.max_deliveries, waits)
+
+    @property
+    def max_deliver(self) -> int:
+        """The consumer's max_deliver: well above the faults allowed, plus the waits."""
+        return self.max_deliveries * SAFETY_FACTOR + self.waits
+
+
+def backoff(faults: int, delay: float, delay_max: float) -> float:
+    """Seconds before the redelivery after the `faults`-th failed delivery."""
+    return float(min(delay * 2 ** max(faults - 1, 0), delay_max))
 
 
 async def durable_pull(
@@ -35,18 +76,45 @@ async def durable_pull(
     ack_wait: float,
     max_ack_pending: int,
     deliver_policy: DeliverPolicy | None = None,
+    max_deliver: int = -1,
 ) -> Any:
     """A pull subscription on a durable consumer with explicit acks, for a PullWorker.
 
     `max_ack_pending` -1 sets no limit; without `deliver_policy`, ConsumerConfig's
-    default applies (every message in the stream).
+    default applies (every message in the stream). A durable that already exists with
+    other limits is updated in place (what a consumer cannot change is kept).
     """
     config = ConsumerConfig(
-        ack_policy=AckPolicy.EXPLICIT, ack_wait=ack_wait, max_ack_pending=max_ack_pending
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=ack_wait,
+        max_ack_pending=max_ack_pending,
+        max_deliver=max_deliver,
     )
     if deliver_policy is not None:
         config.deliver_policy = deliver_policy
+    await _update_durable(js, stream, durable, config)
     return await js.pull_subscribe(subject, durable=durable, stream=stream, config=config)
+
+
+async def _update_durable(js: Any, stream: str, durable: str, wanted: ConsumerConfig) -> None:
+    """Bring an existing durable's limits to `wanted`; a durable not there yet is left."""
+    try:
+        info = await js.consumer_info(stream, durable)
+    except Exception:
+        return  # not there yet: pull_subscribe creates it with `wanted`
+    have = info.config
+    limits = {
+        "ack_wait": wanted.ack_wait,
+        "max_ack_pending": wanted.max_ack_pending,
+        "max_deliver": wanted.max_deliver,
+    }
+    if all(getattr(have, k) == v for k, v in limits.items()):
+        return
+    try:
+        await js.add_consumer(stream, config=have.evolve(**limits))
+        LOG.info("worker.durable_updated", durable=durable, stream=stream, **limits)
+    except Exception as exc:
+        LOG.warning("worker.durable_not_updated", durable=durable, stream=stream, error=str(exc))
 
 
 class PullWorker(Generic[T]):
@@ -58,12 +126,24 @@ class PullWorker(Generic[T]):
         handler: Callable[[T, Msg], Awaitable[None]],
         concurrency: int,
         batch: int | None = None,
+        *,
+        retry: Retry | None = None,
+        on_exhausted: Exhausted | None = None,
+        keep: Keeper | None = None,
     ) -> None:
+        """The consumer's max_deliver must be `retry.max_deliver`: its last delivery is known."""
+        retry = retry or Retry()
+        if retry.max_deliveries < 1:
+            raise ValueError(f"max_deliveries must be at least 1, not {retry.max_deliveries}")
         self.name = name
         self.sub = sub
         self.type = type_
         self.handler = handler
         self.batch = batch or max(1, concurrency)
+        self.retry = retry
+        self.on_exhausted = on_exhausted
+        self.keep = keep
+        self._faults: dict[tuple[str, int], int] = {}  # (stream, sequence) -> failed deliveries
         self._sem = asyncio.Semaphore(concurrency)
         self._running: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
@@ -118,11 +198,85 @@ class PullWorker(Generic[T]):
             item = self._decoder.decode(msg.data)
         except msgspec.DecodeError as exc:
             LOG.error("worker.bad_message", worker=self.name, subject=msg.subject, error=str(exc))
+            await self._keep(msg, 1, f"undecodable: {exc}")
             await msg.term()
             return
+        key = _key(msg)
+        last = _delivered(msg) >= self.retry.max_deliver
+        held: list[float | None] = []
+        if last:  # the consumer's final delivery: a nak from the handler is held back
+
+            async def hold(delay: float | None = None) -> None:
+                held.append(delay)
+
+            setattr(msg, "nak", hold)  # noqa: B010
         try:
             await self.handler(item, msg)
-        except Exception:
-            LOG.exception("worker.handler_failed", worker=self.name, subject=msg.subject)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            faults = self._faults.pop(key, 0) + 1
+            if faults >= self.retry.max_deliveries or last:
+                await self._give_up(item, msg, faults, error)
+                return
+            self._remember(key, faults)
+            delay = backoff(faults, self.retry.delay, self.retry.delay_max)
+            LOG.exception(
+                "worker.handler_failed",
+                worker=self.name,
+                subject=msg.subject,
+                deliveries=faults,
+                retry_in=delay,
+            )
             with contextlib.suppress(Exception):
-                await msg.nak(delay=RETRY_DELAY)
+                await msg.nak(delay=delay)
+            return
+        # Its fault count is kept even now: a handler that naks on purpose ("not yet")
+        # between faults must not start the count over.
+        if held:  # the consumer will not deliver it again: waiting would be forever
+            await self._give_up(item, msg, _delivered(msg), "still waiting")
+
+    async def _give_up(self, item: T, msg: Msg, deliveries: int, error: str) -> None:
+        """The message is exhausted: the owner ends its work, a copy is kept, it is dropped."""
+        LOG.error(
+            "worker.gave_up",
+            worker=self.name,
+            subject=msg.subject,
+            deliveries=deliveries,
+            error=error,
+        )
+        if self.on_exhausted is not None:
+            try:
+                await self.on_exhausted(item, msg, f"after {deliveries} deliveries: {error}")
+            except Exception:
+                LOG.exception("worker.on_exhausted_failed", worker=self.name, subject=msg.subject)
+        await self._keep(msg, deliveries, error)
+        with contextlib.suppress(Exception):
+            await msg.term()
+
+    async def _keep(self, msg: Msg, deliveries: int, error: str) -> None:
+        if self.keep is None:
+            return
+        try:
+            await self.keep(self.name, msg, deliveries, error)
+        except Exception:
+            LOG.exception("worker.dead_letter_failed", worker=self.name, subject=msg.subject)
+
+    def _remember(self, key: tuple[str, int], faults: int) -> None:
+        self._faults[key] = faults
+        while len(self._faults) > TRACKED:  # the oldest first: a bound, not a cache
+            del self._faults[next(iter(self._faults))]
+
+
+def _key(msg: Msg) -> tuple[str, int]:
+    try:
+        meta = msg.metadata
+    except Exception:
+        return (msg.subject, id(msg))
+    return (meta.stream, meta.sequence.stream)
+
+
+def _delivered(msg: Msg) -> int:
+    try:
+        return int(msg.metadata.num_delivered)
+    except Exception:
+        return 1

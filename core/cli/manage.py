@@ -1,4 +1,4 @@
-"""`hvmesh manage audit`: operator maintenance straight on hvmesh's buckets."""
+"""`hvmesh manage audit` (and `manage tasks`): operator maintenance straight on hvmesh's state."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from hvmesh.core.cli import lazy, output
+from hvmesh.core import config
+from hvmesh.core.cli import lazy, manage_tasks, output
 from hvmesh.core.cli.connect import connect_cli
 from hvmesh.core.cli.errors import CliError
 
@@ -23,6 +24,7 @@ else:
 
 def cmd_manage_audit(args: argparse.Namespace) -> None:
     store_class = state_store.Store  # read now: its module loads outside the try below
+    cfg = config.load(args.config)
 
     async def run() -> list[Any]:
         nc = await connect_cli(args)
@@ -34,21 +36,24 @@ def cmd_manage_audit(args: argparse.Namespace) -> None:
                     "manage audit reads hvmesh's buckets directly: connect as an operator of "
                     f"the HVMESH account ({type(exc).__name__})"
                 ) from None
-            return await audit.audit(store, heal=args.heal)
+            return await audit.audit(store, heal=args.heal, nc=nc, cfg=cfg)
         finally:
             await nc.close()
 
     found = launcher.run(run())
     rows = [msgspec.to_builtins(f) for f in found]
     if rows or not output.for_people(args.format):
-        output.emit(rows, args.format, ["kind", "host", "server_id", "message", "healed"])
+        columns = ["kind", "host", "server_id", "resource", "message", "healed"]
+        output.emit(rows, args.format, columns)
+        if args.heal and output.for_people(args.format):
+            print(f"healed {sum(f.healed for f in found)} of {len(found)} finding(s)")
     else:
         print("audit: clean")
     unhealed = [f for f in found if not f.healed]
     if unhealed:
         raise CliError(
             f"{len(unhealed)} finding(s) left"
-            + ("" if args.heal else "; --heal fixes all but overcommit")
+            + ("" if args.heal else "; --heal fixes all but overcommit and host_unreachable")
         )
 
 
@@ -61,6 +66,8 @@ def add_parsers(sub: Any, leaf: Any) -> None:
         manage,
         "audit",
         cmd_manage_audit,
-        "compare host allocations with servers: overcommit, leaked, missing, mismatched, double",
+        "check every record against the others and the hypervisors: allocations, "
+        "addresses and ports, stuck servers, orphan guests and image pins",
     )
     p.add_argument("--heal", action="store_true", help="fix what can be fixed")
+    manage_tasks.add_parsers(manage, leaf)

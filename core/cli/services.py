@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,10 +16,12 @@ from hvmesh.core.cli import lazy
 from hvmesh.core.cli.connect import nats_settings
 from hvmesh.core.cli.errors import CliError
 
+DRAIN_TIMEOUT = 10.0  # seconds a service's connection may take to drain when stopping
+
 # Imported when first used: parsing the command line (and --help) needs none of them.
 if TYPE_CHECKING:
     from hvmesh.core.api import service as api_service
-    from hvmesh.core.bus import connection
+    from hvmesh.core.bus import start_retry
     from hvmesh.core.conductor import service as conductor_service
     from hvmesh.core.metadata import service as metadata_service
     from hvmesh.core.ops import launcher
@@ -26,7 +30,7 @@ if TYPE_CHECKING:
 else:
     api_service = lazy.module("hvmesh.core.api.service")
     conductor_service = lazy.module("hvmesh.core.conductor.service")
-    connection = lazy.module("hvmesh.core.bus.connection")
+    start_retry = lazy.module("hvmesh.core.bus.start_retry")
     launcher = lazy.module("hvmesh.core.ops.launcher")
     metadata_service = lazy.module("hvmesh.core.metadata.service")
     ops_up = lazy.module("hvmesh.core.ops.up")
@@ -45,45 +49,71 @@ def service_config(args: argparse.Namespace) -> config.Config:
     return cfg
 
 
-def run_service(args: argparse.Namespace, build: Callable[[Any, config.Config], list[Any]]) -> None:
+Build = Callable[[Any, config.Config, "start_retry.StartGuard"], list[Any]]
+
+
+def run_service(args: argparse.Namespace, build: Build) -> None:
+    """Connect and start what `build` makes, retrying transient NATS trouble, until a signal."""
     cfg = service_config(args)
     if cfg.plugins.strict:  # a plugin that fails stops the service before it connects
         launcher.load_plugins(cfg)
+    name = f"hvmesh-{args.command}"
 
     async def main() -> None:
-        nc = await connection.connect(cfg.nats, f"hvmesh-{args.command}")
-        try:
-            await launcher.serve(build(nc, cfg))
-        finally:
-            await nc.drain()
+        stop = asyncio.Event()
+        with launcher.signals(stop):
+            guard = start_retry.StartGuard(
+                start_retry.RetryPolicy(timeout=cfg.DEFAULT.start_timeout)
+            )
+            nc = await launcher.until_stopped(guard.connect(cfg.nats, name), stop)
+            try:
+                await launcher.serve(build(nc, cfg, guard), stop=stop)
+            finally:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(DRAIN_TIMEOUT):
+                        await nc.drain()
 
-    launcher.run(main())
+    starting(args, lambda: launcher.run(main()))
+
+
+def starting(args: argparse.Namespace, run: Callable[[], None]) -> None:
+    """Run a service command; a start that failed or was stopped is one line and status 1."""
+    try:
+        run()
+    except start_retry.StartFailed as exc:
+        raise CliError(str(exc)) from exc
+    except launcher.StoppedWhileStarting:
+        raise CliError(f"hvmesh {args.command}: stopped while starting") from None
 
 
 def cmd_api(args: argparse.Namespace) -> None:
     service = api_service.ApiService  # read now: its module loads before connecting
-    run_service(args, lambda nc, cfg: [service(nc, cfg)])
+    run_service(args, lambda nc, cfg, guard: [guard.component("api", lambda: service(nc, cfg))])
 
 
 def cmd_conductor(args: argparse.Namespace) -> None:
     service = conductor_service.Conductor  # read now: its module loads before connecting
-    run_service(args, lambda nc, cfg: [service(nc, cfg)])
+    run_service(
+        args, lambda nc, cfg, guard: [guard.component("conductor", lambda: service(nc, cfg))]
+    )
 
 
 def cmd_scheduler(args: argparse.Namespace) -> None:
     service = scheduler_service.SchedulerService  # read now: its module loads before connecting
-    run_service(args, lambda nc, cfg: [service(nc, cfg)])
+    run_service(
+        args, lambda nc, cfg, guard: [guard.component("scheduler", lambda: service(nc, cfg))]
+    )
 
 
 def cmd_metadata(args: argparse.Namespace) -> None:
     service = metadata_service.MetadataService  # read now: its module loads before connecting
 
-    def build(nc: Any, cfg: config.Config) -> list[Any]:
+    def build(nc: Any, cfg: config.Config, guard: start_retry.StartGuard) -> list[Any]:
         if args.metadata_listen is not None:
             cfg = msgspec.structs.replace(
                 cfg, metadata=msgspec.structs.replace(cfg.metadata, listen=args.metadata_listen)
             )
-        return [service(nc, cfg)]
+        return [guard.component("metadata", lambda: service(nc, cfg))]
 
     run_service(args, build)
 
@@ -95,12 +125,12 @@ def cmd_agent(args: argparse.Namespace) -> None:
     registry = launcher.load_plugins(service_config(args))
     registry.driver(args.driver)
 
-    def build(nc: Any, cfg: config.Config) -> list[Any]:
+    def build(nc: Any, cfg: config.Config, guard: start_retry.StartGuard) -> list[Any]:
         if args.count > 1:
-            return launcher.fake_fleet(
-                nc, cfg, args.count, prefix=args.host or "fake", registry=registry
-            )
-        return [launcher.make_agent(nc, cfg, args.driver, args.host or cfg.host_name(), registry)]
+            prefix = args.host or "fake"
+            return [launcher.retried_fleet(guard, nc, cfg, args.count, prefix, registry)]
+        host = args.host or cfg.host_name()
+        return [launcher.retried_agent(guard, nc, cfg, args.driver, host, registry)]
 
     run_service(args, build)
 
@@ -117,16 +147,19 @@ def cmd_up(args: argparse.Namespace) -> None:
         )
     if args.fake_hosts < 0:
         raise CliError("--fake-hosts must be 0 or more")
-    launcher.run(
-        ops_up.up(
-            cfg,
-            data_dir=Path(args.data_dir).expanduser(),
-            nats_port=args.nats_port,
-            leaf_port=args.leaf_port,
-            fake_hosts=args.fake_hosts,
-            listen=args.listen,
-            metadata_listen=args.metadata_listen,
-        )
+    starting(
+        args,
+        lambda: launcher.run(
+            ops_up.up(
+                cfg,
+                data_dir=Path(args.data_dir).expanduser(),
+                nats_port=args.nats_port,
+                leaf_port=args.leaf_port,
+                fake_hosts=args.fake_hosts,
+                listen=args.listen,
+                metadata_listen=args.metadata_listen,
+            )
+        ),
     )
 
 

@@ -19,49 +19,87 @@ from hvmesh.core.protocol import errors, states, subjects
 from hvmesh.core.protocol.base import encode, now
 from hvmesh.core.protocol.messages import AgentEvent, RequestSpec, Selection, Task, Work
 from hvmesh.core.protocol.records import Fault, Host, Server
-from hvmesh.core.state import action_log, placement, ports
+from hvmesh.core.state import action_log, leases, placement, ports
 from hvmesh.core.state.store import CasConflict, Entry
 from hvmesh.core.state.tasks import publish_task
 
 LOG = log.get_logger(__name__)
 
 GROUP_RETRIES = 5  # schedule-and-check rounds when group members race for a host
+# While no scheduler answers, a build asks again after 1 s, then after as long as it has
+# waited so far (doubling), at most 10 s apart, until [conductor] scheduler_deadline.
+SCHEDULER_WAIT_FIRST = 1.0
+SCHEDULER_WAIT_MAX = 10.0
 
 
-async def build(ctx: ConductorContext, task: Task) -> bool:
-    """Schedule and hand a build to its host. False: try again later."""
+def scheduler_wait(ctx: ConductorContext, task: Task) -> float | None:
+    """Seconds before a build that found no scheduler asks again; None once its deadline
+    has passed. The deadline runs from the task's creation: the API's for a first
+    attempt, the reschedule's for a later one, kept across conductor restarts."""
+    waited = max(now() - task.created_at, 0.0)
+    left = ctx.cfg.conductor.scheduler_deadline - waited
+    if left <= 0:
+        return None
+    return min(max(waited, SCHEDULER_WAIT_FIRST), SCHEDULER_WAIT_MAX, left)
+
+
+def no_scheduler(ctx: ConductorContext) -> str:
+    deadline = ctx.cfg.conductor.scheduler_deadline
+    return f"No scheduler answered within {deadline:g} s ({subjects.SCHEDULER_SERVICE})"
+
+
+async def build(ctx: ConductorContext, task: Task) -> float | None:
+    """Schedule and hand a build to its host.
+
+    None: done (the task is acknowledged). A number: no scheduler answered and the
+    deadline is not reached, ask again in that many seconds. A scheduler's error (a
+    plugin that raised) ends the build in ERROR at once, as does the deadline.
+    """
     if task.server_ids:
         return await build_reservation(ctx, task)
     entry = await ctx.st.servers.get(task.server_id)
     if entry is None:
-        return True
+        return None
     srv = entry.value
     if srv.vm_state != states.BUILDING or srv.attempt != task.attempt:
-        return True  # done, deleted or superseded by a later attempt
+        return None  # done, deleted or superseded by a later attempt
     if srv.task_state == states.SPAWNING and srv.host:
         await send_spawn(ctx, srv)  # resumed after a crash: handing over again is harmless
-        return True
+        return None
     if srv.task_state != states.SCHEDULING:
-        return True
+        return None
     try:
         chosen = await place(ctx, srv)
     except errors.ServiceUnavailable as exc:
-        LOG.warning("conductor.scheduler_unavailable", server=srv.id, error=exc.message)
-        return False
+        wait = scheduler_wait(ctx, task)
+        LOG.warning(
+            "conductor.scheduler_unavailable", server=srv.id, error=exc.message, retry_in=wait
+        )
+        if wait is not None:
+            return wait
+        await fail_build(ctx, srv.id, task.attempt, no_scheduler(ctx))
+        return None
+    except errors.HvmeshError as exc:  # the scheduler failed this request: it would again
+        LOG.warning("conductor.scheduler_failed", server=srv.id, error=exc.message)
+        await fail_build(ctx, srv.id, task.attempt, exc.message)
+        return None
     if chosen.host is None:
         await fail_build(ctx, srv.id, task.attempt, f"No valid host was found. {chosen.reason}")
-        return True
+        return None
     await start_spawn(ctx, srv, chosen)
-    return True
+    return None
 
 
-async def build_reservation(ctx: ConductorContext, task: Task) -> bool:
+async def build_reservation(ctx: ConductorContext, task: Task) -> float | None:
     """A multi-create: place every server, or at least min_count of them, or none.
 
     Claims are taken one server after another (each sees the others' in its group);
     only when enough are held do any of them start spawning. Short of min_count,
     every claim is given back and every server ends in ERROR. A task resumed after a
     crash finds its claims already held: the scheduler answers those idempotently.
+    While no scheduler answers it waits as a single build does (the claims taken so far
+    are kept); a scheduler's error, or the deadline, gives every claim back and ends
+    every server still scheduling in ERROR with that fault.
     """
     pending: list[Server] = []
     spawning: list[Server] = []
@@ -78,6 +116,7 @@ async def build_reservation(ctx: ConductorContext, task: Task) -> bool:
             pending.append(s)
     placed: list[tuple[Server, Selection]] = []
     reason = ""
+    fault = ""
     try:
         for s in pending:
             chosen = await place(ctx, s)
@@ -86,28 +125,39 @@ async def build_reservation(ctx: ConductorContext, task: Task) -> bool:
                 break
             placed.append((s, chosen))
     except errors.ServiceUnavailable as exc:
-        LOG.warning("conductor.scheduler_unavailable", server=task.server_id, error=exc.message)
-        return False  # the claims taken so far are found again on the retry
+        wait = scheduler_wait(ctx, task)
+        LOG.warning(
+            "conductor.scheduler_unavailable",
+            server=task.server_id,
+            error=exc.message,
+            retry_in=wait,
+        )
+        if wait is not None:
+            return wait  # the claims taken so far are found again on the retry
+        fault = no_scheduler(ctx)
+    except errors.HvmeshError as exc:
+        LOG.warning("conductor.scheduler_failed", server=task.server_id, error=exc.message)
+        fault = exc.message
     unplaced = pending[len(placed) :]
-    if unplaced and len(spawning) + len(placed) < task.min_count:
+    if fault or (unplaced and len(spawning) + len(placed) < task.min_count):
         for s, chosen in placed:
             assert chosen.host is not None
             await placement.release(ctx.st, chosen.host, s.id)
             await group_unplace(ctx.st, s)
-        message = (
+        message = fault or (
             "No valid host was found. There are not enough hosts available: "
             f"{len(spawning) + len(placed)} of min_count {task.min_count} placed. {reason}"
         )
         for s in pending:
             await fail_build(ctx, s.id, task.attempt, message)
-        return True
+        return None
     for s in unplaced:  # above min_count: the ones that found no room are not created
         await discard(ctx, s)
     for s, chosen in placed:
         await start_spawn(ctx, s, chosen)
     for s in spawning:
         await send_spawn(ctx, s)
-    return True
+    return None
 
 
 async def place(ctx: ConductorContext, srv: Server) -> Selection:
@@ -116,12 +166,14 @@ async def place(ctx: ConductorContext, srv: Server) -> Selection:
     On a reschedule the alternates the scheduler offered the first time are tried
     first, as Nova's conductor does: a claim on one that is still up and still has
     room saves asking the scheduler again. Raises ServiceUnavailable when no scheduler
-    answers.
+    answers, and the scheduler's error (e.g. PluginFailed) when it failed the request.
     """
+    first = 0  # the round of the first claim key asked under
     if srv.attempt > 0:
         chosen = await claim_alternate(ctx, srv)
-        if chosen is not None:
+        if chosen is not None and not chosen.superseded:
             return chosen
+        first = 1 if chosen is not None else 0  # that round's claim went back
     spec = RequestSpec(
         server_id=srv.id,
         project=srv.project,
@@ -132,8 +184,12 @@ async def place(ctx: ConductorContext, srv: Server) -> Selection:
         ignore_hosts=list(srv.retry_hosts),
         num_alternates=max(ctx.cfg.conductor.max_attempts - 1, 0),
     )
-    for _ in range(GROUP_RETRIES):
+    for round_ in range(first, first + GROUP_RETRIES):
+        # One key per round, the same on every retry (core/state/leases.py).
+        spec.claim_key = leases.build_key(srv.id, srv.attempt, round_)
         selection, violation = await select(ctx, srv, spec)
+        if selection.superseded:
+            continue  # this round's claim went back before a restart: the next round
         if violation is None:
             return selection
         # Another member's claim landed first: ours went back; choose again.
@@ -144,23 +200,39 @@ async def place(ctx: ConductorContext, srv: Server) -> Selection:
 
 
 async def claim_alternate(ctx: ConductorContext, srv: Server) -> Selection | None:
-    """Claim the first of the server's alternates that is up and still fits, if any."""
+    """Claim the first of the server's alternates that is up and still fits, if any.
+
+    Under the attempt's first claim key, as the scheduler's answer would be: a task
+    redelivered after a crash finds the claim it made. A claim given back since, or now
+    for a group conflict, answers `superseded`: the scheduler is asked under the next key.
+    """
     untried = [h for h in srv.alternates if h not in srv.retry_hosts]
+    if not untried:
+        return None
     resources = srv.flavor.resources()
-    for i, host in enumerate(untried):
-        beat = await ctx.st.heartbeats.get(host)
-        if beat is None or beat.value.at < now() - ctx.cfg.DEFAULT.service_down_time:
-            continue
-        result = await placement.claim(ctx.st, host, srv.id, resources, build=True)
-        if not result.claimed:
-            continue
-        violation = await group_place(ctx.st, srv.id, await group_spec(ctx.st, srv), host)
-        if violation is not None:
-            await placement.release(ctx.st, host, srv.id)
-            continue
-        LOG.info("conductor.alternate_claimed", server=srv.id, host=host)
-        return Selection(host=host, alternates=untried[i + 1 :])
-    return None
+
+    async def pick(tried: list[str]) -> list[str]:
+        up = []
+        for host in untried:
+            beat = await ctx.st.heartbeats.get(host) if host not in tried else None
+            if beat is not None and beat.value.at >= now() - ctx.cfg.DEFAULT.service_down_time:
+                up.append(host)
+        return up
+
+    async def claim(host: str) -> placement.ClaimResult:
+        return await placement.claim(ctx.st, host, srv.id, resources, build=True)
+
+    key = leases.build_key(srv.id, srv.attempt, 0)
+    placed = await leases.place(ctx.st, key, srv.id, pick, claim, num_alternates=len(untried))
+    if placed.host is None:
+        return Selection(host=None, superseded=True) if placed.superseded else None
+    violation = await group_place(ctx.st, srv.id, await group_spec(ctx.st, srv), placed.host)
+    if violation is not None:
+        await placement.release(ctx.st, placed.host, srv.id)
+        LOG.info("conductor.group_conflict", server=srv.id, host=placed.host, why=violation)
+        return Selection(host=None, reason=violation, superseded=True)
+    LOG.info("conductor.alternate_claimed", server=srv.id, host=placed.host)
+    return Selection(host=placed.host, alternates=placed.alternates)
 
 
 async def start_spawn(ctx: ConductorContext, srv: Server, chosen: Selection) -> None:

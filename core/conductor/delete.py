@@ -43,7 +43,36 @@ async def delete(ctx: ConductorContext, task: Task) -> bool:
             encode(work),
             headers={"Nats-Msg-Id": f"{srv.id}:destroy:{task.request_id}:{host}"},
         )
+    timer = Task(
+        kind="timer",
+        server_id=srv.id,
+        request_id=task.request_id,
+        timer="delete-timeout",
+        not_before=now() + ctx.cfg.conductor.action_timeout,
+        params={"hosts": ",".join(up)},
+    )
+    await ctx.js.publish(
+        subjects.timer("delete-timeout"),
+        encode(timer),
+        headers={"Nats-Msg-Id": f"{srv.id}:delete-timeout:{task.request_id}"},
+    )
     return True
+
+
+async def timed_out(ctx: ConductorContext, task: Task) -> None:
+    """A delete whose hosts never answered ends in ERROR, to be deleted again.
+
+    Deleting again finds the host down (a local delete) or sends the destroy anew.
+    """
+    hosts = task.params.get("hosts", "")
+    waited = ctx.cfg.conductor.action_timeout
+    LOG.warning("conductor.delete_timeout", server=task.server_id, hosts=hosts)
+    await fail_delete(
+        ctx,
+        task.server_id,
+        task.request_id,
+        f"Delete failed: timed out after {waited:g}s waiting for host {hosts}",
+    )
 
 
 async def host_up(ctx: ConductorContext, host: str) -> bool:
@@ -79,18 +108,34 @@ async def on_destroyed(ctx: ConductorContext, ev: AgentEvent) -> None:
         await finish_delete(ctx, ev.server_id, ev.host)
         return
 
+    await fail_delete(ctx, ev.server_id, ev.request_id, f"Delete failed on {ev.host}: {ev.message}")
+
+
+async def fail_delete(ctx: ConductorContext, server_id: str, request_id: str, message: str) -> None:
+    """The delete `request_id` ends in ERROR with `message`, if the server is still in it.
+
+    The delete action closes with the error; the server can be deleted again.
+    """
+    ended: list[bool] = []
+
     def to_error(s: Server) -> Server | None:
-        if s.task_state != states.DELETING:
+        ended.clear()
+        if s.task_state != states.DELETING or (request_id and s.request_id != request_id):
             return None
+        ended.append(True)
         return msgspec.structs.replace(
             s,
             vm_state=states.ERROR,
             task_state=None,
-            fault=Fault(code=500, message=f"Delete failed on {ev.host}: {ev.message}"),
+            request_id=None,
+            fault=Fault(code=500, message=message),
             updated_at=now(),
         )
 
-    await ctx.st.servers.mutate(ev.server_id, to_error)
+    await ctx.st.servers.mutate(server_id, to_error)
+    if ended and request_id:
+        await action_log.finish(ctx.st, server_id, request_id, message)
+    LOG.info("conductor.delete_failed", server=server_id, reason=message)
 
 
 def _move_hosts(srv: Server) -> list[str]:

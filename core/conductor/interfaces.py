@@ -86,9 +86,7 @@ class _Runner:
         await self.lc.finish(srv, self.action, detached)
 
     async def on_timeout(self, task: Task, srv: Server) -> None:
-        host = task.params.get("host")
-        waited = self.lc.cfg.conductor.action_timeout
-        await self._failed(srv, f"timed out after {waited:g}s waiting for host {host}")
+        await self._failed(srv, self.lc.timeout_reason(task))
 
     async def _failed(self, srv: Server, message: str) -> None:
         port_id = srv.pending_port

@@ -27,7 +27,7 @@ import msgspec
 from hvmesh.core import log
 from hvmesh.core.bus import notify
 from hvmesh.core.conductor.context import ConductorContext
-from hvmesh.core.protocol import subjects
+from hvmesh.core.protocol import states, subjects
 from hvmesh.core.protocol.action_requests import action_name
 from hvmesh.core.protocol.base import encode, now
 from hvmesh.core.protocol.messages import AgentEvent, Task, Work
@@ -123,10 +123,7 @@ class Lifecycle:
         if task.timer == "timeout":
             if task.params.get("step_of") != _step_token(srv):
                 return  # that step is done; the action has moved on to another
-            message = (
-                f"timed out after {self.cfg.conductor.action_timeout:g}s waiting for "
-                f"{task.params.get('step')} on host {task.params.get('host')}"
-            )
+            message = self.timeout_reason(task)
             LOG.warning("lifecycle.timeout", server=srv.id, action=action, why=message)
             await action_log.step(
                 self.st, srv.id, srv.request_id or "", f"compute_{task.params.get('step')}",
@@ -140,6 +137,13 @@ class Lifecycle:
         handler = handlers.timers.get(task.timer) if handlers else None
         if handler is not None:
             await handler(task, srv)
+
+    def timeout_reason(self, task: Task) -> str:
+        """Why a step's timeout fired; one run early (its host stopped heartbeating) says so."""
+        return task.params.get("why") or (
+            f"timed out after {self.cfg.conductor.action_timeout:g}s waiting for "
+            f"{task.params.get('step')} on host {task.params.get('host')}"
+        )
 
     async def current(self, server_id: str, request_id: str) -> Server | None:
         """The server, if it is still in the action `request_id` (else None)."""
@@ -263,6 +267,20 @@ class Lifecycle:
     async def fail(self, srv: Server, action: str, error: str) -> Server | None:
         """The action failed and changed nothing: back to the state it started from."""
         return await self.finish(srv, action, error=error)
+
+    async def give_up(self, srv: Server, action: str, error: str) -> Server | None:
+        """The conductor could not carry the action on: it ends with `error` as the fault.
+
+        Without a move under way it changed nothing that stays, so the server is back in
+        the state it started from; with one (a migration record) where the guest is is
+        not known, so ERROR, as Nova leaves a failed move.
+        """
+
+        def to_error(s: Server) -> Server:
+            return msgspec.structs.replace(s, vm_state=states.ERROR)
+
+        change = to_error if srv.migration is not None else None
+        return await self.finish(srv, action, change, error=error, fault=True)
 
     async def started(self, srv: Server, action: str) -> None:
         """The conductor took the action up: its log step and instance.<action>.start."""

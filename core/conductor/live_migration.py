@@ -128,10 +128,7 @@ class _LiveMigration(MoveSteps):
     async def live_timeout(self, task: Task, srv: Server) -> None:
         m = srv.migration
         assert m is not None
-        why = (
-            f"live-migrate failed: timed out after {self.lc.cfg.conductor.action_timeout:g}s "
-            f"waiting for {task.params.get('step')} on host {task.params.get('host')}"
-        )
+        why = f"live-migrate failed: {self.lc.timeout_reason(task)}"
         if m.status == "preparing":  # the guest has not moved: nothing to undo on the source
             await self._end(srv, "live-migrate", m.source_host, why)
         elif m.status == "error":  # the rollback went unanswered; the guest is on the source

@@ -81,20 +81,22 @@ class MoveSteps:
     async def _begin_with_destination(
         self, task: Task, srv: Server, action: str
     ) -> tuple[Migration, str] | None:
-        """Take the move up and claim its destination; None when it ended (no valid host)."""
+        """Take the move up and claim its destination; None when it ended (no valid host, or
+        the scheduler failed: the server stays where it was, with the fault)."""
         m = await self._begin(task, srv)
         if m is None:
             return None
         chosen = await self._destination(srv, m, getattr(task.action, "host", None), action)
         if chosen.host is None:
-            await self._end(srv, action, m.source_host, f"No valid host was found. {chosen.reason}")
+            await self._end(srv, action, m.source_host, chosen.reason)
             return None
         return m, chosen.host
 
     async def _destination(
         self, srv: Server, m: Migration, requested: str | None, action: str
     ) -> Selection:
-        """A host claimed for the server with the flavor it will have there, or why none.
+        """A host claimed for the server with the flavor it will have there, or why none
+        (the fault's whole message).
 
         A move that needs a driver capability (live migration, evacuation) asks for the
         capability's trait, so the destination's driver can do it too.
@@ -113,9 +115,14 @@ class MoveSteps:
         try:
             reply, violation = await select(self.lc.conductor, srv, spec, move=True)
         except errors.ServiceUnavailable as exc:
-            return Selection(host=None, reason=f"no scheduler answered: {exc.message}")
+            why = f"No valid host was found. no scheduler answered: {exc.message}"
+            return Selection(host=None, reason=why)
+        except errors.HvmeshError as exc:  # the scheduler failed the request (a plugin raised)
+            return Selection(host=None, reason=exc.message)
         if violation is not None:
-            return Selection(host=None, reason=violation)
+            return Selection(host=None, reason=f"No valid host was found. {violation}")
+        if reply.host is None:
+            return Selection(host=None, reason=f"No valid host was found. {reply.reason}")
         return reply
 
     async def _settle(self, srv: Server, m: Migration, host: str, *others: str | None) -> None:
@@ -186,8 +193,7 @@ class MoveSteps:
             srv,
             action,
             host,
-            f"{action} failed: timed out after {self.lc.cfg.conductor.action_timeout:g}s "
-            f"waiting for {task.params.get('step')} on host {task.params.get('host')}",
+            f"{action} failed: {self.lc.timeout_reason(task)}",
             vm_state=S.ERROR,
         )
 

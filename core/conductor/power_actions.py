@@ -113,12 +113,7 @@ class _Runner:
         await self._failed(srv, power, ev.message)
 
     async def on_timeout(self, task: Task, srv: Server) -> None:
-        host = task.params.get("host")
-        await self._failed(
-            srv,
-            None,
-            f"timed out after {self.lc.cfg.conductor.action_timeout:g}s waiting for host {host}",
-        )
+        await self._failed(srv, None, self.lc.timeout_reason(task))
 
     async def _failed(self, srv: Server, power: int | None, message: str) -> None:
         failure = self.spec.on_failure

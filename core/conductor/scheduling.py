@@ -7,9 +7,10 @@ import msgspec
 from hvmesh.core.bus import micro as bus
 from hvmesh.core.conductor.context import ConductorContext
 from hvmesh.core.protocol import subjects
+from hvmesh.core.protocol.base import now
 from hvmesh.core.protocol.messages import RequestSpec, Selection
 from hvmesh.core.protocol.records import GroupSpec, Server, ServerGroup
-from hvmesh.core.state import placement
+from hvmesh.core.state import leases, placement
 from hvmesh.core.state.store import Store
 
 
@@ -18,12 +19,18 @@ async def select(
 ) -> tuple[Selection, str | None]:
     """Ask the scheduler for a host claimed for `spec`, then place the server there in its group.
 
-    The group is read afresh into `spec.group` first. Returns the scheduler's selection
-    and, when the group's policy forbids its host, why (the claim is then given back).
-    With `move`, the claim is a move's, which the host does not count as a build in
-    progress. Raises ServiceUnavailable when no scheduler answers.
+    The group is read afresh into `spec.group` first; a move's claim key (one per
+    migration) is filled in when not given, and the request's expiry set. Returns the
+    scheduler's selection and, when the group's policy forbids its host, why (the claim
+    is then given back). With `move`, the claim is a move's, which the host does not
+    count as a build in progress. Raises ServiceUnavailable when no scheduler answers, and the error the
+    scheduler answered with when it failed the request (PluginFailed: a plugin raised).
     """
     spec.group = await group_spec(ctx.st, srv)
+    if move and not spec.claim_key and srv.migration is not None:
+        spec.claim_key = leases.move_key(srv.id, srv.migration.id)
+    # Past this the answer is not waited for: the scheduler claims nothing for it then.
+    spec.expires_at = now() + ctx.cfg.nats.request_timeout
     reply = await bus.call(
         ctx.nc, subjects.SCHED_SELECT, spec, timeout=ctx.cfg.nats.request_timeout
     )

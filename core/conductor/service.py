@@ -12,6 +12,7 @@ lifecycle.py and the modules that register with it.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from nats.aio.client import Client
@@ -19,11 +20,12 @@ from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
 from hvmesh.core import log
-from hvmesh.core.bus.worker import PullWorker, durable_pull
+from hvmesh.core.bus.worker import PullWorker, Retry, durable_pull
 from hvmesh.core.conductor import (
     build,
     delete,
     events,
+    exhausted,
     interfaces,
     live_migration,
     moves,
@@ -31,11 +33,13 @@ from hvmesh.core.conductor import (
     resize,
     shelving,
 )
+from hvmesh.core.conductor.host_monitor import HostMonitor
 from hvmesh.core.conductor.lifecycle import Lifecycle
 from hvmesh.core.config import Config
 from hvmesh.core.protocol import subjects
 from hvmesh.core.protocol.base import now
 from hvmesh.core.protocol.messages import AgentEvent, Task
+from hvmesh.core.state import dead_letters
 from hvmesh.core.state.store import Store
 
 LOG = log.get_logger(__name__)
@@ -53,6 +57,7 @@ class Conductor:
         self.lifecycle = Lifecycle(self)
         for module in ACTION_MODULES:
             module.register(self.lifecycle)
+        self.host_monitor = HostMonitor(self, self.lifecycle)
 
     @property
     def st(self) -> Store:
@@ -63,6 +68,9 @@ class Conductor:
         self.store = await Store(self.js).open()
         ack_wait = self.cfg.conductor.task_ack_wait
         n = self.cfg.conductor.workers
+        # A build waiting for a scheduler is nak'd on purpose: room for those deliveries too.
+        waits = int(self.cfg.conductor.scheduler_deadline / SCHEDULER_RETRY_DELAY) + 1
+        retry, task_retry = Retry.of(self.cfg.conductor), Retry.of(self.cfg.conductor, waits)
         tasks = await durable_pull(
             self.js,
             subjects.TASKS_ALL,
@@ -70,6 +78,7 @@ class Conductor:
             subjects.TASKS_STREAM,
             ack_wait,
             max_ack_pending=n * 8,
+            max_deliver=task_retry.max_deliver,
         )
         agent_events = await durable_pull(
             self.js,
@@ -79,6 +88,7 @@ class Conductor:
             ack_wait,
             max_ack_pending=n * 8,
             deliver_policy=DeliverPolicy.ALL,
+            max_deliver=retry.max_deliver,
         )
         timers = await durable_pull(
             self.js,
@@ -87,23 +97,48 @@ class Conductor:
             subjects.TIMERS_STREAM,
             ack_wait,
             max_ack_pending=-1,  # timers wait their turn unacknowledged: no limit
+            max_deliver=retry.max_deliver,
         )
         self._workers = [
-            PullWorker("conductor-tasks", tasks, Task, self.handle_task, n),
-            PullWorker("conductor-events", agent_events, AgentEvent, self.handle_event, n),
-            PullWorker("conductor-timers", timers, Task, self.handle_timer, n),
+            self._worker("conductor-tasks", tasks, Task, self.handle_task, task_retry),
+            self._worker("conductor-events", agent_events, AgentEvent, self.handle_event, retry),
+            self._worker("conductor-timers", timers, Task, self.handle_timer, retry),
         ]
         for worker in self._workers:
             worker.start()
+        self.host_monitor.start()
         LOG.info("conductor.started")
 
+    def _worker(
+        self, name: str, sub: Any, type_: type, handler: Any, retry: Retry
+    ) -> PullWorker[Any]:
+        """A worker with the [conductor] delivery limit and backoff, keeping dead letters."""
+        given_up = self.event_given_up if type_ is AgentEvent else self.task_given_up
+        keep = functools.partial(dead_letters.keep, self.js)
+        return PullWorker(
+            name, sub, type_, handler, self.cfg.conductor.workers,
+            retry=retry, on_exhausted=given_up, keep=keep,
+        )  # fmt: skip
+
+    async def task_given_up(self, task: Task, msg: Msg, why: str) -> None:
+        """A task or timer failed every delivery: its server's work ends with a fault."""
+        await exhausted.task_given_up(self, self.lifecycle, task, why)
+
+    async def event_given_up(self, event: AgentEvent, msg: Msg, why: str) -> None:
+        """An agent's event failed every delivery: the work it reports on ends as failed."""
+        await exhausted.event_given_up(self, self.lifecycle, event, why)
+
     async def stop(self) -> None:
+        await self.host_monitor.stop()
         for worker in self._workers:
             await worker.stop()
 
     async def handle_task(self, task: Task, msg: Msg) -> None:
+        retry_in = SCHEDULER_RETRY_DELAY
         if task.kind == "build":
-            done = await build.build(self, task)
+            wait = await build.build(self, task)  # a number: no scheduler yet, ask again then
+            done = wait is None
+            retry_in = wait if wait is not None else retry_in
         elif task.kind == "delete":
             done = await delete.delete(self, task)
         elif task.kind == "action":
@@ -115,7 +150,7 @@ class Conductor:
         if done:
             await msg.ack()
         else:
-            await msg.nak(delay=SCHEDULER_RETRY_DELAY)
+            await msg.nak(delay=retry_in)
 
     async def handle_timer(self, task: Task, msg: Msg) -> None:
         """A timer runs when due; until then it goes back to wait (a delayed redelivery)."""
@@ -125,12 +160,14 @@ class Conductor:
             return
         if task.timer == "spawn-timeout":
             await build.spawn_timed_out(self, task)
+        elif task.timer == "delete-timeout":
+            await delete.timed_out(self, task)
         else:
             await self.lifecycle.on_timer(task)
         await msg.ack()
 
     async def handle_event(self, event: AgentEvent, msg: Msg) -> None:
-        await events.apply(self, self.lifecycle, event)
+        await events.apply(self, self.lifecycle, event, msg.subject)
         await msg.ack()
 
 

@@ -221,6 +221,9 @@ class _Shelving:
         except errors.ServiceUnavailable as exc:
             await self._rollback(srv, "unshelve", f"no scheduler answered: {exc.message}")
             return
+        except errors.HvmeshError as exc:  # the scheduler failed the request (a plugin raised)
+            await self._rollback(srv, "unshelve", exc.message)
+            return
         host = chosen.host
         if host is None:
             await self._rollback(srv, "unshelve", f"No valid host was found. {chosen.reason}")
@@ -270,10 +273,7 @@ class _Shelving:
         action = task.params.get("action", "")
         step = task.params.get("step", "")
         host = task.params.get("host", "")
-        message = (
-            f"timed out after {self.lc.cfg.conductor.action_timeout:g}s waiting for "
-            f"{step} on host {host}"
-        )
+        message = self.lc.timeout_reason(task)
         if step == "spawn":
             await self._unspawned(srv, host, message)
         elif step == "destroy":

@@ -38,6 +38,7 @@ from hvmesh.core.protocol import subjects
 from hvmesh.core.protocol.base import encode, now
 from hvmesh.core.protocol.messages import RequestSpec
 from hvmesh.core.protocol.records import Flavor, Heartbeat, Host, Inventory
+from hvmesh.core.state import leases
 from hvmesh.core.state.store import Store
 
 
@@ -113,12 +114,15 @@ BENCH_FLAVOR = Flavor(id="bench", name="bench", vcpus=2, ram_mb=2048, disk_gb=20
 
 
 def bench_request(i: int) -> RequestSpec:
-    """The i-th placement request: the bench flavor; every other one names a zone."""
+    """The i-th placement request: the bench flavor; every other one names a zone. Each
+    carries a claim key, as the conductor's do, so its placement lease is written too."""
+    server_id = str(uuid.uuid4())
     return RequestSpec(
-        server_id=str(uuid.uuid4()),
+        server_id=server_id,
         project="bench",
         flavor=BENCH_FLAVOR,
         availability_zone=f"az{i % 4}" if i % 2 else None,
+        claim_key=leases.build_key(server_id, 0, 0),
     )
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
 
 import uvloop
@@ -12,11 +13,18 @@ from nats.aio.client import Client
 
 from hvmesh.agents.runtime import AgentRuntime
 from hvmesh.core import log
+from hvmesh.core.bus.start_retry import Retried, StartGuard
 from hvmesh.core.config import Config
 from hvmesh.plugins import manager
 
 LOG = log.get_logger(__name__)
 T = TypeVar("T")
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+FLEET_STARTS = 16  # hosts of one process starting at once
+
+
+class StoppedWhileStarting(Exception):
+    """SIGINT or SIGTERM (or the loss of what it needs) came before the start finished."""
 
 
 class Component(Protocol):
@@ -29,33 +37,111 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return uvloop.run(coro)
 
 
+@contextlib.contextmanager
+def signals(stop: asyncio.Event) -> Iterator[None]:
+    """While inside, SIGINT and SIGTERM set `stop` instead of ending the process."""
+    loop = asyncio.get_running_loop()
+    for sig in SIGNALS:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        yield
+    finally:
+        for sig in SIGNALS:
+            loop.remove_signal_handler(sig)
+
+
+async def until_stopped(step: Awaitable[T], stop: asyncio.Event) -> T:
+    """Await `step`, unless `stop` is set first: then cancel it and raise StoppedWhileStarting.
+
+    A cancelled step undoes what it started (each start does: see StartGuard).
+    """
+    task = asyncio.ensure_future(step)
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        cut_short = not task.done()
+        if cut_short:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    if cut_short:
+        raise StoppedWhileStarting("stopped while starting")
+    return task.result()
+
+
 async def serve(
     components: Sequence[Component],
     on_ready: Callable[[], None] | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
-    """Start `components` in order, wait for SIGINT/SIGTERM (or `stop`), stop them in reverse."""
+    """Start `components` in order, run until SIGINT/SIGTERM (or `stop`), stop them in reverse.
+
+    Given `stop`, the caller handles the signals (see `signals`). Stopped while starting,
+    the components started so far are stopped and StoppedWhileStarting is raised.
+    """
+    own = stop is None
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     started: list[Component] = []
-    try:
+
+    async def start_all() -> None:
         for c in components:
             await c.start()
             started.append(c)
-        if on_ready:
-            on_ready()
-        await stop.wait()
-        LOG.info("launcher.stopping")
-    finally:
-        for c in reversed(started):
+
+    with signals(stop) if own else contextlib.nullcontext():
+        try:
+            await until_stopped(start_all(), stop)
+            if on_ready:
+                on_ready()
+            await stop.wait()
+            LOG.info("launcher.stopping")
+        finally:
+            for c in reversed(started):
+                try:
+                    await c.stop()
+                except Exception:
+                    LOG.exception("launcher.stop_failed", component=type(c).__name__)
+
+
+class Fleet:
+    """Many hosts of one process, each started (and retried) on its own, FLEET_STARTS at once.
+
+    If one host cannot start at all (a permanent error, or its start_timeout passes),
+    the others' starts are cancelled, the started ones stopped, and its error raised.
+    """
+
+    def __init__(self, members: Sequence[Component], concurrency: int = FLEET_STARTS) -> None:
+        self.members = list(members)
+        self.concurrency = concurrency
+        self.started: list[Component] = []
+
+    async def start(self) -> None:
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def start_one(member: Component) -> None:
+            async with gate:
+                await member.start()
+                self.started.append(member)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for member in self.members:
+                    group.create_task(start_one(member))
+        except BaseExceptionGroup as failed:
+            await self.stop()
+            raise failed.exceptions[0] from None
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        started, self.started = self.started, []
+        for member in reversed(started):
             try:
-                await c.stop()
+                await member.stop()
             except Exception:
-                LOG.exception("launcher.stop_failed", component=type(c).__name__)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+                LOG.exception("launcher.stop_failed", component=type(member).__name__)
 
 
 def make_agent(
@@ -86,3 +172,35 @@ def fake_fleet(
         make_agent(nc, cfg, "fake", f"{prefix}-{i:0{width}d}", registry)
         for i in range(1, count + 1)
     ]
+
+
+def retried_agent(
+    guard: StartGuard,
+    nc: Client,
+    cfg: Config,
+    driver: str,
+    host: str,
+    registry: manager.Registry | None = None,
+) -> Retried[AgentRuntime]:
+    """The agent for `host`, its start retried by `guard` (a fresh runtime and driver each time)."""
+    registry = registry or manager.configured(cfg)
+    return guard.component(f"agent {host}", lambda: make_agent(nc, cfg, driver, host, registry))
+
+
+def retried_fleet(
+    guard: StartGuard,
+    nc: Client,
+    cfg: Config,
+    count: int,
+    prefix: str = "fake",
+    registry: manager.Registry | None = None,
+) -> Fleet:
+    """`count` simulated hosts named as fake_fleet names them, each start retried on its own."""
+    registry = registry or manager.configured(cfg)
+    width = max(4, len(str(count)))
+    return Fleet(
+        [
+            retried_agent(guard, nc, cfg, "fake", f"{prefix}-{i:0{width}d}", registry)
+            for i in range(1, count + 1)
+        ]
+    )

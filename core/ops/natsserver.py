@@ -7,6 +7,8 @@ Passwords are generated once per data directory and kept in <data-dir>/secrets.j
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import json
 import os
 import secrets
@@ -15,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -66,6 +69,33 @@ def load_secrets(data_dir: Path) -> dict[str, str]:
     return made
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn asking Linux to SIGTERM the child when the process that started it dies.
+
+    A second line of defence: `hvmesh up` stops its nats-server itself on a signal or an
+    error, but nothing runs in a process killed with SIGKILL. Linux only (prctl); None
+    elsewhere. The death that counts is the thread's that forks, so start nats-server
+    from the thread that lives as long as the process (the event loop's).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    libc_name = ctypes.util.find_library("c")
+    if not libc_name:
+        return None
+    prctl = ctypes.CDLL(libc_name, use_errno=True).prctl  # resolved here, not in the child
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the request took effect
+            os._exit(1)
+
+    return preexec
+
+
 async def _quiet(exc: Exception) -> None:
     """Connection errors while waiting for the server to listen are expected."""
 
@@ -112,8 +142,13 @@ async def start(
     name: str = "hvmesh",
     conf: Path | None = None,
     ready_timeout: float = 15.0,
+    tied: bool = False,
 ) -> NatsServer:
-    """Start nats-server with hvmesh's configuration; returns once it accepts clients."""
+    """Start nats-server with hvmesh's configuration; returns once it accepts clients.
+
+    If the wait fails or is cancelled, the process is stopped before this returns. With
+    `tied`, the kernel also stops it when this process dies (see die_with_parent).
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
     passwords = load_secrets(data_dir)
     env = dict(os.environ)
@@ -136,6 +171,7 @@ async def start(
             stdout=log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=die_with_parent() if tied else None,
         )
     server = NatsServer(
         process=proc,
@@ -145,6 +181,17 @@ async def start(
         passwords=passwords,
         log_path=log_path,
     )
+    try:
+        await _wait_ready(server, ready_timeout)
+    except BaseException:
+        server.stop()  # failed, or cancelled (SIGINT/SIGTERM): never leave it running
+        raise
+    return server
+
+
+async def _wait_ready(server: NatsServer, ready_timeout: float) -> None:
+    """Return once `server` accepts clients and JetStream answers; raise if it never does."""
+    proc, port, log_path = server.process, server.port, server.log_path
     deadline = asyncio.get_running_loop().time() + ready_timeout
     while True:
         if proc.poll() is not None:
@@ -167,12 +214,11 @@ async def start(
             continue
         try:
             await nc.jetstream().account_info()
+            return
         except Exception:
-            await nc.close()
             if asyncio.get_running_loop().time() > deadline:
                 server.kill()
                 raise NatsServerError("nats-server started without JetStream") from None
-            await asyncio.sleep(0.1)
-            continue
-        await nc.close()
-        return server
+        finally:
+            await nc.close()
+        await asyncio.sleep(0.1)

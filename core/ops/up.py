@@ -21,7 +21,8 @@ import msgspec
 
 from hvmesh.core import log
 from hvmesh.core.api.service import ApiService
-from hvmesh.core.bus import connection, contexts
+from hvmesh.core.bus import contexts
+from hvmesh.core.bus.start_retry import RetryPolicy, StartGuard
 from hvmesh.core.conductor.service import Conductor
 from hvmesh.core.config import Config
 from hvmesh.core.metadata.service import MetadataService
@@ -29,6 +30,7 @@ from hvmesh.core.ops import launcher, natsserver
 from hvmesh.schedulers.service import SchedulerService
 
 LOG = log.get_logger(__name__)
+DRAIN_TIMEOUT = 10.0  # seconds the services' connection may take to drain when stopping
 
 
 def write_contexts(server: natsserver.NatsServer) -> dict[str, Path]:
@@ -144,50 +146,82 @@ async def up(
     metadata_listen: str | None = None,
 ) -> None:
     """Run everything until SIGINT/SIGTERM; the metadata service binds on `metadata_listen`,
-    else on `listen` (the NATS client address)."""
-    server = await natsserver.start(data_dir, port=nats_port, leaf_port=leaf_port, host=listen)
-    try:
+    else on `listen` (the NATS client address).
+
+    A signal at any moment of the start stops what has started, nats-server included, and
+    raises launcher.StoppedWhileStarting; so does an error, which is raised as it is.
+    """
+    stop = asyncio.Event()
+    with launcher.signals(stop):
+        server = await launcher.until_stopped(
+            natsserver.start(data_dir, port=nats_port, leaf_port=leaf_port, host=listen, tied=True),
+            stop,
+        )
+        try:
+            await _run(server, cfg, data_dir, fake_hosts, metadata_listen or listen, stop)
+        except launcher.StoppedWhileStarting:
+            if server.process.poll() is not None:  # not a signal: nats-server died
+                raise _exited(server) from None
+            raise
+        finally:
+            server.stop()
+    print("hvmesh stopped.", file=sys.stderr, flush=True)
+
+
+def _exited(server: natsserver.NatsServer) -> natsserver.NatsServerError:
+    return natsserver.NatsServerError(
+        f"nats-server exited (code {server.process.returncode}); see {server.log_path}"
+    )
+
+
+async def _run(
+    server: natsserver.NatsServer,
+    cfg: Config,
+    data_dir: Path,
+    fake_hosts: int,
+    metadata_listen: str,
+    stop: asyncio.Event,
+) -> None:
+    """The services on `server` until `stop`; their starts retried as `cfg` says."""
+    cfg = msgspec.structs.replace(
+        cfg,
+        nats=msgspec.structs.replace(
+            cfg.nats, url=server.address, user="hvmesh", password=server.passwords["service"]
+        ),
+        metadata=msgspec.structs.replace(cfg.metadata, listen=metadata_listen),
+    )
+    if not cfg.compute.image_cache_dir:  # simulated hosts cache images under data_dir
         cfg = msgspec.structs.replace(
             cfg,
-            nats=msgspec.structs.replace(
-                cfg.nats, url=server.address, user="hvmesh", password=server.passwords["service"]
-            ),
-            metadata=msgspec.structs.replace(cfg.metadata, listen=metadata_listen or listen),
+            compute=msgspec.structs.replace(cfg.compute, image_cache_dir=str(data_dir / "images")),
         )
-        if not cfg.compute.image_cache_dir:  # simulated hosts cache images under data_dir
-            cfg = msgspec.structs.replace(
-                cfg,
-                compute=msgspec.structs.replace(
-                    cfg.compute, image_cache_dir=str(data_dir / "images")
-                ),
-            )
-        nc = await connection.connect(cfg.nats, "hvmesh-up")
-        metadata = MetadataService(nc, cfg)
-        plugins = launcher.load_plugins(cfg)  # once, for the scheduler and the hosts
-        components: list[launcher.Component] = [
-            ApiService(nc, cfg),
-            SchedulerService(nc, cfg, plugins),
-            Conductor(nc, cfg),
-            metadata,
-            *launcher.fake_fleet(nc, cfg, fake_hosts, registry=plugins),
-        ]
-        made = write_contexts(server)
-
-        def ready() -> None:
-            print(banner(server, fake_hosts, made, metadata.address, metadata.port), flush=True)
-
-        stop = asyncio.Event()
-        watchdog = asyncio.create_task(_stop_when_exits(server, stop))
+    watchdog = asyncio.create_task(_stop_when_exits(server, stop))
+    try:
+        guard = StartGuard(RetryPolicy(timeout=cfg.DEFAULT.start_timeout))
+        nc = await launcher.until_stopped(guard.connect(cfg.nats, "hvmesh-up"), stop)
         try:
+            plugins = launcher.load_plugins(cfg)  # once, for the scheduler and the hosts
+            metadata = guard.component("metadata", lambda: MetadataService(nc, cfg))
+            components: list[launcher.Component] = [
+                guard.component("api", lambda: ApiService(nc, cfg)),
+                guard.component("scheduler", lambda: SchedulerService(nc, cfg, plugins)),
+                guard.component("conductor", lambda: Conductor(nc, cfg)),
+                metadata,
+                launcher.retried_fleet(guard, nc, cfg, fake_hosts, registry=plugins),
+            ]
+            made = write_contexts(server)
+
+            def ready() -> None:
+                assert metadata.current is not None
+                address, port = metadata.current.address, metadata.current.port
+                print(banner(server, fake_hosts, made, address, port), flush=True)
+
             await launcher.serve(components, on_ready=ready, stop=stop)
         finally:
-            watchdog.cancel()
             with contextlib.suppress(Exception):
-                await nc.drain()
-        if server.process.poll() is not None:
-            raise natsserver.NatsServerError(
-                f"nats-server exited (code {server.process.returncode}); see {server.log_path}"
-            )
+                async with asyncio.timeout(DRAIN_TIMEOUT):
+                    await nc.drain()
     finally:
-        server.stop()
-        print("hvmesh stopped.", file=sys.stderr, flush=True)
+        watchdog.cancel()
+    if server.process.poll() is not None:
+        raise _exited(server)

@@ -48,3 +48,15 @@ def from_code(code: int, message: str) -> HvmeshError:
     err = ERRORS_BY_CODE.get(code, HvmeshError)(message)
     err.code = code
     return err
+
+
+class PluginFailed(HvmeshError):
+    """A plugin (a filter, weigher or scheduler driver) raised while serving one request.
+
+    Its message names the plugin and what registered it, e.g. "filter NumInstancesFilter
+    (plugin my-filters, entry point myfilters = my_filters.plugin) raised KeyError: 'oops'".
+    It is a 500, told apart from ServiceUnavailable (503, nobody answered): a request a
+    plugin fails would fail again, so the caller gives up at once.
+    """
+
+    code = 500

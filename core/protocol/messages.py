@@ -26,6 +26,13 @@ class RequestSpec(Record):
     # A move's admin-chosen target: only this host is considered (it must still pass
     # every filter), as Nova's requested_destination.
     requested_host: str | None = None
+    # Names this request across its retries ("<server>.b<attempt>.<round>" for a build,
+    # "<server>.<migration>.<round>" for a move): whoever answers it, and however often,
+    # its claim lands on one host only (core/state/leases.py). "" for no lease.
+    claim_key: str = ""
+    # Epoch seconds after which the caller has given up on this request: no claim is
+    # made for it then (0: no limit).
+    expires_at: float = 0.0
 
 
 class Selection(Record):
@@ -34,6 +41,9 @@ class Selection(Record):
     host: str | None
     alternates: list[str] = field(default_factory=list)
     reason: str = ""
+    # No host because this request's claim was made once and given back since: the
+    # caller asks again under its next claim_key.
+    superseded: bool = False
 
 
 TaskKind = Literal["build", "delete", "action", "timer"]

@@ -81,6 +81,9 @@ class Network(Record):
     shared: bool = False
     dhcp: bool = False  # hvmesh serves addresses through metadata and config drive
     ips: dict[str, str] = field(default_factory=dict)  # address -> port id
+    # Addresses taken for a port not written yet: address -> when. A crash before the
+    # port is written leaves one here, and it is free again once older than a grace.
+    pending: dict[str, float] = field(default_factory=dict)
     created_at: float = field(default_factory=now)
 
 
@@ -345,3 +348,27 @@ class Heartbeat(Record):
     host: str
     at: float
     agent_id: str
+
+
+class PlacementLease(Record):
+    """Where one scheduling request's claim landed (key: the request's claim_key).
+
+    Written once, after the claim: a retried or stale copy of the request finds it and
+    answers with that host, or with nothing if the claim there was given back since.
+    """
+
+    server_id: str
+    host: str
+    alternates: list[str] = field(default_factory=list)
+    at: float = field(default_factory=now)
+
+
+class NameClaim(Record):
+    """A unique name's holder (a flavor, an aggregate, a user's keypair): taken by
+    compare-and-set before the record is written, given up after it is deleted."""
+
+    kind: str
+    name: str
+    owner: str  # the id of the record holding the name
+    token: str = ""  # the create that took it, told apart from another with the same id
+    at: float = field(default_factory=now)

@@ -94,3 +94,19 @@ NETWORKS_BUCKET = "networks"
 PORTS_BUCKET = "ports"
 KEYPAIRS_BUCKET = "keypairs"
 IMAGE_STORE = "image_data"  # object store of image bytes, one object per image id
+
+# --- dead letters ----------------------------------------------------------------------------
+
+DEAD_LETTERS_STREAM = "HVMESH_DEAD_LETTERS"  # copies of messages given up on, for inspection
+DEAD_LETTERS_ALL = "hvmesh.dead.>"
+
+
+def dead_letter(component: str) -> str:
+    """hvmesh.dead.<component>: a message `component` gave up on (conductor-tasks, agent-<host>)."""
+    return f"hvmesh.dead.{component}"
+
+
+# --- placement leases and unique names ---------------------------------------------------------
+
+PLACEMENT_LEASES_BUCKET = "placement_leases"  # key: a RequestSpec's claim_key
+NAMES_BUCKET = "names"  # key "<kind>.<digest of the scope and name>": who holds a unique name

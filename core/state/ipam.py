@@ -6,6 +6,15 @@ network can never get the same address; the loser of a race re-reads and takes t
 next free one. Addresses come from the allocation range (by default every host address
 of the CIDR after the gateway); MACs are random, locally administered (fa:16:3e:..., as
 Neutron's base MAC).
+
+A port is made in three writes: the address is taken and marked pending (with the time),
+the port record is written, then the mark is cleared (`confirm`). A crash after the
+first leaves a pending address with no port: the next allocation on that network frees
+it once it is older than CLAIM_GRACE (and `hvmesh manage audit` reports and frees it). A
+crash after the second leaves a pending mark on a live port: the next allocation sees
+the port and clears the mark. A port writer stalled past the grace finds its address
+reclaimed when it confirms, deletes its port and starts again, so no address is ever
+held by two ports.
 """
 
 from __future__ import annotations
@@ -16,11 +25,14 @@ import random
 import msgspec
 
 from hvmesh.core.protocol import errors
-from hvmesh.core.protocol.records import Network
+from hvmesh.core.protocol.base import now
+from hvmesh.core.protocol.records import Network, Port
 from hvmesh.core.protocol.requests import NetworkCreate
 from hvmesh.core.state.store import Bucket
 
 MAC_PREFIX = "fa:16:3e"
+# Seconds an address may stay taken for a port not written yet before it is free again.
+CLAIM_GRACE = 30.0
 
 
 class NetworkPlan(msgspec.Struct, frozen=True):
@@ -112,20 +124,84 @@ def _free_address(network: Network, wanted: str | None) -> str:
     raise errors.Conflict(f"network {network.name} has no free address left")
 
 
+async def stale_claims(
+    network: Network, ports: Bucket[Port], grace: float = CLAIM_GRACE
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Pending addresses older than `grace`: (those whose port was never written, those
+    whose port exists and only the confirm was lost), each as address -> port id."""
+    dead: dict[str, str] = {}
+    live: dict[str, str] = {}
+    cutoff = now() - grace
+    for addr, since in network.pending.items():
+        port_id = network.ips.get(addr)
+        if port_id is None or since > cutoff:
+            continue
+        entry = await ports.get(port_id)
+        if entry is None:
+            dead[addr] = port_id
+        else:
+            live[addr] = port_id
+    return dead, live
+
+
+def settle(n: Network, dead: dict[str, str], live: dict[str, str]) -> Network | None:
+    """`n` with dead claims freed and live ones confirmed, each only if unchanged since."""
+    ips, pending = dict(n.ips), dict(n.pending)
+    for addr, port_id in {**dead, **live}.items():
+        if addr in pending and ips.get(addr) == port_id:
+            del pending[addr]
+            if addr in dead:
+                del ips[addr]
+    if ips == n.ips and pending == n.pending:
+        return None
+    return msgspec.structs.replace(n, ips=ips, pending=pending)
+
+
 async def allocate(
-    networks: Bucket[Network], network_id: str, port_id: str, wanted: str | None = None
+    networks: Bucket[Network],
+    network_id: str,
+    port_id: str,
+    wanted: str | None = None,
+    ports: Bucket[Port] | None = None,
 ) -> str:
-    """Take an address on the network for `port_id` (compare-and-set); returns it."""
+    """Take an address on the network for `port_id`, marked pending (compare-and-set);
+    returns it. With `ports`, stale claims are settled first (see the module's text)."""
+    dead: dict[str, str] = {}
+    live: dict[str, str] = {}
+    if ports is not None:
+        entry = await networks.get(network_id)
+        if entry is not None and entry.value.pending:
+            dead, live = await stale_claims(entry.value, ports)
     chosen: list[str] = []
 
     def take(n: Network) -> Network:
+        n = settle(n, dead, live) or n
         addr = _free_address(n, wanted)
         chosen[:] = [addr]
-        return msgspec.structs.replace(n, ips={**n.ips, addr: port_id})
+        return msgspec.structs.replace(
+            n, ips={**n.ips, addr: port_id}, pending={**n.pending, addr: now()}
+        )
 
     if await networks.mutate(network_id, take) is None:
         raise errors.NotFound(f"network {network_id} not found")
     return chosen[0]
+
+
+async def confirm(networks: Bucket[Network], network_id: str, address: str, port_id: str) -> bool:
+    """The port is written: clear its address's pending mark. False if the address is no
+    longer this port's (reclaimed while the port was being written)."""
+    held: list[bool] = [False]
+
+    def clear(n: Network) -> Network | None:
+        held[0] = n.ips.get(address) == port_id
+        if not held[0] or address not in n.pending:
+            return None
+        pending = dict(n.pending)
+        del pending[address]
+        return msgspec.structs.replace(n, pending=pending)
+
+    await networks.mutate(network_id, clear)
+    return held[0]
 
 
 async def release(networks: Bucket[Network], network_id: str, address: str, port_id: str) -> None:
@@ -136,6 +212,7 @@ async def release(networks: Bucket[Network], network_id: str, address: str, port
             return None
         ips = dict(n.ips)
         del ips[address]
-        return msgspec.structs.replace(n, ips=ips)
+        pending = {a: t for a, t in n.pending.items() if a != address}
+        return msgspec.structs.replace(n, ips=ips, pending=pending)
 
     await networks.mutate(network_id, give_back)

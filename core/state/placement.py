@@ -2,10 +2,14 @@
 
 A claim re-checks the fit against the authoritative record it read, then writes it back
 with that record's revision. A concurrent writer makes the write fail, and the claim
-reads again; so two claims can never together overfill a host.
+reads again; so two claims can never together overfill a host. The same goes for any
+other rule a claim is given as `check` (a filter's claim-time check: an instance count,
+the servers a hint names), judged on the record the write is conditional on.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import msgspec
 
@@ -30,12 +34,14 @@ async def claim(
     attempts: int = 5,
     known: Entry[Host] | None = None,
     build: bool = False,
+    check: Callable[[Host], str | None] | None = None,
 ) -> ClaimResult:
     """Allocate `resources` for `server_id` on `host`, if they still fit.
 
     `known` is the record as the caller last saw it (from the index): trying the write
     against it first saves a read whenever it is still current, which is the usual case.
     With `build`, the server is also counted among the host's builds in progress.
+    `check(record)` returns why the host may not take the server (None: it may).
     """
     entry: Entry[Host] | None = known
     for _ in range(attempts):
@@ -48,7 +54,7 @@ async def claim(
             return ClaimResult(entry=entry, claimed=True)  # already ours: claims are idempotent
         if record.status != "enabled":
             return ClaimResult(entry=entry, claimed=False, reason="host disabled")
-        reason = record.fits(resources)
+        reason = record.fits(resources) or (check(record) if check is not None else None)
         if reason:
             if entry is known:
                 entry = None  # the index may be behind: decide on a fresh read

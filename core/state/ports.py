@@ -1,7 +1,7 @@
 """Ports and the interfaces they give servers: make, bind, unbind, remove.
 
 Shared by the API (server create, interface attach, port endpoints) and the conductor
-(a deleted server's ports). A port's address comes from core/ipam.py; binding a port to
+(a deleted server's ports). A port's address comes from core/state/ipam.py; binding a port to
 a server is a compare-and-set of the port record, so one port never serves two servers.
 """
 
@@ -17,6 +17,7 @@ from hvmesh.core.state import ipam
 from hvmesh.core.state.store import Store
 
 LOG = log.get_logger(__name__)
+CONFIRM_ATTEMPTS = 3  # tries to make a port whose address was reclaimed meanwhile
 
 
 def vif(port: Port, network: Network) -> Vif:
@@ -47,26 +48,40 @@ async def create(
     server_id: str | None = None,
     auto_delete: bool = False,
 ) -> Port:
-    """A new port with an address from the network's IPAM (and a MAC)."""
+    """A new port with an address from the network's IPAM (and a MAC).
+
+    The address is taken (pending), the port written, the address confirmed: see
+    core/state/ipam.py for what a crash between the steps leaves and who cleans it.
+    """
     port_id = new_id()
-    ip = await ipam.allocate(st.networks, network.id, port_id, fixed_ip)
-    port = Port(
-        id=port_id,
-        name=name,
-        network_id=network.id,
-        project=project,
-        mac=(mac or ipam.new_mac()).lower(),
-        ip=ip,
-        server_id=server_id,
-        auto_delete=auto_delete,
+    for _ in range(CONFIRM_ATTEMPTS):
+        ip = await ipam.allocate(st.networks, network.id, port_id, fixed_ip, st.ports)
+        port = Port(
+            id=port_id,
+            name=name,
+            network_id=network.id,
+            project=project,
+            mac=(mac or ipam.new_mac()).lower(),
+            ip=ip,
+            server_id=server_id,
+            auto_delete=auto_delete,
+        )
+        try:
+            await st.ports.create(port.id, port)
+            held = await ipam.confirm(st.networks, network.id, ip, port.id)
+        except BaseException:
+            await remove(st, port)
+            raise
+        if held:
+            LOG.info("ports.created", port=port.id, network=network.id, ip=ip, server=server_id)
+            return port
+        # Stalled past the grace: the address went back to the network. Start again.
+        await st.ports.delete(port.id)
+        LOG.warning("ports.address_reclaimed", port=port.id, network=network.id, ip=ip)
+    raise errors.ServiceUnavailable(
+        f"network {network.name}: the address for a new port was reclaimed "
+        f"{CONFIRM_ATTEMPTS} times while the port was written; try again"
     )
-    try:
-        await st.ports.create(port.id, port)
-    except BaseException:
-        await ipam.release(st.networks, network.id, ip, port_id)
-        raise
-    LOG.info("ports.created", port=port.id, network=network.id, ip=ip, server=server_id)
-    return port
 
 
 async def bind(st: Store, port_id: str, server_id: str) -> Port:

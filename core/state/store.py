@@ -8,6 +8,7 @@ Records are JSON so `nats kv get servers <id>` is readable.
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator, Callable
 from typing import Generic, TypeVar
 
@@ -41,7 +42,9 @@ from hvmesh.core.protocol.records import (
     Image,
     InstanceAction,
     Keypair,
+    NameClaim,
     Network,
+    PlacementLease,
     Port,
     Server,
     ServerGroup,
@@ -62,7 +65,13 @@ BUCKETS: dict[str, type[msgspec.Struct]] = {
     subjects.NETWORKS_BUCKET: Network,
     subjects.PORTS_BUCKET: Port,
     subjects.KEYPAIRS_BUCKET: Keypair,
+    subjects.PLACEMENT_LEASES_BUCKET: PlacementLease,
+    subjects.NAMES_BUCKET: NameClaim,
 }
+
+# Buckets whose keys expire on their own (seconds): a placement lease outlives any retry
+# of its request by far, and then goes.
+BUCKET_TTL: dict[str, float] = {subjects.PLACEMENT_LEASES_BUCKET: 3600.0}
 
 
 STREAMS = [
@@ -108,6 +117,17 @@ STREAMS = [
         max_age=7 * 24 * 3600.0,
         discard=DiscardPolicy.OLD,
     ),
+    StreamConfig(
+        name=subjects.DEAD_LETTERS_STREAM,
+        description="Tasks, events and work given up on, kept for `hvmesh manage tasks`.",
+        subjects=[subjects.DEAD_LETTERS_ALL],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=30 * 24 * 3600.0,
+        max_msgs=10_000,
+        discard=DiscardPolicy.OLD,
+        duplicate_window=120.0,
+    ),
 ]
 
 
@@ -119,6 +139,18 @@ class Entry(msgspec.Struct, Generic[T]):
     key: str
     value: T
     revision: int
+
+
+def conflict_pause(attempt: int) -> float:
+    """Seconds to wait after the `attempt`-th lost compare-and-set (0 first).
+
+    The first few retries go at once; after that a random pause, doubling up to 50 ms,
+    spreads many writers of one hot record (a network's addresses) so they stop
+    colliding instead of spinning through their attempts together.
+    """
+    if attempt < 3:
+        return 0.0
+    return random.uniform(0, min(0.05, 0.001 * 2 ** (attempt - 3)))
 
 
 class Bucket(Generic[T]):
@@ -181,7 +213,7 @@ class Bucket(Generic[T]):
         `change` returns the new record, or None to leave it as it is. Returns the
         entry as written (or as found), or None when the key does not exist.
         """
-        for _ in range(attempts):
+        for attempt in range(attempts):
             entry = await self.get(key)
             if entry is None:
                 return None
@@ -191,7 +223,7 @@ class Bucket(Generic[T]):
             try:
                 rev = await self.update(key, new, entry.revision)
             except CasConflict:
-                await asyncio.sleep(0)
+                await asyncio.sleep(conflict_pause(attempt))
                 continue
             return Entry(key=key, value=new, revision=rev)
         raise CasConflict(f"{key}: gave up after {attempts} conflicting writes")
@@ -294,6 +326,14 @@ class Store:
     def keypairs(self) -> Bucket[Keypair]:
         return self._buckets["keypairs"]
 
+    @property
+    def placement_leases(self) -> Bucket[PlacementLease]:
+        return self._buckets["placement_leases"]
+
+    @property
+    def names(self) -> Bucket[NameClaim]:
+        return self._buckets["names"]
+
     async def open(self, create: bool = True) -> Store:
         """Bind (and with `create`, make) every bucket and stream."""
         for name, type_ in BUCKETS.items():
@@ -305,7 +345,8 @@ class Store:
                 kv = await self.js.create_key_value(
                     KeyValueConfig(
                         bucket=name,
-                        history=5 if name != "heartbeats" else 1,
+                        history=5 if name not in ("heartbeats", *BUCKET_TTL) else 1,
+                        ttl=BUCKET_TTL.get(name),
                         storage=StorageType.FILE,
                         description=f"hvmesh {name} records",
                     )

@@ -1,8 +1,10 @@
-"""`hvmesh bench scheduler`: the scheduler benchmark from the CLI."""
+"""`hvmesh bench scheduler|chaos`: the scheduler benchmark and the chaos run from the CLI."""
 
 from __future__ import annotations
 
 import argparse
+import secrets
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -13,10 +15,12 @@ from hvmesh.core.cli.errors import CliError
 # Imported when first used: parsing the command line (and --help) needs none of them.
 if TYPE_CHECKING:
     from hvmesh.core.ops import bench as ops_bench
+    from hvmesh.core.ops import chaos as ops_chaos
     from hvmesh.core.ops import launcher
 else:
     launcher = lazy.module("hvmesh.core.ops.launcher")
     ops_bench = lazy.module("hvmesh.core.ops.bench")
+    ops_chaos = lazy.module("hvmesh.core.ops.chaos")
 
 
 def cmd_bench_scheduler(args: argparse.Namespace) -> None:
@@ -43,6 +47,40 @@ def cmd_bench_scheduler(args: argparse.Namespace) -> None:
         raise CliError(f"audit failed: {'; '.join(result.audit_problems[:3])}")
 
 
+def cmd_bench_chaos(args: argparse.Namespace) -> None:
+    if args.url or args.context:
+        raise CliError("hvmesh bench chaos runs its own nats-server: no --url or --context")
+    if args.duration < 30:
+        raise CliError("--duration must be at least 30 seconds")
+    if args.hosts < 2:
+        raise CliError("--hosts must be at least 2")
+    if args.rate <= 0:
+        raise CliError("--rate must be more than 0")
+    if args.settle_limit <= 0:
+        raise CliError("--settle-limit must be more than 0")
+    if not 0 <= args.fail_rate < 1:
+        raise CliError("--fail-rate must be from 0 to less than 1")
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+    report = launcher.run(
+        ops_chaos.run(
+            duration=args.duration,
+            seed=seed,
+            hosts=args.hosts,
+            rate=args.rate,
+            fail_rate=args.fail_rate,
+            settle_limit=args.settle_limit,
+            workdir=Path(args.workdir).expanduser() if args.workdir else None,
+            quiet=not output.for_people(args.format),
+        )
+    )
+    output.emit(msgspec.to_builtins(report), args.format)
+    if not report.passed:
+        first = report.findings[0] if report.findings else "no server was acknowledged"
+        raise CliError(
+            f"chaos: {len(report.findings)} findings (seed {seed}, logs in {report.logs}): {first}"
+        )
+
+
 def add_parsers(sub: Any, leaf: Any) -> None:
     """The bench command group."""
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(
@@ -58,3 +96,28 @@ def add_parsers(sub: Any, leaf: Any) -> None:
     p.add_argument("--requests", type=int, default=5000, help="placements to make")
     p.add_argument("--schedulers", type=int, default=1, help="scheduler processes")
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight")
+    p = leaf(
+        bench,
+        "chaos",
+        cmd_bench_chaos,
+        "creates and actions on separate processes while a seeded schedule kill -9's each "
+        "of them and nats-server; then checks nothing was lost, stuck or leaked",
+    )
+    p.add_argument("--duration", type=float, default=300.0, help="seconds of load and kills")
+    p.add_argument("--seed", type=int, help="the schedule's seed (default: a random one, printed)")
+    p.add_argument("--hosts", type=int, default=12, help="simulated hosts, 4 per agent process")
+    p.add_argument("--rate", type=float, default=4.0, help="API requests per second")
+    p.add_argument(
+        "--fail-rate", type=float, default=0.05, help="fraction of simulated spawns that fail"
+    )
+    p.add_argument(
+        "--settle-limit",
+        type=float,
+        default=150.0,
+        help="seconds the servers may take to settle after the load, and to be deleted",
+    )
+    p.add_argument(
+        "--workdir",
+        help="keep the store and the processes' logs here (default: a temporary "
+        "directory, kept only when a check fails)",
+    )

@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import ipaddress
 import json
 import os
+import random
 import shutil
 import subprocess
 import uuid
@@ -553,11 +555,36 @@ class Instance:
         self.ns = f"hvm-md-{tag}"
         self.host_if = f"hvmd{tag}h"
         self.ns_if = f"hvmd{tag}n"
-        # A random /29 of TEST-NET-1 (192.0.2.0/24): host side .1, instance .2.
-        base = 8 * (os.urandom(1)[0] % 32)
-        self.cidr = f"192.0.2.{base}/29"
-        self.host_ip = f"192.0.2.{base + 1}"
-        self.ip = f"192.0.2.{base + 2}"
+        # A random /29 of the documentation ranges that no address or route of this
+        # machine overlaps (a sandbox may itself sit on 192.0.2.0/24): host side .1,
+        # instance .2.
+        net = random.choice(free_subnets())
+        self.cidr = str(net)
+        self.host_ip = str(net.network_address + 1)
+        self.ip = str(net.network_address + 2)
+
+
+def free_subnets() -> list[ipaddress.IPv4Network]:
+    """/29s of 192.0.2.0/24 and 203.0.113.0/24 that overlap nothing this machine routes."""
+    used: list[ipaddress.IPv4Network] = []
+    for argv in (["ip", "-j", "-4", "addr"], ["ip", "-j", "-4", "route"]):
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout or "[]"
+        for item in json.loads(out):
+            infos = item.get("addr_info", [item])
+            for info in infos:
+                dst = info.get("dst")
+                if "local" in info:
+                    used.append(ipaddress.ip_network(f"{info['local']}/{info['prefixlen']}", False))
+                elif dst and dst != "default":
+                    used.append(ipaddress.ip_network(dst, strict=False))
+    candidates = [
+        sub
+        for block in ("192.0.2.0/24", "203.0.113.0/24")
+        for sub in ipaddress.ip_network(block).subnets(new_prefix=29)
+    ]
+    free = [c for c in candidates if not any(c.overlaps(u) for u in used)]
+    assert free, "every /29 of 192.0.2.0/24 and 203.0.113.0/24 is in use on this machine"
+    return free
 
 
 @pytest.fixture

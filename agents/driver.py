@@ -245,16 +245,19 @@ class ComputeDriver:
 
     async def pause(self, server_id: str) -> None:
         """Freeze the instance in memory (POWER_PAUSED): it keeps its memory but gets no
-        CPU time. Undone by unpause; a stronger form is suspend."""
+        CPU time. Undone by unpause; a stronger form is suspend. An instance that is off
+        cannot be paused: DriverError naming it, and it stays off."""
         raise NotImplementedError
 
     async def unpause(self, server_id: str) -> None:
-        """Let the paused instance run again, as it was when paused."""
+        """Let the paused instance run again, as it was when paused (a running one stays
+        running). An instance that is off: DriverError naming it, and it stays off."""
         raise NotImplementedError
 
     async def suspend(self, server_id: str) -> None:
         """Save the instance's memory to disk and stop it (POWER_SUSPENDED): it holds no
-        CPU or memory of the host until resume."""
+        CPU or memory of the host until resume. An instance that is off cannot be
+        suspended: DriverError naming it, and it stays off."""
         raise NotImplementedError
 
     async def resume(self, server: Server) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.support import ApiClient, Deployment, open_deployment
+from tests.vcsim_peer import vcsim, vcsim_factory  # noqa: F401  (fixtures for every test)
 
 IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 

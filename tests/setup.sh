@@ -42,6 +42,11 @@ fi
 # gcc and the Python headers, before pip builds libvirt-python below.
 bash tests/setup_libvirt.sh
 
+# govmomi's vCenter simulator for the VMware driver's tests: Debian ships the library
+# (golang-github-vmware-govmomi-dev), not the program; tests/vcsim/build.sh builds ours.
+vcsim_bin="$(bash tests/vcsim/build.sh)"
+echo "setup: vCenter simulator: $vcsim_bin"
+
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi

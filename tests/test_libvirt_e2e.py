@@ -10,12 +10,8 @@ from the agent's image cache, by direct kernel boot under software emulation.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import shutil
-import subprocess
-import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,45 +25,21 @@ from tests.support import ApiClient, Cli, Deployment, act, gone, idle, settled, 
 
 libvirt = pytest.importorskip("libvirt")
 
-GUEST = Path(__file__).parent / "guest" / ".build"
-URI = "qemu:///system"
+from tests.drivers import libvirt_peer  # noqa: E402 - needs libvirt, checked just above
+from tests.drivers.libvirt_peer import GUEST, URI, connection, drop_pool  # noqa: E402
+
 BOOT_TIMEOUT = 180.0  # seen 7-14 s to the marker on 2 busy cores
 
-
-def _unavailable() -> str | None:
-    skip = GUEST / "libvirt-skip"
-    if skip.exists():
-        return skip.read_text().strip() or "tests/setup_libvirt.sh could not set up libvirt"
-    if not (GUEST / "vmlinuz").exists():
-        return "no test guest: run tests/setup_libvirt.sh"
-    probe = subprocess.run(["virsh", "-c", URI, "uri"], capture_output=True, text=True)
-    if probe.returncode != 0:
-        return f"libvirtd does not answer on {URI}: {probe.stderr.strip()}"
-    return None
-
-
-pytestmark = pytest.mark.skipif(_unavailable() is not None, reason=str(_unavailable()))
+pytestmark = pytest.mark.skipif(
+    libvirt_peer.unavailable() is not None, reason=str(libvirt_peer.unavailable())
+)
 
 
 @pytest.fixture
-def host_dir() -> AsyncIterator[Path]:
-    """Disks, cached images and instance files where QEMU (libvirt-qemu) may read them:
-    pytest's tmp_path is under a 0700 directory."""
-    base = Path(tempfile.mkdtemp(prefix="hvmesh-e2e-", dir="/var/tmp"))
-    base.chmod(0o755)
-    try:
+def host_dir() -> Iterator[Path]:
+    """Disks, cached images and instance files where QEMU may read them."""
+    with libvirt_peer.host_dir() as base:
         yield base
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def connection():  # type: ignore[no-untyped-def]
-    conn = libvirt.open(URI)
-    try:
-        yield conn
-    finally:
-        conn.close()
 
 
 def domain_state(server_id: str) -> int | None:
@@ -91,8 +63,6 @@ async def console_until(admin: ApiClient, server_id: str, text: str, count: int 
 
 async def test_real_guest_boots_and_follows_the_api(deployment: Deployment, host_dir: Path) -> None:
     pool = f"hvmesh-e2e-{uuid.uuid4().hex[:8]}"
-    for sub in ("disks", "images", "instances", "console"):
-        (host_dir / sub).mkdir(mode=0o755)
     cfg = deployment.config(
         compute={"image_cache_dir": str(host_dir / "images")},
         libvirt={
@@ -115,12 +85,7 @@ async def test_real_guest_boots_and_follows_the_api(deployment: Deployment, host
         await deployment.start(agent)
         await _boot_and_drive(deployment, agent, cfg)
     finally:
-        with connection() as conn, contextlib.suppress(libvirt.libvirtError):
-            p = conn.storagePoolLookupByName(pool)
-            for vol in p.listAllVolumes():
-                vol.delete()
-            p.destroy()
-            p.undefine()
+        drop_pool(pool)
 
 
 async def _boot_and_drive(dep: Deployment, agent: AgentRuntime, cfg) -> None:  # type: ignore[no-untyped-def]

@@ -87,6 +87,15 @@ class FakeDriver(ComputeDriver):
         self.instances[server_id] = power
         self._log(server_id, line)
 
+    def _from(self, server_id: str, action: str, allowed: tuple[int, ...]) -> None:
+        """DriverError unless the instance is in one of the `allowed` power states, as a
+        hypervisor refuses to pause, suspend or unpause a guest that is not running."""
+        self._require(server_id)
+        now = self.instances[server_id]
+        if now not in allowed:
+            name = states.POWER_STATE_NAMES.get(now, str(now))
+            raise DriverError(f"cannot {action} instance {server_id} on {self.host}: it is {name}")
+
     # --- the contract -----------------------------------------------------------------------
 
     async def get_inventory(self) -> NodeInventory:
@@ -178,14 +187,19 @@ class FakeDriver(ComputeDriver):
 
     async def pause(self, server_id: str) -> None:
         await self._step("pause")
+        self._from(server_id, "pause", (states.RUNNING, states.POWER_PAUSED))
         self._set(server_id, states.POWER_PAUSED, "paused")
 
     async def unpause(self, server_id: str) -> None:
         await self._step("unpause")
+        self._from(server_id, "unpause", (states.POWER_PAUSED, states.RUNNING))
         self._set(server_id, states.RUNNING, "unpaused")
 
     async def suspend(self, server_id: str) -> None:
         await self._step("suspend")
+        self._from(
+            server_id, "suspend", (states.RUNNING, states.POWER_PAUSED, states.POWER_SUSPENDED)
+        )
         self._set(server_id, states.POWER_SUSPENDED, "suspended to disk")
 
     async def resume(self, server: Server) -> None:

@@ -1,0 +1,1 @@
+"""Compute drivers against their real peers, for the driver conformance suite."""

@@ -24,6 +24,7 @@ from hvmesh.core.config_sections import (
     LibvirtSection,
     MetadataSection,
     SchedulerSection,
+    VmwareSection,
 )
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "NatsSection",
     "PluginsSection",
     "SchedulerSection",
+    "VmwareSection",
 ]
 
 
@@ -118,6 +120,7 @@ class Config(Struct, kw_only=True, forbid_unknown_fields=True):
     fake: FakeSection = msgspec.field(default_factory=FakeSection)
     metadata: MetadataSection = msgspec.field(default_factory=MetadataSection)
     libvirt: LibvirtSection = msgspec.field(default_factory=LibvirtSection)
+    vmware: VmwareSection = msgspec.field(default_factory=VmwareSection)
     plugins: PluginsSection = msgspec.field(default_factory=PluginsSection)
 
     def host_name(self) -> str:

@@ -341,6 +341,79 @@ class LibvirtSection(Struct, kw_only=True, forbid_unknown_fields=True):
     ] = ""
 
 
+class VmwareSection(Struct, kw_only=True, forbid_unknown_fields=True):
+    host: Annotated[
+        str, Meta(description="vCenter (or standalone ESXi) address the agent manages.")
+    ] = ""
+    port: Annotated[int, Meta(ge=1, le=65535, description="vCenter's HTTPS port.")] = 443
+    username: Annotated[str, Meta(description="vCenter user the agent logs in as.")] = ""
+    password: Annotated[str, Meta(description="That user's password.")] = ""
+    ca_file: Annotated[
+        str,
+        Meta(
+            description="PEM file of the CA that signed vCenter's certificate (default: the system's)."
+        ),
+    ] = ""
+    insecure: Annotated[
+        bool,
+        Meta(description="Skip TLS certificate verification (tests and labs only)."),
+    ] = False
+    datacenter: Annotated[
+        str, Meta(description="Datacenter holding the cluster (default: the only or first one).")
+    ] = ""
+    cluster: Annotated[
+        str,
+        Meta(
+            description="Cluster this agent manages, one agent per cluster (default: the "
+            "datacenter's first compute resource, a standalone ESXi host included)."
+        ),
+    ] = ""
+    datastore_regex: Annotated[
+        str,
+        Meta(
+            description="Regular expression of the datastores instances may use; the first "
+            "match with the most free space holds a new instance (default: all)."
+        ),
+    ] = ""
+    folder: Annotated[
+        str,
+        Meta(
+            description="VM folder new instances go to, a path under the datacenter's vm "
+            "folder, made if missing (default: that folder itself)."
+        ),
+    ] = ""
+    resource_pool: Annotated[
+        str,
+        Meta(
+            description="Resource pool of the cluster new instances go to (default: its root pool)."
+        ),
+    ] = ""
+    image_cache_folder: Annotated[
+        str,
+        Meta(description="Datastore folder where images are uploaded once and copied from."),
+    ] = "hvmesh_images"
+    connection_retries: Annotated[
+        int,
+        Meta(ge=0, description="Times the first connection is retried before the agent fails."),
+    ] = 3
+    connection_backoff: Annotated[
+        float,
+        Meta(
+            gt=0,
+            description="Seconds before a reconnect; each later one waits twice as long, up "
+            "to 30 s.",
+        ),
+    ] = 1.0
+    task_poll_interval: Annotated[
+        float,
+        Meta(gt=0, description="Seconds between two looks at a running vCenter task."),
+    ] = 0.5
+    task_timeout: Annotated[
+        float,
+        Meta(gt=0, description="Seconds one vCenter task may run before it counts as failed."),
+    ] = 600.0
+
+
 class FakeSection(Struct, kw_only=True, forbid_unknown_fields=True):
     vcpus: Annotated[int, Meta(ge=1, description="VCPUs each simulated host has.")] = 16
     memory_mb: Annotated[int, Meta(ge=1, description="MEMORY_MB each simulated host has.")] = 65536

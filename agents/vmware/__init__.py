@@ -1,0 +1,1 @@
+"""The VMware driver: a vCenter cluster (or a standalone ESXi host) through pyvmomi."""

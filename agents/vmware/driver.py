@@ -1,0 +1,263 @@
+"""The VMware compute driver: one agent manages one vCenter cluster (or standalone ESXi host) as one provider.
+
+Each server is one VM named by its server id and tagged with it in extraConfig
+(hvmesh.server_id), placed in the [vmware] folder and resource pool, its root disk a
+copy of the image's flat VMDK in the datastore image cache (images.py), grown to the
+flavor's size, its NICs vmxnet3 cards on the mapped port groups. Power-state changes
+come from WaitForUpdatesEx (events.py); resize and cold migration between clusters are in
+moves.py. vSphere has no pause, and this driver keeps no console log, takes no snapshot
+and does no vMotion (live migration): those steps raise NotImplementedError.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any, ClassVar
+
+from pyVmomi import vim, vmodl
+
+from hvmesh.agents.driver import DriverError, InstanceInfo, NodeInventory
+from hvmesh.agents.vmware import inventory, vm_spec
+from hvmesh.agents.vmware.base import POWER_STATES
+from hvmesh.agents.vmware.moves import VmwareMoves
+from hvmesh.agents.vmware.session import fault_message
+from hvmesh.core import log
+from hvmesh.core.protocol import states
+from hvmesh.core.protocol.records import Image, Server, Vif
+
+LOG = log.get_logger(__name__)
+
+#: Seconds a guest gets to shut down through VMware Tools before it is powered off.
+SHUTDOWN_TIMEOUT = 60.0
+NIC_KEY = -200
+
+
+class VmwareDriver(VmwareMoves):
+    name: ClassVar[str] = "vmware"
+    capabilities: ClassVar[dict[str, bool]] = {
+        "supports_attach_interface": True,
+        "supports_live_migration": False,
+        "supports_evacuate": False,
+        "supports_migrate_to_same_host": False,
+        "supports_multiattach": False,
+        "supports_pci_passthrough": False,
+        # a raw image is uploaded as a flat VMDK; other formats would need converting
+        "supports_image_type_raw": True,
+    }
+
+    # --- inventory, listing -----------------------------------------------------------------
+
+    async def _facts(self) -> inventory.ClusterFacts:
+        cluster = self.location.cluster
+        return await self.read(
+            lambda si: inventory.cluster_facts(si, cluster, self.cfg.datastore_regex),
+            f"reading cluster {cluster}",
+        )
+
+    async def get_inventory(self) -> NodeInventory:
+        facts = await self._facts()
+        return await self.session.call(lambda si: inventory.node_inventory(si, facts))
+
+    async def list_instances(self) -> list[str]:
+        return sorted(await self.tagged())
+
+    async def get_info(self, server_id: str) -> InstanceInfo:
+        vm = await self.require(server_id)
+        state = await self.power_state_of(vm)
+        return InstanceInfo(power_state=POWER_STATES.get(state, states.NOSTATE))
+
+    # --- spawn, destroy ---------------------------------------------------------------------
+
+    async def spawn(self, server: Server, image: Image | None) -> None:
+        if await self.lookup(server.id) is not None:
+            LOG.info("vmware.spawn_exists", server=server.id)
+            return
+        try:
+            vm = await self._create(server, image)
+            await self.vm_task(vm, "PowerOnVM_Task", f"powering on {server.id}")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.destroy(server.id)
+            raise
+        LOG.info("vmware.spawned", server=server.id, flavor=server.flavor.name)
+
+    async def _create(self, server: Server, image: Image | None) -> Any:
+        if image is None:
+            raise DriverError(f"server {server.id}: the VMware driver boots from an image")
+        if image.disk_format != "raw":
+            raise DriverError(
+                f"image {image.name} is {image.disk_format}: the VMware driver boots raw images"
+            )
+        facts = await self._facts()
+        hosts = [h for h in facts.hosts if h.usable]
+        if not hosts:
+            raise DriverError(f"cluster {self.cfg.cluster or '(first)'} has no usable host")
+        size = max(image.size or 0, server.flavor.disk_gb * inventory.GIB)
+        datastore = inventory.pick_datastore(facts, size)
+        local = await (await self.images()).fetch(image)
+        checksum = image.checksum or local.name
+        loc = self.location
+        cached = await self.files.cached_image(
+            await self.cookie(), loc.datacenter_name, datastore.name, checksum, local
+        )
+        disk = f"[{datastore.name}] {vm_spec.vm_name(server.id)}/{vm_spec.vm_name(server.id)}.vmdk"
+        await self._copy_disk(cached, disk, datastore.name, server.id)
+        nics = await self._nics(server.network_info)
+        image_kb = -(-max(local.stat().st_size, 1) // 1024)
+        spec = vm_spec.create_spec(server, datastore.name, disk, image_kb, nics)
+        host = max(hosts, key=lambda h: h.memory_bytes).moref
+        vm = await self.session.run_task(
+            lambda _si: loc.folder.CreateVM_Task(config=spec, pool=loc.pool, host=host),
+            f"creating the VM of {server.id}",
+        )
+        self._vms[server.id] = vm
+        await self._grow(vm, server.flavor.disk_gb, server.id)
+        return vm
+
+    async def _copy_disk(self, source: str, dest: str, datastore: str, server_id: str) -> None:
+        dc = self.location.datacenter
+        folder = dest.rsplit("/", 1)[0]
+
+        def mkdir(si: Any) -> None:
+            with contextlib.suppress(vim.fault.FileAlreadyExists):
+                si.content.fileManager.MakeDirectory(
+                    name=folder, datacenter=dc, createParentDirectories=True
+                )
+
+        await self.read(mkdir, f"making the folder of {server_id} on {datastore}")
+        await self.session.run_task(
+            lambda si: si.content.virtualDiskManager.CopyVirtualDisk_Task(
+                sourceName=source, sourceDatacenter=dc, destName=dest, destDatacenter=dc
+            ),
+            f"copying the root disk of {server_id}",
+        )
+
+    async def _network(self, vif: Vif) -> Any:
+        mappings = vm_spec.portgroup_mappings(self.config.compute.physical_network_mappings)
+        group = vm_spec.portgroup_for(vif, mappings)
+        dc = self.location.datacenter
+        return await self.read(lambda _si: vm_spec.find_network(dc, group), f"port group {group}")
+
+    async def _nics(self, vifs: list[Vif]) -> list[Any]:
+        out = []
+        for i, vif in enumerate(vifs):
+            network = await self._network(vif)
+            out.append(
+                await self.read(
+                    lambda _si, v=vif, n=network, k=NIC_KEY - i: vm_spec.nic_add(v, n, k),
+                    f"port {vif.port_id}",
+                )
+            )
+        return out
+
+    async def destroy(self, server_id: str) -> None:
+        vm = await self.lookup(server_id)
+        if vm is None:
+            return
+        try:
+            if await self.power_state_of(vm) != "poweredOff":
+                await self.vm_task(vm, "PowerOffVM_Task", f"powering off {server_id}")
+            await self.vm_task(vm, "Destroy_Task", f"destroying {server_id}")
+        except vmodl.fault.ManagedObjectNotFound:
+            pass
+        self._vms.pop(server_id, None)
+        LOG.info("vmware.destroyed", server=server_id)
+
+    # --- power --------------------------------------------------------------------------------
+
+    async def _tools_running(self, vm: Any) -> bool:
+        status = await self.session.call(lambda _si: vm.guest.toolsRunningStatus)
+        return str(status) == "guestToolsRunning"
+
+    async def _wait_power(self, vm: Any, want: str, timeout: float) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            if await self.power_state_of(vm) == want:
+                return True
+            await asyncio.sleep(self.cfg.task_poll_interval)
+        return False
+
+    async def power_off(self, server_id: str) -> None:
+        """A guest shutdown through VMware Tools when they run, then a power-off."""
+        vm = await self.require(server_id)
+        if await self.power_state_of(vm) == "poweredOff":
+            return
+        if await self.power_state_of(vm) == "poweredOn" and await self._tools_running(vm):
+            try:
+                await self.session.call(lambda _si: vm.ShutdownGuest())
+                if await self._wait_power(vm, "poweredOff", SHUTDOWN_TIMEOUT):
+                    return
+            except vmodl.MethodFault as exc:
+                LOG.warning("vmware.shutdown_refused", server=server_id, error=fault_message(exc))
+        if await self.power_state_of(vm) != "poweredOff":
+            await self.vm_task(vm, "PowerOffVM_Task", f"powering off {server_id}")
+        LOG.info("vmware.powered_off", server=server_id)
+
+    async def power_on(self, server: Server) -> None:
+        vm = await self.require(server.id)
+        if await self.power_state_of(vm) != "poweredOn":
+            await self.vm_task(vm, "PowerOnVM_Task", f"powering on {server.id}")
+        LOG.info("vmware.powered_on", server=server.id)
+
+    async def reboot(self, server: Server, reboot_type: str) -> None:
+        """SOFT: RebootGuest through VMware Tools; HARD, or without Tools: a reset (from
+        off or suspended: a power-off, then on)."""
+        if reboot_type not in ("SOFT", "HARD"):
+            raise DriverError(f"reboot type {reboot_type!r} is not SOFT or HARD")
+        vm = await self.require(server.id)
+        state = await self.power_state_of(vm)
+        if reboot_type == "SOFT" and state == "poweredOn" and await self._tools_running(vm):
+            try:
+                await self.session.call(lambda _si: vm.RebootGuest())
+                LOG.info("vmware.rebooted", server=server.id, type="SOFT")
+                return
+            except vmodl.MethodFault as exc:
+                LOG.warning("vmware.soft_reboot_failed", server=server.id, error=fault_message(exc))
+        if state == "poweredOn":
+            await self.vm_task(vm, "ResetVM_Task", f"resetting {server.id}")
+        else:
+            if state == "suspended":
+                await self.vm_task(vm, "PowerOffVM_Task", f"powering off {server.id}")
+            await self.vm_task(vm, "PowerOnVM_Task", f"powering on {server.id}")
+        LOG.info("vmware.rebooted", server=server.id, type="HARD")
+
+    async def suspend(self, server_id: str) -> None:
+        vm = await self.require(server_id)
+        state = await self.power_state_of(vm)
+        if state == "suspended":
+            return
+        if state != "poweredOn":  # vSphere's rule (InvalidPowerState), checked here first
+            raise DriverError(f"cannot suspend {server_id}: it is {state}, not running")
+        await self.vm_task(vm, "SuspendVM_Task", f"suspending {server_id}")
+
+    async def resume(self, server: Server) -> None:
+        vm = await self.require(server.id)
+        if await self.power_state_of(vm) != "poweredOn":
+            await self.vm_task(vm, "PowerOnVM_Task", f"resuming {server.id}")
+
+    # --- interfaces ---------------------------------------------------------------------------
+
+    async def attach_interface(self, server: Server, vif: Vif) -> None:
+        vm = await self.require(server.id)
+        devices = await self.session.call(lambda _si: list(vm.config.hardware.device))
+        if vm_spec.find_nic(devices, vif.mac) is not None:
+            return
+        network = await self._network(vif)
+        change = await self.session.call(lambda _si: vm_spec.nic_add(vif, network, NIC_KEY))
+        spec = vim.vm.ConfigSpec(deviceChange=[change])
+        what = f"attaching port {vif.port_id} to {server.id}"
+        await self.vm_task(vm, "ReconfigVM_Task", what, spec=spec)
+        LOG.info("vmware.interface_attached", server=server.id, port=vif.port_id, mac=vif.mac)
+
+    async def detach_interface(self, server: Server, vif: Vif) -> None:
+        vm = await self.require(server.id)
+        devices = await self.session.call(lambda _si: list(vm.config.hardware.device))
+        nic = vm_spec.find_nic(devices, vif.mac)
+        if nic is None:
+            return
+        spec = vim.vm.ConfigSpec(deviceChange=[vm_spec.nic_remove(nic)])
+        what = f"detaching port {vif.port_id} from {server.id}"
+        await self.vm_task(vm, "ReconfigVM_Task", what, spec=spec)
+        LOG.info("vmware.interface_detached", server=server.id, port=vif.port_id, mac=vif.mac)

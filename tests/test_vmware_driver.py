@@ -8,12 +8,19 @@ the simulator's certificate through [vmware] ca_file.
 from __future__ import annotations
 
 import asyncio
+import http.client
+import io
+import json
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
+import pycdlib
 import pytest
+from pyVim.connect import Disconnect
 from pyVmomi import vim
 
 from hvmesh.agents.driver import DriverError
@@ -315,3 +322,64 @@ async def test_a_vcenter_that_goes_away_is_unhealthy_until_it_is_back(vcsim: Vcs
     vcsim.restart()
     await until(d.healthy)
     assert await d.list_instances() == []
+
+
+def download(sim: Vcsim, datastore_path: str) -> bytes:
+    """The file at "[ds] folder/name" through vCenter's datastore HTTP file API."""
+    datastore, _, rel = datastore_path[1:].partition("] ")
+    si = sim.connect()
+    try:
+        cookie = str(si._stub.cookie).split(";", 1)[0].strip()
+        query = urllib.parse.urlencode({"dcPath": "DC0", "dsName": datastore})
+        conn = http.client.HTTPSConnection(sim.host, sim.port, context=sim.ssl_context())
+        try:
+            conn.request(
+                "GET", f"/folder/{urllib.parse.quote(rel)}?{query}", headers={"Cookie": cookie}
+            )
+            response = conn.getresponse()
+            body = response.read()
+            assert response.status == 200, (response.status, datastore_path)
+            return body
+        finally:
+            conn.close()
+    finally:
+        Disconnect(si)
+
+
+def iso_file(data: bytes, rr_path: str) -> bytes:
+    iso = pycdlib.PyCdlib()
+    iso.open_fp(io.BytesIO(data))
+    try:
+        out = io.BytesIO()
+        iso.get_file_from_iso_fp(out, rr_path=rr_path)
+        return out.getvalue()
+    finally:
+        iso.close()
+
+
+async def test_a_config_drive_is_an_iso_on_the_datastore_attached_as_a_cdrom(
+    vcsim: Vcsim, driver, tmp_path: Path
+) -> None:
+    d, _ = driver
+    image, _ = raw_image(tmp_path)
+    plain = server(vif(1))
+    s = msgspec.structs.replace(server(vif(2)), config_drive=True)
+    await d.spawn(plain, image)
+    await d.spawn(s, image)
+    with vcsim.session() as content:
+        devices = find_vm(content, s.id).config.hardware.device
+        cdroms = [x for x in devices if isinstance(x, vim.vm.device.VirtualCdrom)]
+        assert len(cdroms) == 1
+        assert isinstance(cdroms[0].backing, vim.vm.device.VirtualCdrom.IsoBackingInfo)
+        path = cdroms[0].backing.fileName
+        other = find_vm(content, plain.id).config.hardware.device
+        assert not [x for x in other if isinstance(x, vim.vm.device.VirtualCdrom)]
+    assert path.endswith(f"] {s.id}/config-drive.iso"), path
+    meta = json.loads(iso_file(download(vcsim, path), "/openstack/latest/meta_data.json"))
+    assert meta["uuid"] == s.id
+    on_disk = list(vcsim.workdir.rglob(f"{s.id}/config-drive.iso"))
+    assert len(on_disk) == 1
+
+    await d.destroy(s.id)
+    assert not on_disk[0].exists()  # the ISO went with the VM
+    await d.destroy(plain.id)

@@ -5,7 +5,8 @@ Each server is one VM named by its server id and tagged with it in extraConfig
 copy of the image's flat VMDK in the datastore image cache (images.py), grown to the
 flavor's size, its NICs vmxnet3 cards on the mapped port groups. Power-state changes
 come from WaitForUpdatesEx (events.py); resize and cold migration between clusters are in
-moves.py. vSphere has no pause, and this driver keeps no console log, takes no snapshot
+moves.py; a config drive is an ISO on the datastore behind a CD-ROM (drive.py). vSphere
+has no pause, and this driver keeps no console log, takes no snapshot
 and does no vMotion (live migration): those steps raise NotImplementedError.
 """
 
@@ -18,7 +19,7 @@ from typing import Any, ClassVar
 from pyVmomi import vim, vmodl
 
 from hvmesh.agents.driver import DriverError, InstanceInfo, NodeInventory
-from hvmesh.agents.vmware import inventory, vm_spec
+from hvmesh.agents.vmware import drive, inventory, vm_spec
 from hvmesh.agents.vmware.base import POWER_STATES
 from hvmesh.agents.vmware.moves import VmwareMoves
 from hvmesh.agents.vmware.session import fault_message
@@ -105,6 +106,9 @@ class VmwareDriver(VmwareMoves):
         await self._copy_disk(cached, disk, datastore.name, server.id)
         nics = await self._nics(server.network_info)
         image_kb = -(-max(local.stat().st_size, 1) // 1024)
+        if server.config_drive:
+            folder = vm_spec.vm_name(server.id)
+            nics.append(drive.cdrom_add(await self.upload_drive(server, datastore.name, folder)))
         spec = vm_spec.create_spec(server, datastore.name, disk, image_kb, nics)
         host = max(hosts, key=lambda h: h.memory_bytes).moref
         vm = await self.session.run_task(
@@ -155,12 +159,16 @@ class VmwareDriver(VmwareMoves):
         vm = await self.lookup(server_id)
         if vm is None:
             return
+        iso = None
         try:
+            iso = await self.drive_of(vm)
             if await self.power_state_of(vm) != "poweredOff":
                 await self.vm_task(vm, "PowerOffVM_Task", f"powering off {server_id}")
             await self.vm_task(vm, "Destroy_Task", f"destroying {server_id}")
         except vmodl.fault.ManagedObjectNotFound:
             pass
+        if iso is not None:
+            await self.delete_drive(iso, server_id)
         self._vms.pop(server_id, None)
         LOG.info("vmware.destroyed", server=server_id)
 

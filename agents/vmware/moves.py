@@ -17,7 +17,8 @@ from pyVmomi import vim, vmodl
 
 from hvmesh.agents.driver import DriverError
 from hvmesh.agents.vmware import inventory, vm_spec
-from hvmesh.agents.vmware.base import VmwareBase, server_id_of
+from hvmesh.agents.vmware.base import server_id_of
+from hvmesh.agents.vmware.drive import VmwareDrive
 from hvmesh.core import log
 from hvmesh.core.protocol.records import Flavor, Image, Server
 
@@ -54,7 +55,7 @@ def tagged_anywhere(si: Any, datacenter: Any, server_id: str) -> list[Any]:
         view.Destroy()
 
 
-class VmwareMoves(VmwareBase):
+class VmwareMoves(VmwareDrive):
     async def _rename(self, vm: Any, name: str, server_id: str) -> None:
         await self.vm_task(vm, "Rename_Task", f"renaming the VM of {server_id}", newName=name)
 
@@ -120,6 +121,7 @@ class VmwareMoves(VmwareBase):
             spec=vm_spec.resize_spec(server.flavor),
         )
         await self._grow(clone, server.flavor.disk_gb, server.id)
+        await self.redo_drive(clone, server)
 
     async def _grow(self, vm: Any, disk_gb: int, server_id: str) -> None:
         devices = await self.session.call(lambda _si: list(vm.config.hardware.device))

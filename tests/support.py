@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import os
 import signal
@@ -372,3 +373,21 @@ async def actions_finished(dep: Deployment, server_id: str, timeout: float = 30.
                     return
     finally:
         await watcher.stop()
+
+
+async def until(
+    check: Callable[[], Any], timeout: float = 30.0, what: str = "the condition"
+) -> None:
+    """Poll `check` (plain or async) until it holds, for a condition nothing can watch:
+    state in another process, a hypervisor's instances, a clock running out."""
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                result = check()
+                if inspect.isawaitable(result):
+                    result = await result
+                if result:
+                    return
+                await asyncio.sleep(0.05)  # noqa: sleep (polled: no watch exists)
+    except TimeoutError:
+        raise AssertionError(f"timed out after {timeout:g}s waiting for {what}") from None

@@ -24,6 +24,7 @@ from tests.support import (
     make_flavor_image,
     resting,
     settled,
+    until,
     wait_server,
 )
 from tests.test_agent_death import last_action
@@ -156,15 +157,6 @@ def test_only_a_host_that_just_went_down_is_failed_over() -> None:
 
 
 # --- guests left behind ------------------------------------------------------------------
-
-
-async def until(condition: Any, timeout: float = 30.0) -> None:
-    """Wait until `condition()` holds; a driver's instances have no watch: polled."""
-    async with asyncio.timeout(timeout):
-        while True:
-            if condition():
-                return
-            await asyncio.sleep(0.05)  # polled: a driver's instances have no watch
 
 
 async def test_periodic_reconcile_removes_guests_nobody_owns(

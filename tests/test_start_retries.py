@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,23 +17,11 @@ from hvmesh.core.api.service import ApiService
 from hvmesh.core.bus import connection
 from hvmesh.core.bus.start_retry import RetryPolicy, StartGuard
 from hvmesh.core.ops import natsserver
-from tests.support import HVMESH, ApiClient, Deployment
+from tests.support import HVMESH, ApiClient, Deployment, until
 
 FLEET = 200
 PAUSE = 7.0  # seconds nats-server is stopped: longer than a JetStream request's timeout
 STOPPED_LINE = "error: hvmesh up: stopped while starting"
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    """Poll `check` until it holds (polling: the condition lives in another process)."""
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                if await check():
-                    return
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 def log_events(path: Path) -> list[dict[str, Any]]:
@@ -71,12 +58,12 @@ async def test_agent_fleet_rides_out_a_paused_nats_server(deployment: Deployment
         assert proc.poll() is None, log_path.read_text()
         return bool(started_hosts(log_path))
 
-    await eventually(first_started, 60, "the first host to start")
+    await until(first_started, 60, "the first host to start")
     nats_pid = deployment.server.process.pid
     os.kill(nats_pid, signal.SIGSTOP)
     try:
         before = len(started_hosts(log_path))
-        await asyncio.sleep(PAUSE)  # the fault itself: nats-server stopped for PAUSE seconds
+        await asyncio.sleep(PAUSE)  # noqa: sleep (the fault itself: nats-server stopped)
     finally:
         os.kill(nats_pid, signal.SIGCONT)
 
@@ -84,7 +71,7 @@ async def test_agent_fleet_rides_out_a_paused_nats_server(deployment: Deployment
         assert proc.poll() is None, "the agent process exited: " + log_path.read_text()[-2000:]
         return len(started_hosts(log_path)) == FLEET
 
-    await eventually(all_started, 120, f"all {FLEET} hosts to start")
+    await until(all_started, 120, f"all {FLEET} hosts to start")
     assert await count_hosts(deployment, "paused-") == FLEET
     assert proc.poll() is None
     assert before < FLEET, "every host had started before the pause: nothing was tested"
@@ -110,7 +97,7 @@ async def test_api_started_while_nats_server_restarts_comes_up(deployment: Deplo
         assert proc.poll() is None, log_path.read_text()[-2000:]
         return any(e.get("event") == "service.connected" for e in log_events(log_path))
 
-    await eventually(connected, 30, "the API to connect")
+    await until(connected, 30, "the API to connect")
     # JetStream stops answering as the API connects (in its start or just after it).
     nats_pid = deployment.server.process.pid
     os.kill(nats_pid, signal.SIGSTOP)
@@ -128,7 +115,7 @@ async def test_api_started_while_nats_server_restarts_comes_up(deployment: Deplo
             return False
         return True
 
-    await eventually(answers, 60, "the API to answer")
+    await until(answers, 60, "the API to answer")
     assert proc.poll() is None
     assert [e["event"] for e in log_events(log_path)].count("api.started") == 1
 
@@ -327,7 +314,7 @@ async def assert_nothing_left(up: Up) -> None:
     async def gone() -> bool:
         return not alive(pid)
 
-    await eventually(gone, 20, f"nats-server (pid {pid}) to exit")
+    await until(gone, 20, f"nats-server (pid {pid}) to exit")
     assert await port_free(up.port)
 
 
@@ -338,7 +325,7 @@ async def test_up_stopped_while_starting_leaves_nothing(
 ) -> None:
     up = Up(tmp_path, fake_hosts=100)
     try:
-        await eventually(up.nats_started, 30, "nats-server to be started")
+        await until(up.nats_started, 30, "nats-server to be started")
         if moment != "nats-server":
             nc = None
 
@@ -356,7 +343,7 @@ async def test_up_stopped_while_starting_leaves_nothing(
                     return False
 
             try:
-                await eventually(reached, 60, f"hvmesh up to reach {moment}")
+                await until(reached, 60, f"hvmesh up to reach {moment}")
             finally:
                 if nc is not None:
                     await nc.close()
@@ -372,7 +359,7 @@ async def test_up_stopped_while_starting_leaves_nothing(
 async def test_up_killed_takes_its_nats_server_along(tmp_path: Path) -> None:
     up = Up(tmp_path, fake_hosts=0)
     try:
-        await eventually(up.nats_started, 30, "nats-server to be started")
+        await until(up.nats_started, 30, "nats-server to be started")
         up.proc.kill()  # SIGKILL: nothing runs in hvmesh up; the kernel tells nats-server
         up.proc.wait()
         await assert_nothing_left(up)

@@ -7,15 +7,13 @@ the simulator's certificate through [vmware] ca_file.
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import io
 import json
 import urllib.parse
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import msgspec
 import pycdlib
@@ -30,7 +28,8 @@ from hvmesh.agents.vmware.vm_spec import SERVER_ID_KEY
 from hvmesh.core.protocol import states
 from hvmesh.core.protocol.records import Flavor, Server, Vif
 from tests.drivers.vmware_peer import CLUSTER, IMAGE_BYTES, raw_image, vmware_config
-from tests.vcsim_peer import Vcsim
+from tests.support import until
+from tests.vcsim_peer import Vcsim, find_vm
 
 FLAVOR = Flavor(id="f1", name="m1.small", vcpus=2, ram_mb=1024, disk_gb=2)
 
@@ -68,22 +67,6 @@ async def driver(vcsim: Vcsim, tmp_path: Path) -> AsyncIterator[tuple[VmwareDriv
         yield d, events
     finally:
         await d.cleanup_host()
-
-
-def find_vm(content: Any, name: str) -> Any:
-    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
-    try:
-        return next((vm for vm in view.view if vm.name == name), None)
-    finally:
-        view.Destroy()
-
-
-async def until(check: Callable[[], bool], timeout: float = 30.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
 
 
 async def test_wrong_credentials_are_a_clear_error(vcsim: Vcsim) -> None:

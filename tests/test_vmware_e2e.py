@@ -32,7 +32,7 @@ from tests.support import (
     settled,
     wait_server,
 )  # fmt: skip
-from tests.vcsim_peer import Vcsim
+from tests.vcsim_peer import Vcsim, find_vm
 
 HOST = "vc-c0"
 CLUSTER = "DC0_C0"
@@ -46,14 +46,6 @@ def vmware_section(sim: Vcsim, **extra: Any) -> dict[str, Any]:
         "task_poll_interval": 0.05, "connection_backoff": 0.2, "connection_retries": 0,
         **extra,
     }  # fmt: skip
-
-
-def find_vm(content: Any, name: str) -> Any:
-    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
-    try:
-        return next((vm for vm in view.view if vm.name == name), None)
-    finally:
-        view.Destroy()
 
 
 def power(sim: Vcsim, server_id: str) -> str | None:
@@ -230,8 +222,7 @@ async def test_a_simulator_stopped_mid_run_marks_the_host_down_and_nothing_stick
             beat = await store.heartbeats.get(HOST)
             if beat is not None and beat.value.at < now() - cfg.DEFAULT.service_down_time:
                 break
-            # staleness is a clock condition: polled, within the timeout
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.2)  # noqa: sleep (staleness is a clock condition: polled)
 
     await act(admin, sid, "stop")
     after = await wait_server(store, sid, idle, timeout=TIMEOUT)

@@ -323,3 +323,14 @@ def vcsim_factory(tmp_path: Path) -> Iterator[Callable[..., Vcsim]]:
     yield start
     for sim in started:
         sim.stop()
+
+
+def find_vm(content: Any, name: str) -> Any:
+    """The simulator's VM named `name` (None if there is none), read with pyvmomi directly."""
+    from pyVmomi import vim
+
+    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
+    try:
+        return next((vm for vm in view.view if vm.name == name), None)
+    finally:
+        view.Destroy()

@@ -44,4 +44,4 @@ async def apply(
     elif event.kind == "destroy":
         await delete.on_destroyed(ctx, event)
     elif event.kind == "power":
-        await power_sync.apply(ctx, event)
+        await power_sync.apply(ctx, event, entry.value if entry else None)

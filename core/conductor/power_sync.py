@@ -46,10 +46,14 @@ def synced(s: Server, host: str, power: int, seen_at: float | None = None) -> Se
     return msgspec.structs.replace(s, vm_state=vm_state, power_state=power, updated_at=now())
 
 
-async def apply(conductor: ConductorContext, ev: AgentEvent) -> None:
+async def apply(conductor: ConductorContext, ev: AgentEvent, current: Server | None = None) -> None:
+    """Apply one power report; `current`, the record as just read, saves a second read
+    when the report changes nothing (the usual case)."""
     if ev.power_state is None:
         return
     power = ev.power_state
+    if current is not None and synced(current, ev.host, power, ev.at) is None:
+        return
     before: list[Server] = []
 
     def change(s: Server) -> Server | None:

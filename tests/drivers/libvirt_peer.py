@@ -150,7 +150,6 @@ async def libvirt_peer(tmp: Path) -> AsyncIterator[Peer]:
             try:
                 yield peer
             finally:
-                await peer.clean()
-                await peer.driver.cleanup_host()
+                await peer.close()
         finally:
             drop_pool(pool)

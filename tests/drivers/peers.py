@@ -95,6 +95,13 @@ class Peer:
                 with contextlib.suppress(Exception):
                     await driver.destroy(server_id)
 
+    async def close(self) -> None:
+        """Destroy what `server` made, then stop every driver of the peer."""
+        await self.clean()
+        for driver in (self.driver, self.dest):
+            if driver is not None:
+                await driver.cleanup_host()
+
 
 PeerFactory = Callable[[Path], AbstractAsyncContextManager[Peer]]
 
@@ -143,10 +150,7 @@ async def fake_peer(tmp: Path) -> AsyncIterator[Peer]:
     try:
         yield peer
     finally:
-        await peer.clean()
-        await peer.driver.cleanup_host()
-        assert peer.dest is not None
-        await peer.dest.cleanup_host()
+        await peer.close()
 
 
 # --- the registry -------------------------------------------------------------------------

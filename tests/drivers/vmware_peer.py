@@ -91,9 +91,6 @@ async def vmware_peer(tmp: Path) -> AsyncIterator[Peer]:
         try:
             yield peer
         finally:
-            await peer.clean()
-            await peer.driver.cleanup_host()
-            assert peer.dest is not None
-            await peer.dest.cleanup_host()
+            await peer.close()
     finally:
         sim.stop()

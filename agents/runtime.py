@@ -43,6 +43,7 @@ from hvmesh.core.protocol.messages import AgentEvent, Work
 from hvmesh.core.protocol.records import Heartbeat, Host, Inventory, Server, Vif
 from hvmesh.core.state import dead_letters
 from hvmesh.core.state.store import CasConflict, Store
+from hvmesh.core.tasks import stop_tasks
 
 LOG = log.get_logger(__name__)
 
@@ -223,9 +224,7 @@ class AgentRuntime:
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await stop_tasks(self._tasks)
         if self._worker is not None:
             await self._worker.stop()
         await self.driver.cleanup_host()

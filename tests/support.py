@@ -33,6 +33,7 @@ from hvmesh.core.state.store import Store
 from hvmesh.schedulers.service import SchedulerService
 
 HVMESH = str(Path(sys.executable).parent / "hvmesh")
+STOP_BOUND = 60.0  # seconds a component may take to stop at teardown; stops are bounded
 
 
 def fast_config(url: str, password: str, **sections: dict[str, Any]) -> config.Config:
@@ -127,13 +128,22 @@ class Deployment:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        stuck = []
         for c in reversed(self.components):
-            with contextlib.suppress(Exception):
-                await c.stop()
+            try:
+                async with asyncio.timeout(STOP_BOUND):
+                    await c.stop()
+            except TimeoutError:
+                stuck.append(type(c).__name__)
+            except Exception:  # a component may fail to stop on a closed server
+                pass
         for nc in self.connections:
             if not nc.is_closed:
-                await nc.close()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(STOP_BOUND):
+                        await nc.close()
         self.server.stop()
+        assert not stuck, f"did not stop within {STOP_BOUND} s: {', '.join(stuck)}"
 
 
 @contextlib.asynccontextmanager

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from typing import get_args
 
@@ -15,6 +17,7 @@ from hvmesh.core.protocol.records import Flavor, Heartbeat, Host, Inventory
 from hvmesh.core.state.host_columns import HOST_COLUMNS
 from hvmesh.core.state.inventory import Index
 from hvmesh.core.state.store import Entry
+from hvmesh.core.tasks import stop_tasks
 from hvmesh.plugins import manager
 from hvmesh.plugins.api import ColumnName
 from hvmesh.schedulers.filter_scheduler import FilterScheduler
@@ -256,3 +259,45 @@ async def test_weight_multipliers_by_name_override_and_bad_ones_fail() -> None:
 
 def test_the_plugin_api_names_every_index_column() -> None:
     assert set(get_args(ColumnName)) == set(HOST_COLUMNS) | {"up"}
+
+
+async def test_stop_tasks_ends_a_task_that_swallows_its_cancellation() -> None:
+    """A loop that loses one cancellation (as under 3.11's wait_for race) still ends."""
+    swallowed = asyncio.Event()
+
+    async def stubborn_loop() -> None:
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                if swallowed.is_set():
+                    raise
+                swallowed.set()  # lose this one, as a finished inner wait_for would
+
+    task = asyncio.create_task(stubborn_loop())
+    await asyncio.sleep(0)  # noqa: sleep (let the task reach its first await)
+    await stop_tasks([task], grace=5.0)
+    assert swallowed.is_set() and task.cancelled()
+
+
+async def test_stop_tasks_gives_up_after_its_grace(caplog: pytest.LogCaptureFixture) -> None:
+    """A task that never ends is named in the log and left behind after `grace`."""
+
+    release = asyncio.Event()
+
+    async def immortal() -> None:
+        while not release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(3600)
+
+    task = asyncio.create_task(immortal(), name="immortal")
+    await asyncio.sleep(0)  # noqa: sleep (let the task reach its first await)
+    try:
+        await stop_tasks([task], grace=0.5)
+        assert not task.done()
+        [record] = [r for r in caplog.records if r.msg == "tasks.not_stopped"]
+        assert record.tasks == ["immortal"]  # type: ignore[attr-defined]
+    finally:
+        release.set()
+        task.cancel()
+        await asyncio.wait_for(task, timeout=5)

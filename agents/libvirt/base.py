@@ -20,6 +20,7 @@ from hvmesh.agents.libvirt.domain_xml import DomainSpec, domain_name, domain_xml
 from hvmesh.core import log
 from hvmesh.core.config import Config, state_dir
 from hvmesh.core.protocol.records import Flavor, Image, Server
+from hvmesh.core.tasks import stop_tasks
 
 LOG = log.get_logger(__name__)
 
@@ -72,9 +73,7 @@ class LibvirtBase(ComputeDriver):
 
     async def cleanup_host(self) -> None:
         await self._conn.close()
-        for task in list(self._pending):
-            task.cancel()
-        await asyncio.gather(*self._pending, return_exceptions=True)
+        await stop_tasks(list(self._pending))
 
     def healthy(self) -> bool:
         return self._conn.healthy

@@ -21,6 +21,7 @@ from hvmesh.agents.vmware.session import RETRYABLE, Session
 from hvmesh.agents.vmware.vm_spec import SERVER_ID_KEY
 from hvmesh.core import log
 from hvmesh.core.protocol import states
+from hvmesh.core.tasks import stop_tasks
 
 LOG = log.get_logger(__name__)
 
@@ -91,10 +92,7 @@ class PowerWatcher:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
+        await stop_tasks([self._task])
         await self.session.close()
 
     async def _run(self) -> None:

@@ -24,6 +24,7 @@ from pyVmomi import vim, vmodl
 from hvmesh.agents.driver import DriverError
 from hvmesh.core import log
 from hvmesh.core.config_sections import VmwareSection
+from hvmesh.core.tasks import stop_tasks
 
 LOG = log.get_logger(__name__)
 
@@ -163,11 +164,7 @@ class Session:
 
     async def close(self) -> None:
         self._closed = True
-        for task in (self._reconnecting, self._probe):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
+        await stop_tasks([self._reconnecting, self._probe])
         with contextlib.suppress(Exception):
             await self._run(self._logout)
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -32,6 +32,7 @@ from nats.nuid import NUID
 from hvmesh.core import log
 from hvmesh.core.protocol import errors
 from hvmesh.core.protocol.base import encode
+from hvmesh.core.tasks import stop_tasks
 
 LOG = log.get_logger(__name__)
 
@@ -114,6 +115,7 @@ PING_RESPONSE = "io.nats.micro.v1.ping_response"
 INFO_RESPONSE = "io.nats.micro.v1.info_response"
 STATS_RESPONSE = "io.nats.micro.v1.stats_response"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
+STOP_GRACE = 10.0  # seconds a stopping service gives requests under way before cancelling them
 SEMVER_PATTERN = re.compile(
     r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
     r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
@@ -368,7 +370,7 @@ class MicroService:
             LOG.exception("request.respond_failed")
 
     async def stop(self) -> None:
-        """Stop taking requests, then wait for the ones under way."""
+        """Stop taking requests, then give the ones under way STOP_GRACE seconds to finish."""
         subscriptions = [ep.subscription for ep in self._endpoints if ep.subscription]
         for sub in [*subscriptions, *self._control]:
             with contextlib.suppress(NatsError):
@@ -377,7 +379,8 @@ class MicroService:
             ep.subscription = None
         self._control = []
         if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            _, pending = await asyncio.wait(self._tasks, timeout=STOP_GRACE)
+            await stop_tasks(pending)
 
 
 def raise_for_error(msg: Msg) -> None:

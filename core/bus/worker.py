@@ -23,6 +23,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from hvmesh.core import log
+from hvmesh.core.tasks import stop_tasks
 
 LOG = log.get_logger(__name__)
 T = TypeVar("T")
@@ -156,14 +157,10 @@ class PullWorker(Generic[T]):
     async def stop(self, grace: float = 10.0) -> None:
         """Stop fetching; give running handlers `grace` seconds, then cancel them."""
         self._stopping.set()
-        if self._loop is not None:
-            self._loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(self._loop, timeout=grace)
+        await stop_tasks([self._loop], grace)
         if self._running:
             _, pending = await asyncio.wait(self._running, timeout=grace)
-            for task in pending:
-                task.cancel()
+            await stop_tasks(pending, grace)
         with contextlib.suppress(Exception):
             await self.sub.unsubscribe()
 

@@ -33,6 +33,7 @@ from hvmesh.core.conductor.lifecycle import Lifecycle
 from hvmesh.core.protocol import states, subjects
 from hvmesh.core.protocol.base import now
 from hvmesh.core.protocol.messages import AgentEvent, Task
+from hvmesh.core.tasks import stop_tasks
 
 LOG = log.get_logger(__name__)
 
@@ -52,9 +53,7 @@ class HostMonitor:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await stop_tasks(self._tasks)
         self._tasks = []
 
     async def _follow_heartbeats(self) -> None:

@@ -26,6 +26,7 @@ from hvmesh.core.metadata import content as metadata_content
 from hvmesh.core.metadata.content import load_vendor_data
 from hvmesh.core.protocol.records import Port, Server
 from hvmesh.core.state.store import Store
+from hvmesh.core.tasks import stop_tasks
 
 LOG = log.get_logger(__name__)
 
@@ -176,8 +177,7 @@ class MetadataService:
                 await self._server.wait_closed()
             self._server = None
         if self._watch_task is not None:
-            self._watch_task.cancel()
-            await asyncio.gather(self._watch_task, return_exceptions=True)
+            await stop_tasks([self._watch_task])
             self._watch_task = None
         if self._watcher is not None:
             with contextlib.suppress(Exception):

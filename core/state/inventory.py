@@ -29,6 +29,7 @@ from hvmesh.core import log
 from hvmesh.core.protocol.records import Aggregate, Heartbeat, Host
 from hvmesh.core.state.host_columns import SQL_COLUMNS, HostColumns
 from hvmesh.core.state.store import Bucket, Entry, Store
+from hvmesh.core.tasks import stop_tasks
 
 LOG = log.get_logger(__name__)
 
@@ -251,9 +252,7 @@ class Index:
                 await asyncio.sleep(1.0)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await stop_tasks(self._tasks)
         for watcher in self._watchers:
             with contextlib.suppress(Exception):
                 await watcher.stop()

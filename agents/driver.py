@@ -99,6 +99,21 @@ class ComputeDriver:
         #: Set by the agent runtime: called when the hypervisor reports that an
         #: instance's power state changed (lifecycle events), with the new state.
         self.power_listener: PowerListener | None = None
+        #: Set by the agent runtime: called when the hypervisor's resources changed, to
+        #: write the host record again from `get_inventory`.
+        self.inventory_listener: Callable[[], Awaitable[None]] | None = None
+
+    @classmethod
+    async def node_drivers(cls, host: str, config: Config) -> list[ComputeDriver]:
+        """The drivers of the providers an agent started for `host` runs, one per node.
+
+        Most drivers manage one node, named `host`: the default. A driver that fronts many
+        (each ESXi host of a cluster, each node of a bare-metal service) returns one driver
+        per node, each named as its host record will be (letters, digits, '-' and '_'),
+        sharing connections as it sees fit; the agent runs one runtime per driver. Called
+        before init_host; DriverError when the nodes cannot be listed.
+        """
+        return [cls(host, config)]
 
     @classmethod
     def capability_traits(cls) -> set[str]:
@@ -111,6 +126,12 @@ class ComputeDriver:
         """Report a power-state change the hypervisor announced, if anyone listens."""
         if self.power_listener is not None:
             await self.power_listener(server_id, power_state)
+
+    async def inventory_changed(self) -> None:
+        """Report that the hypervisor's resources changed (a host joined or left, a
+        datastore grew): the runtime reads `get_inventory` again and updates the host."""
+        if self.inventory_listener is not None:
+            await self.inventory_listener()
 
     async def write_config_drive(self, server: Server, path: Path) -> Path:
         """Write the server's config drive (ISO 9660, label config-2: what the metadata
@@ -363,7 +384,12 @@ class ComputeDriver:
         raise NotImplementedError
 
     async def snapshot(self, server: Server, target: Path) -> str:
-        """Write the instance's root disk as a standalone image file at `target`; returns
-        its disk format ("qcow2", "raw", ...). On failure remove the partial file and raise
-        DriverError. No server action calls it yet."""
+        """Write the instance's root disk as a standalone image file at `target` (no
+        backing file: it boots on any host); returns its disk format ("qcow2", "raw", ...).
+
+        The step of createImage (capability supports_snapshot); the runtime uploads the
+        file to the image store afterwards, so the driver only writes it. The instance
+        must be consistent in the copy (pause a running guest meanwhile, as Nova's cold
+        snapshot) and left in the power state it had. On failure remove the partial file
+        and raise DriverError; the image is deleted and the server keeps its state."""
         raise NotImplementedError

@@ -33,6 +33,7 @@ from hvmesh.agents.driver import ComputeDriver, DriverError, NodeInventory
 from hvmesh.agents.image_cache import ImageCache
 from hvmesh.agents.reconcile import reconcile as reconcile_guests
 from hvmesh.agents.reconcile import remove_failed_spawn
+from hvmesh.agents.snapshots import snapshots_of
 from hvmesh.core import log
 from hvmesh.core.bus import micro as bus
 from hvmesh.core.bus.worker import PullWorker, Retry, durable_pull
@@ -79,8 +80,9 @@ def _flag(work: Work, name: str) -> bool:
 
 
 # Work kind -> the driver call it makes. A driver step is named as Nova's ComputeDriver
-# method it maps to; the runtime adds nothing hypervisor-specific.
-STEPS: dict[str, Callable[[ComputeDriver, Work], Awaitable[None]]] = {
+# method it maps to; the runtime adds nothing hypervisor-specific. What a step returns
+# (a snapshot's format, size, sha256) its event carries as `result`.
+STEPS: dict[str, Callable[[ComputeDriver, Work], Awaitable[dict[str, str] | None]]] = {
     "spawn": lambda d, w: d.spawn(_server(w), w.image),
     "destroy": lambda d, w: d.destroy(w.server_id),
     "reboot": lambda d, w: d.reboot(_server(w), w.params.get("type", "SOFT")),
@@ -109,6 +111,8 @@ STEPS: dict[str, Callable[[ComputeDriver, Work], Awaitable[None]]] = {
     ),
     "attach_interface": lambda d, w: d.attach_interface(_server(w), _vif(w)),
     "detach_interface": lambda d, w: d.detach_interface(_server(w), _vif(w)),
+    "snapshot": lambda d, w: snapshots_of(d).take(d, w),
+    "upload_snapshot": lambda d, w: snapshots_of(d).upload(w),
 }
 
 
@@ -189,6 +193,7 @@ class AgentRuntime:
         )
         self.driver.image_cache = self.images
         self.driver.power_listener = self.on_power_change
+        self.driver.inventory_listener = self.register
         await self.driver.init_host()
         await self.register()
         await self.reconcile()
@@ -369,7 +374,7 @@ class AgentRuntime:
             step = STEPS.get(work.kind)
             if step is None:
                 raise ValueError(f"unknown work kind {work.kind}")
-            await step(self.driver, work)
+            event.result = await step(self.driver, work) or {}
             await self.track_images(work)
             event.power_state = await self.power_state(work.server_id)
         except Exception as exc:

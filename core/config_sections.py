@@ -388,6 +388,15 @@ class VmwareSection(Struct, kw_only=True, forbid_unknown_fields=True):
             description="Resource pool of the cluster new instances go to (default: its root pool)."
         ),
     ] = ""
+    host_per_provider: Annotated[
+        bool,
+        Meta(
+            description="Report each ESXi host of the cluster as its own provider (named "
+            "after the host) instead of the whole cluster as one; servers then land on, and "
+            "move between, named ESXi hosts. Hosts joining the cluster appear when the "
+            "agent restarts."
+        ),
+    ] = False
     image_cache_folder: Annotated[
         str,
         Meta(description="Datastore folder where images are uploaded once and copied from."),

@@ -262,6 +262,13 @@ CASES: list[tuple[str, bytes, int, str]] = [
         "unknown field `net`",
     ),
     ("servers.action", b'{"id": "x", "action": "detach-interface"}', 400, "missing required field"),
+    ("servers.action", b'{"id": "x", "action": "create-image"}', 400, "missing required field"),
+    (
+        "servers.action",
+        b'{"id": "x", "action": "create-image", "name": "s", "metadata": {"k": 1}}',
+        400,
+        "$.metadata",
+    ),
     # Ids that are no KV key, and bodies nested past any sense: 400s, never tracebacks.
     ("servers.get", b'{"id": "a."}', 404, "server a. not found"),
     ("servers.get", b'{"id": "a..b"}', 404, "server a..b not found"),

@@ -13,7 +13,10 @@ against a real nats-server.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import re
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -23,6 +26,7 @@ import pytest
 from hvmesh.agents.driver import ComputeDriver, DriverError, NodeInventory
 from hvmesh.agents.fake.driver import FakeDriver
 from hvmesh.agents.runtime import AgentRuntime
+from hvmesh.agents.snapshots import Snapshots
 from hvmesh.core.protocol import errors, states
 from hvmesh.core.protocol.actions import (
     ACTION_CAPABILITIES,
@@ -30,7 +34,9 @@ from hvmesh.core.protocol.actions import (
     capability_trait,
     check_capable,
 )
-from hvmesh.core.protocol.records import Host, Server, Vif
+from hvmesh.core.protocol.messages import Work
+from hvmesh.core.protocol.records import Host, Image, Server, Vif
+from hvmesh.core.state import image_data
 from hvmesh.core.state.store import Store
 from tests.drivers.peers import PEERS, Peer, PeerUnavailable, fake_config, ready
 from tests.support import Deployment
@@ -177,6 +183,35 @@ async def test_rebuild_recreates_and_evacuation_creates(peer: Peer) -> None:
     await d.rebuild(t, peer.image)
     assert t.id in await d.list_instances()
     await assert_power(d, t.id, states.RUNNING, "rebuild where there was no instance")
+
+
+async def test_snapshot(peer: Peer, deployment: Deployment, tmp_path: Path) -> None:
+    """A driver declaring supports_snapshot writes the disk, and the runtime's two steps
+    put non-empty, checked bytes in the image store; any other raises NotImplementedError."""
+    d = peer.driver
+    s = await spawned(peer)
+    if not peer.capable("supports_snapshot"):
+        with pytest.raises(NotImplementedError):
+            await d.snapshot(s, tmp_path / "refused")
+        assert not (tmp_path / "refused").exists()
+        return
+    store = store_of(deployment)
+    image = Image(id=str(uuid.uuid4()), name="snap", disk_format="", status="queued")
+    await store.images.create(image.id, image)
+    staging = Snapshots(deployment.nc.jetstream(), store, tmp_path / "staging")
+    work = Work(
+        kind="snapshot", server_id=s.id, host=d.host, server=s, params={"image_id": image.id}
+    )
+    taken = await staging.take(d, work)
+    assert taken["disk_format"] in ("qcow2", "raw", "vmdk", "vhd", "vhdx"), taken
+    assert int(taken["size"]) > 0
+    await assert_power(d, s.id, states.RUNNING, "snapshot")
+    uploaded = await staging.upload(msgspec.structs.replace(work, kind="upload_snapshot"))
+    out = io.BytesIO()
+    await image_data.download(deployment.nc.jetstream(), image.id, uploaded["sha256"], out)
+    assert len(out.getvalue()) == int(uploaded["size"]) == int(taken["size"]) > 0
+    assert hashlib.sha256(out.getvalue()).hexdigest() == uploaded["sha256"]
+    assert not any((tmp_path / "staging").iterdir()), "the staged copy stays behind"
 
 
 # --- power ------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from hvmesh.agents.runtime import AgentRuntime
 from hvmesh.core.bus.connection import connect as nats_connect
 from hvmesh.core.ops.launcher import make_agent
 from hvmesh.core.protocol import states
+from hvmesh.core.protocol.subjects import IMAGE_STORE
 from tests.support import ApiClient, Cli, Deployment, act, gone, idle, settled, wait_server
 
 libvirt = pytest.importorskip("libvirt")
@@ -150,6 +151,19 @@ async def _boot_and_drive(dep: Deployment, agent: AgentRuntime, cfg) -> None:  #
     assert rebooted is not None and rebooted.vm_state == states.ACTIVE, rebooted
     assert domain_state(server_id) == libvirt.VIR_DOMAIN_RUNNING
     await console_until(admin, server_id, f"HVMESH-GUEST-BOOTED {marker}", count=2)
+
+    # A snapshot of the running guest: one standalone qcow2 in the image store, the
+    # guest paused for the copy and running again after it.
+    snap = await act(admin, server_id, "create-image", name="guest-snap")
+    snapped = await wait_server(dep.store, server_id, idle, timeout=BOOT_TIMEOUT)
+    assert snapped is not None and snapped.vm_state == states.ACTIVE and snapped.fault is None
+    assert domain_state(server_id) == libvirt.VIR_DOMAIN_RUNNING
+    image = (await admin("images.get", {"id": snap["image_id"]}))["image"]
+    assert image["status"] == "active" and image["disk_format"] == "qcow2", image
+    assert image["properties"]["kernel_id"] == kernel["id"]
+    store = await dep.nc.jetstream().object_store(IMAGE_STORE)
+    data = (await store.get(image["id"])).data
+    assert data[:4] == b"QFI\xfb" and len(data) == image["size"]  # a qcow2 file
 
     await admin("servers.delete", {"id": server_id})
     assert await wait_server(dep.store, server_id, gone, timeout=BOOT_TIMEOUT) is None

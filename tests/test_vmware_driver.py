@@ -7,10 +7,8 @@ the simulator's certificate through [vmware] ca_file.
 
 from __future__ import annotations
 
-import http.client
 import io
 import json
-import urllib.parse
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,7 +16,6 @@ from pathlib import Path
 import msgspec
 import pycdlib
 import pytest
-from pyVim.connect import Disconnect
 from pyVmomi import vim
 
 from hvmesh.agents.driver import DriverError
@@ -307,28 +304,6 @@ async def test_a_vcenter_that_goes_away_is_unhealthy_until_it_is_back(vcsim: Vcs
     assert await d.list_instances() == []
 
 
-def download(sim: Vcsim, datastore_path: str) -> bytes:
-    """The file at "[ds] folder/name" through vCenter's datastore HTTP file API."""
-    datastore, _, rel = datastore_path[1:].partition("] ")
-    si = sim.connect()
-    try:
-        cookie = str(si._stub.cookie).split(";", 1)[0].strip()
-        query = urllib.parse.urlencode({"dcPath": "DC0", "dsName": datastore})
-        conn = http.client.HTTPSConnection(sim.host, sim.port, context=sim.ssl_context())
-        try:
-            conn.request(
-                "GET", f"/folder/{urllib.parse.quote(rel)}?{query}", headers={"Cookie": cookie}
-            )
-            response = conn.getresponse()
-            body = response.read()
-            assert response.status == 200, (response.status, datastore_path)
-            return body
-        finally:
-            conn.close()
-    finally:
-        Disconnect(si)
-
-
 def iso_file(data: bytes, rr_path: str) -> bytes:
     iso = pycdlib.PyCdlib()
     iso.open_fp(io.BytesIO(data))
@@ -358,7 +333,7 @@ async def test_a_config_drive_is_an_iso_on_the_datastore_attached_as_a_cdrom(
         other = find_vm(content, plain.id).config.hardware.device
         assert not [x for x in other if isinstance(x, vim.vm.device.VirtualCdrom)]
     assert path.endswith(f"] {s.id}/config-drive.iso"), path
-    meta = json.loads(iso_file(download(vcsim, path), "/openstack/latest/meta_data.json"))
+    meta = json.loads(iso_file(vcsim.datastore_file(path), "/openstack/latest/meta_data.json"))
     assert meta["uuid"] == s.id
     on_disk = list(vcsim.workdir.rglob(f"{s.id}/config-drive.iso"))
     assert len(on_disk) == 1

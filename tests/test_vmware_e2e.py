@@ -17,7 +17,7 @@ from pyVmomi import vim
 
 from hvmesh.agents.vmware.driver import VmwareDriver
 from hvmesh.core.bus.connection import connect as nats_connect
-from hvmesh.core.ops.launcher import make_agent
+from hvmesh.core.ops.launcher import NodeAgents, make_agent
 from hvmesh.core.protocol import states
 from hvmesh.core.protocol.base import now
 from hvmesh.core.protocol.records import Server
@@ -71,11 +71,16 @@ def port_groups(sim: Vcsim, server_id: str) -> dict[str, str]:
 
 
 async def start_vmware(
-    dep: Deployment, sim: Vcsim, clusters: tuple[str, ...] = (CLUSTER,), **conductor: Any
+    dep: Deployment,
+    sim: Vcsim,
+    clusters: tuple[str, ...] = (CLUSTER,),
+    per_host: bool = False,
+    **conductor: Any,
 ) -> Any:
-    """The core services and one vmware agent per cluster (host vc-c0 for DC0_C0, ...)."""
+    """The core services and one vmware agent per cluster (host vc-c0 for DC0_C0, ...);
+    `per_host`: each ESXi host of the cluster its own provider."""
     cfg = dep.config(
-        vmware=vmware_section(sim),
+        vmware=vmware_section(sim, host_per_provider=per_host),
         compute={"physical_network_mappings": ["physnet1:DC0_DVPG0", "physnet2:DC0_DVPG1"]},
         conductor=conductor,
         DEFAULT={"service_down_time": 3.0},
@@ -88,10 +93,31 @@ async def start_vmware(
         agent_cfg = msgspec.structs.replace(
             cfg, vmware=msgspec.structs.replace(cfg.vmware, cluster=cluster)
         )
+        if agent_cfg.vmware.host_per_provider:
+            await dep.start(NodeAgents(nc, agent_cfg, VmwareDriver, host))
+            continue
         agent = make_agent(nc, agent_cfg, "vmware", host)
         assert isinstance(agent.driver, VmwareDriver)
         await dep.start(agent)
     return cfg
+
+
+async def power_off_in_vcenter_then_delete(
+    sim: Vcsim, dep: Deployment, admin: ApiClient, sid: str
+) -> None:
+    """Power the VM off in vCenter, behind hvmesh's back: the agent's events bring the
+    record to SHUTDOWN; then delete the server, and its VM is gone."""
+    assert dep.store is not None
+    with sim.session() as content:
+        find_vm(content, sid).PowerOffVM_Task()
+
+    def synced(s: Server | None) -> bool:
+        return resting(states.STOPPED)(s) and s is not None and s.power_state == states.SHUTDOWN
+
+    assert await wait_server(dep.store, sid, synced, timeout=TIMEOUT) is not None
+    await admin("servers.delete", {"id": sid})
+    assert await wait_server(dep.store, sid, gone, timeout=TIMEOUT) is None
+    assert power(sim, sid) is None
 
 
 async def image_and_flavor(dep: Deployment, admin: ApiClient, tmp: Path) -> None:
@@ -170,17 +196,7 @@ async def test_boot_and_every_action_change_the_simulator(
     assert port_groups(vcsim, sid) == {mac: "DC0_DVPG0"}
 
     # a power-off made in vCenter reaches the server record through the agent's events
-    with vcsim.session() as content:
-        find_vm(content, sid).PowerOffVM_Task()
-
-    def synced(s: Server | None) -> bool:
-        return resting(states.STOPPED)(s) and s is not None and s.power_state == states.SHUTDOWN
-
-    assert await wait_server(store, sid, synced, timeout=TIMEOUT) is not None
-
-    await admin("servers.delete", {"id": sid})
-    assert await wait_server(store, sid, gone, timeout=TIMEOUT) is None
-    assert power(vcsim, sid) is None
+    await power_off_in_vcenter_then_delete(vcsim, deployment, admin, sid)
 
 
 async def test_wrong_credentials_fail_the_agent_and_the_host_is_never_up(
@@ -275,3 +291,142 @@ async def test_resize_moves_the_vm_to_the_other_cluster(
     assert confirmed is not None and confirmed.vm_state == states.ACTIVE, confirmed.fault
     assert vm_in(vcsim, sid + "-orig") is None
     assert vm_in(vcsim, sid) == (cluster_of[confirmed.host], 4, 1536)
+
+
+def esx_host_of(sim: Vcsim, server_id: str) -> str | None:
+    """The name of the ESXi host the server's VM runs on, as vCenter has it."""
+    with sim.session() as content:
+        vm = find_vm(content, server_id)
+        return None if vm is None or vm.runtime.host is None else str(vm.runtime.host.name)
+
+
+async def boot_one(dep: Deployment, admin: ApiClient, tmp: Path) -> Server:
+    assert dep.store is not None
+    await image_and_flavor(dep, admin, tmp)
+    created = await admin("servers.create", {"name": "app", "flavor": "m1", "image": "tiny"})
+    server = await wait_server(dep.store, created["server"]["id"], settled, timeout=TIMEOUT)
+    assert server is not None and server.vm_state == states.ACTIVE, server and server.fault
+    return server
+
+
+async def test_live_migration_moves_the_running_vm_to_the_other_cluster(
+    vcsim: Vcsim,  # first: the simulator outlives the deployment's agents
+    deployment: Deployment,
+    tmp_path: Path,
+) -> None:
+    await start_vmware(deployment, vcsim, clusters=("DC0_C0", "DC0_C1"))
+    store = deployment.store
+    assert store is not None
+    admin = ApiClient(await deployment.connect("admin"))
+    server = await boot_one(deployment, admin, tmp_path)
+    sid, source = server.id, server.host
+    cluster_of = {"vc-c0": "DC0_C0", "vc-c1": "DC0_C1"}
+
+    await act(admin, sid, "live-migrate")
+    moved = await wait_server(store, sid, idle, timeout=TIMEOUT)
+    assert moved is not None and moved.vm_state == states.ACTIVE, moved and moved.fault
+    assert moved.host != source
+    assert vm_in(vcsim, sid) == (cluster_of[moved.host], 2, 768)
+    assert power(vcsim, sid) == "poweredOn"  # never stopped: vMotion moves it running
+    assert (esx_host_of(vcsim, sid) or "").startswith(cluster_of[moved.host])
+    with vcsim.session() as content:  # the destination's mark is cleared
+        extra = {o.key: o.value for o in find_vm(content, sid).config.extraConfig}
+        assert not extra.get("hvmesh.live_target")
+
+    # the destination's agent answers for it now: its power events reach the record
+    await power_off_in_vcenter_then_delete(vcsim, deployment, admin, sid)
+
+
+async def test_each_esx_host_can_be_its_own_provider(
+    vcsim: Vcsim,  # first: the simulator outlives the deployment's agents
+    deployment: Deployment,
+    tmp_path: Path,
+) -> None:
+    """[vmware] host_per_provider: one agent, one provider per ESXi host of its cluster;
+    servers land on a named host, and move live and cold between the hosts."""
+    await start_vmware(deployment, vcsim, per_host=True)
+    store = deployment.store
+    assert store is not None
+    with vcsim.session() as content:
+        dc = content.rootFolder.childEntity[0]
+        cluster = next(c for c in dc.hostFolder.childEntity if c.name == CLUSTER)
+        esx = {
+            h.name: (h.summary.hardware.numCpuThreads, h.summary.hardware.memorySize // 2**20)
+            for h in cluster.host
+        }
+    assert len(esx) == 2
+    for name, (threads, memory) in esx.items():
+        record = (await store.hosts.get(name)).value
+        assert record.driver == "vmware"
+        assert (record.inventories["VCPU"].total, record.inventories["MEMORY_MB"].total) == (
+            threads,
+            memory,
+        )
+    admin = ApiClient(await deployment.connect("admin"))
+    server = await boot_one(deployment, admin, tmp_path)
+    sid = server.id
+    assert server.host in esx and esx_host_of(vcsim, sid) == server.host
+
+    other = next(h for h in esx if h != server.host)
+    await act(admin, sid, "live-migrate", host=other)
+    moved = await wait_server(store, sid, idle, timeout=TIMEOUT)
+    assert moved is not None and moved.vm_state == states.ACTIVE, moved and moved.fault
+    assert moved.host == other and esx_host_of(vcsim, sid) == other
+    assert power(vcsim, sid) == "poweredOn"
+
+    await act(admin, sid, "migrate")  # cold, back to the first host: the only other one
+    resized = await wait_server(store, sid, idle, timeout=TIMEOUT)
+    assert resized is not None and resized.vm_state == states.RESIZED, resized and resized.fault
+    assert resized.host == server.host and esx_host_of(vcsim, sid) == server.host
+    await act(admin, sid, "confirm-resize")
+    confirmed = await wait_server(store, sid, idle, timeout=TIMEOUT)
+    assert confirmed is not None and confirmed.vm_state == states.ACTIVE, confirmed.fault
+    assert vm_in(vcsim, sid + "-orig") is None
+
+    await admin("servers.delete", {"id": sid})
+    assert await wait_server(store, sid, gone, timeout=TIMEOUT) is None
+    assert power(vcsim, sid) is None
+
+
+async def test_console_log_and_snapshot_through_the_api(
+    vcsim: Vcsim,  # first: the simulator outlives the deployment's agents
+    deployment: Deployment,
+    tmp_path: Path,
+) -> None:
+    """The console log is what the VM's serial port wrote to its datastore folder; a
+    snapshot is the root disk's bytes as a raw image, which boots another server."""
+    await start_vmware(deployment, vcsim)
+    store = deployment.store
+    assert store is not None
+    admin = ApiClient(await deployment.connect("admin"))
+    server = await boot_one(deployment, admin, tmp_path)
+    sid = server.id
+    with vcsim.session() as content:
+        devices = find_vm(content, sid).config.hardware.device
+        ports = [d for d in devices if isinstance(d, vim.vm.device.VirtualSerialPort)]
+        [disk] = [d.backing.fileName for d in devices if isinstance(d, vim.vm.device.VirtualDisk)]
+    assert len(ports) == 1  # writing to a file in the VM's folder, by its disk
+    log_path = str(ports[0].backing.fileName)
+    assert log_path == disk.rsplit("/", 1)[0] + "/console.log"
+    assert (await act(admin, sid, "console-log"))["output"] == ""  # nothing written yet
+    # what ESXi writes for the guest's serial port, written here the same way
+    vcsim.datastore_file(log_path, b"boot: ok\nlogin: root\nhello from the guest\n")
+    reply = await act(admin, sid, "console-log", length=2)
+    assert reply["output"].splitlines() == ["login: root", "hello from the guest"]
+
+    reply = await act(admin, sid, "create-image", name="app-snap")
+    done = await wait_server(store, sid, idle, timeout=TIMEOUT)
+    assert done is not None and done.vm_state == states.ACTIVE and done.fault is None
+    assert power(vcsim, sid) == "poweredOn"  # kept running
+    image = (await admin("images.get", {"id": reply["image_id"]}))["image"]
+    assert (image["status"], image["disk_format"]) == ("active", "raw")
+    assert image["size"] == len(vcsim.datastore_file(disk.removesuffix(".vmdk") + "-flat.vmdk"))
+    with vcsim.session() as content:  # the snapshot that held the disk is gone
+        assert list(find_vm(content, sid).rootSnapshot) == []
+
+    created = await admin(
+        "servers.create", {"name": "copy", "flavor": "m1", "image": reply["image_id"]}
+    )
+    copy = await wait_server(store, created["server"]["id"], settled, timeout=TIMEOUT)
+    assert copy is not None and copy.vm_state == states.ACTIVE, copy and copy.fault
+    assert power(vcsim, copy.id) == "poweredOn"

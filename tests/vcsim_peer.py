@@ -269,6 +269,38 @@ class Vcsim:
         finally:
             Disconnect(si)
 
+    def datastore_file(self, path: str, data: bytes | None = None) -> bytes:
+        """The file at "[ds] folder/name" through vCenter's datastore HTTP file API, as a
+        guest's host would see it; given `data`, write that there first (PUT)."""
+        import http.client
+        import urllib.parse
+
+        from pyVim.connect import Disconnect
+
+        datastore, _, rel = path[1:].partition("] ")
+        url = f"/folder/{urllib.parse.quote(rel)}?" + urllib.parse.urlencode(
+            {"dcPath": "DC0", "dsName": datastore}
+        )
+        si = self.connect()
+        try:
+            headers = {"Cookie": str(si._stub.cookie).split(";", 1)[0].strip()}
+            conn = http.client.HTTPSConnection(self.host, self.port, context=self.ssl_context())
+            try:
+                if data is not None:
+                    conn.request("PUT", url, body=data, headers=headers)
+                    put = conn.getresponse()
+                    put.read()
+                    assert put.status in (200, 201, 204), (put.status, path)
+                conn.request("GET", url, headers=headers)
+                response = conn.getresponse()
+                body = response.read()
+                assert response.status == 200, (response.status, path)
+                return body
+            finally:
+                conn.close()
+        finally:
+            Disconnect(si)
+
 
 def served_thumbprint(host: str, port: int) -> str:
     """SHA-1 of the certificate a TLS server presents, as "AB:CD:..."."""
@@ -327,10 +359,16 @@ def vcsim_factory(tmp_path: Path) -> Iterator[Callable[..., Vcsim]]:
 
 def find_vm(content: Any, name: str) -> Any:
     """The simulator's VM named `name` (None if there is none), read with pyvmomi directly."""
-    from pyVmomi import vim
+    from pyVmomi import vim, vmodl
 
     view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
     try:
-        return next((vm for vm in view.view if vm.name == name), None)
+        for vm in view.view:
+            try:
+                if vm.name == name:
+                    return vm
+            except vmodl.fault.ManagedObjectNotFound:
+                continue  # destroyed while the view was read
+        return None
     finally:
         view.Destroy()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any, ClassVar
@@ -22,6 +23,8 @@ from hvmesh.core.protocol.records import Flavor, Image, Server, Vif
 from hvmesh.core.protocol.resources import parse_counts, pci_class
 from hvmesh.plugins import hookimpl
 
+SNAPSHOT_MAGIC = "hvmesh-fake-snapshot"
+
 
 class FakeDriver(ComputeDriver):
     name: ClassVar[str] = "fake"
@@ -30,6 +33,7 @@ class FakeDriver(ComputeDriver):
         "supports_evacuate": True,
         "supports_live_migration": True,
         "supports_pci_passthrough": True,  # [fake] pci_devices, claimed as resources
+        "supports_snapshot": True,  # a header naming the guest, then its disk's bytes
         "supports_multiattach": False,
         # confirm_migration drops the instance: a move must leave the host
         "supports_migrate_to_same_host": False,
@@ -252,6 +256,30 @@ class FakeDriver(ComputeDriver):
     async def post_live_migration_at_destination(self, server: Server) -> None:
         await self._step("post_live_migration_at_destination")
         self._set(server.id, states.RUNNING, "live migration complete")
+
+    async def snapshot(self, server: Server, target: Path) -> str:
+        """A raw file: one line naming the guest (SNAPSHOT_MAGIC, server id and name,
+        host), then the bytes of the disk it booted from, if it had one."""
+        await self._step("snapshot")
+        self._require(server.id)
+        header = f"{SNAPSHOT_MAGIC} server={server.id} name={server.name} host={self.host}\n"
+        disk = self.disks.get(server.id)
+
+        def write() -> None:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with target.open("wb") as out:
+                out.write(header.encode())
+                if disk is not None:
+                    with disk.open("rb") as src:
+                        shutil.copyfileobj(src, out)
+
+        try:
+            await asyncio.to_thread(write)
+        except OSError as exc:
+            target.unlink(missing_ok=True)
+            raise DriverError(f"snapshot of {server.id} not written: {exc}") from exc
+        self._log(server.id, f"snapshot written ({target.stat().st_size} bytes)")
+        return "raw"
 
     async def rollback_live_migration_at_destination(self, server_id: str) -> None:
         self.instances.pop(server_id, None)

@@ -41,6 +41,7 @@ class LibvirtDriver(LibvirtMoves):
         "supports_pci_passthrough": True,
         "supports_evacuate": True,
         "supports_migrate_to_same_host": True,
+        "supports_snapshot": True,
         "supports_image_type_qcow2": True,
         "supports_image_type_raw": True,
         "supports_image_type_aki": True,

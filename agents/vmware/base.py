@@ -1,6 +1,9 @@
-"""The VMware driver's foundation: its sessions, where it places VMs, and finding a server's VM by its extraConfig tag.
+"""The VMware driver's foundation: its link to vCenter, the ESXi hosts it answers for, where it places VMs, and finding a server's VM by its extraConfig tag.
 
-The driver's actions (driver.py) are written on top of it.
+The driver's actions (driver.py) are written on top of it. A driver answers for the
+usable ESXi hosts of its cluster, or for one of them when [vmware] host_per_provider
+reports each host as its own provider (then `esx_host` names it, and the drivers of one
+agent share one Link).
 """
 
 from __future__ import annotations
@@ -11,60 +14,53 @@ from pyVmomi import vmodl
 
 from hvmesh.agents.driver import ComputeDriver, DriverError
 from hvmesh.agents.vmware import inventory
-from hvmesh.agents.vmware.events import POWER_STATES, PowerWatcher, pool_vms, server_id_of
+from hvmesh.agents.vmware.events import POWER_STATES
 from hvmesh.agents.vmware.images import DatastoreFiles
+from hvmesh.agents.vmware.link import Link
 from hvmesh.agents.vmware.session import Session, fault_message, ssl_context
 from hvmesh.agents.vmware.vm_spec import portgroup_mappings
+from hvmesh.agents.vmware.vms import FoundVm, in_scope, server_id_of, tagged_vms
 from hvmesh.core import log
 from hvmesh.core.config import Config
 
 LOG = log.get_logger(__name__)
 
 
-def tagged_vms(si: Any, pool: Any) -> dict[str, Any]:
-    """(worker thread) {server id: VM} of the VMs under `pool` that carry the tag, read
-    with one RetrievePropertiesEx (and its continuation pages)."""
-    PC = vmodl.query.PropertyCollector
-    spec = pool_vms(pool, ["config.extraConfig"])
-    collector = si.content.propertyCollector
-    found: dict[str, Any] = {}
-    result = collector.RetrievePropertiesEx([spec], PC.RetrieveOptions())
-    while result is not None:
-        for obj in result.objects:
-            for prop in obj.propSet:
-                sid = server_id_of(prop.val)
-                if sid is not None:
-                    found[sid] = obj.obj
-        token = result.token
-        result = collector.ContinueRetrievePropertiesEx(token) if token else None
-    return found
-
-
 class VmwareBase(ComputeDriver):
-    def __init__(self, host: str, config: Config) -> None:
+    def __init__(
+        self, host: str, config: Config, esx_host: str = "", link: Link | None = None
+    ) -> None:
         super().__init__(host, config)
         self.cfg = config.vmware
+        #: The ESXi host this driver is the provider of ("": the whole cluster).
+        self.esx_host = esx_host
         probe = min(config.compute.heartbeat_interval, 10.0)
-        self.session = Session(self.cfg, host, probe_interval=probe)
-        self._events = PowerWatcher(
-            Session(self.cfg, f"{host}-events", probe_interval=probe),
-            lambda si: inventory.locate(si, self.cfg).root_pool,
-            self.emit_power,
-        )
+        self.link = link or Link(self.cfg, host, probe)
         self._location: inventory.Location | None = None
         self._files: DatastoreFiles | None = None
         self._vms: dict[str, Any] = {}  # server id -> VM, as last found
+        #: Moref ids of the ESXi hosts this driver answers for, as last read.
+        self.scope: set[str] = set()
+
+    @property
+    def session(self) -> Session:
+        return self.link.session
 
     # --- connection -------------------------------------------------------------------------
 
     async def init_host(self) -> None:
         portgroup_mappings(self.config.compute.physical_network_mappings)  # fails early
         self._files = DatastoreFiles(self.cfg, ssl_context(self.cfg))
-        await self.session.open()
-        self._location = await self.session.call(
-            lambda si: inventory.locate(si, self.cfg), "finding the cluster"
-        )
-        await self._events.start()
+        await self.link.acquire()
+        try:
+            self._location = await self.session.call(
+                lambda si: inventory.locate(si, self.cfg), "finding the cluster"
+            )
+            await self.facts()
+        except BaseException:
+            await self.link.release()
+            raise
+        self.link.subscribe(self.host, self.scope, self.emit_power, self.inventory_changed)
         loc = self._location
         LOG.info(
             "vmware.init_host",
@@ -72,11 +68,12 @@ class VmwareBase(ComputeDriver):
             vcenter=self.cfg.host,
             datacenter=loc.datacenter_name,
             cluster=self.cfg.cluster or "(first)",
+            esx_host=self.esx_host or "(all)",
         )
 
     async def cleanup_host(self) -> None:
-        await self._events.stop()
-        await self.session.close()
+        self.link.unsubscribe(self.host)
+        await self.link.release()
 
     def healthy(self) -> bool:
         return self.session.healthy
@@ -98,22 +95,52 @@ class VmwareBase(ComputeDriver):
         raw = await self.session.call(lambda si: si._stub.cookie, "reading the session")
         return str(raw).split(";", 1)[0].strip()
 
+    # --- the hosts answered for --------------------------------------------------------------
+
+    async def facts(self) -> inventory.ClusterFacts:
+        """The cluster's datastores and the hosts this driver answers for (its ESXi host
+        only, under host_per_provider), read in one call; the scope follows them."""
+        cluster = self.location.cluster
+        facts: inventory.ClusterFacts = await self.read(
+            lambda si: inventory.cluster_facts(si, cluster, self.cfg.datastore_regex),
+            f"reading cluster {self.cfg.cluster or '(first)'}",
+        )
+        if self.esx_host:
+            facts.hosts = [h for h in facts.hosts if h.name == self.esx_host]
+            if not facts.hosts:
+                raise DriverError(
+                    f"ESXi host {self.esx_host} is no longer in cluster {self.cfg.cluster}"
+                )
+        self.scope.clear()
+        self.scope.update(str(h.moref._moId) for h in facts.hosts)
+        return facts
+
     # --- finding VMs ------------------------------------------------------------------------
 
+    async def everywhere(self) -> dict[str, list[FoundVm]]:
+        """Every tagged VM of the datacenter, with the host each runs on."""
+        folder = self.location.vm_root
+        found: dict[str, list[FoundVm]] = await self.session.call(
+            lambda si: tagged_vms(si, folder), "listing VMs"
+        )
+        return found
+
     async def tagged(self) -> dict[str, Any]:
-        pool = self.location.root_pool
-        self._vms = await self.session.call(lambda si: tagged_vms(si, pool), "listing VMs")
+        """{server id: VM} of the tagged VMs on the hosts this driver answers for."""
+        self._vms = in_scope(await self.everywhere(), self.scope)
         return self._vms
 
     async def lookup(self, server_id: str) -> Any | None:
-        """The server's VM in this cluster, or None."""
+        """The server's VM on this driver's hosts, or None."""
         vm = self._vms.get(server_id)
         if vm is not None:
             try:
-                await self.session.call(lambda _si: vm.runtime.powerState)
-                return vm
+                host = await self.session.call(lambda _si: vm.runtime.host)
+                if host is not None and str(host._moId) in self.scope:
+                    return vm
             except vmodl.fault.ManagedObjectNotFound:
-                self._vms.pop(server_id, None)
+                pass
+            self._vms.pop(server_id, None)
         return (await self.tagged()).get(server_id)
 
     async def require(self, server_id: str) -> Any:
@@ -137,4 +164,4 @@ class VmwareBase(ComputeDriver):
             raise DriverError(f"{what}: {fault_message(exc)}") from None
 
 
-__all__ = ["POWER_STATES", "VmwareBase", "server_id_of", "tagged_vms"]
+__all__ = ["POWER_STATES", "VmwareBase", "server_id_of"]

@@ -1,44 +1,57 @@
-"""The VMware compute driver: one agent manages one vCenter cluster (or standalone ESXi host) as one provider.
+"""The VMware compute driver: one agent manages a vCenter cluster (or standalone ESXi host) as one provider, or each of its ESXi hosts as one.
 
 Each server is one VM named by its server id and tagged with it in extraConfig
 (hvmesh.server_id), placed in the [vmware] folder and resource pool, its root disk a
 copy of the image's flat VMDK in the datastore image cache (images.py), grown to the
 flavor's size, its NICs vmxnet3 cards on the mapped port groups. Power-state changes
 come from WaitForUpdatesEx (events.py); resize and cold migration between clusters are in
-moves.py; a config drive is an ISO on the datastore behind a CD-ROM (drive.py). vSphere
-has no pause, and this driver keeps no console log, takes no snapshot
-and does no vMotion (live migration): those steps raise NotImplementedError.
+moves.py; a config drive is an ISO on the datastore behind a CD-ROM (drive.py). Each VM's
+serial port writes its console log to the VM's folder (console.py); vMotion is in live.py;
+a snapshot is in snapshot.py. vSphere has no pause: those steps raise NotImplementedError.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from typing import Any, ClassVar
 
 from pyVmomi import vim, vmodl
 
-from hvmesh.agents.driver import DriverError, InstanceInfo, NodeInventory
-from hvmesh.agents.vmware import drive, inventory, vm_spec
+from hvmesh.agents.driver import ComputeDriver, DriverError, InstanceInfo, NodeInventory
+from hvmesh.agents.vmware import console, drive, inventory, vm_spec
 from hvmesh.agents.vmware.base import POWER_STATES
-from hvmesh.agents.vmware.moves import VmwareMoves
-from hvmesh.agents.vmware.session import fault_message
+from hvmesh.agents.vmware.link import Link
+from hvmesh.agents.vmware.session import Session, fault_message
+from hvmesh.agents.vmware.snapshot import VmwareSnapshot
 from hvmesh.core import log
+from hvmesh.core.config import Config
 from hvmesh.core.protocol import states
 from hvmesh.core.protocol.records import Image, Server, Vif
 
 LOG = log.get_logger(__name__)
+
+NOT_IN_NAME = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def node_name(esx_host: str) -> str:
+    """The provider name of an ESXi host: its name with every other character a '-'
+    (esx01.example.com: esx01-example-com)."""
+    return NOT_IN_NAME.sub("-", esx_host)
+
 
 #: Seconds a guest gets to shut down through VMware Tools before it is powered off.
 SHUTDOWN_TIMEOUT = 60.0
 NIC_KEY = -200
 
 
-class VmwareDriver(VmwareMoves):
+class VmwareDriver(VmwareSnapshot):
     name: ClassVar[str] = "vmware"
     capabilities: ClassVar[dict[str, bool]] = {
         "supports_attach_interface": True,
-        "supports_live_migration": False,
+        "supports_live_migration": True,
+        "supports_snapshot": True,  # the root disk's flat VMDK, as a raw image
         "supports_evacuate": False,
         "supports_migrate_to_same_host": False,
         "supports_multiattach": False,
@@ -47,17 +60,37 @@ class VmwareDriver(VmwareMoves):
         "supports_image_type_raw": True,
     }
 
+    # --- providers ----------------------------------------------------------------------------
+
+    @classmethod
+    async def node_drivers(cls, host: str, config: Config) -> list[ComputeDriver]:
+        """One driver for the cluster; under host_per_provider one per ESXi host of it,
+        named after the host, sharing one link to vCenter."""
+        if not config.vmware.host_per_provider:
+            return [cls(host, config)]
+        session = Session(config.vmware, f"{host}-discovery", probe_interval=3600.0)
+        await session.open()
+        try:
+            facts = await session.call(
+                lambda si: inventory.cluster_facts(
+                    si, inventory.locate(si, config.vmware).cluster, config.vmware.datastore_regex
+                ),
+                "listing the cluster's hosts",
+            )
+        finally:
+            await session.close()
+        if not facts.hosts:
+            raise DriverError(f"cluster {config.vmware.cluster or '(first)'} has no ESXi host")
+        link = Link(config.vmware, host, min(config.compute.heartbeat_interval, 10.0))
+        return [
+            cls(node_name(h.name), config, esx_host=h.name, link=link)
+            for h in sorted(facts.hosts, key=lambda h: h.name)
+        ]
+
     # --- inventory, listing -----------------------------------------------------------------
 
-    async def _facts(self) -> inventory.ClusterFacts:
-        cluster = self.location.cluster
-        return await self.read(
-            lambda si: inventory.cluster_facts(si, cluster, self.cfg.datastore_regex),
-            f"reading cluster {cluster}",
-        )
-
     async def get_inventory(self) -> NodeInventory:
-        facts = await self._facts()
+        facts = await self.facts()
         return await self.session.call(lambda si: inventory.node_inventory(si, facts))
 
     async def list_instances(self) -> list[str]:
@@ -90,7 +123,7 @@ class VmwareDriver(VmwareMoves):
             raise DriverError(
                 f"image {image.name} is {image.disk_format}: the VMware driver boots raw images"
             )
-        facts = await self._facts()
+        facts = await self.facts()
         hosts = [h for h in facts.hosts if h.usable]
         if not hosts:
             raise DriverError(f"cluster {self.cfg.cluster or '(first)'} has no usable host")
@@ -106,6 +139,7 @@ class VmwareDriver(VmwareMoves):
         await self._copy_disk(cached, disk, datastore.name, server.id)
         nics = await self._nics(server.network_info)
         image_kb = -(-max(local.stat().st_size, 1) // 1024)
+        nics.append(console.serial_add(console.console_path(datastore.name, server.id)))
         if server.config_drive:
             folder = vm_spec.vm_name(server.id)
             nics.append(drive.cdrom_add(await self.upload_drive(server, datastore.name, folder)))

@@ -1,10 +1,11 @@
-"""Power-state changes of the agent's VMs as they happen: WaitForUpdatesEx on runtime.powerState, on a session of its own.
+"""Power-state changes of hvmesh's VMs as they happen: WaitForUpdatesEx on runtime.powerState, on a session of its own.
 
-The listener runs on its own Session (its own connection and worker thread), so its long
-polls never hold up the driver's calls. Each change of a tagged VM's power state is
-handed to the driver's power listener on the event loop at once; the first answer
-(every VM's current state) only fills the watcher's memory. A lost connection is
-reconnected with backoff and the filter made again.
+The watcher runs on its own Session (its own connection and worker thread), so its long
+polls never hold up the driver's calls. It follows every VM under the datacenter's VM
+folder; each change of a tagged VM's power state is handed at once, with the server id
+and the ESXi host the VM runs on, to `notify`; the first answer (every VM's current
+state) only fills the watcher's memory. A lost connection is reconnected with backoff
+and the filter made again.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from typing import Any
 
 from pyVmomi import vim, vmodl
 
+from hvmesh.agents.vmware.inventory import cluster_spec
 from hvmesh.agents.vmware.session import RETRYABLE, Session
-from hvmesh.agents.vmware.vm_spec import SERVER_ID_KEY
+from hvmesh.agents.vmware.vms import folder_vms, host_id, server_id_of
 from hvmesh.core import log
 from hvmesh.core.protocol import states
 from hvmesh.core.tasks import stop_tasks
@@ -40,32 +42,15 @@ def power_of(value: Any) -> int:
     return POWER_STATES.get(str(value), states.NOSTATE)
 
 
-def server_id_of(extra_config: Any) -> str | None:
-    for opt in extra_config or []:
-        if opt.key == SERVER_ID_KEY:
-            return str(opt.value)
-    return None
-
-
-def pool_vms(pool: Any, paths: list[str]) -> Any:
-    """A filter spec reaching every VM under resource pool `pool` (child pools too),
-    reading `paths` of each: traversal specs, so VMs made later are in it as well."""
-    PC = vmodl.query.PropertyCollector
-    to_pools = PC.TraversalSpec(
-        name="pools", type=vim.ResourcePool, path="resourcePool", skip=False
-    )
-    to_vms = PC.TraversalSpec(name="vms", type=vim.ResourcePool, path="vm", skip=False)
-    to_pools.selectSet = [PC.SelectionSpec(name="pools"), PC.SelectionSpec(name="vms")]
-    return PC.FilterSpec(
-        objectSet=[PC.ObjectSpec(obj=pool, skip=True, selectSet=[to_pools, to_vms])],
-        propSet=[PC.PropertySpec(type=vim.VirtualMachine, pathSet=paths)],
-    )
-
-
-def vm_filter(si: Any, pool: Any) -> Any:
-    """(worker thread) A property filter on the VMs under `pool`: tag and power state."""
-    spec = pool_vms(pool, ["runtime.powerState", "config.extraConfig"])
+def vm_filter(si: Any, folder: Any) -> Any:
+    """(worker thread) A property filter on the VMs under `folder`: tag and power state."""
+    spec = folder_vms(folder, ["config.extraConfig", "runtime.powerState"])
     return si.content.propertyCollector.CreateFilter(spec, partialUpdates=True)
+
+
+def destroy_filter(pfilter: Any, si: Any) -> None:
+    """(worker thread) Remove a property filter."""
+    pfilter.Destroy()
 
 
 def wait_for_updates(si: Any, version: str, options: Any) -> Any:
@@ -77,12 +62,16 @@ class PowerWatcher:
     def __init__(
         self,
         session: Session,
-        find_pool: Callable[[Any], Any],
-        notify: Callable[[str, int], Awaitable[None]],
+        find_folder: Callable[[Any], Any],
+        notify: Callable[[str, int, str], Awaitable[None]],
+        find_cluster: Callable[[Any], Any] | None = None,
+        resources_changed: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.session = session
-        self.find_pool = find_pool
+        self.find_folder = find_folder
         self.notify = notify
+        self.find_cluster = find_cluster
+        self.resources_changed = resources_changed
         self._task: asyncio.Task[None] | None = None
         self._known: dict[str, str] = {}  # VM moref id -> server id
         self._power: dict[str, int] = {}  # VM moref id -> last power state
@@ -111,8 +100,19 @@ class PowerWatcher:
 
     async def _watch(self) -> None:
         pfilter = await self.session.call(
-            lambda si: vm_filter(si, self.find_pool(si)), "watching VMs"
+            lambda si: vm_filter(si, self.find_folder(si)), "watching VMs"
         )
+        filters = [pfilter]
+        if self.find_cluster is not None:
+            find = self.find_cluster
+            filters.append(
+                await self.session.call(
+                    lambda si: si.content.propertyCollector.CreateFilter(
+                        cluster_spec(find(si)), partialUpdates=True
+                    ),
+                    "watching the cluster",
+                )
+            )
         version = ""
         first = True
         options = vmodl.query.PropertyCollector.WaitOptions(maxWaitSeconds=WAIT_SECONDS)
@@ -125,13 +125,32 @@ class PowerWatcher:
                 if update is None:
                     continue
                 version = update.version
+                resources = False
                 for fset in update.filterSet:
                     for change in fset.objectSet:
-                        await self._apply(change, report=not first)
+                        if isinstance(change.obj, vim.VirtualMachine):
+                            await self._apply(change, report=not first)
+                        else:
+                            resources = True
+                if resources and not first and self.resources_changed is not None:
+                    LOG.info("vmware.resources_changed")
+                    try:
+                        await self.resources_changed()
+                    except Exception:
+                        LOG.exception("vmware.resources_listener_failed")
                 first = False
         finally:
-            with contextlib.suppress(Exception):
-                await self.session.call(lambda _si: pfilter.Destroy())
+            for made in filters:
+                with contextlib.suppress(Exception):
+                    await self.session.call(functools.partial(destroy_filter, made))
+
+    async def _host_of(self, vm: Any) -> str:
+        """The moref id of the ESXi host the VM runs on now: read when a change is reported,
+        since not every vCenter sends the change of runtime.host that a vMotion makes."""
+        try:
+            return host_id(await self.session.call(lambda _si: vm.runtime.host))
+        except vmodl.fault.ManagedObjectNotFound:
+            return ""
 
     async def _apply(self, change: Any, report: bool) -> None:
         key = change.obj._moId
@@ -154,6 +173,6 @@ class PowerWatcher:
                 if report and sid is not None and before != state:
                     LOG.info("vmware.power_event", server=sid, power=state)
                     try:
-                        await self.notify(sid, state)
+                        await self.notify(sid, state, await self._host_of(change.obj))
                     except Exception:
                         LOG.exception("vmware.power_listener_failed", server=sid)

@@ -1,4 +1,4 @@
-"""The datastore image cache: each image uploaded once per datastore, through vCenter's HTTP file API, as a flat VMDK every root disk is copied from.
+"""Datastore files over vCenter's HTTP file API, and the image cache on them: each image uploaded once per datastore as a flat VMDK every root disk is copied from.
 
 A raw image becomes "<cache folder>/<sha256>-flat.vmdk" (the bytes, padded to whole
 sectors) and its descriptor "<sha256>.vmdk", written last: a descriptor present means a
@@ -13,7 +13,7 @@ import http.client
 import ssl
 import urllib.parse
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from hvmesh.agents.driver import DriverError
@@ -69,6 +69,61 @@ class DatastoreFiles:
             self._request, "HEAD", self._url(datacenter, datastore, path), cookie
         )
         return status == 200
+
+    def _fetch(self, url: str, cookie: str, sink: Callable[[bytes], None]) -> int:
+        """GET `url`, handing the body to `sink` chunk by chunk; the HTTP status."""
+        conn = http.client.HTTPSConnection(
+            self.cfg.host, self.cfg.port, context=self.context, timeout=TIMEOUT
+        )
+        try:
+            conn.request("GET", url, headers={"Cookie": cookie})
+            response = conn.getresponse()
+            if response.status == 200:
+                while chunk := response.read(CHUNK):
+                    sink(chunk)
+            else:
+                response.read()
+            return response.status
+        finally:
+            conn.close()
+
+    async def read_tail(
+        self, cookie: str, datacenter: str, datastore: str, path: str, limit: int
+    ) -> bytes | None:
+        """The last `limit` bytes of a datastore file; None when there is no such file."""
+        kept = bytearray()
+
+        def keep(chunk: bytes) -> None:
+            kept.extend(chunk)
+            del kept[:-limit]
+
+        url = self._url(datacenter, datastore, path)
+        try:
+            status = await asyncio.to_thread(self._fetch, url, cookie, keep)
+        except (OSError, http.client.HTTPException) as exc:
+            raise DriverError(f"reading [{datastore}] {path}: {exc}") from None
+        if status == 404:
+            return None
+        if status != 200:
+            raise DriverError(f"reading [{datastore}] {path}: vCenter answered HTTP {status}")
+        return bytes(kept)
+
+    async def download(
+        self, cookie: str, datacenter: str, datastore: str, path: str, target: Path
+    ) -> None:
+        """Copy a datastore file to the local file `target`."""
+        url = self._url(datacenter, datastore, path)
+        try:
+            with open(target, "wb") as out:
+
+                def write(chunk: bytes) -> None:
+                    out.write(chunk)
+
+                status = await asyncio.to_thread(self._fetch, url, cookie, write)
+        except (OSError, http.client.HTTPException) as exc:
+            raise DriverError(f"downloading [{datastore}] {path}: {exc}") from None
+        if status != 200:
+            raise DriverError(f"downloading [{datastore}] {path}: vCenter answered HTTP {status}")
 
     async def upload(
         self,

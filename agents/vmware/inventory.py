@@ -52,8 +52,8 @@ class Location:
     datacenter: Any
     datacenter_name: str
     cluster: Any
-    #: The cluster's root resource pool: every VM of the cluster is under it.
-    root_pool: Any
+    #: The datacenter's VM folder: every VM of the datacenter is under it.
+    vm_root: Any
     folder: Any
     pool: Any
 
@@ -132,7 +132,7 @@ def locate(si: Any, cfg: VmwareSection) -> Location:
         datacenter=dc,
         datacenter_name=dc.name,
         cluster=cluster,
-        root_pool=cluster.resourcePool,
+        vm_root=dc.vmFolder,
         folder=folder,
         pool=pool,
     )
@@ -152,6 +152,21 @@ def _missing(kind: str, name: str, found: list[str]) -> Any:
     )
 
 
+def cluster_spec(cluster: Any) -> Any:
+    """A filter spec reaching the cluster's hosts and datastores, reading what the
+    inventory is made of (HOST_PROPS, DATASTORE_PROPS)."""
+    PC = vmodl.query.PropertyCollector
+    to_hosts = PC.TraversalSpec(name="hosts", type=vim.ComputeResource, path="host", skip=False)
+    to_ds = PC.TraversalSpec(name="ds", type=vim.ComputeResource, path="datastore", skip=False)
+    return PC.FilterSpec(
+        objectSet=[PC.ObjectSpec(obj=cluster, skip=True, selectSet=[to_hosts, to_ds])],
+        propSet=[
+            PC.PropertySpec(type=vim.HostSystem, pathSet=HOST_PROPS),
+            PC.PropertySpec(type=vim.Datastore, pathSet=DATASTORE_PROPS),
+        ],
+    )
+
+
 def cluster_facts(si: Any, cluster: Any, datastore_regex: str) -> ClusterFacts:
     """The cluster's hosts and its datastores matching `datastore_regex`, in one
     RetrievePropertiesEx call (with its continuation pages)."""
@@ -160,15 +175,7 @@ def cluster_facts(si: Any, cluster: Any, datastore_regex: str) -> ClusterFacts:
     except re.error as exc:
         raise DriverError(f"[vmware] datastore_regex {datastore_regex!r}: {exc}") from None
     PC = vmodl.query.PropertyCollector
-    to_hosts = PC.TraversalSpec(name="hosts", type=vim.ComputeResource, path="host", skip=False)
-    to_ds = PC.TraversalSpec(name="ds", type=vim.ComputeResource, path="datastore", skip=False)
-    spec = PC.FilterSpec(
-        objectSet=[PC.ObjectSpec(obj=cluster, skip=True, selectSet=[to_hosts, to_ds])],
-        propSet=[
-            PC.PropertySpec(type=vim.HostSystem, pathSet=HOST_PROPS),
-            PC.PropertySpec(type=vim.Datastore, pathSet=DATASTORE_PROPS),
-        ],
-    )
+    spec = cluster_spec(cluster)
     collector = si.content.propertyCollector
     objects: list[Any] = []
     result = collector.RetrievePropertiesEx([spec], PC.RetrieveOptions())

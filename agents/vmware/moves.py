@@ -1,4 +1,4 @@
-"""Resize and cold migration between clusters of one vCenter: the source VM powered off and kept, a clone made in the destination's cluster with the new flavor.
+"""Resize and cold migration between providers (clusters or ESXi hosts) of one vCenter: the source VM powered off and kept, a clone made in the destination's cluster with the new flavor.
 
 Source: migrate_disk_and_power_off powers the VM off and renames it "<server id>-orig"
 (the clone takes the server id as its name in the same folder). Destination:
@@ -6,19 +6,19 @@ finish_migration finds that VM anywhere in the datacenter by its tag, clones it 
 own folder, pool, host and datastore with the tag, sets the new flavor's CPU and memory,
 grows the disk, and starts it if asked. confirm_migration destroys the source's VM;
 finish_revert_migration gives it its name back and starts it again (the conductor
-destroys the clone). A cluster is one host here, so a move always leaves the cluster.
+destroys the clone). A provider is a cluster, or one ESXi host under host_per_provider, and
+a move always goes to another provider.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pyVmomi import vim, vmodl
+from pyVmomi import vim
 
 from hvmesh.agents.driver import DriverError
 from hvmesh.agents.vmware import inventory, vm_spec
-from hvmesh.agents.vmware.base import server_id_of
-from hvmesh.agents.vmware.drive import VmwareDrive
+from hvmesh.agents.vmware.console import VmwareConsole
 from hvmesh.core import log
 from hvmesh.core.protocol.records import Flavor, Image, Server
 
@@ -27,35 +27,17 @@ LOG = log.get_logger(__name__)
 ORIG_SUFFIX = "-orig"
 
 
-def tagged_anywhere(si: Any, datacenter: Any, server_id: str) -> list[Any]:
-    """(worker thread) The datacenter's VMs tagged with `server_id`, in any cluster."""
-    view = si.content.viewManager.CreateContainerView(
-        datacenter.vmFolder, [vim.VirtualMachine], True
-    )
-    try:
-        PC = vmodl.query.PropertyCollector
-        traverse = PC.TraversalSpec(
-            name="view", type=vim.view.ContainerView, path="view", skip=False
-        )
-        spec = PC.FilterSpec(
-            objectSet=[PC.ObjectSpec(obj=view, skip=True, selectSet=[traverse])],
-            propSet=[PC.PropertySpec(type=vim.VirtualMachine, pathSet=["config.extraConfig"])],
-        )
-        result = si.content.propertyCollector.RetrievePropertiesEx([spec], PC.RetrieveOptions())
-        found = []
-        while result is not None:
-            for obj in result.objects:
-                if any(server_id_of(p.val) == server_id for p in obj.propSet):
-                    found.append(obj.obj)
-            token = result.token
-            collector = si.content.propertyCollector
-            result = collector.ContinueRetrievePropertiesEx(token) if token else None
-        return found
-    finally:
-        view.Destroy()
+class VmwareMoves(VmwareConsole):
+    async def anywhere(self, server_id: str) -> Any:
+        """The server's VM wherever it runs in the datacenter (a move's source, from the
+        destination); DriverError when there is none."""
+        found = (await self.everywhere()).get(server_id)
+        if not found:
+            raise DriverError(
+                f"instance {server_id} is on no host of datacenter {self.location.datacenter_name}"
+            )
+        return found[0].vm
 
-
-class VmwareMoves(VmwareDrive):
     async def _rename(self, vm: Any, name: str, server_id: str) -> None:
         await self.vm_task(vm, "Rename_Task", f"renaming the VM of {server_id}", newName=name)
 
@@ -82,16 +64,8 @@ class VmwareMoves(VmwareDrive):
 
     async def _clone_here(self, server: Server) -> None:
         loc = self.location
-        sources = await self.read(
-            lambda si: tagged_anywhere(si, loc.datacenter, server.id),
-            f"finding the VM of {server.id} in datacenter {loc.datacenter_name}",
-        )
-        if not sources:
-            raise DriverError(f"instance {server.id} is in no cluster of vCenter {self.cfg.host}")
-        facts = await self.read(
-            lambda si: inventory.cluster_facts(si, loc.cluster, self.cfg.datastore_regex),
-            "reading the cluster",
-        )
+        source = await self.anywhere(server.id)
+        facts = await self.facts()
         hosts = [h for h in facts.hosts if h.usable]
         if not hosts:
             raise DriverError(f"cluster of {self.host} has no usable host")
@@ -106,7 +80,6 @@ class VmwareMoves(VmwareDrive):
             ),
             powerOn=False,
         )
-        source = sources[0]
         clone = await self.session.run_task(
             lambda _si: source.CloneVM_Task(
                 folder=loc.folder, name=vm_spec.vm_name(server.id), spec=spec
@@ -114,6 +87,7 @@ class VmwareMoves(VmwareDrive):
             f"cloning {server.id} into {self.host}",
         )
         self._vms[server.id] = clone
+        await self.settle_on(clone, host, server.id)
         await self.vm_task(
             clone,
             "ReconfigVM_Task",
@@ -122,6 +96,15 @@ class VmwareMoves(VmwareDrive):
         )
         await self._grow(clone, server.flavor.disk_gb, server.id)
         await self.redo_drive(clone, server)
+        await self.redo_console(clone, server)
+
+    async def settle_on(self, vm: Any, host: Any, server_id: str) -> None:
+        """Make sure the VM runs on `host`, one of this provider's: a vCenter may leave a
+        clone registered on its source's host, which would make it the source's VM."""
+        current = await self.session.call(lambda _si: vm.runtime.host)
+        if current is None or current._moId != host._moId:
+            spec = vim.vm.RelocateSpec(host=host, pool=self.location.pool)
+            await self.vm_task(vm, "RelocateVM_Task", f"placing {server_id} on {self.host}", spec)
 
     async def _grow(self, vm: Any, disk_gb: int, server_id: str) -> None:
         devices = await self.session.call(lambda _si: list(vm.config.hardware.device))

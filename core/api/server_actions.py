@@ -22,6 +22,7 @@ from hvmesh.core.api.context import ApiContext
 from hvmesh.core.api.lookups import find_flavor, find_image, own_server, resolve
 from hvmesh.core.api.networks import NetworkEndpoints
 from hvmesh.core.api.policy import check_fits
+from hvmesh.core.api.snapshot import create_image, drop_image
 from hvmesh.core.api.views import server_view
 from hvmesh.core.bus import micro as bus
 from hvmesh.core.bus import notify
@@ -30,6 +31,7 @@ from hvmesh.core.protocol import actions, errors, subjects
 from hvmesh.core.protocol.action_requests import (
     AttachInterface,
     ConsoleLog,
+    CreateImage,
     DetachInterface,
     Evacuate,
     LiveMigrate,
@@ -84,6 +86,7 @@ class ServerActions:
         req, migration = await self.prepare(caller, server, req)
         request_id = new_request_id()
         pending = req.port if isinstance(req, AttachInterface | DetachInterface) else None
+        image_id = req.image_id if isinstance(req, CreateImage) else None
 
         def accept(s: Server) -> Server:
             actions.check(name, s, caller.is_admin, caller.user)  # the state may have moved on
@@ -93,6 +96,7 @@ class ServerActions:
                 request_id=request_id,
                 migration=migration if migration is not None else s.migration,
                 pending_port=pending,
+                pending_image=image_id,
                 fault=None,
                 updated_at=now(),
             )
@@ -102,8 +106,12 @@ class ServerActions:
         except BaseException:
             if isinstance(req, AttachInterface) and req.port is not None:
                 await ports.let_go(self.api.st, server.id, req.port)  # refused: give it back
+            if isinstance(req, CreateImage) and req.image_id is not None:
+                await drop_image(self.api, req.image_id)  # refused: its image goes
             raise
         if written is None:
+            if isinstance(req, CreateImage) and req.image_id is not None:
+                await drop_image(self.api, req.image_id)
             raise errors.NotFound(f"server {req.id} not found")
         action = actions.action_name(req)
         await action_log.start(
@@ -115,7 +123,13 @@ class ServerActions:
             Task(kind="action", server_id=server.id, request_id=request_id, action=req),
         )
         LOG.info("api.server_action", server=server.id, action=action, request=request_id)
-        return {"server": server_view(written.value, caller), "request_id": request_id}
+        reply: dict[str, Any] = {
+            "server": server_view(written.value, caller),
+            "request_id": request_id,
+        }
+        if isinstance(req, CreateImage):
+            reply["image_id"] = req.image_id  # as Nova's createImage from 2.45
+        return reply
 
     def check_capable(self, name: str, s: Server, req: ServerAction) -> None:
         """409 when the driver of the server's host, or of the host a move names, lacks
@@ -167,6 +181,8 @@ class ServerActions:
             return await self.attach_port(caller, s, req), None
         if isinstance(req, DetachInterface):
             return msgspec.structs.replace(req, port=await self.interface_port(s, req.port)), None
+        if isinstance(req, CreateImage):
+            return await create_image(self.api, s, req), None
         return req, None
 
     async def interface_port(self, s: Server, ref: str) -> str:

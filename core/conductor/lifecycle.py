@@ -40,6 +40,7 @@ LOG = log.get_logger(__name__)
 ActionHandler = Callable[[Task, Server], Awaitable[None]]
 StepHandler = Callable[[AgentEvent, Server], Awaitable[None]]
 TimerHandler = Callable[[Task, Server], Awaitable[None]]
+GoneHandler = Callable[[Task], Awaitable[None]]
 
 
 @dataclass
@@ -57,6 +58,7 @@ class Lifecycle:
         self.conductor = conductor
         self.actions: dict[str, Handlers] = {}
         self.free_timers: dict[str, TimerHandler] = {}
+        self.gone_timers: dict[str, GoneHandler] = {}
 
     @property
     def st(self) -> Store:
@@ -69,9 +71,14 @@ class Lifecycle:
     def register(self, action: str, handlers: Handlers) -> None:
         self.actions[action] = handlers
 
-    def register_timer(self, name: str, handler: TimerHandler) -> None:
-        """A timer that is not tied to a running action: it runs whatever the request id."""
+    def register_timer(
+        self, name: str, handler: TimerHandler, gone: GoneHandler | None = None
+    ) -> None:
+        """A timer that is not tied to a running action: it runs whatever the request id;
+        `gone`, when given, runs instead once the server's record is deleted."""
         self.free_timers[name] = handler
+        if gone is not None:
+            self.gone_timers[name] = gone
 
     # --- dispatch (called by the conductor) -------------------------------------------------
 
@@ -114,6 +121,8 @@ class Lifecycle:
             entry = await self.st.servers.get(task.server_id)
             if entry is not None:
                 await free(task, entry.value)
+            elif task.timer in self.gone_timers:
+                await self.gone_timers[task.timer](task)
             return
         srv = await self.current(task.server_id, task.request_id)
         if srv is None:

@@ -32,6 +32,7 @@ from hvmesh.core.conductor import (
     power_actions,
     resize,
     shelving,
+    snapshot,
 )
 from hvmesh.core.conductor.host_monitor import HostMonitor
 from hvmesh.core.conductor.lifecycle import Lifecycle
@@ -172,4 +173,4 @@ class Conductor:
 
 
 # Each registers its actions with the conductor's Lifecycle.
-ACTION_MODULES = [power_actions, resize, live_migration, moves, shelving, interfaces]
+ACTION_MODULES = [power_actions, resize, live_migration, moves, shelving, interfaces, snapshot]

@@ -11,6 +11,7 @@ from typing import Any, Protocol, TypeVar
 import uvloop
 from nats.aio.client import Client
 
+from hvmesh.agents.driver import ComputeDriver
 from hvmesh.agents.runtime import AgentRuntime
 from hvmesh.core import log
 from hvmesh.core.bus.start_retry import Retried, StartGuard
@@ -144,6 +145,21 @@ class Fleet:
                 LOG.exception("launcher.stop_failed", component=type(member).__name__)
 
 
+class NodeAgents(Fleet):
+    """The agent runtimes of one driver's nodes, found as it starts (ComputeDriver.node_drivers):
+    one for most drivers, one per ESXi host or bare-metal node for those that front many."""
+
+    def __init__(self, nc: Client, cfg: Config, driver_cls: type[ComputeDriver], host: str) -> None:
+        super().__init__([])
+        self.nc, self.cfg, self.driver_cls, self.host = nc, cfg, driver_cls, host
+
+    async def start(self) -> None:
+        drivers = await self.driver_cls.node_drivers(self.host, self.cfg)
+        self.members = [AgentRuntime(self.nc, self.cfg, d) for d in drivers]
+        LOG.info("agent.nodes", host=self.host, nodes=[d.host for d in drivers])
+        await super().start()
+
+
 def make_agent(
     nc: Client, cfg: Config, driver: str, host: str, registry: manager.Registry | None = None
 ) -> AgentRuntime:
@@ -181,10 +197,12 @@ def retried_agent(
     driver: str,
     host: str,
     registry: manager.Registry | None = None,
-) -> Retried[AgentRuntime]:
-    """The agent for `host`, its start retried by `guard` (a fresh runtime and driver each time)."""
+) -> Retried[NodeAgents]:
+    """The agent for `host` (a runtime per node of its driver), its start retried by `guard`
+    (fresh runtimes and drivers each time)."""
     registry = registry or manager.configured(cfg)
-    return guard.component(f"agent {host}", lambda: make_agent(nc, cfg, driver, host, registry))
+    driver_cls = registry.driver(driver)
+    return guard.component(f"agent {host}", lambda: NodeAgents(nc, cfg, driver_cls, host))
 
 
 def retried_fleet(

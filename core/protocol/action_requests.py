@@ -112,6 +112,15 @@ class ResetState(ActionRequest, tag="reset-state"):
     state: Literal["active", "error"] = "error"
 
 
+class CreateImage(ActionRequest, tag="create-image"):
+    """Nova's createImage: a snapshot of the server's disk as a new image named `name`;
+    `metadata` becomes image properties. `image_id` is chosen by the API, never sent."""
+
+    name: Name
+    metadata: Annotated[dict[Name, Annotated[str, Meta(max_length=255)]], Meta(max_length=128)] = {}
+    image_id: Name | None = None
+
+
 ServerAction = (
     Reboot
     | Stop
@@ -136,6 +145,7 @@ ServerAction = (
     | AttachInterface
     | DetachInterface
     | ResetState
+    | CreateImage
 )
 
 

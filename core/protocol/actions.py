@@ -81,6 +81,7 @@ RULES: dict[str, Rule] = {
     "unlock": _r((), None, task_states=ANY_TASK, needs_host=False),
     "console-log": _r(_ALL_WITH_HOST, None, task_states=ANY_TASK),
     "reset-state": _r((), None, task_states=ANY_TASK, admin_only=True, needs_host=False),
+    "create-image": _r((S.ACTIVE, S.STOPPED, S.PAUSED, S.SUSPENDED), S.IMAGE_SNAPSHOT),
 }
 
 
@@ -102,15 +103,18 @@ CAPABILITY_TRAITS: dict[str, str] = {
     "supports_evacuate": "CUSTOM_HVMESH_SUPPORTS_EVACUATE",
     "supports_live_migration": "CUSTOM_HVMESH_SUPPORTS_LIVE_MIGRATION",
     "supports_pci_passthrough": "CUSTOM_HVMESH_SUPPORTS_PCI_PASSTHROUGH",
+    "supports_snapshot": "CUSTOM_HVMESH_SUPPORTS_SNAPSHOT",
 }
 
 # Action (a RULES name) -> the driver capability the server's host needs for it. Nova
 # checks supports_attach_interface and supports_evacuate; a detach is the same hot-plug.
+# Every Nova driver snapshots, so Nova has no capability for it; hvmesh's drivers may not.
 ACTION_CAPABILITIES: dict[str, str] = {
     "live-migrate": "supports_live_migration",
     "evacuate": "supports_evacuate",
     "attach-interface": "supports_attach_interface",
     "detach-interface": "supports_attach_interface",
+    "create-image": "supports_snapshot",
 }
 
 

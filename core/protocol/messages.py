@@ -100,5 +100,7 @@ class AgentEvent(Record):
     message: str = ""
     request_id: str = ""
     action: str = ""
+    # What a step made, for the conductor: a snapshot's disk_format, size and sha256.
+    result: dict[str, str] = field(default_factory=dict)
     started_at: float = field(default_factory=now)
     at: float = field(default_factory=now)

@@ -229,6 +229,8 @@ class Server(Record):
     network_info: list[Vif] = field(default_factory=list)
     # The port an attach-interface or detach-interface in progress is about.
     pending_port: str | None = None
+    # The image a create-image in progress makes.
+    pending_image: str | None = None
     # What the guest reads from the metadata service or its config drive.
     key_name: str | None = None
     public_key: str | None = None

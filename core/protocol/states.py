@@ -38,6 +38,9 @@ SHELVING_OFFLOADING = "shelving_offloading"
 UNSHELVING = "unshelving"
 ATTACHING_INTERFACE = "interface_attaching"
 DETACHING_INTERFACE = "interface_detaching"
+IMAGE_SNAPSHOT = "image_snapshot"  # createImage: the driver copies the disk
+IMAGE_PENDING_UPLOAD = "image_pending_upload"  # the copy is made, its upload is next
+IMAGE_UPLOADING = "image_uploading"  # its bytes go into the image store
 
 # power_state: what the hypervisor says, numbered as Nova's.
 NOSTATE = 0

@@ -17,14 +17,12 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from hvmesh.core.config_drivers import FakeSection, HypervSection, LibvirtSection, VmwareSection
 from hvmesh.core.config_sections import (
     ComputeSection,
     ConductorSection,
-    FakeSection,
-    LibvirtSection,
     MetadataSection,
     SchedulerSection,
-    VmwareSection,
 )
 
 __all__ = [
@@ -34,6 +32,7 @@ __all__ = [
     "ConfigError",
     "DefaultSection",
     "FakeSection",
+    "HypervSection",
     "LibvirtSection",
     "MetadataSection",
     "NatsSection",
@@ -121,6 +120,7 @@ class Config(Struct, kw_only=True, forbid_unknown_fields=True):
     metadata: MetadataSection = msgspec.field(default_factory=MetadataSection)
     libvirt: LibvirtSection = msgspec.field(default_factory=LibvirtSection)
     vmware: VmwareSection = msgspec.field(default_factory=VmwareSection)
+    hyperv: HypervSection = msgspec.field(default_factory=HypervSection)
     plugins: PluginsSection = msgspec.field(default_factory=PluginsSection)
 
     def host_name(self) -> str:

@@ -19,6 +19,7 @@ import pytest
 
 from tests.support import ApiClient, Deployment, open_deployment
 from tests.vcsim_peer import vcsim, vcsim_factory  # noqa: F401  (fixtures for every test)
+from tests.winrm.peer import hyperv_sim, hyperv_sim_factory  # noqa: F401  (fixtures)
 
 IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
 

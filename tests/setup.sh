@@ -24,7 +24,8 @@ apt_install() {
 #                   metadata service and the config drive (tests/cloudinit_probe.py)
 #   util-linux      blkid, which checks the config drive's label and type
 #   iproute2        ip netns, the instance's network namespace in the metadata tests
-#   openssl         makes the certificates of the TLS connection test
+#   openssl         makes the certificates of the TLS connection test and of the WinRM
+#                   test peer (tests/winrm; pywinrm comes with the test extra)
 #   zsh             runs the generated zsh completion script
 wanted_debs="python3-venv libxml2-utils cloud-init util-linux iproute2 openssl zsh"
 missing_debs=""

@@ -19,7 +19,7 @@ from pathlib import Path
 from hvmesh.agents.driver import DriverError
 from hvmesh.agents.vmware.vm_spec import flat_descriptor
 from hvmesh.core import log
-from hvmesh.core.config_sections import VmwareSection
+from hvmesh.core.config_drivers import VmwareSection
 
 LOG = log.get_logger(__name__)
 

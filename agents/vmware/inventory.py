@@ -13,7 +13,7 @@ from typing import Any
 from pyVmomi import vim, vmodl
 
 from hvmesh.agents.driver import DriverError, NodeInventory
-from hvmesh.core.config_sections import VmwareSection
+from hvmesh.core.config_drivers import VmwareSection
 
 GIB = 1024**3
 MIB = 1024**2

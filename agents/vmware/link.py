@@ -15,7 +15,7 @@ from hvmesh.agents.vmware import inventory
 from hvmesh.agents.vmware.events import PowerWatcher
 from hvmesh.agents.vmware.session import Session
 from hvmesh.core import log
-from hvmesh.core.config_sections import VmwareSection
+from hvmesh.core.config_drivers import VmwareSection
 
 LOG = log.get_logger(__name__)
 

@@ -23,7 +23,7 @@ from pyVmomi import vim, vmodl
 
 from hvmesh.agents.driver import DriverError
 from hvmesh.core import log
-from hvmesh.core.config_sections import VmwareSection
+from hvmesh.core.config_drivers import VmwareSection
 from hvmesh.core.tasks import stop_tasks
 
 LOG = log.get_logger(__name__)

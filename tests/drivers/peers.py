@@ -176,4 +176,5 @@ PEERS: dict[str, PeerFactory] = {
     "fake": fake_peer,
     "libvirt": lazy("tests.drivers.libvirt_peer", "libvirt_peer"),
     "vmware": lazy("tests.drivers.vmware_peer", "vmware_peer"),
+    "hyperv": lazy("tests.drivers.hyperv_peer", "hyperv_peer"),
 }

@@ -13,7 +13,7 @@ from typing import Any
 
 from hvmesh.core.config import Config
 from hvmesh.core.ops import audit
-from hvmesh.core.ops.chaos_load import Ledger, call
+from hvmesh.core.ops.chaos_load import MULTI_MIN, Ledger, call
 from hvmesh.core.protocol import errors
 from hvmesh.core.protocol import states as S
 from hvmesh.core.protocol.base import now
@@ -79,6 +79,17 @@ def describe(s: Server) -> str:
     return f"server {s.id} ({s.name}) {s.vm_state}/{s.task_state} on {s.host}{fault}"
 
 
+def discarded(sid: str, servers: dict[str, Server], ledger: Ledger) -> bool:
+    """Whether a missing server is a multi-create's above its min_count that found no
+    room (the conductor removes those): the rest of its request, at least min_count of
+    them, is there (or was deleted as asked)."""
+    members = ledger.together.get(sid)
+    if not members:
+        return False
+    kept = [m for m in members if m in servers or m in ledger.deleted]
+    return len(kept) >= MULTI_MIN
+
+
 async def check_servers(
     store: Store, ledger: Ledger, checks: Checks
 ) -> tuple[dict[str, int], dict[str, int]]:
@@ -90,8 +101,12 @@ async def check_servers(
     for sid, kind in ledger.created.items():
         s = servers.get(sid)
         if s is None:
-            outcomes["deleted" if sid in ledger.deleted else "lost"] += 1
-            if sid not in ledger.deleted:
+            if sid in ledger.deleted:
+                outcomes["deleted"] += 1
+            elif discarded(sid, servers, ledger):
+                outcomes["discarded"] += 1
+            else:
+                outcomes["lost"] += 1
                 checks.add("lost", f"{kind} of {sid} acknowledged, no such server", sid)
         elif sid in ledger.deleted and not busy(s) and not (s.vm_state == S.ERROR and s.fault):
             checks.add("undeleted", f"delete acknowledged, still {describe(s)}", sid)

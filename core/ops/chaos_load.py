@@ -36,12 +36,17 @@ CHOICES: dict[str, list[tuple[dict[str, Any], int]]] = {
 }
 
 
+MULTI_MIN = 2  # a multi-create's min_count (its max_count is one more)
+
+
 class Ledger(msgspec.Struct, kw_only=True):
     """What the API answered: servers whose create or delete it acknowledged, and every
     request's outcome by kind (acknowledged, refused: a 4xx, failed: a 5xx other than
     503, unanswered: no reply or 503)."""
 
     created: dict[str, str] = msgspec.field(default_factory=dict)  # server id -> request kind
+    #: multi-create server id -> every server id its request answered with
+    together: dict[str, list[str]] = msgspec.field(default_factory=dict)
     deleted: set[str] = msgspec.field(default_factory=set)
     requests: dict[str, dict[str, int]] = msgspec.field(default_factory=dict)
     failures: list[str] = msgspec.field(default_factory=list)  # 5xx answers, first ones
@@ -139,11 +144,14 @@ class Load:
             "networks": [NETWORK],
         }
         if multi:
-            body.update(min_count=2, max_count=3)
+            body.update(min_count=MULTI_MIN, max_count=MULTI_MIN + 1)
         reply = await self.request(kind, "servers", "create", body)
         if reply is not None:
-            for view in reply.get("servers") or [reply["server"]]:
-                self.ledger.created[view["id"]] = kind
+            ids = [view["id"] for view in reply.get("servers") or [reply["server"]]]
+            for sid in ids:
+                self.ledger.created[sid] = kind
+                if multi:
+                    self.ledger.together[sid] = ids
 
     async def act(self, server_id: str) -> None:
         try:

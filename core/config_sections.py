@@ -44,6 +44,15 @@ class ConductorSection(Struct, kw_only=True, forbid_unknown_fields=True):
             "automatically (0: never, as Nova's default).",
         ),
     ] = 0.0
+    allow_resize_to_same_host: Annotated[
+        bool,
+        Meta(
+            description="Let a resize stay on the server's own host when its driver can "
+            "resize in place (COMPUTE_SAME_HOST_COLD_MIGRATE); the scheduler may still pick "
+            "another host. Off: the source is never a candidate, as Nova's default. Turn it "
+            "on for one-host sites and for drivers that only resize in place (hyperv)."
+        ),
+    ] = False
     shelved_offload_time: Annotated[
         float,
         Meta(

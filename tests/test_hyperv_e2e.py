@@ -306,3 +306,77 @@ async def test_a_snapshot_becomes_an_image_that_boots(
     booted = await wait_server(store, copy["server"]["id"], settled, timeout=TIMEOUT)
     assert booted is not None and booted.vm_state == states.ACTIVE, booted and booted.fault
     assert state_of(hyperv_sim, booted.id) == "Running"
+
+
+async def test_resize_in_place_confirm_and_revert(
+    hyperv_sim: HypervSim,  # first: the peer outlives the deployment's agents
+    deployment: Deployment,
+    tmp_path: Path,
+) -> None:
+    """[conductor] allow_resize_to_same_host: a resize stays on its host, where the driver
+    sets the new processors and memory; revert gives the old ones back, confirm keeps
+    the new. Without the option the only host is no candidate: no valid host."""
+    await start_hyperv(deployment, hyperv_sim, allow_resize_to_same_host=True)
+    store = deployment.store
+    assert store is not None
+    admin = ApiClient(await deployment.connect("admin"))
+    await image_and_flavor(deployment, admin, tmp_path)
+    await admin("flavors.create", {"name": "m2", "vcpus": 4, "ram_mb": 1536, "disk_gb": 1})
+    created = await admin("servers.create", {"name": "app", "flavor": "m1", "image": "tiny"})
+    sid = created["server"]["id"]
+    server = await wait_server(store, sid, settled, timeout=TIMEOUT)
+    assert server is not None and server.vm_state == states.ACTIVE, server and server.fault
+    host = (await store.hosts.get("HV1")).value
+    assert host.inventories["VCPU"].total >= 2 + 4  # room for both flavors at once
+
+    for finish, want in (("revert-resize", (2, 768)), ("confirm-resize", (4, 1536))):
+        await act(admin, sid, "resize", flavor="m2")
+        resized = await wait_server(store, sid, idle, timeout=TIMEOUT)
+        assert resized is not None and resized.vm_state == states.RESIZED, resized.fault
+        assert resized.host == "HV1" and resized.flavor.name == "m2"
+        vm = vm_of(hyperv_sim, sid)
+        assert vm is not None and (vm.processors, vm.memory >> 20, vm.state) == (4, 1536, "Running")
+        # both flavors are held on the one host until the resize ends
+        held = await placement_usage(store, "HV1")
+        assert held["VCPU"] == 2 + 4 and held["MEMORY_MB"] == 768 + 1536
+
+        await act(admin, sid, finish)
+        done = await wait_server(store, sid, idle, timeout=TIMEOUT)
+        assert done is not None and done.vm_state == states.ACTIVE, (finish, done.fault)
+        vm = vm_of(hyperv_sim, sid)
+        assert vm is not None and (vm.processors, vm.memory >> 20) == want, finish
+        assert vm.state == "Running" and done.host == "HV1"
+        assert await placement_usage(store, "HV1") == {
+            "VCPU": want[0],
+            "MEMORY_MB": want[1],
+            "DISK_GB": 1,
+        }, finish
+
+
+async def placement_usage(store: Any, host: str) -> dict[str, int]:
+    """What the host's allocations add up to, by resource class."""
+    record = (await store.hosts.get(host)).value
+    classes = {rc for alloc in record.allocations.values() for rc in alloc}
+    return {rc: record.used(rc) for rc in classes if record.used(rc)}
+
+
+async def test_without_same_host_resize_a_lone_host_has_no_candidate(
+    hyperv_sim: HypervSim,  # first: the peer outlives the deployment's agents
+    deployment: Deployment,
+    tmp_path: Path,
+) -> None:
+    await start_hyperv(deployment, hyperv_sim)  # allow_resize_to_same_host off: Nova's default
+    store = deployment.store
+    assert store is not None
+    admin = ApiClient(await deployment.connect("admin"))
+    await image_and_flavor(deployment, admin, tmp_path)
+    await admin("flavors.create", {"name": "m2", "vcpus": 4, "ram_mb": 1536, "disk_gb": 1})
+    created = await admin("servers.create", {"name": "app", "flavor": "m1", "image": "tiny"})
+    sid = created["server"]["id"]
+    assert await wait_server(store, sid, settled, timeout=TIMEOUT) is not None
+    await act(admin, sid, "resize", flavor="m2")
+    after = await wait_server(store, sid, idle, timeout=TIMEOUT)
+    assert after is not None and after.vm_state == states.ACTIVE and after.flavor.name == "m1"
+    assert after.fault is not None and "No valid host" in after.fault.message
+    vm = vm_of(hyperv_sim, sid)
+    assert vm is not None and (vm.processors, vm.state) == (2, "Running")

@@ -2,9 +2,11 @@
 
 While a move runs, the source host's allocation is held under the migration's id (as
 Nova's migration consumer) and the destination's under the server's id, claimed by the
-scheduler with the flavor the server will have there. The source is never a candidate
-(Nova's allow_resize_to_same_host is off by default), and an admin's chosen target must
-still pass every filter.
+scheduler with the flavor the server will have there. The source is never a candidate,
+except for a resize with `[conductor] allow_resize_to_same_host` on a host whose driver
+resizes in place (COMPUTE_SAME_HOST_COLD_MIGRATE), as Nova's option of that name; there
+both allocations are on the one host until the resize is confirmed or reverted. An
+admin's chosen target must still pass every filter.
 
 - resize and migrate: the source copies the disk and powers off
   (migrate_disk_and_power_off), the destination starts it (finish_migration), and the
@@ -108,7 +110,7 @@ class MoveSteps:
             image_properties=srv.image_properties,
             availability_zone=srv.availability_zone,
             scheduler_hints=srv.scheduler_hints,
-            ignore_hosts=[m.source_host],
+            ignore_hosts=[] if await self._in_place(action, m) else [m.source_host],
             num_alternates=0,
             requested_host=requested,
         )
@@ -124,6 +126,14 @@ class MoveSteps:
         if reply.host is None:
             return Selection(host=None, reason=f"No valid host was found. {reply.reason}")
         return reply
+
+    async def _in_place(self, action: str, m: Migration) -> bool:
+        """Whether a resize may stay on its source host (see the module's docstring)."""
+        if action != "resize" or not self.lc.cfg.conductor.allow_resize_to_same_host:
+            return False
+        entry = await self.lc.st.hosts.get(m.source_host)
+        trait = actions.CAPABILITY_TRAITS["supports_migrate_to_same_host"]
+        return entry is not None and trait in entry.value.traits
 
     async def _settle(self, srv: Server, m: Migration, host: str, *others: str | None) -> None:
         """Claims as for a server resting on `host`: its own allocation there, none elsewhere."""

@@ -17,7 +17,7 @@ from hvmesh.core.protocol import states as S
 from hvmesh.core.protocol.action_requests import ConfirmResize, action_name
 from hvmesh.core.protocol.base import now
 from hvmesh.core.protocol.messages import AgentEvent, Task
-from hvmesh.core.protocol.records import Server
+from hvmesh.core.protocol.records import Migration, Server
 from hvmesh.core.state import action_log, placement
 from hvmesh.core.state.tasks import publish_task
 
@@ -209,6 +209,9 @@ class _Resize(MoveSteps):
         if m is None or m.dest_host is None:
             await self.lc.fail(srv, "revert-resize", f"server {srv.id} has no resize to revert")
             return
+        if m.dest_host == m.source_host:  # resized in place: one instance, reverted there
+            await self._revert_on_source(srv, "revert-resize", m)
+            return
         await self.lc.send(srv, "revert-resize", "destroy", m.dest_host)
 
     async def revert_destroyed(self, ev: AgentEvent, srv: Server) -> None:
@@ -219,6 +222,12 @@ class _Resize(MoveSteps):
                 srv, ev.action, m.dest_host, f"{ev.action} failed: {ev.message}", S.ERROR
             )
             return
+        await self._revert_on_source(srv, ev.action, m)
+
+    async def _revert_on_source(self, srv: Server, action: str, m: Migration) -> None:
+        """The destination's copy is gone (or was the source's own instance): claims back
+        to the old flavor on the source, which brings its instance back."""
+        assert m.dest_host is not None
         await placement.release(self.lc.st, m.dest_host, srv.id)
         await placement.move(self.lc.st, m.source_host, m.id, srv.id)
         await self._group_host(srv, m.source_host)
@@ -233,7 +242,7 @@ class _Resize(MoveSteps):
             return
         srv = written.value
         await self.lc.send(
-            srv, ev.action, "finish_revert_migration", m.source_host, {"power_on": power_on(m)}
+            srv, action, "finish_revert_migration", m.source_host, {"power_on": power_on(m)}
         )
 
     async def reverted(self, ev: AgentEvent, srv: Server) -> None:

@@ -19,7 +19,7 @@ import functools
 import re
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from hvmesh.agents.driver import ComputeDriver, DriverError, NodeInventory
 from hvmesh.agents.image_cache import ImageCache
 from hvmesh.agents.reconcile import reconcile as reconcile_guests
 from hvmesh.agents.reconcile import remove_failed_spawn
-from hvmesh.agents.snapshots import snapshots_of
+from hvmesh.agents.steps import IMAGE_STEPS, STEPS
 from hvmesh.core import log
 from hvmesh.core.bus import micro as bus
 from hvmesh.core.bus.worker import PullWorker, Retry, durable_pull
@@ -41,7 +41,7 @@ from hvmesh.core.config import Config, state_dir
 from hvmesh.core.protocol import states, subjects
 from hvmesh.core.protocol.base import encode, now
 from hvmesh.core.protocol.messages import AgentEvent, Work
-from hvmesh.core.protocol.records import Heartbeat, Host, Inventory, Server, Vif
+from hvmesh.core.protocol.records import Heartbeat, Host, Inventory, Server
 from hvmesh.core.state import dead_letters
 from hvmesh.core.state.store import CasConflict, Store
 from hvmesh.core.tasks import stop_tasks
@@ -61,79 +61,6 @@ def check_host_name(name: str) -> str:
             f"host name {name!r} is not usable: use letters, digits, '-' and '_' (no dots)"
         )
     return name
-
-
-def _server(work: Work) -> Server:
-    if work.server is None:
-        raise ValueError(f"{work.kind} work without a server")
-    return work.server
-
-
-def _vif(work: Work) -> Vif:
-    if work.vif is None:
-        raise ValueError(f"{work.kind} work without an interface")
-    return work.vif
-
-
-def _flag(work: Work, name: str) -> bool:
-    return work.params.get(name) == "1"
-
-
-# Work kind -> the driver call it makes. A driver step is named as Nova's ComputeDriver
-# method it maps to; the runtime adds nothing hypervisor-specific. What a step returns
-# (a snapshot's format, size, sha256) its event carries as `result`.
-STEPS: dict[str, Callable[[ComputeDriver, Work], Awaitable[dict[str, str] | None]]] = {
-    "spawn": lambda d, w: d.spawn(_server(w), w.image),
-    "destroy": lambda d, w: d.destroy(w.server_id),
-    "reboot": lambda d, w: d.reboot(_server(w), w.params.get("type", "SOFT")),
-    "power_off": lambda d, w: d.power_off(w.server_id),
-    "power_on": lambda d, w: d.power_on(_server(w)),
-    "pause": lambda d, w: d.pause(w.server_id),
-    "unpause": lambda d, w: d.unpause(w.server_id),
-    "suspend": lambda d, w: d.suspend(w.server_id),
-    "resume": lambda d, w: d.resume(_server(w)),
-    "rebuild": lambda d, w: _rebuild(d, w),
-    "migrate_disk_and_power_off": lambda d, w: d.migrate_disk_and_power_off(
-        _server(w), w.params["dest"], _server(w).flavor
-    ),
-    "finish_migration": lambda d, w: d.finish_migration(_server(w), w.image, _flag(w, "power_on")),
-    "confirm_migration": lambda d, w: d.confirm_migration(w.server_id),
-    "finish_revert_migration": lambda d, w: d.finish_revert_migration(
-        _server(w), _flag(w, "power_on")
-    ),
-    "prepare_live_migration": lambda d, w: _prepare_live(d, w),
-    "live_migration": lambda d, w: _live(d, w),
-    "post_live_migration_at_destination": lambda d, w: d.post_live_migration_at_destination(
-        _server(w)
-    ),
-    "rollback_live_migration_at_destination": lambda d, w: d.rollback_live_migration_at_destination(
-        w.server_id
-    ),
-    "attach_interface": lambda d, w: d.attach_interface(_server(w), _vif(w)),
-    "detach_interface": lambda d, w: d.detach_interface(_server(w), _vif(w)),
-    "snapshot": lambda d, w: snapshots_of(d).take(d, w),
-    "upload_snapshot": lambda d, w: snapshots_of(d).upload(w),
-}
-
-
-# Steps that build an instance from its image (whose cached file it then uses).
-IMAGE_STEPS = {"spawn", "rebuild", "finish_migration"}
-
-
-async def _rebuild(d: ComputeDriver, w: Work) -> None:
-    await d.rebuild(_server(w), w.image)
-    if w.params.get("power_on") == "0":  # a stopped server stays stopped, as in Nova
-        await d.power_off(w.server_id)
-
-
-async def _prepare_live(d: ComputeDriver, w: Work) -> None:
-    await d.check_can_live_migrate_destination(_server(w), w.params["source"])
-    await d.pre_live_migration(_server(w))
-
-
-async def _live(d: ComputeDriver, w: Work) -> None:
-    await d.check_can_live_migrate_source(_server(w), w.params["dest"])
-    await d.live_migration(_server(w), w.params["dest"])
 
 
 def inventories_for(node: NodeInventory, cfg: Config) -> dict[str, Inventory]:

@@ -17,7 +17,13 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from hvmesh.core.config_drivers import FakeSection, HypervSection, LibvirtSection, VmwareSection
+from hvmesh.core.config_drivers import (
+    FakeSection,
+    HypervSection,
+    IronicSection,
+    LibvirtSection,
+    VmwareSection,
+)
 from hvmesh.core.config_sections import (
     ComputeSection,
     ConductorSection,
@@ -33,6 +39,7 @@ __all__ = [
     "DefaultSection",
     "FakeSection",
     "HypervSection",
+    "IronicSection",
     "LibvirtSection",
     "MetadataSection",
     "NatsSection",
@@ -121,6 +128,7 @@ class Config(Struct, kw_only=True, forbid_unknown_fields=True):
     libvirt: LibvirtSection = msgspec.field(default_factory=LibvirtSection)
     vmware: VmwareSection = msgspec.field(default_factory=VmwareSection)
     hyperv: HypervSection = msgspec.field(default_factory=HypervSection)
+    ironic: IronicSection = msgspec.field(default_factory=IronicSection)
     plugins: PluginsSection = msgspec.field(default_factory=PluginsSection)
 
     def host_name(self) -> str:

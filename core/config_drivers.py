@@ -1,11 +1,11 @@
-"""The hypervisor drivers' configuration sections: [libvirt], [vmware], [hyperv] and [fake].
+"""The hypervisor drivers' configuration sections: [libvirt], [vmware], [hyperv], [ironic] and [fake].
 
 core/config.py assembles them with the other sections into one Config.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta, Struct
@@ -206,6 +206,32 @@ class HypervSection(Struct, kw_only=True, forbid_unknown_fields=True):
     power_poll_interval: Annotated[
         float, Meta(gt=0, description="Seconds between two Get-VM polls for power changes.")
     ] = 5.0
+
+
+class IronicSection(Struct, kw_only=True, forbid_unknown_fields=True):
+    api_url: Annotated[
+        str,
+        Meta(description="Ironic API endpoint (http://ironic:6385); with keystone: the catalog's."),
+    ] = ""
+    auth_type: Annotated[
+        Literal["none", "http_basic", "keystone"],
+        Meta(description="none (noauth), http_basic, or keystone (the clouds.yaml `cloud`)."),
+    ] = "none"
+    username: Annotated[str, Meta(description="http_basic user.")] = ""
+    password: Annotated[str, Meta(description="That user's password.")] = ""
+    cloud: Annotated[str, Meta(description="clouds.yaml cloud name, for auth_type keystone.")] = ""
+    conductor_group: Annotated[
+        str,
+        Meta(description="Manage only the nodes of this conductor group (default: every node)."),
+    ] = ""
+    poll_interval: Annotated[
+        float, Meta(gt=0, description="Seconds between two reads of a node being provisioned.")
+    ] = 2.0
+    deploy_timeout: Annotated[
+        float, Meta(gt=0, description="Seconds a deploy (or undeploy) may take before it fails.")
+    ] = 3600.0
+    ca_file: Annotated[str, Meta(description="PEM CA of Ironic's TLS certificate.")] = ""
+    insecure: Annotated[bool, Meta(description="Skip TLS verification (labs only).")] = False
 
 
 class FakeSection(Struct, kw_only=True, forbid_unknown_fields=True):

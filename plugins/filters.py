@@ -283,9 +283,10 @@ def _free_mask(requests_of: Callable[[RequestSpec], dict[str, int]]) -> MaskFunc
     return mask
 
 
-_core_mask, _core_sql = _fit("vcpus_free", lambda s: s.flavor.vcpus)
-_ram_mask, _ram_sql = _fit("memory_mb_free", lambda s: s.flavor.ram_mb)
-_disk_mask, _disk_sql = _fit("disk_gb_free", lambda s: s.flavor.disk_gb)
+# What the flavor asks for, its resources:VCPU=... overrides included (Flavor.resources).
+_core_mask, _core_sql = _fit("vcpus_free", lambda s: s.flavor.resources()["VCPU"])
+_ram_mask, _ram_sql = _fit("memory_mb_free", lambda s: s.flavor.resources()["MEMORY_MB"])
+_disk_mask, _disk_sql = _fit("disk_gb_free", lambda s: s.flavor.resources()["DISK_GB"])
 
 BUILTIN_FILTERS = [
     Filter(

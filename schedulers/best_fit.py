@@ -20,9 +20,9 @@ from hvmesh.schedulers.filter_scheduler import TOP, FilterScheduler
 # (free column, used column, flavor amount) per resource class; free + used is the
 # capacity after reserved and allocation ratio, what "scarce" must be measured against.
 _RESOURCES: tuple[tuple[ColumnName, ColumnName, Callable[[RequestSpec], int]], ...] = (
-    ("vcpus_free", "vcpus_used", lambda s: s.flavor.vcpus),
-    ("memory_mb_free", "memory_mb_used", lambda s: s.flavor.ram_mb),
-    ("disk_gb_free", "local_gb_used", lambda s: s.flavor.disk_gb),
+    ("vcpus_free", "vcpus_used", lambda s: s.flavor.resources()["VCPU"]),
+    ("memory_mb_free", "memory_mb_used", lambda s: s.flavor.resources()["MEMORY_MB"]),
+    ("disk_gb_free", "local_gb_used", lambda s: s.flavor.resources()["DISK_GB"]),
 )
 
 

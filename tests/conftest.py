@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from tests.ironic_peer import ironic, ironic_factory  # noqa: F401  (fixtures)
 from tests.support import ApiClient, Deployment, open_deployment
 from tests.vcsim_peer import vcsim, vcsim_factory  # noqa: F401  (fixtures for every test)
 from tests.winrm.peer import hyperv_sim, hyperv_sim_factory  # noqa: F401  (fixtures)

@@ -48,6 +48,9 @@ bash tests/setup_libvirt.sh
 vcsim_bin="$(bash tests/vcsim/build.sh)"
 echo "setup: vCenter simulator: $vcsim_bin"
 
+# A standalone OpenStack Ironic (PyPI) in a virtualenv of its own, for the Ironic driver.
+bash tests/ironic/setup.sh
+
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi

@@ -98,7 +98,10 @@ def store_of(dep: Deployment) -> Store:
 async def test_inventory_shape(peer: Peer) -> None:
     inv = await peer.driver.get_inventory()
     assert isinstance(inv, NodeInventory)
-    assert inv.vcpus > 0 and inv.memory_mb > 0 and inv.local_gb > 0, inv
+    if peer.one_per_host and inv.resources:  # a bare-metal node, as Nova's: one unit of
+        assert (inv.vcpus, inv.memory_mb, inv.local_gb) == (0, 0, 0), inv  # its class only
+    else:
+        assert inv.vcpus > 0 and inv.memory_mb > 0 and inv.local_gb > 0, inv
     assert inv.hypervisor_type.strip() and inv.hypervisor_version.strip(), inv
     assert re.fullmatch(r"[a-z0-9_]+", inv.cpu_arch), inv.cpu_arch
     for rc, amount in inv.resources.items():
@@ -178,11 +181,13 @@ async def test_rebuild_recreates_and_evacuation_creates(peer: Peer) -> None:
     await d.rebuild(s, peer.image)
     assert (await d.list_instances()).count(s.id) == 1
     await assert_power(d, s.id, states.RUNNING, "rebuild")
-    # An evacuation's destination: no instance here yet.
+    # An evacuation's destination: no instance here yet (on a host of its own when a
+    # host holds one instance).
+    there = peer.dest if peer.one_per_host and peer.dest is not None else d
     t = peer.server("evacuated")
-    await d.rebuild(t, peer.image)
-    assert t.id in await d.list_instances()
-    await assert_power(d, t.id, states.RUNNING, "rebuild where there was no instance")
+    await there.rebuild(t, peer.image)
+    assert t.id in await there.list_instances()
+    await assert_power(there, t.id, states.RUNNING, "rebuild where there was no instance")
 
 
 async def test_snapshot(peer: Peer, deployment: Deployment, tmp_path: Path) -> None:
@@ -294,6 +299,8 @@ async def test_invalid_transitions_are_refused(peer: Peer) -> None:
 
 
 async def test_resize_and_cold_migration(peer: Peer) -> None:
+    if not peer.capable("supports_resize"):  # checked with the capabilities, below
+        return
     if peer.capable("supports_migrate_to_same_host"):
         await resize_in_place(peer)
     elif peer.dest is not None:
@@ -361,6 +368,9 @@ async def test_reconcile_after_restart(peer: Peer, deployment: Deployment) -> No
     """After an agent restart, the runtime's reconcile removes the instances no server
     places on this host and keeps the ones that are this host's."""
     store = store_of(deployment)
+    if peer.one_per_host:
+        await reconcile_one_per_host(peer, deployment)
+        return
     kept = await spawned(peer, "kept")
     orphan = await spawned(peer, "orphan")
     elsewhere = await spawned(peer, "elsewhere")
@@ -384,6 +394,26 @@ async def test_reconcile_after_restart(peer: Peer, deployment: Deployment) -> No
     await assert_power(d, kept.id, states.RUNNING, "reconcile")
     with pytest.raises(DriverError):
         await d.get_info(orphan.id)
+
+
+async def reconcile_one_per_host(peer: Peer, deployment: Deployment) -> None:
+    """Where a host holds one instance: it survives a restart and is kept while a server
+    places it here; once none does (placed elsewhere), reconcile removes it."""
+    store = store_of(deployment)
+    s = await spawned(peer, "kept")
+    await store.servers.create(s.id, s)
+    for placed_here in (True, False):
+        if not placed_here:
+            await store.servers.put(s.id, msgspec.structs.replace(s, host="other"))
+        d = await peer.restart()
+        assert s.id in await d.list_instances(), "the instance was lost in a restart"
+        runtime = AgentRuntime(deployment.nc, d.config, d)
+        runtime.store = store
+        await runtime.reconcile()
+        if placed_here:
+            await assert_power(d, s.id, states.RUNNING, "reconcile")
+        else:
+            assert s.id not in await d.list_instances()
 
 
 # --- capabilities -------------------------------------------------------------------------
@@ -412,6 +442,9 @@ CAPABILITY_CALLS: dict[str, Callable[[ComputeDriver, Server], list[Awaitable[Non
         d.attach_interface(s, vif()),
         d.detach_interface(s, vif()),
     ],
+    "supports_pause": lambda d, s: [d.pause(s.id), d.unpause(s.id)],
+    "supports_suspend": lambda d, s: [d.suspend(s.id)],
+    "supports_resize": lambda d, s: [d.migrate_disk_and_power_off(s, "elsewhere", s.flavor)],
 }
 
 

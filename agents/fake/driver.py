@@ -29,6 +29,9 @@ SNAPSHOT_MAGIC = "hvmesh-fake-snapshot"
 class FakeDriver(ComputeDriver):
     name: ClassVar[str] = "fake"
     capabilities: ClassVar[dict[str, bool]] = {
+        "supports_pause": True,
+        "supports_suspend": True,
+        "supports_resize": True,
         "supports_attach_interface": True,
         "supports_evacuate": True,
         "supports_live_migration": True,

@@ -44,6 +44,9 @@ def hyperv_mac(mac: str) -> str:
 class HypervDriver(HypervMoves):
     name: ClassVar[str] = "hyperv"
     capabilities: ClassVar[dict[str, bool]] = {
+        "supports_pause": True,
+        "supports_suspend": True,
+        "supports_resize": True,
         "supports_attach_interface": True,
         "supports_live_migration": True,
         "supports_evacuate": False,

@@ -35,6 +35,9 @@ LOG = log.get_logger(__name__)
 class LibvirtDriver(LibvirtMoves):
     name: ClassVar[str] = "libvirt"
     capabilities: ClassVar[dict[str, bool]] = {
+        "supports_pause": True,
+        "supports_suspend": True,
+        "supports_resize": True,
         "supports_multiattach": False,
         "supports_live_migration": True,
         "supports_attach_interface": True,

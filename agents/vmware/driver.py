@@ -49,6 +49,9 @@ NIC_KEY = -200
 class VmwareDriver(VmwareSnapshot):
     name: ClassVar[str] = "vmware"
     capabilities: ClassVar[dict[str, bool]] = {
+        "supports_pause": False,
+        "supports_suspend": True,
+        "supports_resize": True,
         "supports_attach_interface": True,
         "supports_live_migration": True,
         "supports_snapshot": True,  # the root disk's flat VMDK, as a raw image

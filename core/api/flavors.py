@@ -16,7 +16,7 @@ from hvmesh.core.protocol import errors
 from hvmesh.core.protocol.base import new_id
 from hvmesh.core.protocol.records import Flavor
 from hvmesh.core.protocol.requests import FlavorCreate
-from hvmesh.core.protocol.resources import custom_resources
+from hvmesh.core.protocol.resources import custom_resources, standard_overrides
 from hvmesh.core.state import names
 
 
@@ -28,6 +28,7 @@ class FlavorEndpoints:
         need_admin(caller, "creating flavors")
         try:
             custom = custom_resources(req.extra_specs)
+            standard_overrides(req.extra_specs)
         except ValueError as exc:
             raise errors.BadRequest(f"extra_specs: {exc}") from None
         if any(n < 1 for n in custom.values()):

@@ -104,17 +104,27 @@ CAPABILITY_TRAITS: dict[str, str] = {
     "supports_live_migration": "CUSTOM_HVMESH_SUPPORTS_LIVE_MIGRATION",
     "supports_pci_passthrough": "CUSTOM_HVMESH_SUPPORTS_PCI_PASSTHROUGH",
     "supports_snapshot": "CUSTOM_HVMESH_SUPPORTS_SNAPSHOT",
+    "supports_pause": "CUSTOM_HVMESH_SUPPORTS_PAUSE",
+    "supports_suspend": "CUSTOM_HVMESH_SUPPORTS_SUSPEND",
+    "supports_resize": "CUSTOM_HVMESH_SUPPORTS_RESIZE",
 }
 
 # Action (a RULES name) -> the driver capability the server's host needs for it. Nova
 # checks supports_attach_interface and supports_evacuate; a detach is the same hot-plug.
-# Every Nova driver snapshots, so Nova has no capability for it; hvmesh's drivers may not.
+# Every Nova driver snapshots, pauses, suspends and resizes but Ironic's (and vSphere
+# has no pause), so Nova has no capability for those; hvmesh's drivers declare them.
 ACTION_CAPABILITIES: dict[str, str] = {
     "live-migrate": "supports_live_migration",
     "evacuate": "supports_evacuate",
     "attach-interface": "supports_attach_interface",
     "detach-interface": "supports_attach_interface",
     "create-image": "supports_snapshot",
+    "pause": "supports_pause",
+    "unpause": "supports_pause",
+    "suspend": "supports_suspend",
+    "resume": "supports_suspend",
+    "resize": "supports_resize",
+    "migrate": "supports_resize",
 }
 
 

@@ -7,7 +7,7 @@ from typing import Literal
 from msgspec import field
 
 from hvmesh.core.protocol.base import Record, Request, now
-from hvmesh.core.protocol.resources import custom_resources
+from hvmesh.core.protocol.resources import custom_resources, standard_overrides
 
 
 class Flavor(Record):
@@ -25,9 +25,11 @@ class Flavor(Record):
 
         Besides VCPU, MEMORY_MB and DISK_GB: `resources:CUSTOM_X=N` extra specs, and PCI
         devices from `pci_passthrough:alias` ("gpu:2,nic:1"), each alias a resource class
-        CUSTOM_PCI_<ALIAS>.
+        CUSTOM_PCI_<ALIAS>. `resources:VCPU=0` (MEMORY_MB, DISK_GB) replaces the flavor's
+        own amount, as Nova's bare-metal flavors ask for none of them.
         """
         out = {"VCPU": self.vcpus, "MEMORY_MB": self.ram_mb, "DISK_GB": self.disk_gb}
+        out.update(standard_overrides(self.extra_specs))
         out.update(custom_resources(self.extra_specs))
         return out
 

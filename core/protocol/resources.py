@@ -25,6 +25,29 @@ def parse_counts(text: str, what: str) -> dict[str, int]:
     return out
 
 
+#: Standard resource classes a flavor's `resources:<CLASS>=N` extra spec may override,
+#: as Nova's: a bare-metal flavor asks for zero of each (and one unit of its node class).
+STANDARD = ("VCPU", "MEMORY_MB", "DISK_GB")
+
+
+def standard_overrides(extra_specs: dict[str, str]) -> dict[str, int]:
+    """`resources:VCPU`, `resources:MEMORY_MB`, `resources:DISK_GB` from extra specs: the
+    amounts that replace the flavor's own; ValueError names a bad one."""
+    out: dict[str, int] = {}
+    for rc in STANDARD:
+        value = extra_specs.get(f"resources:{rc}")
+        if value is None:
+            continue
+        try:
+            amount = int(value)
+        except ValueError:
+            raise ValueError(f"resources:{rc}: {value!r} is not a whole number") from None
+        if amount < 0:
+            raise ValueError(f"resources:{rc}: {value!r} is negative")
+        out[rc] = amount
+    return out
+
+
 def custom_resources(extra_specs: dict[str, str]) -> dict[str, int]:
     """Custom resource classes a flavor's extra specs ask for."""
     out: dict[str, int] = {}

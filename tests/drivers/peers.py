@@ -52,6 +52,9 @@ class Peer:
     #: A driver of a second host on the same peer, for moves between hosts; None when
     #: the peer has one host.
     dest: ComputeDriver | None = None
+    #: Each host holds at most one instance (a bare-metal node): the suite puts a second
+    #: instance on `dest`, or runs the test's one-instance form.
+    one_per_host: bool = False
     #: Server ids made through `server`, destroyed when the peer closes.
     made: list[str] = field(default_factory=list)
 
@@ -177,4 +180,5 @@ PEERS: dict[str, PeerFactory] = {
     "libvirt": lazy("tests.drivers.libvirt_peer", "libvirt_peer"),
     "vmware": lazy("tests.drivers.vmware_peer", "vmware_peer"),
     "hyperv": lazy("tests.drivers.hyperv_peer", "hyperv_peer"),
+    "ironic": lazy("tests.drivers.ironic_peer", "ironic_peer"),
 }

@@ -1,0 +1,1 @@
+"""The Ironic driver: bare-metal servers, each an Ironic node, through openstacksdk."""

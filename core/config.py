@@ -24,6 +24,7 @@ from hvmesh.core.config_drivers import (
     LibvirtSection,
     VmwareSection,
 )
+from hvmesh.core.config_quota import QuotaSection
 from hvmesh.core.config_sections import (
     ComputeSection,
     ConductorSection,
@@ -44,6 +45,7 @@ __all__ = [
     "MetadataSection",
     "NatsSection",
     "PluginsSection",
+    "QuotaSection",
     "SchedulerSection",
     "VmwareSection",
 ]
@@ -129,6 +131,7 @@ class Config(Struct, kw_only=True, forbid_unknown_fields=True):
     vmware: VmwareSection = msgspec.field(default_factory=VmwareSection)
     hyperv: HypervSection = msgspec.field(default_factory=HypervSection)
     ironic: IronicSection = msgspec.field(default_factory=IronicSection)
+    quota: QuotaSection = msgspec.field(default_factory=QuotaSection)
     plugins: PluginsSection = msgspec.field(default_factory=PluginsSection)
 
     def host_name(self) -> str:

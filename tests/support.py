@@ -33,6 +33,8 @@ from hvmesh.core.state.store import Store
 from hvmesh.schedulers.service import SchedulerService
 
 HVMESH = str(Path(sys.executable).parent / "hvmesh")
+UNLIMITED_QUOTAS = ("instances", "cores", "ram", "server_groups", "server_group_members",
+                    "key_pairs", "metadata_items")  # fmt: skip
 STOP_BOUND = 60.0  # seconds a component may take to stop at teardown; stops are bounded
 
 
@@ -49,6 +51,8 @@ def fast_config(url: str, password: str, **sections: dict[str, Any]) -> config.C
             "heartbeat_interval": 1.0,
         },
         "fake": {"spawn_delay": 0.05, "destroy_delay": 0.01},
+        # Unlimited: tests about quotas set their own.
+        "quota": dict.fromkeys(UNLIMITED_QUOTAS, -1),
     }
     for name, values in sections.items():
         raw.setdefault(name, {}).update(values)

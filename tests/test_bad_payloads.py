@@ -281,6 +281,15 @@ CASES: list[tuple[str, bytes, int, str]] = [
         400,
         "nested too deeply",
     ),
+    ("quotas.show", b'{"project": ""}', 400, "$.project"),
+    ("quotas.set", b'{"cores": 1}', 400, "missing required field `project`"),
+    ("quotas.set", b'{"project": "DEMO", "cores": -2}', 400, "$.cores"),
+    ("quotas.set", b'{"project": "DEMO", "resources": {"GPU": 1}}', 400, "$.resources"),
+    ("quotas.set", b'{"project": "DEMO"}', 400, "give at least one limit"),
+    ("quotas.defaults", b'{"project": "DEMO"}', 400, "unknown field `project`"),
+    ("limits.show", b'{"project": 5}', 400, "$.project"),
+    ("usage.show", b'{"start": "yesterday"}', 400, "not an ISO 8601 date or time"),
+    ("usage.show", b'{"start": "2025-01-02", "end": "2025-01-01"}', 400, "must be before"),
 ]
 
 

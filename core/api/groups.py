@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import msgspec
 
+from hvmesh.core.api import quota_checks
 from hvmesh.core.api.context import ApiContext
 from hvmesh.core.api.lookups import owned
 from hvmesh.core.api.requests import Empty, IdOnly
@@ -38,7 +39,12 @@ class ServerGroupEndpoints:
             policy=req.policy,
             max_server_per_host=req.max_server_per_host,
         )
-        await self.api.st.server_groups.create(group.id, group)
+        await quota_checks.reserve_holder(self.api, caller, "group", group.id)
+        try:
+            await self.api.st.server_groups.create(group.id, group)
+        except BaseException:
+            await quota_checks.release_holder(self.api, caller.project, "group", group.id)
+            raise
         return {"server_group": group}
 
     async def group_list(self, caller: Caller, req: Empty) -> dict:
@@ -55,15 +61,19 @@ class ServerGroupEndpoints:
     async def group_delete(self, caller: Caller, req: IdOnly) -> dict:
         group = await self.own_group(req.id, caller)
         await self.api.st.server_groups.delete(group.id)
+        await quota_checks.release_holder(self.api, group.project, "group", group.id)
         return {"deleted": group.id}
 
     async def join_group(self, group_id: str, server_ids: list[str], caller: Caller) -> str:
         """Add new servers to their group (id or name) before they are scheduled, so members
         see each other; the group's id."""
         group = await self.own_group(group_id, caller)
+        limits = await quota_checks.limits_of(self.api, group.project)
 
         def add(g: ServerGroup) -> ServerGroup:
-            return msgspec.structs.replace(g, members=[*g.members, *server_ids])
+            new = [i for i in server_ids if i not in g.members]
+            quota_checks.check_members(limits, len(g.members), len(new))
+            return msgspec.structs.replace(g, members=[*g.members, *new])
 
         if await self.api.st.server_groups.mutate(group.id, add) is None:
             raise errors.NotFound(f"server group {group_id} not found")

@@ -16,6 +16,7 @@ from typing import Annotated
 from msgspec import Meta
 
 from hvmesh.core import log
+from hvmesh.core.api import quota_checks
 from hvmesh.core.api.context import ApiContext
 from hvmesh.core.api.lookups import by_id_or_name, check_ref, owned, resolve
 from hvmesh.core.api.policy import need_admin
@@ -210,7 +211,12 @@ class NetworkEndpoints:
         async def legacy() -> bool:
             return any(k.name == req.name for k in await self._keypairs(caller))
 
-        await names.create(st, st.keypairs, "keypair", keypair, scope, legacy)
+        await quota_checks.reserve_holder(self.api, caller, "keypair", keypair.id)
+        try:
+            await names.create(st, st.keypairs, "keypair", keypair, scope, legacy)
+        except BaseException:
+            await quota_checks.release_holder(self.api, caller.project, "keypair", keypair.id)
+            raise
         return {"keypair": keypair}
 
     async def keypair_list(self, caller: Caller, req: Empty) -> dict:
@@ -224,6 +230,7 @@ class NetworkEndpoints:
         await self.api.st.keypairs.delete(keypair.id)
         scope = (keypair.project, keypair.user)
         await names.give_up(self.api.st, "keypair", keypair.name, keypair.id, scope)
+        await quota_checks.release_holder(self.api, keypair.project, "keypair", keypair.id)
         return {"deleted": keypair.name}
 
 

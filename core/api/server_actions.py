@@ -18,6 +18,7 @@ import msgspec
 from msgspec import Meta
 
 from hvmesh.core import log
+from hvmesh.core.api import quota_checks
 from hvmesh.core.api.context import ApiContext
 from hvmesh.core.api.lookups import find_flavor, find_image, own_server, resolve
 from hvmesh.core.api.networks import NetworkEndpoints
@@ -27,7 +28,7 @@ from hvmesh.core.api.views import server_view
 from hvmesh.core.bus import micro as bus
 from hvmesh.core.bus import notify
 from hvmesh.core.bus.micro import Caller
-from hvmesh.core.protocol import actions, errors, subjects
+from hvmesh.core.protocol import actions, errors, states, subjects
 from hvmesh.core.protocol.action_requests import (
     AttachInterface,
     ConsoleLog,
@@ -42,6 +43,7 @@ from hvmesh.core.protocol.action_requests import (
     Resize,
     ServerAction,
     Unlock,
+    Unshelve,
 )
 from hvmesh.core.protocol.base import Request, new_id, now
 from hvmesh.core.protocol.messages import Task
@@ -84,6 +86,7 @@ class ServerActions:
         if isinstance(req, Lock | Unlock | ResetState):
             return await self.at_once(caller, server, req)
         req, migration = await self.prepare(caller, server, req)
+        counted = await self.reserve_quota(server, req, migration, rule.task_state)
         request_id = new_request_id()
         pending = req.port if isinstance(req, AttachInterface | DetachInterface) else None
         image_id = req.image_id if isinstance(req, CreateImage) else None
@@ -104,12 +107,16 @@ class ServerActions:
         try:
             written = await self.api.st.servers.mutate(server.id, accept)
         except BaseException:
+            if counted:
+                await quota_checks.settle_server(self.api, server)  # refused: as it was
             if isinstance(req, AttachInterface) and req.port is not None:
                 await ports.let_go(self.api.st, server.id, req.port)  # refused: give it back
             if isinstance(req, CreateImage) and req.image_id is not None:
                 await drop_image(self.api, req.image_id)  # refused: its image goes
             raise
         if written is None:
+            if counted:
+                await quota_checks.settle_server(self.api, server)
             if isinstance(req, CreateImage) and req.image_id is not None:
                 await drop_image(self.api, req.image_id)
             raise errors.NotFound(f"server {req.id} not found")
@@ -130,6 +137,20 @@ class ServerActions:
         if isinstance(req, CreateImage):
             reply["image_id"] = req.image_id  # as Nova's createImage from 2.45
         return reply
+
+    async def reserve_quota(
+        self, s: Server, req: ServerAction, migration: Migration | None, task_state: str | None
+    ) -> bool:
+        """Count what a resize (the larger flavor) or the unshelve of an offloaded server
+        (its flavor again) adds, before it is accepted; whether anything was counted."""
+        if isinstance(req, Resize):
+            after = msgspec.structs.replace(s, migration=migration)
+        elif isinstance(req, Unshelve) and s.vm_state == states.SHELVED_OFFLOADED:
+            after = msgspec.structs.replace(s, task_state=task_state)
+        else:
+            return False
+        await quota_checks.reserve_server(self.api, after)
+        return True
 
     def check_capable(self, name: str, s: Server, req: ServerAction) -> None:
         """409 when the driver of the server's host, or of the host a move names, lacks

@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 
 from hvmesh.core import log
+from hvmesh.core.api import quota_checks
 from hvmesh.core.api.context import ApiContext
 from hvmesh.core.api.groups import ServerGroupEndpoints
 from hvmesh.core.api.lookups import find_flavor, find_image, own_server, resolve
@@ -75,7 +76,10 @@ class ServerEndpoints:
                 public_key = (await self.net.find_keypair(req.key_name, caller)).public_key
             except errors.NotFound as exc:
                 raise errors.BadRequest(f"key_name: {exc.message}") from None
-        ids = [new_id() for _ in range(count)]
+        ids = await quota_checks.admit_servers(
+            self.api, caller, flavor, [new_id() for _ in range(count)], req.min_count, req.metadata
+        )
+        count = len(ids)  # a multi-create that did not fit whole: as many as fit
         nics: dict[str, list[Vif]] = {}
         try:
             for server_id in ids:
@@ -90,6 +94,7 @@ class ServerEndpoints:
                 if await self.api.st.servers.get(server_id) is None:
                     for v in vifs:
                         await ports.let_go(self.api.st, server_id, v.port_id)
+            await quota_checks.release_servers(self.api, caller.project, ids)
             raise
 
     async def _create_servers(

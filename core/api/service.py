@@ -24,9 +24,11 @@ from hvmesh.core.api.groups import ServerGroupEndpoints
 from hvmesh.core.api.hypervisors import HypervisorEndpoints, InventoryQuery, InventoryReport
 from hvmesh.core.api.images import ImageEndpoints
 from hvmesh.core.api.networks import KeypairRef, NetworkEndpoints, PortRef
+from hvmesh.core.api.quotas import ProjectRef, QuotaEndpoints, QuotaSet
 from hvmesh.core.api.requests import Empty, IdOnly, Ref
 from hvmesh.core.api.server_actions import ActionRef, ServerActions, ServerRef
 from hvmesh.core.api.servers import ServerEndpoints
+from hvmesh.core.api.usage import UsageEndpoints, UsageShow
 from hvmesh.core.bus.micro import MicroService, Raw
 from hvmesh.core.config import Config
 from hvmesh.core.protocol import subjects
@@ -84,6 +86,8 @@ class ApiService:
         self.actions = ServerActions(self, self.networks)
         self.hypervisors = HypervisorEndpoints(self)
         self.aggregates = AggregateEndpoints(self)
+        self.quotas = QuotaEndpoints(self)
+        self.usage = UsageEndpoints(self)
         self._register()
 
     def _register(self) -> None:
@@ -173,6 +177,13 @@ class ApiService:
         # inventory
         ep("inventory-query", api("inventory", "query"), hyp.inventory_query, InventoryQuery)
         ep("inventory-report", api("inventory", "report"), hyp.inventory_report, InventoryReport)
+        # quotas, limits and usage
+        quotas = self.quotas
+        ep("quotas-show", api("quotas", "show"), quotas.show, ProjectRef)
+        ep("quotas-set", api("quotas", "set"), quotas.set, QuotaSet)
+        ep("quotas-defaults", api("quotas", "defaults"), quotas.defaults, Empty)
+        ep("limits-show", api("limits", "show"), quotas.limits, ProjectRef)
+        ep("usage-show", api("usage", "show"), self.usage.show, UsageShow)
 
     @property
     def st(self) -> Store:

@@ -28,6 +28,7 @@ from hvmesh.core.cli import (
     network,
     output,
     plugins,
+    quotas,
     req,
     server_actions,
     servers,
@@ -103,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     inventory.add_parsers(sub, leaf)
     manage.add_parsers(sub, leaf)
     bench.add_parsers(sub, leaf)
+    quotas.add_parsers(sub, leaf)  # quota, limits, usage
     req.add_parsers(sub, leaf)
     return parser
 

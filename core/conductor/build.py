@@ -19,7 +19,7 @@ from hvmesh.core.protocol import errors, states, subjects
 from hvmesh.core.protocol.base import encode, now
 from hvmesh.core.protocol.messages import AgentEvent, RequestSpec, Selection, Task, Work
 from hvmesh.core.protocol.records import Fault, Host, Server
-from hvmesh.core.state import action_log, leases, placement, ports
+from hvmesh.core.state import action_log, leases, placement, ports, quotas
 from hvmesh.core.state.store import CasConflict, Entry
 from hvmesh.core.state.tasks import publish_task
 
@@ -274,6 +274,7 @@ async def discard(ctx: ConductorContext, srv: Server) -> None:
         await ctx.st.servers.delete(srv.id, revision=entry.revision)
     except CasConflict:
         return  # changed meanwhile (a delete request): that path finishes it
+    await quotas.release(ctx.st, srv.project, [quotas.server_key(srv.id)])
     await group_unplace(ctx.st, srv, leave=True)
     await ports.let_go_all(ctx.st, srv)
     LOG.info("conductor.discarded", server=srv.id, reservation=srv.reservation_id)

@@ -16,7 +16,7 @@ from hvmesh.core.protocol import states, subjects
 from hvmesh.core.protocol.base import encode, now
 from hvmesh.core.protocol.messages import AgentEvent, Task, Work
 from hvmesh.core.protocol.records import Fault, Server
-from hvmesh.core.state import action_log, placement, ports
+from hvmesh.core.state import action_log, placement, ports, quotas, usage_ledger
 
 LOG = log.get_logger(__name__)
 
@@ -96,7 +96,9 @@ async def finish_delete(ctx: ConductorContext, server_id: str, host: str | None)
             await placement.release(ctx.st, h, srv.migration.id)
     await group_unplace(ctx.st, srv, leave=True)
     await ports.let_go_all(ctx.st, srv)
+    await usage_ledger.record(ctx.st, srv)
     await ctx.st.servers.delete(server_id)
+    await quotas.release(ctx.st, srv.project, [quotas.server_key(server_id)])
     if srv.request_id:
         await action_log.finish(ctx.st, server_id, srv.request_id)
     await notify.send(ctx.nc, "instance.delete.end", srv)

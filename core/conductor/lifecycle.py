@@ -32,7 +32,7 @@ from hvmesh.core.protocol.action_requests import action_name
 from hvmesh.core.protocol.base import encode, now
 from hvmesh.core.protocol.messages import AgentEvent, Task, Work
 from hvmesh.core.protocol.records import Fault, Image, Server, Vif
-from hvmesh.core.state import action_log
+from hvmesh.core.state import action_log, quotas
 from hvmesh.core.state.store import Entry, Store
 
 LOG = log.get_logger(__name__)
@@ -267,6 +267,7 @@ class Lifecycle:
         written = await self.transition(srv, done)
         if written is None:
             return None
+        await quotas.settle(self.st, written.value)  # a resize confirmed, reverted; an offload
         await action_log.finish(self.st, srv.id, request_id, error)
         event = f"instance.{_event_name(action)}.{'error' if error else 'end'}"
         await notify.send(self.conductor.nc, event, written.value, error=error)

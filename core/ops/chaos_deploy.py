@@ -57,6 +57,7 @@ def chaos_settings(workdir: Path, url: str, password: str, fail_rate: float) -> 
             "image_cache_dir": str(workdir / "images"),
         },
         "fake": {"spawn_delay": 0.3, "destroy_delay": 0.05, "fail_rate": fail_rate},
+        "quota": {"instances": -1, "cores": -1, "ram": -1},  # the load is no tenant's
     }
     return msgspec.convert(raw, config.Config, strict=False)
 

@@ -110,3 +110,9 @@ def dead_letter(component: str) -> str:
 
 PLACEMENT_LEASES_BUCKET = "placement_leases"  # key: a RequestSpec's claim_key
 NAMES_BUCKET = "names"  # key "<kind>.<digest of the scope and name>": who holds a unique name
+
+# --- quotas and usage ---------------------------------------------------------------------------
+
+QUOTAS_BUCKET = "quotas"  # key: a project's key (quota_records.project_key): its overrides
+QUOTA_USAGE_BUCKET = "quota_usage"  # same key: what the project holds, per holder
+USAGE_LEDGER_BUCKET = "usage_ledger"  # key "<project key>.<server id>": a deleted server's run

@@ -34,6 +34,7 @@ from nats.js.kv import KeyValue
 
 from hvmesh.core.protocol import errors, subjects
 from hvmesh.core.protocol.base import encode
+from hvmesh.core.protocol.quota_records import QuotaLimits, QuotaUsage, UsageRecord
 from hvmesh.core.protocol.records import (
     Aggregate,
     Flavor,
@@ -67,11 +68,18 @@ BUCKETS: dict[str, type[msgspec.Struct]] = {
     subjects.KEYPAIRS_BUCKET: Keypair,
     subjects.PLACEMENT_LEASES_BUCKET: PlacementLease,
     subjects.NAMES_BUCKET: NameClaim,
+    subjects.QUOTAS_BUCKET: QuotaLimits,
+    subjects.QUOTA_USAGE_BUCKET: QuotaUsage,
+    subjects.USAGE_LEDGER_BUCKET: UsageRecord,
 }
 
 # Buckets whose keys expire on their own (seconds): a placement lease outlives any retry
 # of its request by far, and then goes.
-BUCKET_TTL: dict[str, float] = {subjects.PLACEMENT_LEASES_BUCKET: 3600.0}
+# Deleted servers' runs are kept for usage reports for a year and a day.
+BUCKET_TTL: dict[str, float] = {
+    subjects.PLACEMENT_LEASES_BUCKET: 3600.0,
+    subjects.USAGE_LEDGER_BUCKET: 366 * 24 * 3600.0,
+}
 
 
 STREAMS = [
@@ -333,6 +341,18 @@ class Store:
     @property
     def names(self) -> Bucket[NameClaim]:
         return self._buckets["names"]
+
+    @property
+    def quotas(self) -> Bucket[QuotaLimits]:
+        return self._buckets["quotas"]
+
+    @property
+    def quota_usage(self) -> Bucket[QuotaUsage]:
+        return self._buckets["quota_usage"]
+
+    @property
+    def usage_ledger(self) -> Bucket[UsageRecord]:
+        return self._buckets["usage_ledger"]
 
     async def open(self, create: bool = True) -> Store:
         """Bind (and with `create`, make) every bucket and stream."""

@@ -268,7 +268,7 @@ async def test_stop_tasks_ends_a_task_that_swallows_its_cancellation() -> None:
     async def stubborn_loop() -> None:
         while True:
             try:
-                await asyncio.sleep(3600)
+                await asyncio.sleep(3600)  # noqa: sleep (a task that waits until cancelled)
             except asyncio.CancelledError:
                 if swallowed.is_set():
                     raise
@@ -288,7 +288,7 @@ async def test_stop_tasks_gives_up_after_its_grace(caplog: pytest.LogCaptureFixt
     async def immortal() -> None:
         while not release.is_set():
             with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.sleep(3600)
+                await asyncio.sleep(3600)  # noqa: sleep (a task that waits until cancelled)
 
     task = asyncio.create_task(immortal(), name="immortal")
     await asyncio.sleep(0)  # noqa: sleep (let the task reach its first await)

@@ -102,7 +102,7 @@ async def test_api_started_while_nats_server_restarts_comes_up(deployment: Deplo
     nats_pid = deployment.server.process.pid
     os.kill(nats_pid, signal.SIGSTOP)
     try:
-        await asyncio.sleep(PAUSE)  # the fault itself
+        await asyncio.sleep(PAUSE)  # noqa: sleep (the fault itself: nats-server held stopped this long)
     finally:
         os.kill(nats_pid, signal.SIGCONT)
     admin = ApiClient(await deployment.connect("admin"))
@@ -136,7 +136,7 @@ async def test_a_retried_start_leaves_one_service_instance(deployment: Deploymen
     os.kill(nats_pid, signal.SIGSTOP)  # connected, then JetStream stops answering
     try:
         starting = asyncio.create_task(api.start())
-        await asyncio.sleep(PAUSE)  # the fault itself
+        await asyncio.sleep(PAUSE)  # noqa: sleep (the fault itself: nats-server held stopped this long)
     finally:
         os.kill(nats_pid, signal.SIGCONT)
     await asyncio.wait_for(starting, 60)

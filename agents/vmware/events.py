@@ -1,11 +1,12 @@
 """Power-state changes of hvmesh's VMs as they happen: WaitForUpdatesEx on runtime.powerState, on a session of its own.
 
-The watcher runs on its own Session (its own connection and worker thread), so its long
-polls never hold up the driver's calls. It follows every VM under the datacenter's VM
-folder; each change of a tagged VM's power state is handed at once, with the server id
-and the ESXi host the VM runs on, to `notify`; the first answer (every VM's current
-state) only fills the watcher's memory. A lost connection is reconnected with backoff
-and the filter made again.
+The watcher runs on its own Session (its own connection and worker thread) and its own
+PropertyCollector, so its long polls never hold up the driver's calls or another
+waiter's. It follows every VM under the datacenter's VM folder; each change of a tagged
+VM's power state is handed at once, with the server id and the ESXi host the VM runs
+on, to `notify`. The first answer of a watch (every VM's current state) fills the
+watcher's memory; after a lost connection (reconnected with backoff, the collector made
+again) it also reports what changed while the watch was away.
 """
 
 from __future__ import annotations
@@ -42,20 +43,21 @@ def power_of(value: Any) -> int:
     return POWER_STATES.get(str(value), states.NOSTATE)
 
 
-def vm_filter(si: Any, folder: Any) -> Any:
-    """(worker thread) A property filter on the VMs under `folder`: tag and power state."""
-    spec = folder_vms(folder, ["config.extraConfig", "runtime.powerState"])
-    return si.content.propertyCollector.CreateFilter(spec, partialUpdates=True)
+def new_collector(si: Any) -> Any:
+    """(worker thread) A PropertyCollector of the watcher's own: its filters and waits are
+    apart from every other user of the session's collector (vSphere's advice for waiters;
+    govmomi's simulator even hands one collector's updates to the last waiter only)."""
+    return si.content.propertyCollector.CreatePropertyCollector()
 
 
-def destroy_filter(pfilter: Any, si: Any) -> None:
-    """(worker thread) Remove a property filter."""
-    pfilter.Destroy()
+def destroy_collector(collector: Any) -> None:
+    """(worker thread) Drop a collector made by new_collector, and its filters with it."""
+    collector.DestroyPropertyCollector()
 
 
-def wait_for_updates(si: Any, version: str, options: Any) -> Any:
+def wait_for_updates(_si: Any, collector: Any, version: str, options: Any) -> Any:
     """(worker thread) The next changes after `version`, or None after the wait."""
-    return si.content.propertyCollector.WaitForUpdatesEx(version, options)
+    return collector.WaitForUpdatesEx(version, options)
 
 
 class PowerWatcher:
@@ -99,50 +101,57 @@ class PowerWatcher:
             delay = min(delay * 2, 30.0)
 
     async def _watch(self) -> None:
-        pfilter = await self.session.call(
-            lambda si: vm_filter(si, self.find_folder(si)), "watching VMs"
+        collector = await self.session.call(new_collector, "making a property collector")
+        try:
+            await self._follow(collector)
+        finally:
+            with contextlib.suppress(Exception):
+                await self.session.call(lambda _si: destroy_collector(collector))
+
+    async def _follow(self, collector: Any) -> None:
+        """Filters on the VMs (and the cluster) in `collector`, then its updates, until an
+        error ends the watch."""
+        find_folder = self.find_folder
+        await self.session.call(
+            lambda si: collector.CreateFilter(
+                folder_vms(find_folder(si), ["config.extraConfig", "runtime.powerState"]),
+                partialUpdates=True,
+            ),
+            "watching VMs",
         )
-        filters = [pfilter]
         if self.find_cluster is not None:
             find = self.find_cluster
-            filters.append(
-                await self.session.call(
-                    lambda si: si.content.propertyCollector.CreateFilter(
-                        cluster_spec(find(si)), partialUpdates=True
-                    ),
-                    "watching the cluster",
-                )
+            await self.session.call(
+                lambda si: collector.CreateFilter(cluster_spec(find(si)), partialUpdates=True),
+                "watching the cluster",
             )
         version = ""
         first = True
         options = vmodl.query.PropertyCollector.WaitOptions(maxWaitSeconds=WAIT_SECONDS)
-        try:
-            while True:
-                update = await self.session.call(
-                    functools.partial(wait_for_updates, version=version, options=options),
-                    "waiting for VM changes",
-                )
-                if update is None:
-                    continue
-                version = update.version
-                resources = False
-                for fset in update.filterSet:
-                    for change in fset.objectSet:
-                        if isinstance(change.obj, vim.VirtualMachine):
-                            await self._apply(change, report=not first)
-                        else:
-                            resources = True
-                if resources and not first and self.resources_changed is not None:
-                    LOG.info("vmware.resources_changed")
-                    try:
-                        await self.resources_changed()
-                    except Exception:
-                        LOG.exception("vmware.resources_listener_failed")
-                first = False
-        finally:
-            for made in filters:
-                with contextlib.suppress(Exception):
-                    await self.session.call(functools.partial(destroy_filter, made))
+        while True:
+            update = await self.session.call(
+                functools.partial(
+                    wait_for_updates, collector=collector, version=version, options=options
+                ),
+                "waiting for VM changes",
+            )
+            if update is None:
+                continue
+            version = update.version
+            resources = False
+            for fset in update.filterSet:
+                for change in fset.objectSet:
+                    if isinstance(change.obj, vim.VirtualMachine):
+                        await self._apply(change, first=first)
+                    else:
+                        resources = True
+            if resources and not first and self.resources_changed is not None:
+                LOG.info("vmware.resources_changed")
+                try:
+                    await self.resources_changed()
+                except Exception:
+                    LOG.exception("vmware.resources_listener_failed")
+            first = False
 
     async def _host_of(self, vm: Any) -> str:
         """The moref id of the ESXi host the VM runs on now: read when a change is reported,
@@ -152,7 +161,10 @@ class PowerWatcher:
         except vmodl.fault.ManagedObjectNotFound:
             return ""
 
-    async def _apply(self, change: Any, report: bool) -> None:
+    async def _apply(self, change: Any, first: bool) -> None:
+        """Learn a VM's tag and power state; report a power change. The first answer of a
+        watch is every VM's state: only what changed since an earlier watch (lost to a
+        reconnect meanwhile) is reported from it."""
         key = change.obj._moId
         if change.kind == "leave":
             self._known.pop(key, None)
@@ -170,7 +182,7 @@ class PowerWatcher:
                 before = self._power.get(key)
                 self._power[key] = state
                 sid = self._known.get(key)
-                if report and sid is not None and before != state:
+                if sid is not None and before != state and (not first or before is not None):
                     LOG.info("vmware.power_event", server=sid, power=state)
                     try:
                         await self.notify(sid, state, await self._host_of(change.obj))

@@ -360,6 +360,7 @@ async def test_a_failed_rebuild_is_error(deployment: Deployment, admin: ApiClien
     reply = await act(admin, s.id, "rebuild", image="cirros")
     done = await wait_server(deployment.store, s.id, idle)
     assert done is not None and done.vm_state == S.ERROR and done.fault is not None
+    await actions_finished(deployment, s.id)  # the action's record is written after the server's
     action = (await admin("servers.events.get", {"id": s.id, "request_id": reply["request_id"]}))[
         "instance_action"
     ]

@@ -11,7 +11,9 @@ def module(name: str) -> ModuleType:
     """Module `name`, its code run when one of its attributes is first read."""
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.find_spec(name)
+    spec = importlib.util.find_spec(name)  # imports the parent packages, which may import it
+    if name in sys.modules:
+        return sys.modules[name]  # never a second copy: its classes would differ
     if spec is None or spec.loader is None:
         raise ImportError(f"no module named {name!r}", name=name)
     loader = importlib.util.LazyLoader(spec.loader)

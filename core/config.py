@@ -24,8 +24,10 @@ from hvmesh.core.config_drivers import (
     LibvirtSection,
     VmwareSection,
 )
+from hvmesh.core.config_policy import PolicySection
 from hvmesh.core.config_quota import QuotaSection
 from hvmesh.core.config_sections import (
+    ApiSection,
     ComputeSection,
     ConductorSection,
     MetadataSection,
@@ -33,6 +35,7 @@ from hvmesh.core.config_sections import (
 )
 
 __all__ = [
+    "ApiSection",
     "ComputeSection",
     "ConductorSection",
     "Config",
@@ -45,6 +48,7 @@ __all__ = [
     "MetadataSection",
     "NatsSection",
     "PluginsSection",
+    "PolicySection",
     "QuotaSection",
     "SchedulerSection",
     "VmwareSection",
@@ -132,6 +136,8 @@ class Config(Struct, kw_only=True, forbid_unknown_fields=True):
     hyperv: HypervSection = msgspec.field(default_factory=HypervSection)
     ironic: IronicSection = msgspec.field(default_factory=IronicSection)
     quota: QuotaSection = msgspec.field(default_factory=QuotaSection)
+    api: ApiSection = msgspec.field(default_factory=ApiSection)
+    policy: PolicySection = msgspec.field(default_factory=PolicySection)
     plugins: PluginsSection = msgspec.field(default_factory=PluginsSection)
 
     def host_name(self) -> str:

@@ -278,3 +278,16 @@ class MetadataSection(Struct, kw_only=True, forbid_unknown_fields=True):
     cache_seconds: Annotated[
         float, Meta(ge=0, description="Seconds one instance's metadata is kept in memory.")
     ] = 15.0
+
+
+class ApiSection(Struct, kw_only=True, forbid_unknown_fields=True):
+    max_limit: Annotated[
+        int,
+        Meta(
+            ge=1,
+            le=10_000,
+            description="Most records one page of a list holds (Nova's max_limit): the "
+            "default page size, and a larger limit asked for is cut to it. A page also "
+            "stops at half of NATS's max payload, whatever this says.",
+        ),
+    ] = 1000

@@ -153,10 +153,11 @@ class Deployment:
 @contextlib.asynccontextmanager
 async def open_deployment(path: Path) -> AsyncIterator[Deployment]:
     """Start nats-server on free ports with its store under `path`; stop it afterwards."""
+    port = natsserver.free_port()
     server = await natsserver.start(
         path / "nats",
-        port=natsserver.free_port(),
-        leaf_port=natsserver.free_port(),
+        port=port,
+        leaf_port=natsserver.free_port(avoid={port}),
         name=f"test-{os.getpid()}",
     )
     dep = Deployment(server, path)

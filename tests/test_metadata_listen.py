@@ -86,7 +86,7 @@ async def test_up_metadata_binds_where_told(
     try:
         assert proc.stdout is not None
         banner = await read_until(proc.stdout, "Stop: Ctrl-C")
-        assert f"metadata service at http://{expected}:{metadata_port}." in banner
+        assert f"metadata service at http://{expected}:{metadata_port}, " in banner
         assert listening_on(metadata_port) == {expected}
         assert await stop(proc) == 0
     finally:

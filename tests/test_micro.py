@@ -63,7 +63,8 @@ async def test_info_and_ping_list_services_and_endpoints(
     assert info["version"] == version("hvmesh")
     assert info["metadata"] == {
         "min_version": "1.0",
-        "max_version": "1.0",
+        "max_version": "1.1",
+        "version_header": "Hvmesh-API-Version",
         "host": socket.gethostname(),
     }
     endpoints = {e["name"]: e for e in info["endpoints"]}

@@ -132,9 +132,9 @@ async def test_defaults_and_overrides(
     own = (await demo("quotas.show"))["quota_set"]
     assert own == {**defaults, "id": "DEMO"}
     # A member reads only its own project's quotas and sets none.
-    with pytest.raises(errors.Forbidden, match="quotas of project admin"):
+    with pytest.raises(errors.Forbidden, match="compute:quotas:show:other_project"):
         await demo("quotas.show", {"project": "admin"})
-    with pytest.raises(errors.Forbidden, match="setting quotas is admin only"):
+    with pytest.raises(errors.Forbidden, match="compute:quotas:set"):
         await demo("quotas.set", {"project": "DEMO", "cores": 100})
     # An admin's override changes that project only; -1 is unlimited.
     shown = await set_quota(admin, cores=4, ram=-1, resources={"CUSTOM_GPU": 5, "CUSTOM_FPGA": 1})

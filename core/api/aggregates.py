@@ -11,10 +11,11 @@ from typing import Any
 
 import msgspec
 
+from hvmesh.core.api import paging
 from hvmesh.core.api.context import ApiContext
 from hvmesh.core.api.lookups import by_id_or_name, check_ref
-from hvmesh.core.api.policy import need_admin
-from hvmesh.core.api.requests import Empty, Ref
+from hvmesh.core.api.paging import Page
+from hvmesh.core.api.requests import Ref
 from hvmesh.core.bus.micro import Caller
 from hvmesh.core.protocol import errors
 from hvmesh.core.protocol.base import new_id
@@ -31,7 +32,6 @@ class AggregateEndpoints:
         return await by_id_or_name(self.api.st.aggregates, ref, "aggregate", lambda a: True)
 
     async def agg_create(self, caller: Caller, req: AggregateCreate) -> dict:
-        need_admin(caller, "managing aggregates")
         metadata = dict(req.metadata)
         if req.availability_zone:
             metadata["availability_zone"] = req.availability_zone
@@ -44,17 +44,18 @@ class AggregateEndpoints:
         await names.create(st, st.aggregates, "aggregate", aggregate, legacy=legacy)
         return {"aggregate": aggregate}
 
-    async def agg_list(self, caller: Caller, req: Empty) -> dict:
-        need_admin(caller, "listing aggregates")
-        return {"aggregates": sorted(await self.api.st.aggregates.values(), key=lambda a: a.name)}
+    async def agg_list(self, caller: Caller, req: Page) -> dict:
+        """Aggregates by name (then id), paged by aggregate id."""
+        aggregates = self.api.lists.aggregates
+        return await paging.from_index(
+            self.api, "aggregates", aggregates, req, None, lambda a: a.id
+        )
 
     async def agg_get(self, caller: Caller, req: Ref) -> dict:
-        need_admin(caller, "reading aggregates")
         check_ref(req, "aggregate")
         return {"aggregate": await self.find_aggregate(req.id or req.name or "")}
 
     async def agg_delete(self, caller: Caller, req: Ref) -> dict:
-        need_admin(caller, "managing aggregates")
         check_ref(req, "aggregate")
         aggregate = await self.find_aggregate(req.id or req.name or "")
         if aggregate.hosts:
@@ -73,7 +74,6 @@ class AggregateEndpoints:
         return {"aggregate": written.value}
 
     async def agg_add_host(self, caller: Caller, req: AggregateHost) -> dict:
-        need_admin(caller, "managing aggregates")
         if req.host not in self.api.index.hosts:
             raise errors.NotFound(f"host {req.host} not found")
         zone = (await self.find_aggregate(req.id)).availability_zone
@@ -93,7 +93,6 @@ class AggregateEndpoints:
         return await self._change_aggregate(req.id, add)
 
     async def agg_remove_host(self, caller: Caller, req: AggregateHost) -> dict:
-        need_admin(caller, "managing aggregates")
 
         def remove(a: Aggregate) -> Aggregate:
             if req.host not in a.hosts:
@@ -103,7 +102,6 @@ class AggregateEndpoints:
         return await self._change_aggregate(req.id, remove)
 
     async def agg_set_metadata(self, caller: Caller, req: AggregateMetadata) -> dict:
-        need_admin(caller, "managing aggregates")
 
         def update(a: Aggregate) -> Aggregate:
             metadata = dict(a.metadata)

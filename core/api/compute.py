@@ -12,24 +12,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from msgspec import Meta
 from nats.errors import TimeoutError as NatsTimeout
 
 from hvmesh.core import log
+from hvmesh.core.api import paging
 from hvmesh.core.api.context import ApiContext
 from hvmesh.core.api.lookups import find_flavor, find_image
-from hvmesh.core.api.policy import need_admin
+from hvmesh.core.api.paging import Page
 from hvmesh.core.api.requests import Empty
+from hvmesh.core.api.server_filters import changes_since, name_pattern
 from hvmesh.core.api.views import server_view
 from hvmesh.core.bus.micro import Caller
 from hvmesh.core.protocol import errors, states, subjects
-from hvmesh.core.protocol.base import Request
 from hvmesh.core.protocol.records import Server
+from hvmesh.core.state.server_index import ServerIndex
 from hvmesh.core.state.store import Store
 
 LOG = log.get_logger(__name__)
@@ -45,17 +46,18 @@ CONDUCTOR_CONSUMERS = (
 Ref255 = Annotated[str, Meta(min_length=1, max_length=255)]
 
 
-class ServerList(Request):
+class ServerList(Page):
     """hvmesh.api.servers.list: every field optional, as Nova's GET /servers query."""
 
     all_projects: bool = False  # admin: every project's servers, not only its own
+    project: Ref255 | None = None  # admin, with all_projects: this project's servers only
     status: Ref255 | None = None  # e.g. ACTIVE, SHUTOFF; any case
     name: Ref255 | None = None  # a regular expression, searched in the name
     host: Ref255 | None = None  # admin only
     flavor: Ref255 | None = None  # id or name
     image: Ref255 | None = None  # id or name
-    limit: Annotated[int, Meta(ge=0)] | None = None
-    marker: Ref255 | None = None  # the last server id of the previous page
+    changes_since: str | float | None = None  # ISO 8601 or seconds since the epoch
+    sort_dir: Literal["asc", "desc"] = "asc"  # by (created_at, id): oldest first by default
 
 
 class ComputeEndpoints:
@@ -63,39 +65,33 @@ class ComputeEndpoints:
 
     def __init__(self, api: ApiContext) -> None:
         self.api = api
+        self.servers_index = ServerIndex()  # started and stopped by the API service
 
     # --- servers.list ---------------------------------------------------------------------
 
     async def server_list(self, caller: Caller, req: ServerList) -> dict:
-        if req.all_projects:
-            need_admin(caller, "listing every project's servers (all_projects)")
-        if req.host is not None:
-            need_admin(caller, "filtering servers by host")
-        servers = [
-            s
-            for s in await self.api.st.servers.values()
-            if req.all_projects or s.project == caller.project
-        ]
-        servers.sort(key=lambda s: (s.created_at, s.id))
-        if req.marker is not None:
-            at = next((i for i, s in enumerate(servers) if s.id == req.marker), None)
-            if at is None:
-                raise errors.BadRequest(f"marker {req.marker} not found")
-            servers = servers[at + 1 :]
+        # policy has allowed all_projects, host and project (compute:servers:list:*)
+        if req.project is not None and not req.all_projects:
+            raise errors.BadRequest("project: only together with all_projects")
         keep = await self._filter(caller, req)
-        servers = [s for s in servers if keep(s)]
-        if req.limit is not None:
-            servers = servers[: req.limit]
-        return {"servers": [server_view(s, caller) for s in servers]}
+        scope = req.project or (None if req.all_projects else caller.project)
+        return await paging.from_index(
+            self.api,
+            "servers",
+            self.servers_index,
+            req,
+            None if scope is None else (scope,),
+            lambda s: s.id,
+            lambda s: server_view(s, caller),
+            keep,
+            reverse=req.sort_dir == "desc",
+        )
 
     async def _filter(self, caller: Caller, req: ServerList) -> Callable[[Server], bool]:
-        """A predicate over servers for the request's status, name, host, flavor and image."""
-        try:
-            pattern = re.compile(req.name) if req.name is not None else None
-        except re.error as exc:
-            raise errors.BadRequest(
-                f"name: {req.name!r} is not a regular expression: {exc}"
-            ) from None
+        """A predicate over servers for the request's status, name, host, flavor, image
+        and changes_since."""
+        pattern = name_pattern(req.name) if req.name is not None else None
+        since = changes_since(req.changes_since) if req.changes_since is not None else None
         flavor = await self._matcher(req.flavor, find_flavor, self.api.st, caller)
         image = await self._matcher(req.image, find_image, self.api.st, caller)
         status = req.status.upper() if req.status is not None else None
@@ -103,6 +99,7 @@ class ComputeEndpoints:
         def keep(s: Server) -> bool:
             return (
                 (status is None or states.status(s.vm_state, s.task_state) == status)
+                and (since is None or s.updated_at >= since)
                 and (pattern is None or pattern.search(s.name) is not None)
                 and (req.host is None or s.host == req.host)
                 and flavor(s.flavor.id, s.flavor.name)
@@ -160,7 +157,6 @@ class ComputeEndpoints:
     # --- services.list --------------------------------------------------------------------
 
     async def services(self, caller: Caller, req: Empty) -> dict:
-        need_admin(caller, "listing compute services")
         now = time.time()
         rows = [
             {

@@ -1,4 +1,4 @@
-"""What endpoint classes use of the API service: its connection, store, index and config."""
+"""What endpoint classes use of the API service: its connection, store, indexes and config."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Protocol
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from hvmesh.core.api.list_indexes import ListIndexes
 from hvmesh.core.config import Config
 from hvmesh.core.state.inventory import Index
 from hvmesh.core.state.store import Store
@@ -27,6 +28,11 @@ class ApiContext(Protocol):
     @property
     def index(self) -> Index:
         """The inventory index: hosts, heartbeats, aggregates, zones."""
+        ...
+
+    @property
+    def lists(self) -> ListIndexes:
+        """The record indexes list endpoints read."""
         ...
 
     @property

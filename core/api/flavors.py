@@ -7,10 +7,16 @@ the admin project only. A flavor's name is unique, also under concurrent creates
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from msgspec import Meta
+
+from hvmesh.core.api import paging
 from hvmesh.core.api.context import ApiContext
+from hvmesh.core.api.list_indexes import PUBLIC
 from hvmesh.core.api.lookups import check_ref, find_flavor
-from hvmesh.core.api.policy import need_admin
-from hvmesh.core.api.requests import Empty, Ref
+from hvmesh.core.api.paging import Page
+from hvmesh.core.api.requests import Ref
 from hvmesh.core.bus.micro import Caller
 from hvmesh.core.protocol import errors
 from hvmesh.core.protocol.base import new_id
@@ -20,12 +26,19 @@ from hvmesh.core.protocol.resources import custom_resources, standard_overrides
 from hvmesh.core.state import names
 
 
+class FlavorList(Page):
+    """hvmesh.api.flavors.list: Nova's flavor filters (the admin alone sees private ones)."""
+
+    is_public: bool | None = None  # admin: only public (true) or only private (false)
+    min_ram: Annotated[int, Meta(ge=0)] | None = None  # MB: flavors with at least this
+    min_disk: Annotated[int, Meta(ge=0)] | None = None  # GB: flavors with at least this
+
+
 class FlavorEndpoints:
     def __init__(self, api: ApiContext) -> None:
         self.api = api
 
     async def flavor_create(self, caller: Caller, req: FlavorCreate) -> dict:
-        need_admin(caller, "creating flavors")
         try:
             custom = custom_resources(req.extra_specs)
             standard_overrides(req.extra_specs)
@@ -50,16 +63,27 @@ class FlavorEndpoints:
         await names.create(st, st.flavors, "flavor", flavor, legacy=legacy)
         return {"flavor": flavor}
 
-    async def flavor_list(self, caller: Caller, req: Empty) -> dict:
-        flavors = [f for f in await self.api.st.flavors.values() if f.is_public or caller.is_admin]
-        return {"flavors": sorted(flavors, key=lambda f: (f.ram_mb, f.name))}
+    async def flavor_list(self, caller: Caller, req: FlavorList) -> dict:
+        """Flavors by RAM then name (then id), paged by flavor id."""
+
+        def keep(f: Flavor) -> bool:
+            return (
+                (req.is_public is None or f.is_public == req.is_public)
+                and (req.min_ram is None or f.ram_mb >= req.min_ram)
+                and (req.min_disk is None or f.disk_gb >= req.min_disk)
+            )
+
+        scopes = None if caller.is_admin else (PUBLIC,)
+        flavors = self.api.lists.flavors
+        return await paging.from_index(
+            self.api, "flavors", flavors, req, scopes, lambda f: f.id, keep=keep
+        )
 
     async def flavor_get(self, caller: Caller, req: Ref) -> dict:
         check_ref(req, "flavor")
         return {"flavor": await find_flavor(self.api.st, req.id or req.name or "", caller)}
 
     async def flavor_delete(self, caller: Caller, req: Ref) -> dict:
-        need_admin(caller, "deleting flavors")
         check_ref(req, "flavor")
         flavor = await find_flavor(self.api.st, req.id or req.name or "", caller)
         await self.api.st.flavors.delete(flavor.id)

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import msgspec
 
-from hvmesh.core.api import quota_checks
+from hvmesh.core.api import paging, quota_checks
 from hvmesh.core.api.context import ApiContext
 from hvmesh.core.api.lookups import owned
-from hvmesh.core.api.requests import Empty, IdOnly
+from hvmesh.core.api.paging import Page
+from hvmesh.core.api.requests import IdOnly
 from hvmesh.core.bus.micro import Caller
 from hvmesh.core.protocol import errors
 from hvmesh.core.protocol.base import new_id
@@ -47,13 +48,13 @@ class ServerGroupEndpoints:
             raise
         return {"server_group": group}
 
-    async def group_list(self, caller: Caller, req: Empty) -> dict:
-        groups = [
-            g
-            for g in await self.api.st.server_groups.values()
-            if caller.is_admin or g.project == caller.project
-        ]
-        return {"server_groups": sorted(groups, key=lambda g: (g.created_at, g.id))}
+    async def group_list(self, caller: Caller, req: Page) -> dict:
+        """Server groups oldest first, paged by group id."""
+        scopes = None if caller.is_admin else (caller.project,)
+        groups = self.api.lists.server_groups
+        return await paging.from_index(
+            self.api, "server_groups", groups, req, scopes, lambda g: g.id
+        )
 
     async def group_get(self, caller: Caller, req: IdOnly) -> dict:
         return {"server_group": await self.own_group(req.id, caller)}

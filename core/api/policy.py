@@ -1,20 +1,14 @@
-"""The rules endpoints share on who may do what and what a request may carry."""
+"""What a request may carry, as the endpoints share it (who may do what: policy_rules/)."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 
-from hvmesh.core.bus.micro import Caller
 from hvmesh.core.protocol import errors
 from hvmesh.core.protocol.records import Flavor, Image
 
 MAX_USER_DATA = 65535
-
-
-def need_admin(caller: Caller, what: str) -> None:
-    if not caller.is_admin:
-        raise errors.Forbidden(f"{what} is admin only")
 
 
 def check_user_data(text: str | None) -> str | None:

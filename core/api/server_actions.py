@@ -18,7 +18,7 @@ import msgspec
 from msgspec import Meta
 
 from hvmesh.core import log
-from hvmesh.core.api import quota_checks
+from hvmesh.core.api import paging, quota_checks
 from hvmesh.core.api.context import ApiContext
 from hvmesh.core.api.lookups import find_flavor, find_image, own_server, resolve
 from hvmesh.core.api.networks import NetworkEndpoints
@@ -57,6 +57,12 @@ CONSOLE_TIMEOUT = 10.0
 
 
 class ServerRef(Request):
+    id: Annotated[str, Meta(min_length=1, max_length=255)]
+
+
+class ServerEventList(paging.Page, kw_only=True):
+    """hvmesh.api.servers.events.list: a server's actions, paged by request id."""
+
     id: Annotated[str, Meta(min_length=1, max_length=255)]
 
 
@@ -322,14 +328,16 @@ class ServerActions:
 
     # --- the action log -------------------------------------------------------------------
 
-    async def events_list(self, caller: Caller, req: ServerRef) -> dict:
+    async def events_list(self, caller: Caller, req: ServerEventList) -> dict:
         found = await self.actions_of(caller, req.id)
-        return {
-            "instance_actions": [
-                msgspec.structs.replace(a, events=[])
-                for a in found  # events: see .get
-            ]
-        }
+        return paging.page(
+            self.api,
+            "instance_actions",
+            found,
+            req,
+            lambda a: a.request_id,
+            lambda a: msgspec.structs.replace(a, events=[]),  # events: see .get
+        )
 
     async def events_get(self, caller: Caller, req: ActionRef) -> dict:
         for a in await self.actions_of(caller, req.id):

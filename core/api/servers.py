@@ -16,10 +16,10 @@ from typing import Any
 import msgspec
 
 from hvmesh.core import log
-from hvmesh.core.api import quota_checks
+from hvmesh.core.api import idempotency, quota_checks
 from hvmesh.core.api.context import ApiContext
 from hvmesh.core.api.groups import ServerGroupEndpoints
-from hvmesh.core.api.lookups import find_flavor, find_image, own_server, resolve
+from hvmesh.core.api.lookups import find_flavor, find_image, is_key, own_server, resolve
 from hvmesh.core.api.networks import NetworkEndpoints
 from hvmesh.core.api.policy import check_fits, check_user_data
 from hvmesh.core.api.requests import IdOnly
@@ -49,7 +49,15 @@ class ServerEndpoints:
         self.groups = groups
 
     async def server_create(self, caller: Caller, req: ServerCreate) -> dict:
-        """Boot: check the request, make the ports, write the servers, queue the build."""
+        """Boot: check the request, make the ports, write the servers, queue the build.
+
+        With a client_token, once: a retry gets the first request's servers
+        (core/api/idempotency.py)."""
+        if req.client_token is not None:
+            return await idempotency.create_once(self.api, caller, req, self._boot)
+        return await self._boot(caller, req)
+
+    async def _boot(self, caller: Caller, req: ServerCreate) -> dict:
         flavor = await resolve(find_flavor(self.api.st, req.flavor, caller), "flavor")
         image = await resolve(find_image(self.api.st, req.image, caller), "image")
         if image.status != "active":
@@ -70,6 +78,7 @@ class ServerEndpoints:
         if req.ports and count > 1:
             raise errors.BadRequest("ports: a port serves one server; not with max_count > 1")
         user_data = check_user_data(req.user_data)
+        await self._check_hinted_servers(caller, req)
         public_key = None
         if req.key_name is not None:
             try:
@@ -96,6 +105,19 @@ class ServerEndpoints:
                         await ports.let_go(self.api.st, server_id, v.port_id)
             await quota_checks.release_servers(self.api, caller.project, ids)
             raise
+
+    async def _check_hinted_servers(self, caller: Caller, req: ServerCreate) -> None:
+        """same_host and different_host name only servers the caller may see: another
+        project's server is a 400 as a missing one is (its existence is not told)."""
+        hints = req.scheduler_hints
+        for hint, named in (
+            ("same_host", hints.same_host),
+            ("different_host", hints.different_host),
+        ):
+            for server_id in named:
+                entry = await self.api.st.servers.get(server_id) if is_key(server_id) else None
+                if entry is None or not (caller.is_admin or entry.value.project == caller.project):
+                    raise errors.BadRequest(f"scheduler_hints.{hint}: server {server_id} not found")
 
     async def _create_servers(
         self,

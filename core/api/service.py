@@ -19,19 +19,28 @@ from nats.aio.client import Client
 from hvmesh.core import log
 from hvmesh.core.api.aggregates import AggregateEndpoints
 from hvmesh.core.api.compute import ComputeEndpoints, ServerList
-from hvmesh.core.api.flavors import FlavorEndpoints
+from hvmesh.core.api.flavors import FlavorEndpoints, FlavorList
 from hvmesh.core.api.groups import ServerGroupEndpoints
-from hvmesh.core.api.hypervisors import HypervisorEndpoints, InventoryQuery, InventoryReport
-from hvmesh.core.api.images import ImageEndpoints
+from hvmesh.core.api.hypervisors import (
+    HypervisorEndpoints,
+    HypervisorList,
+    InventoryQuery,
+    InventoryReport,
+)
+from hvmesh.core.api.images import ImageEndpoints, ImageList
+from hvmesh.core.api.list_indexes import ListIndexes
 from hvmesh.core.api.networks import KeypairRef, NetworkEndpoints, PortRef
+from hvmesh.core.api.paging import Page
+from hvmesh.core.api.policy_rules.enforcer import Policy
 from hvmesh.core.api.quotas import ProjectRef, QuotaEndpoints, QuotaSet
 from hvmesh.core.api.requests import Empty, IdOnly, Ref
-from hvmesh.core.api.server_actions import ActionRef, ServerActions, ServerRef
+from hvmesh.core.api.server_actions import ActionRef, ServerActions, ServerEventList
 from hvmesh.core.api.servers import ServerEndpoints
 from hvmesh.core.api.usage import UsageEndpoints, UsageShow
+from hvmesh.core.bus import microversion
 from hvmesh.core.bus.micro import MicroService, Raw
 from hvmesh.core.config import Config
-from hvmesh.core.protocol import subjects
+from hvmesh.core.protocol import limits, subjects
 from hvmesh.core.protocol.action_requests import ServerAction
 from hvmesh.core.protocol.requests import (
     AggregateCreate,
@@ -52,8 +61,10 @@ from hvmesh.core.state.store import Store
 
 LOG = log.get_logger(__name__)
 
+# The microversions a request may ask for in its Hvmesh-API-Version header (docs/api.md
+# lists what each added).
 MIN_MICROVERSION = "1.0"
-MAX_MICROVERSION = "1.0"
+MAX_MICROVERSION = "1.1"
 
 
 class ApiService:
@@ -66,16 +77,23 @@ class ApiService:
         self.cfg = cfg
         self.store: Store | None = None
         self.index = Index(service_down_time=cfg.DEFAULT.service_down_time)
+        self.lists = ListIndexes()  # what list endpoints read, besides servers
+        self.policy = Policy(cfg.policy)  # a bad policy file or role stops the API here
         self.service = MicroService(
             nc,
             name=subjects.API_SERVICE,
             version=VERSION,
             description="hvmesh compute API: flavors, images, servers, hypervisors.",
+            max_request_bytes=limits.MAX_REQUEST_BYTES,
             metadata={
                 "min_version": MIN_MICROVERSION,
                 "max_version": MAX_MICROVERSION,
+                "version_header": microversion.HEADER,
                 "host": socket.gethostname(),
             },
+            versions=microversion.VersionRange(MIN_MICROVERSION, MAX_MICROVERSION),
+            roles=self.policy.roles,
+            guard=self.policy.guard,
         )
         self.flavors = FlavorEndpoints(self)
         self.images = ImageEndpoints(self)
@@ -89,6 +107,7 @@ class ApiService:
         self.quotas = QuotaEndpoints(self)
         self.usage = UsageEndpoints(self)
         self._register()
+        self.policy.require(ep.name for ep in self.service.info().endpoints)
 
     def _register(self) -> None:
         """Every endpoint: its name, subject, handler and request body type."""
@@ -99,12 +118,12 @@ class ApiService:
         api = subjects.api
         # flavors
         ep("flavors-create", api("flavors", "create"), flavors.flavor_create, FlavorCreate)
-        ep("flavors-list", api("flavors", "list"), flavors.flavor_list, Empty)
+        ep("flavors-list", api("flavors", "list"), flavors.flavor_list, FlavorList)
         ep("flavors-get", api("flavors", "get"), flavors.flavor_get, Ref)
         ep("flavors-delete", api("flavors", "delete"), flavors.flavor_delete, Ref)
         # images
         ep("images-create", api("images", "create"), images.create, ImageCreate)
-        ep("images-list", api("images", "list"), images.list, Empty)
+        ep("images-list", api("images", "list"), images.list, ImageList)
         ep("images-get", api("images", "get"), images.get, Ref)
         ep("images-delete", api("images", "delete"), images.delete, Ref)
         ep("images-upload", api("images", "upload"), images.upload, Raw)
@@ -116,15 +135,15 @@ class ApiService:
         )
         # networks, ports, keypairs
         ep("networks-create", api("networks", "create"), net.network_create, NetworkCreate)
-        ep("networks-list", api("networks", "list"), net.network_list, Empty)
+        ep("networks-list", api("networks", "list"), net.network_list, Page)
         ep("networks-get", api("networks", "get"), net.network_get, Ref)
         ep("networks-delete", api("networks", "delete"), net.network_delete, Ref)
         ep("ports-create", api("ports", "create"), net.port_create, PortCreate)
-        ep("ports-list", api("ports", "list"), net.port_list, Empty)
+        ep("ports-list", api("ports", "list"), net.port_list, Page)
         ep("ports-get", api("ports", "get"), net.port_get, PortRef)
         ep("ports-delete", api("ports", "delete"), net.port_delete, PortRef)
         ep("keypairs-create", api("keypairs", "create"), net.keypair_create, KeypairCreate)
-        ep("keypairs-list", api("keypairs", "list"), net.keypair_list, Empty)
+        ep("keypairs-list", api("keypairs", "list"), net.keypair_list, Page)
         ep("keypairs-get", api("keypairs", "get"), net.keypair_get, KeypairRef)
         ep("keypairs-delete", api("keypairs", "delete"), net.keypair_delete, KeypairRef)
         # servers (a boot starts at servers.create), listings, zones, services
@@ -137,10 +156,15 @@ class ApiService:
         ep("servers-delete", api("servers", "delete"), servers.server_delete, IdOnly)
         # server actions and their log
         ep("servers-action", api("servers", "action"), acts.action, ServerAction)
-        ep("servers-events-list", api("servers", "events.list"), acts.events_list, ServerRef)
+        ep(
+            "servers-events-list",
+            api("servers", "events.list"),
+            acts.events_list,
+            ServerEventList,
+        )
         ep("servers-events-get", api("servers", "events.get"), acts.events_get, ActionRef)
         # hypervisors
-        ep("hypervisors-list", api("hypervisors", "list"), hyp.hypervisor_list, Empty)
+        ep("hypervisors-list", api("hypervisors", "list"), hyp.hypervisor_list, HypervisorList)
         # server groups
         ep(
             "server-groups-create",
@@ -148,12 +172,12 @@ class ApiService:
             groups.group_create,
             ServerGroupCreate,
         )
-        ep("server-groups-list", api("server_groups", "list"), groups.group_list, Empty)
+        ep("server-groups-list", api("server_groups", "list"), groups.group_list, Page)
         ep("server-groups-get", api("server_groups", "get"), groups.group_get, IdOnly)
         ep("server-groups-delete", api("server_groups", "delete"), groups.group_delete, IdOnly)
         # aggregates
         ep("aggregates-create", api("aggregates", "create"), aggs.agg_create, AggregateCreate)
-        ep("aggregates-list", api("aggregates", "list"), aggs.agg_list, Empty)
+        ep("aggregates-list", api("aggregates", "list"), aggs.agg_list, Page)
         ep("aggregates-get", api("aggregates", "get"), aggs.agg_get, Ref)
         ep("aggregates-delete", api("aggregates", "delete"), aggs.agg_delete, Ref)
         ep(
@@ -193,9 +217,13 @@ class ApiService:
     async def start(self) -> None:
         self.store = await Store(self.js).open()
         await self.index.start(self.store)
+        await self.compute.servers_index.start(self.store.servers)
+        await self.lists.start(self.store)
         await self.service.start()
         LOG.info("api.started")
 
     async def stop(self) -> None:
         await self.service.stop()
         await self.index.stop()
+        await self.compute.servers_index.stop()
+        await self.lists.stop()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 import time
 import types
 from collections.abc import Awaitable, Callable
@@ -21,16 +20,33 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import msgspec
+from nats import errors as nats_errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
+from nats.js.errors import ServiceUnavailableError as JetStreamUnavailable
 from nats.nuid import NUID
 
 from hvmesh.core import log
-from hvmesh.core.protocol import errors
+from hvmesh.core.bus import microversion, schemas
+from hvmesh.core.bus.micro_protocol import (
+    INFO_RESPONSE,
+    NAME_PATTERN,
+    PING_RESPONSE,
+    SEMVER_PATTERN,
+    STATS_RESPONSE,
+    VERBS,
+    EndpointInfo,
+    EndpointStats,
+    InfoResponse,
+    PingResponse,
+    StatsResponse,
+    control_subjects,
+)
+from hvmesh.core.protocol import errors, limits
 from hvmesh.core.protocol.base import encode
 from hvmesh.core.tasks import stop_tasks
 
@@ -42,32 +58,49 @@ INTERNAL_ACCOUNT = "HVMESH"
 ADMIN_PROJECT = "admin"
 
 
+ADMIN_ROLES = ("admin", "member", "reader")  # admin implies member, member implies reader
+MEMBER_ROLES = ("member", "reader")
+
+# (account, user) -> the user's roles (implied ones included), for tenant accounts.
+RoleLookup = Callable[[str, str], tuple[str, ...]]
+
+
 class Caller(msgspec.Struct, frozen=True):
-    """Who sent a request: the project (NATS account) and user the server vouches for."""
+    """Who sent a request: the project (NATS account) and user the server vouches for,
+    and the user's roles (`is_admin`: the admin role is among them)."""
 
     project: str
     user: str
     is_admin: bool
+    version: tuple[int, int] = (1, 0)  # the API microversion the request speaks
+    roles: tuple[str, ...] = ()
 
 
-def caller_of(headers: dict[str, str] | None) -> Caller:
+def caller_of(headers: dict[str, str] | None, roles: RoleLookup | None = None) -> Caller:
     """Identify the caller from the server-stamped Nats-Request-Info header.
 
     Requests that cross from a tenant account through a `share: true` import carry the
     header, written by the server (a tenant cannot forge it). Requests from inside the
-    hvmesh account carry none and are the operators': the admin project.
+    hvmesh account carry none and are the operators': the admin project, admin role.
+    A tenant user's roles come from `roles` (default: member).
     """
     raw = (headers or {}).get("Nats-Request-Info")
     if not raw:
-        return Caller(project=ADMIN_PROJECT, user="admin", is_admin=True)
+        return Caller(project=ADMIN_PROJECT, user="admin", is_admin=True, roles=ADMIN_ROLES)
     try:
         info = json.loads(raw)
     except ValueError:
         raise errors.BadRequest("unreadable Nats-Request-Info header") from None
+    if not isinstance(info, dict) or any(
+        not isinstance(info.get(k) or "", str) for k in ("acc", "user")
+    ):
+        raise errors.BadRequest("unreadable Nats-Request-Info header")
     account = info.get("acc") or ""
+    user = info.get("user") or ""
     if account in ("", INTERNAL_ACCOUNT):
-        return Caller(project=ADMIN_PROJECT, user=info.get("user") or "admin", is_admin=True)
-    return Caller(project=account, user=info.get("user") or "", is_admin=False)
+        return Caller(project=ADMIN_PROJECT, user=user or "admin", is_admin=True, roles=ADMIN_ROLES)
+    granted = roles(account, user) if roles is not None else MEMBER_ROLES
+    return Caller(project=account, user=user, is_admin="admin" in granted, roles=granted)
 
 
 def decode_body(data: bytes, type_: Any) -> Any:
@@ -77,7 +110,7 @@ def decode_body(data: bytes, type_: Any) -> Any:
     try:
         return msgspec.json.decode(data, type=type_)
     except msgspec.ValidationError as exc:
-        raise errors.BadRequest(f"invalid request: {exc}") from None
+        raise errors.BadRequest(f"invalid request: {limits.with_value(str(exc), data)}") from None
     except msgspec.DecodeError as exc:
         raise errors.BadRequest(f"malformed JSON: {exc}") from None
     except RecursionError:
@@ -91,6 +124,24 @@ class Raw(msgspec.Struct):
     headers: dict[str, str]
 
 
+def reply_within(data: bytes, most: int) -> bytes:
+    """`data`, or a 413 when NATS could not carry it (a listing too large for one reply)."""
+    if len(data) > most:
+        raise errors.TooLarge(
+            f"the reply is {len(data)} bytes; NATS's max_payload is {most}: ask for less "
+            "(a smaller limit)"
+        )
+    return data
+
+
+def bus_unavailable(exc: Exception) -> str:
+    """A 503's message for a request NATS did not carry through."""
+    return (
+        f"the message bus did not answer ({type(exc).__name__}); the request may or may not "
+        "have taken effect: look, then retry (a create with the same client_token)"
+    )
+
+
 def error_body(code: int, message: str) -> bytes:
     return encode({"error": {"code": code, "message": message}})
 
@@ -100,89 +151,33 @@ def error_headers(code: int, message: str) -> dict[str, str]:
     return {"Nats-Service-Error": message, "Nats-Service-Error-Code": str(code)}
 
 
-async def reply_error(nc: Client, msg: Msg, code: int, message: str) -> None:
+async def reply_error(
+    nc: Client, msg: Msg, code: int, message: str, headers: dict[str, str] | None = None
+) -> None:
     """Answer a request with an error as micro services do: headers and a JSON body."""
     if msg.reply:
-        await nc.publish(msg.reply, error_body(code, message), headers=error_headers(code, message))
+        await nc.publish(
+            msg.reply,
+            error_body(code, message),
+            headers={**(headers or {}), **error_headers(code, message)},
+        )
 
 
 Handler = Callable[[Caller, Any], Awaitable[Any]]
+# (endpoint name, caller, decoded body): raises the HvmeshError refusing the request.
+Guard = Callable[[str, Caller, Any], None]
 
 
-PREFIX = "$SRV"
-VERBS = ("PING", "INFO", "STATS")
-PING_RESPONSE = "io.nats.micro.v1.ping_response"
-INFO_RESPONSE = "io.nats.micro.v1.info_response"
-STATS_RESPONSE = "io.nats.micro.v1.stats_response"
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
-STOP_GRACE = 10.0  # seconds a stopping service gives requests under way before cancelling them
-SEMVER_PATTERN = re.compile(
-    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
-    r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
-    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
+#: What a handler meets when NATS or JetStream cannot answer for a moment (a restart, a
+#: leader election): the request's outcome is unknown, a 503 the client may retry.
+BUS_UNAVAILABLE: tuple[type[Exception], ...] = (
+    NatsTimeout,
+    NoRespondersError,
+    JetStreamUnavailable,
+    nats_errors.ConnectionClosedError,
+    nats_errors.NoServersError,
 )
-
-
-class EndpointInfo(msgspec.Struct):
-    """One endpoint as $SRV.INFO describes it."""
-
-    name: str
-    subject: str
-    queue_group: str
-    metadata: dict[str, str] = {}
-
-
-class EndpointStats(msgspec.Struct):
-    """One endpoint's counters as $SRV.STATS reports them (times in nanoseconds)."""
-
-    name: str
-    subject: str
-    queue_group: str
-    num_requests: int = 0
-    num_errors: int = 0
-    last_error: str = ""
-    processing_time: int = 0
-    average_processing_time: int = 0
-    data: Any = None
-
-
-class PingResponse(msgspec.Struct):
-    """The io.nats.micro.v1.ping_response a service answers $SRV.PING with."""
-
-    type: str
-    name: str
-    id: str
-    version: str
-    metadata: dict[str, str]
-
-
-class InfoResponse(msgspec.Struct):
-    """The io.nats.micro.v1.info_response a service answers $SRV.INFO with."""
-
-    type: str
-    name: str
-    id: str
-    version: str
-    metadata: dict[str, str]
-    description: str
-    endpoints: list[EndpointInfo]
-
-
-class StatsResponse(msgspec.Struct):
-    """The io.nats.micro.v1.stats_response a service answers $SRV.STATS with."""
-
-    type: str
-    name: str
-    id: str
-    version: str
-    metadata: dict[str, str]
-    started: str
-    endpoints: list[EndpointStats]
-
-
-def control_subjects(verb: str, name: str, id_: str) -> list[str]:
-    """The three subjects a service answers `verb` on: all services, its name, itself."""
-    return [f"{PREFIX}.{verb}", f"{PREFIX}.{verb}.{name}", f"{PREFIX}.{verb}.{name}.{id_}"]
+STOP_GRACE = 10.0  # seconds a stopping service gives requests under way before cancelling them
 
 
 class _Endpoint:
@@ -195,10 +190,16 @@ class _Endpoint:
         queue_group: str,
         handler: Handler,
         body: type | types.UnionType,
+        reply: type | types.UnionType | None = None,
     ) -> None:
         self.handler = handler
         self.body = body
-        self.info = EndpointInfo(name=name, subject=subject, queue_group=queue_group)
+        self.info = EndpointInfo(
+            name=name,
+            subject=subject,
+            queue_group=queue_group,
+            metadata=schemas.endpoint_metadata(None if body is Raw else body, reply),
+        )
         self.stats = EndpointStats(name=name, subject=subject, queue_group=queue_group)
         self.completed = 0
         self.subscription: Subscription | None = None
@@ -230,7 +231,13 @@ class MicroService:
         description: str,
         metadata: dict[str, str] | None = None,
         concurrency: int = 64,
+        max_request_bytes: int | None = None,
+        versions: microversion.VersionRange | None = None,
+        roles: RoleLookup | None = None,
+        guard: Guard | None = None,
     ) -> None:
+        """`roles` gives tenant users' roles; `guard` checks every request, decoded,
+        before its handler runs."""
         if not NAME_PATTERN.match(name):
             raise ValueError(f"invalid micro service name {name!r}")
         if not SEMVER_PATTERN.match(version):
@@ -240,6 +247,10 @@ class MicroService:
         self.version = version
         self.description = description
         self.metadata = metadata or {}
+        self.max_request_bytes = max_request_bytes  # a bigger body is a 413; None: no bound
+        self.versions = versions  # microversions the Hvmesh-API-Version header picks from
+        self.roles = roles
+        self.guard = guard
         self.id = NUID().next().decode()
         self.queue_group = name
         self.started = datetime.now(UTC)
@@ -249,15 +260,21 @@ class MicroService:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def endpoint(
-        self, name: str, subject: str, handler: Handler, body: type | types.UnionType
+        self,
+        name: str,
+        subject: str,
+        handler: Handler,
+        body: type | types.UnionType,
+        reply: type | types.UnionType | None = None,
     ) -> None:
         """Register `handler(caller, decoded_body)` on `subject`; it returns the reply.
 
-        `body` is a msgspec Struct type, or a union of tagged Structs.
+        `body` is a msgspec Struct type, or a union of tagged Structs; `reply`, if given,
+        the type of the reply (both published as JSON Schema in $SRV.INFO).
         """
         if not NAME_PATTERN.match(name):
             raise ValueError(f"invalid endpoint name {name!r}")
-        self._endpoints.append(_Endpoint(name, subject, self.queue_group, handler, body))
+        self._endpoints.append(_Endpoint(name, subject, self.queue_group, handler, body, reply))
 
     @property
     def _pending(self) -> list[tuple[str, str, Handler, type | types.UnionType]]:
@@ -341,31 +358,46 @@ class MicroService:
     async def _handle(self, ep: _Endpoint, msg: Msg) -> None:
         started = time.perf_counter_ns()
         error: tuple[int, str] | None = None
+        answer: dict[str, str] = {}  # the reply's headers: the microversion it speaks
         try:
-            caller = caller_of(msg.headers)
+            caller = caller_of(msg.headers, self.roles)
+            if self.versions is not None:
+                version = self.versions.negotiate(msg.headers)
+                caller = msgspec.structs.replace(caller, version=version)
+                answer[microversion.HEADER] = microversion.text(version)
+            most = self.max_request_bytes
+            if most is not None and len(msg.data) > most:
+                raise errors.TooLarge(limits.request_too_large(len(msg.data), most))
             decoded = (
                 Raw(data=msg.data, headers=dict(msg.headers or {}))
                 if ep.body is Raw
                 else decode_body(msg.data, ep.body)
             )
+            if self.guard is not None:
+                self.guard(ep.info.name, caller, decoded)
             result = await ep.handler(caller, decoded)
-            await self._respond(msg, encode(result))
+            await self._respond(msg, reply_within(encode(result), self.nc.max_payload), answer)
         except errors.HvmeshError as exc:
             error = (exc.code, exc.message)
+        except BUS_UNAVAILABLE as exc:
+            LOG.warning("request.bus_unavailable", subject=ep.info.subject, error=repr(exc))
+            error = (503, bus_unavailable(exc))
         except Exception as exc:
             LOG.exception("request.failed", subject=ep.info.subject)
             error = (500, f"internal error: {type(exc).__name__}: {exc}")
         if error is not None:
-            await self._respond_error(msg, *error)
+            await self._respond_error(msg, *error, answer)
         ep.finished(time.perf_counter_ns() - started, error)
 
-    async def _respond(self, msg: Msg, data: bytes) -> None:
+    async def _respond(self, msg: Msg, data: bytes, headers: dict[str, str]) -> None:
         if msg.reply:
-            await self.nc.publish(msg.reply, data)
+            await self.nc.publish(msg.reply, data, headers=headers or None)
 
-    async def _respond_error(self, msg: Msg, code: int, message: str) -> None:
+    async def _respond_error(
+        self, msg: Msg, code: int, message: str, headers: dict[str, str]
+    ) -> None:
         try:
-            await reply_error(self.nc, msg, code, message)
+            await reply_error(self.nc, msg, code, message, headers)
         except Exception:
             LOG.exception("request.respond_failed")
 

@@ -1,12 +1,15 @@
-"""Versioned notifications on hvmesh.notify.<event_type>, as Nova's versioned notifications.
+"""Versioned notifications on hvmesh.notify.<project>.<event_type>, as Nova's versioned ones.
 
-Outside consumers (billing, monitoring) subscribe to `hvmesh.notify.>`; the
-HVMESH_NOTIFICATIONS stream keeps a week of them. Each carries a payload version that
-changes only when its fields do: 1.x adds fields, 2.0 would change or remove one.
+Outside consumers (billing, monitoring) subscribe to `hvmesh.notify.>` in the HVMESH
+account; the HVMESH_NOTIFICATIONS stream keeps a week of them. The project token lets
+nats.conf export each tenant account its own project's notifications only, which the
+tenant sees as `hvmesh.notify.<event_type>`. Each carries a payload version that changes
+only when its fields do: 1.x adds fields, 2.0 would change or remove one.
 """
 
 from __future__ import annotations
 
+import re
 import socket
 from typing import Any
 
@@ -21,6 +24,7 @@ LOG = log.get_logger(__name__)
 
 PAYLOAD_VERSION = "1.0"
 PUBLISHER = f"hvmesh:{socket.gethostname()}"
+_NOT_IN_A_TOKEN = re.compile(r"[^A-Za-z0-9_-]")
 
 
 class InstancePayload(Record):
@@ -81,9 +85,15 @@ async def send(nc: Any, event_type: str, server: Server, **extra: Any) -> None:
         **extra,
     )
     try:
-        await nc.publish(subjects.notify(event_type), encode(note))
+        await nc.publish(subject(server.project, event_type), encode(note))
     except Exception as exc:
         LOG.warning("notify.failed", event_type=event_type, error=str(exc))
+
+
+def subject(project: str, event_type: str) -> str:
+    """The subject of a project's notification; the project is one subject token (a NATS
+    account name is one already; anything else has its other characters made `_`)."""
+    return subjects.project_notify(_NOT_IN_A_TOKEN.sub("_", project) or "_", event_type)
 
 
 def state_of(s: Server) -> tuple[str, str | None, int]:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from hvmesh.core import config, log
 from hvmesh.core.cli import (
     aggregates,
+    api_schema,
     bench,
     completion,
     compute,
@@ -28,6 +29,7 @@ from hvmesh.core.cli import (
     network,
     output,
     plugins,
+    policy,
     quotas,
     req,
     server_actions,
@@ -86,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     services.add_parsers(sub, leaf)  # up, api, conductor, ..., config
+    api_schema.add_parsers(sub, leaf)  # api schema
     flavors.add_parsers(sub, leaf)
     images.add_parsers(sub, leaf)
     network.add_parsers(sub, leaf)  # network, port, keypair
@@ -105,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     manage.add_parsers(sub, leaf)
     bench.add_parsers(sub, leaf)
     quotas.add_parsers(sub, leaf)  # quota, limits, usage
+    policy.add_parsers(sub, leaf)
     req.add_parsers(sub, leaf)
     return parser
 

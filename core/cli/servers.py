@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hvmesh.core.cli import lazy, output
+from hvmesh.core.cli import lazy, output, pages
 from hvmesh.core.cli.connect import call, connect_cli
 from hvmesh.core.cli.errors import CliError
 from hvmesh.core.cli.resources import delete_all, parse_properties
@@ -292,19 +292,30 @@ def create_many(args: argparse.Namespace, servers: list[dict[str, Any]]) -> None
 def list_body(args: argparse.Namespace) -> dict[str, Any]:
     """The servers.list request of `server list`'s options."""
     body: dict[str, Any] = {}
-    if args.all_projects:
+    if args.all_projects or args.project is not None:  # --project implies it, as openstack's
         body["all_projects"] = True
-    for key in ("status", "name", "host", "flavor", "image", "marker"):
+    for key in ("project", "status", "name", "host", "flavor", "image", "marker"):
         value = getattr(args, key)
         if value is not None:
             body[key] = value
+    if args.changes_since is not None:
+        body["changes_since"] = args.changes_since
     if args.limit is not None and args.limit != -1:  # -1: all, as openstack's
         body["limit"] = args.limit
     return body
 
 
 def cmd_server_list(args: argparse.Namespace) -> None:
-    servers = call(args, "servers", "list", list_body(args))["servers"]
+    """One page with --limit N, else every page (from --marker, if given)."""
+    body = list_body(args)
+    if "limit" in body:
+        reply = call(args, "servers", "list", body)
+        servers = reply["servers"]
+        following = pages.next_marker(reply, "servers")
+        if following is not None:
+            print(f"more servers follow: --marker {following}", file=sys.stderr, flush=True)
+    else:
+        servers = pages.list_all(args, "servers", "list", body, "servers")
     emit_servers(args, servers, LONG_COLUMNS if args.long else LIST_COLUMNS)
 
 
@@ -385,7 +396,18 @@ def add_parsers(sv: Any, leaf: Any) -> None:
     p.add_argument("--host", help="servers on this host (admin)")
     p.add_argument("--flavor", help="id or name")
     p.add_argument("--image", help="id or name")
-    p.add_argument("--limit", type=int, metavar="N", help="at most N servers (-1: all)")
+    p.add_argument("--project", help="this project's servers only (admin; implies --all-projects)")
+    p.add_argument(
+        "--changes-since",
+        metavar="TIME",
+        help="servers changed at or after TIME (ISO 8601, e.g. 2026-12-01T10:00:00Z)",
+    )
+    p.add_argument(
+        "--limit",
+        type=int,
+        metavar="N",
+        help="one page of at most N servers (default: every page; -1: all)",
+    )
     p.add_argument("--marker", metavar="ID", help="start after this server")
 
     leaf(sv, "show", cmd_server_show, "show a server").add_argument("server", help="id or name")

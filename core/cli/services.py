@@ -147,17 +147,28 @@ def cmd_up(args: argparse.Namespace) -> None:
         )
     if args.fake_hosts < 0:
         raise CliError("--fake-hosts must be 0 or more")
+    if args.monitor_port is not None and not 0 <= args.monitor_port < 65536:
+        raise CliError("--monitor-port must be a TCP port (1-65535, or 0 for any free one)")
+    data_dir = Path(args.data_dir).expanduser()
+    try:
+        tls_files = ops_up.tls_files(
+            data_dir, args.listen, args.tls, args.tls_cert, args.tls_key, args.tls_ca
+        )
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
     starting(
         args,
         lambda: launcher.run(
             ops_up.up(
                 cfg,
-                data_dir=Path(args.data_dir).expanduser(),
+                data_dir=data_dir,
                 nats_port=args.nats_port,
                 leaf_port=args.leaf_port,
                 fake_hosts=args.fake_hosts,
                 listen=args.listen,
                 metadata_listen=args.metadata_listen,
+                monitor_port=args.monitor_port,
+                tls_files=tls_files,
             )
         ),
     )
@@ -184,6 +195,20 @@ def add_parsers(sub: Any, leaf: Any) -> None:
         metavar="ADDR",
         help="address the metadata service listens on (default: --listen)",
     )
+    p.add_argument(
+        "--monitor-port",
+        type=int,
+        help="NATS monitoring port, on 127.0.0.1, for nats server report and the Prometheus "
+        "exporter (default: 8222 if free, else any free port; 0: any free port)",
+    )
+    p.add_argument(
+        "--tls",
+        action="store_true",
+        help="NATS over TLS for clients and leaf nodes, with a demo CA made in the data dir",
+    )
+    p.add_argument("--tls-cert", default="", help="your own server certificate (PEM), for TLS")
+    p.add_argument("--tls-key", default="", help="its key (PEM)")
+    p.add_argument("--tls-ca", default="", help="the CA (PEM) clients check the server against")
 
     services = [
         leaf(sub, "api", cmd_api, "run the API service"),

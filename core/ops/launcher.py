@@ -174,6 +174,12 @@ def load_plugins(cfg: Config) -> manager.Registry:
     return manager.configured(cfg)
 
 
+def fake_names(count: int, prefix: str = "fake") -> list[str]:
+    """The names of `count` simulated hosts: <prefix>-0001 ..."""
+    width = max(4, len(str(count)))
+    return [f"{prefix}-{i:0{width}d}" for i in range(1, count + 1)]
+
+
 def fake_fleet(
     nc: Client,
     cfg: Config,
@@ -183,11 +189,7 @@ def fake_fleet(
 ) -> list[AgentRuntime]:
     """`count` simulated hosts named <prefix>-0001 ... sharing one connection."""
     registry = registry or manager.configured(cfg)
-    width = max(4, len(str(count)))
-    return [
-        make_agent(nc, cfg, "fake", f"{prefix}-{i:0{width}d}", registry)
-        for i in range(1, count + 1)
-    ]
+    return [make_agent(nc, cfg, "fake", host, registry) for host in fake_names(count, prefix)]
 
 
 def retried_agent(
@@ -215,10 +217,9 @@ def retried_fleet(
 ) -> Fleet:
     """`count` simulated hosts named as fake_fleet names them, each start retried on its own."""
     registry = registry or manager.configured(cfg)
-    width = max(4, len(str(count)))
     return Fleet(
         [
-            retried_agent(guard, nc, cfg, "fake", f"{prefix}-{i:0{width}d}", registry)
-            for i in range(1, count + 1)
+            retried_agent(guard, nc, cfg, "fake", host, registry)
+            for host in fake_names(count, prefix)
         ]
     )

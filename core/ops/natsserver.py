@@ -15,6 +15,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 from collections.abc import Callable
@@ -24,7 +25,10 @@ from pathlib import Path
 
 import nats
 
-USERS = ("service", "admin", "demo", "sys")
+from hvmesh.core.ops import agent_credentials
+from hvmesh.core.ops import tls as nats_tls
+
+USERS = ("service", "admin", "demo", "viewer", "alt", "sys")
 
 
 class NatsServerError(RuntimeError):
@@ -47,21 +51,38 @@ def config_path() -> Path:
     return Path(str(resources.files("hvmesh.core").joinpath("nats.conf")))
 
 
-def free_port() -> int:
+def free_port(avoid: frozenset[int] | set[int] = frozenset()) -> int:
+    """A port nothing listens on now, none of `avoid` (ports chosen but not bound yet: the
+    system may hand one out again once its probe is closed)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in avoid:
+            return port
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether nothing listens on `host`:`port` now."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
 
 
 def load_secrets(data_dir: Path) -> dict[str, str]:
     """The deployment's passwords, made on first use and kept readable by the owner only."""
     path = data_dir / "secrets.json"
+    stored: dict[str, str] = {}
     if path.exists():
         stored = json.loads(path.read_text())
         if all(u in stored for u in USERS):
             return stored
-    # Letters first and hex after: nats.conf reads the value as a plain string.
-    made = {u: "hv" + secrets.token_hex(16) for u in USERS}
+    # Letters first and hex after: nats.conf reads the value as a plain string. Users
+    # added since the file was written get theirs; the others keep their passwords.
+    made = {u: stored.get(u) or "hv" + secrets.token_hex(16) for u in USERS}
     data_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
@@ -110,14 +131,26 @@ class NatsServer:
     leaf_port: int
     passwords: dict[str, str]
     log_path: Path
+    monitor_port: int = 0  # /varz and the rest, on 127.0.0.1
+    tls: nats_tls.TlsFiles | None = None  # clients check the server against tls.ca
+
+    @property
+    def scheme(self) -> str:
+        return "tls" if self.tls else "nats"
 
     @property
     def address(self) -> str:
-        return f"nats://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     def url_for(self, user: str) -> str:
         name = "hvmesh" if user == "service" else user
-        return f"nats://{name}:{self.passwords[user]}@{self.host}:{self.port}"
+        return f"{self.scheme}://{name}:{self.passwords[user]}@{self.host}:{self.port}"
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """A client's TLS context checking this server against its CA; None without TLS."""
+        if self.tls is None:
+            return None
+        return ssl.create_default_context(cafile=str(self.tls.ca))
 
     def stop(self, timeout: float = 10.0) -> None:
         if self.process.poll() is None:
@@ -143,14 +176,26 @@ async def start(
     conf: Path | None = None,
     ready_timeout: float = 15.0,
     tied: bool = False,
+    monitor_port: int | None = None,
+    tls_files: nats_tls.TlsFiles | None = None,
 ) -> NatsServer:
     """Start nats-server with hvmesh's configuration; returns once it accepts clients.
 
-    If the wait fails or is cancelled, the process is stopped before this returns. With
-    `tied`, the kernel also stops it when this process dies (see die_with_parent).
+    The shipped nats.conf runs as a copy in `data_dir`, beside the files it includes:
+    the HVMESH account's users (agents' included, agent_credentials) and the TLS blocks
+    (`tls_files`, or none). Monitoring listens on 127.0.0.1:`monitor_port` (a free port
+    if None). If the wait fails or is cancelled, the process is stopped before this
+    returns. With `tied`, the kernel also stops it when this process dies (see
+    die_with_parent).
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     passwords = load_secrets(data_dir)
+    if conf is None:
+        conf = data_dir / "nats.conf"
+        conf.write_text(config_path().read_text(encoding="utf-8"), encoding="utf-8")
+        agent_credentials.write_users_conf(data_dir)
+        nats_tls.write_includes(data_dir, tls_files)
+    monitor_port = monitor_port or free_port(avoid={port, leaf_port})
     env = dict(os.environ)
     env.update(
         HVMESH_NATS_HOST=host,
@@ -161,12 +206,15 @@ async def start(
         HVMESH_SERVICE_PASSWORD=passwords["service"],
         HVMESH_ADMIN_PASSWORD=passwords["admin"],
         HVMESH_DEMO_PASSWORD=passwords["demo"],
+        HVMESH_VIEWER_PASSWORD=passwords["viewer"],
+        HVMESH_ALT_PASSWORD=passwords["alt"],
         HVMESH_SYS_PASSWORD=passwords["sys"],
+        HVMESH_MONITOR=f"127.0.0.1:{monitor_port}",
     )
     log_path = data_dir / "nats-server.log"
     with open(log_path, "ab") as log_file:
         proc = subprocess.Popen(
-            [find_binary(), "-c", str(conf or config_path())],
+            [find_binary(), "-c", str(conf)],
             env=env,
             stdout=log_file,
             stderr=subprocess.STDOUT,
@@ -180,6 +228,8 @@ async def start(
         leaf_port=leaf_port,
         passwords=passwords,
         log_path=log_path,
+        monitor_port=monitor_port,
+        tls=tls_files,
     )
     try:
         await _wait_ready(server, ready_timeout)
@@ -200,6 +250,7 @@ async def _wait_ready(server: NatsServer, ready_timeout: float) -> None:
         try:
             nc = await nats.connect(
                 server.url_for("service"),
+                tls=server.tls_context(),
                 connect_timeout=1,
                 allow_reconnect=False,
                 error_cb=_quiet,

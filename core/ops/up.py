@@ -24,13 +24,19 @@ from hvmesh.core.api.service import ApiService
 from hvmesh.core.bus import contexts
 from hvmesh.core.bus.start_retry import RetryPolicy, StartGuard
 from hvmesh.core.conductor.service import Conductor
-from hvmesh.core.config import Config
+from hvmesh.core.config import Config, NatsSection
 from hvmesh.core.metadata.service import MetadataService
-from hvmesh.core.ops import launcher, natsserver
+from hvmesh.core.ops import agent_credentials, launcher, natsserver
+from hvmesh.core.ops import tls as nats_tls
+from hvmesh.core.protocol import subjects
 from hvmesh.schedulers.service import SchedulerService
 
 LOG = log.get_logger(__name__)
 DRAIN_TIMEOUT = 10.0  # seconds the services' connection may take to drain when stopping
+# The simulated hosts' one NATS user: one credential for the process that runs them all,
+# permitted every simulated host's subjects (a real agent has a user per host).
+FLEET_CREDENTIAL = "up-fake-hosts"
+MONITOR_PORT = 8222  # NATS monitoring's usual port, taken when free and none is asked for
 
 
 def write_contexts(server: natsserver.NatsServer) -> dict[str, Path]:
@@ -38,6 +44,8 @@ def write_contexts(server: natsserver.NatsServer) -> dict[str, Path]:
     for name, user, what in (
         ("hvmesh-admin", "admin", "hvmesh operator (admin project)"),
         ("hvmesh-demo", "demo", "hvmesh demo tenant (project DEMO)"),
+        ("hvmesh-viewer", "viewer", "hvmesh demo tenant's reader (project DEMO)"),
+        ("hvmesh-alt", "alt", "hvmesh second tenant (project ALT)"),
     ):
         made[name] = contexts.write(
             name,
@@ -45,6 +53,7 @@ def write_contexts(server: natsserver.NatsServer) -> dict[str, Path]:
                 url=server.address,
                 user=user,
                 password=server.passwords[user],
+                ca=str(server.tls.ca) if server.tls else "",
                 description=what,
             ),
         )
@@ -104,7 +113,9 @@ def banner(
     lines = [
         f"hvmesh is up: NATS at {server.address} (leaf nodes: port {server.leaf_port}), "
         f"{fake_hosts} simulated host(s), metadata service at "
-        f"http://{_url_host(metadata_address)}:{metadata_port}.",
+        f"http://{_url_host(metadata_address)}:{metadata_port}, NATS monitoring at "
+        f"http://127.0.0.1:{server.monitor_port}/varz"
+        + (f" (TLS: clients check NATS against {server.tls.ca})." if server.tls else "."),
         "",
         "  NATS CLI contexts written:",
         *(f"    {name:<13} {path}" for name, path in made.items()),
@@ -129,6 +140,29 @@ def banner(
     return "\n".join(lines)
 
 
+def fleet_settings(cfg: Config, data_dir: Path) -> NatsSection:
+    """The simulated hosts' [nats] settings: their NKEY user instead of the services' password."""
+    seed = data_dir / agent_credentials.SEED_DIR / f"{FLEET_CREDENTIAL}.nk"
+    return msgspec.structs.replace(
+        cfg.nats,
+        user="",
+        password="",
+        nkey=str(seed),
+        inbox_prefix=subjects.agent_inbox(FLEET_CREDENTIAL),
+    )
+
+
+def tls_files(
+    data_dir: Path, listen: str, demo: bool, cert: str = "", key: str = "", ca: str = ""
+) -> nats_tls.TlsFiles | None:
+    """The operator's certificates when given, else with `demo` a demo CA's; else no TLS."""
+    if cert or key or ca:
+        return nats_tls.TlsFiles.given(cert, key, ca)
+    if demo:
+        return nats_tls.demo_certificates(data_dir / nats_tls.DEMO_DIR, [listen])
+    return None
+
+
 async def _stop_when_exits(server: natsserver.NatsServer, stop: asyncio.Event) -> None:
     """Stop everything if nats-server dies under us: the services cannot work without it."""
     await asyncio.to_thread(server.process.wait)
@@ -144,17 +178,37 @@ async def up(
     fake_hosts: int,
     listen: str = "127.0.0.1",
     metadata_listen: str | None = None,
+    monitor_port: int | None = None,
+    tls_files: nats_tls.TlsFiles | None = None,
 ) -> None:
     """Run everything until SIGINT/SIGTERM; the metadata service binds on `metadata_listen`,
     else on `listen` (the NATS client address).
 
+    NATS monitoring listens on 127.0.0.1:`monitor_port` (by default 8222, or a free port
+    when something else holds 8222, as the banner says); with `tls_files`, NATS takes
+    clients and leaf nodes over TLS only and every service checks it against their CA.
+    The simulated hosts connect as their own NKEY user (FLEET_CREDENTIAL).
     A signal at any moment of the start stops what has started, nats-server included, and
     raises launcher.StoppedWhileStarting; so does an error, which is raised as it is.
     """
+    if fake_hosts:
+        agent_credentials.issue(data_dir, FLEET_CREDENTIAL, launcher.fake_names(fake_hosts))
+    else:
+        agent_credentials.revoke(data_dir, FLEET_CREDENTIAL)
+    if monitor_port is None:
+        monitor_port = MONITOR_PORT if natsserver.port_free(MONITOR_PORT) else 0
     stop = asyncio.Event()
     with launcher.signals(stop):
         server = await launcher.until_stopped(
-            natsserver.start(data_dir, port=nats_port, leaf_port=leaf_port, host=listen, tied=True),
+            natsserver.start(
+                data_dir,
+                port=nats_port,
+                leaf_port=leaf_port,
+                host=listen,
+                tied=True,
+                monitor_port=monitor_port,
+                tls_files=tls_files,
+            ),
             stop,
         )
         try:
@@ -186,7 +240,11 @@ async def _run(
     cfg = msgspec.structs.replace(
         cfg,
         nats=msgspec.structs.replace(
-            cfg.nats, url=server.address, user="hvmesh", password=server.passwords["service"]
+            cfg.nats,
+            url=server.address,
+            user="hvmesh",
+            password=server.passwords["service"],
+            tls_ca=str(server.tls.ca) if server.tls else cfg.nats.tls_ca,
         ),
         metadata=msgspec.structs.replace(cfg.metadata, listen=metadata_listen),
     )
@@ -199,7 +257,14 @@ async def _run(
     try:
         guard = StartGuard(RetryPolicy(timeout=cfg.DEFAULT.start_timeout))
         nc = await launcher.until_stopped(guard.connect(cfg.nats, "hvmesh-up"), stop)
+        hosts_nc, hosts_cfg = nc, cfg
         try:
+            if fake_hosts:
+                fleet_nats = fleet_settings(cfg, data_dir)
+                hosts_nc = await launcher.until_stopped(
+                    guard.connect(fleet_nats, "hvmesh-up-hosts"), stop
+                )
+                hosts_cfg = msgspec.structs.replace(cfg, nats=fleet_nats)
             plugins = launcher.load_plugins(cfg)  # once, for the scheduler and the hosts
             metadata = guard.component("metadata", lambda: MetadataService(nc, cfg))
             components: list[launcher.Component] = [
@@ -207,7 +272,9 @@ async def _run(
                 guard.component("scheduler", lambda: SchedulerService(nc, cfg, plugins)),
                 guard.component("conductor", lambda: Conductor(nc, cfg)),
                 metadata,
-                launcher.retried_fleet(guard, nc, cfg, fake_hosts, registry=plugins),
+                launcher.retried_fleet(guard, hosts_nc, hosts_cfg, fake_hosts, registry=plugins)
+                if fake_hosts
+                else launcher.Fleet([]),
             ]
             made = write_contexts(server)
 
@@ -218,9 +285,10 @@ async def _run(
 
             await launcher.serve(components, on_ready=ready, stop=stop)
         finally:
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(DRAIN_TIMEOUT):
-                    await nc.drain()
+            for connection in {hosts_nc, nc}:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(DRAIN_TIMEOUT):
+                        await connection.drain()
     finally:
         watchdog.cancel()
     if server.process.poll() is not None:

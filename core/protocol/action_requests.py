@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from msgspec import Meta
 
 from hvmesh.core.protocol.base import Name, PosInt, Request
+from hvmesh.core.protocol.limits import Metadata
 from hvmesh.core.protocol.requests import Address
 
 
@@ -117,7 +118,7 @@ class CreateImage(ActionRequest, tag="create-image"):
     `metadata` becomes image properties. `image_id` is chosen by the API, never sent."""
 
     name: Name
-    metadata: Annotated[dict[Name, Annotated[str, Meta(max_length=255)]], Meta(max_length=128)] = {}
+    metadata: Metadata = {}
     image_id: Name | None = None
 
 

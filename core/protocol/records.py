@@ -7,6 +7,7 @@ from typing import Literal
 from msgspec import field
 
 from hvmesh.core.protocol.base import Record, Request, now
+from hvmesh.core.protocol.limits import HintServers, NameText
 from hvmesh.core.protocol.resources import custom_resources, standard_overrides
 
 
@@ -146,9 +147,9 @@ class Fault(Record):
 class SchedulerHints(Request):
     """Nova's os:scheduler_hints that the built-in filters read."""
 
-    same_host: list[str] = field(default_factory=list)
-    different_host: list[str] = field(default_factory=list)
-    group: str | None = None  # a server group id: the server joins it
+    same_host: HintServers = field(default_factory=list)
+    different_host: HintServers = field(default_factory=list)
+    group: NameText | None = None  # a server group id: the server joins it
 
 
 class ServerGroup(Record):

@@ -7,7 +7,20 @@ from typing import Annotated, Literal
 from msgspec import Meta, field
 
 from hvmesh.core.protocol.base import DiskFormat, GroupPolicy, Name, NonNegInt, PosInt, Request
+from hvmesh.core.protocol.limits import (
+    MAX_COUNT,
+    MAX_DNS_NAMESERVERS,
+    Metadata,
+    MetadataUpdate,
+    Nics,
+    UserDataText,
+)
 from hvmesh.core.protocol.records import SchedulerHints
+
+# Dot-separated words, as a KV key must be (no leading, trailing or doubled dot).
+FlavorId = Annotated[
+    str, Meta(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\Z")
+]
 
 
 class FlavorCreate(Request):
@@ -15,18 +28,16 @@ class FlavorCreate(Request):
     vcpus: PosInt
     ram_mb: PosInt
     disk_gb: NonNegInt = 0
-    extra_specs: dict[str, str] = field(default_factory=dict)
+    extra_specs: Metadata = field(default_factory=dict)
     is_public: bool = True
-    id: Annotated[str, Meta(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9_.-]+$")] | None = (
-        None
-    )
+    id: FlavorId | None = None
 
 
 class ImageCreate(Request):
     name: Name
     disk_format: DiskFormat = "qcow2"
     container_format: Literal["bare", "ovf", "ova", "aki", "ari", "ami"] = "bare"
-    properties: dict[str, str] = field(default_factory=dict)
+    properties: Metadata = field(default_factory=dict)
     min_ram_mb: NonNegInt = 0
     min_disk_gb: NonNegInt = 0
     visibility: Literal["public", "private"] = "public"
@@ -41,7 +52,7 @@ class ImageUploadFinish(Request):
 
     id: Name
     size: NonNegInt
-    sha256: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
+    sha256: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}\Z")]
 
 
 Address = Annotated[str, Meta(min_length=1, max_length=64)]
@@ -51,17 +62,19 @@ class NetworkCreate(Request):
     name: Name
     cidr: Annotated[str, Meta(min_length=1, max_length=64)]
     gateway: Address | None = None  # default: the first host address; "none": no gateway
-    dns_nameservers: list[Address] = field(default_factory=list)
+    dns_nameservers: Annotated[list[Address], Meta(max_length=MAX_DNS_NAMESERVERS)] = field(
+        default_factory=list
+    )
     allocation_start: Address | None = None
     allocation_end: Address | None = None
-    physical_network: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "physnet1"
+    physical_network: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}\Z")] = "physnet1"
     network_type: Literal["flat", "vlan"] = "flat"
     segmentation_id: Annotated[int, Meta(ge=1, le=4094)] | None = None
     mtu: Annotated[int, Meta(ge=68, le=9216)] = 1500
     shared: bool = False
 
 
-MacAddress = Annotated[str, Meta(pattern=r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")]
+MacAddress = Annotated[str, Meta(pattern=r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}\Z")]
 
 
 class PortCreate(Request):
@@ -72,7 +85,7 @@ class PortCreate(Request):
 
 
 class KeypairCreate(Request):
-    name: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.@-][A-Za-z0-9_.@ -]{0,254}$")]
+    name: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_.@-][A-Za-z0-9_.@ -]{0,254}\Z")]
     public_key: Annotated[str, Meta(min_length=1, max_length=16384)]
 
 
@@ -80,9 +93,6 @@ class ServerGroupCreate(Request):
     name: Name
     policy: GroupPolicy
     max_server_per_host: PosInt = 1
-
-
-MAX_COUNT = 1000  # most servers one create request may ask for
 
 
 Count = Annotated[int, Meta(ge=1, le=MAX_COUNT)]
@@ -93,7 +103,7 @@ class ServerCreate(Request):
     flavor: Name
     image: Name
     availability_zone: Annotated[str, Meta(min_length=1, max_length=255)] | None = None
-    metadata: dict[str, str] = field(default_factory=dict)
+    metadata: Metadata = field(default_factory=dict)
     scheduler_hints: SchedulerHints = field(default_factory=SchedulerHints)
     # Multi-create, as Nova's: at least min_count servers are placed or none is; up to
     # max_count (default: min_count) when there is room.
@@ -101,24 +111,26 @@ class ServerCreate(Request):
     max_count: Count | None = None
     # One interface per entry, in order: a network (id or name; a port is made for it)
     # or an existing free port (by id).
-    networks: list[Name] = field(default_factory=list)
-    ports: list[Name] = field(default_factory=list)
+    networks: Nics = field(default_factory=list)
+    ports: Nics = field(default_factory=list)
     key_name: Name | None = None
-    user_data: Annotated[str, Meta(max_length=200_000)] | None = None  # base64, <= 64 KiB decoded
+    user_data: UserDataText | None = None  # base64, at most MAX_USER_DATA_BYTES decoded
     config_drive: bool = False
+    # API 1.1: a retry with the same token returns the server the first request made.
+    client_token: Annotated[str, Meta(min_length=1, max_length=255)] | None = None
 
 
 class AggregateCreate(Request):
     name: Name
     availability_zone: Annotated[str, Meta(min_length=1, max_length=255)] | None = None
-    metadata: dict[str, str] = field(default_factory=dict)
+    metadata: Metadata = field(default_factory=dict)
 
 
 class AggregateHost(Request):
-    id: str
+    id: Name
     host: Annotated[str, Meta(min_length=1, max_length=128)]
 
 
 class AggregateMetadata(Request):
-    id: str
-    metadata: dict[str, str | None]  # null removes a key
+    id: Name
+    metadata: MetadataUpdate  # null removes a key

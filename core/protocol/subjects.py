@@ -116,3 +116,33 @@ NAMES_BUCKET = "names"  # key "<kind>.<digest of the scope and name>": who holds
 QUOTAS_BUCKET = "quotas"  # key: a project's key (quota_records.project_key): its overrides
 QUOTA_USAGE_BUCKET = "quota_usage"  # same key: what the project holds, per holder
 USAGE_LEDGER_BUCKET = "usage_ledger"  # key "<project key>.<server id>": a deleted server's run
+
+# --- tenant discovery and notifications, idempotent creates ------------------------------------
+
+# Notifications go out on hvmesh.notify.<project>.<event_type> (the stream NOTIFY_STREAM
+# takes them all through NOTIFY_ALL). nats.conf exports hvmesh.notify.*.> with
+# account_token_position 3, so a tenant account imports its own project's only.
+NOTIFY_PROJECT_TOKEN = 3
+
+
+def project_notify(project: str, event_type: str) -> str:
+    """hvmesh.notify.<project>.<event_type>: a versioned notification about a project's server."""
+    return f"hvmesh.notify.{project}.{event_type}"
+
+
+# Tenant accounts import the API service's $SRV.PING and $SRV.INFO, by name and by
+# instance (not STATS: its counters are every project's traffic); `hvmesh api schema`
+# reads the endpoints' schemas from INFO.
+API_INFO = f"$SRV.INFO.{API_SERVICE}"
+
+CLIENT_TOKENS_BUCKET = "client_tokens"  # key: digest of (project, client_token): a create's reply
+
+# --- agents' own NATS users ----------------------------------------------------------------------
+
+
+def agent_inbox(name: str) -> str:
+    """_INBOX.agent-<name>: the reply subjects of an agent's own NATS user ([nats] inbox_prefix).
+
+    The dash keeps it apart from every other client's _INBOX.<nuid> (a nuid has none).
+    """
+    return f"_INBOX.agent-{name}"

@@ -16,17 +16,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import time
 from typing import Any
 
 import duckdb
-import msgspec
 import numpy as np
 from nats.js.kv import KeyValue
 
 from hvmesh.core import log
 from hvmesh.core.protocol.records import Aggregate, Heartbeat, Host
+from hvmesh.core.state import bucket_watch
 from hvmesh.core.state.host_columns import SQL_COLUMNS, HostColumns
 from hvmesh.core.state.store import Bucket, Entry, Store
 from hvmesh.core.tasks import stop_tasks
@@ -180,14 +181,17 @@ class Index:
     async def start(self, store: Store) -> None:
         """Watch the aggregates, hosts and heartbeats buckets; returns once all are loaded."""
         loaded = []
-        for bucket, apply in (
+        watched: list[tuple[Bucket[Any], Any]] = [
             (store.aggregates, self._on_aggregate),
             (store.hosts, self._on_host),
             (store.heartbeats, self._on_heartbeat),
-        ):
+        ]
+        for bucket, apply in watched:
             event = asyncio.Event()
             loaded.append(event.wait())
-            self._tasks.append(asyncio.create_task(self._watch(bucket, apply, event)))
+            take = functools.partial(apply, bucket)
+            watch = bucket_watch.watch(bucket, take, event, self._watchers, self._notify, "index")
+            self._tasks.append(asyncio.create_task(watch))
         await asyncio.gather(*loaded)
         # What was just loaded lives as long as the process: keep the cycle collector
         # from walking it in every full collection. Such a pass took ~50 ms at 10,000
@@ -227,29 +231,6 @@ class Index:
     ) -> None:
         if value:
             self.apply_heartbeat(bucket.decode(value))
-
-    async def _watch(self, bucket: Bucket[Any], apply: Any, loaded: asyncio.Event) -> None:
-        while True:
-            try:
-                watcher = await bucket.kv.watchall()
-                self._watchers.append(watcher)
-                async for e in watcher:
-                    if e is None:
-                        loaded.set()
-                        continue
-                    try:
-                        apply(bucket, e.key, e.value if e.operation is None else None, e.revision)
-                    except msgspec.DecodeError:
-                        LOG.warning("index.bad_record", bucket=bucket.kv._name, key=e.key)
-                    self._notify()
-                    if e.delta == 0:
-                        loaded.set()
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                LOG.exception("index.watch_failed", bucket=bucket.kv._name)
-                await asyncio.sleep(1.0)
 
     async def stop(self) -> None:
         await stop_tasks(self._tasks)

@@ -34,6 +34,7 @@ from nats.js.kv import KeyValue
 
 from hvmesh.core.protocol import errors, subjects
 from hvmesh.core.protocol.base import encode
+from hvmesh.core.protocol.client_tokens import ClientToken
 from hvmesh.core.protocol.quota_records import QuotaLimits, QuotaUsage, UsageRecord
 from hvmesh.core.protocol.records import (
     Aggregate,
@@ -71,6 +72,7 @@ BUCKETS: dict[str, type[msgspec.Struct]] = {
     subjects.QUOTAS_BUCKET: QuotaLimits,
     subjects.QUOTA_USAGE_BUCKET: QuotaUsage,
     subjects.USAGE_LEDGER_BUCKET: UsageRecord,
+    subjects.CLIENT_TOKENS_BUCKET: ClientToken,
 }
 
 # Buckets whose keys expire on their own (seconds): a placement lease outlives any retry
@@ -79,6 +81,8 @@ BUCKETS: dict[str, type[msgspec.Struct]] = {
 BUCKET_TTL: dict[str, float] = {
     subjects.PLACEMENT_LEASES_BUCKET: 3600.0,
     subjects.USAGE_LEDGER_BUCKET: 366 * 24 * 3600.0,
+    # A create's client token answers its retries for a day, as clients retry within one.
+    subjects.CLIENT_TOKENS_BUCKET: 24 * 3600.0,
 }
 
 
@@ -101,7 +105,7 @@ STREAMS = [
     ),
     StreamConfig(
         name=subjects.NOTIFY_STREAM,
-        description="Versioned notifications on hvmesh.notify.<event_type>, for outside consumers.",
+        description="Versioned notifications on hvmesh.notify.<project>.<event_type>.",
         subjects=[subjects.NOTIFY_ALL],
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
@@ -353,6 +357,10 @@ class Store:
     @property
     def usage_ledger(self) -> Bucket[UsageRecord]:
         return self._buckets["usage_ledger"]
+
+    @property
+    def client_tokens(self) -> Bucket[ClientToken]:
+        return self._buckets[subjects.CLIENT_TOKENS_BUCKET]
 
     async def open(self, create: bool = True) -> Store:
         """Bind (and with `create`, make) every bucket and stream."""

@@ -1,0 +1,1 @@
+"""Roles and policy: rules with defaults in code, a policy file overriding them, users' roles."""

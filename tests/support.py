@@ -195,13 +195,21 @@ async def wait_server(
     """Watch the server's record until `done(record)` holds (None: deleted)."""
     watcher = await store.servers.kv.watch(server_id)
     last: Server | None = None
+    seen = False
     try:
         async with asyncio.timeout(timeout):
             async for e in watcher:
                 if e is None:
+                    if not seen:
+                        # nats.py may mark the end of the initial values before a value
+                        # already on its way (the consumer counts it delivered, the
+                        # subscription not yet): read the record instead of trusting it.
+                        entry = await store.servers.get(server_id)
+                        last = entry.value if entry is not None else None
                     if done(last):
                         return last
                     continue
+                seen = True
                 last = store.servers.decode(e.value) if e.value and e.operation is None else None
                 if done(last):
                     return last
@@ -382,6 +390,9 @@ async def actions_finished(dep: Deployment, server_id: str, timeout: float = 30.
             async for e in watcher:
                 if e is None:
                     initial_read = True
+                    if not open_:  # the end marker may come before values on their way
+                        async for entry in bucket.entries(server_id):
+                            open_[entry.key] = entry.value.finish_time is None
                 else:
                     open_[e.key] = bool(e.value) and bucket.decode(e.value).finish_time is None
                 if initial_read and not any(open_.values()):

@@ -38,18 +38,26 @@ async def watch(
     name = bucket.kv._name
     while True:
         try:
+            # What the bucket holds now: the watch has delivered it all once a record of
+            # this revision or later came (nats.py's own end marker can come before
+            # records already on their way, so it alone does not say so).
+            state = (await bucket.kv._js.stream_info(bucket.kv._stream)).state
+            held = state.last_seq if state.messages else 0
+            seen = 0
             watcher = await bucket.kv.watchall()
             watchers.append(watcher)
             async for e in watcher:
                 if e is None:
-                    loaded.set()
+                    if seen >= held:
+                        loaded.set()
                     continue
+                seen = max(seen, e.revision or 0)
                 try:
                     apply(e.key, e.value if e.operation is None else None, e.revision or 0)
                 except msgspec.DecodeError:
                     LOG.warning(f"{event}.bad_record", bucket=name, key=e.key)
                 notify()
-                if e.delta == 0:
+                if seen >= held:
                     loaded.set()
             return
         except asyncio.CancelledError:

@@ -31,6 +31,7 @@ from hvmesh.core.config_sections import (
     ComputeSection,
     ConductorSection,
     MetadataSection,
+    RestSection,
     SchedulerSection,
 )
 
@@ -50,6 +51,7 @@ __all__ = [
     "PluginsSection",
     "PolicySection",
     "QuotaSection",
+    "RestSection",
     "SchedulerSection",
     "VmwareSection",
 ]
@@ -137,6 +139,7 @@ class Config(Struct, kw_only=True, forbid_unknown_fields=True):
     ironic: IronicSection = msgspec.field(default_factory=IronicSection)
     quota: QuotaSection = msgspec.field(default_factory=QuotaSection)
     api: ApiSection = msgspec.field(default_factory=ApiSection)
+    rest: RestSection = msgspec.field(default_factory=RestSection)
     policy: PolicySection = msgspec.field(default_factory=PolicySection)
     plugins: PluginsSection = msgspec.field(default_factory=PluginsSection)
 

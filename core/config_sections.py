@@ -280,6 +280,27 @@ class MetadataSection(Struct, kw_only=True, forbid_unknown_fields=True):
     ] = 15.0
 
 
+class RestSection(Struct, kw_only=True, forbid_unknown_fields=True):
+    listen: Annotated[
+        str, Meta(description="Address the REST service (hvmesh rest) listens on.")
+    ] = "127.0.0.1"
+    port: Annotated[
+        int, Meta(ge=0, le=65535, description="Its TCP port (Nova's 8774; 0: any free one).")
+    ] = 8774
+    token_ttl: Annotated[
+        float, Meta(gt=0, le=86_400, description="Seconds an identity token stays valid.")
+    ] = 3600.0
+    max_tokens_per_user: Annotated[
+        int,
+        Meta(
+            ge=1,
+            le=1000,
+            description="Most live tokens (each holding one NATS connection) one user may "
+            "have; a new one beyond that revokes the oldest.",
+        ),
+    ] = 16
+
+
 class ApiSection(Struct, kw_only=True, forbid_unknown_fields=True):
     max_limit: Annotated[
         int,

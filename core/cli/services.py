@@ -1,4 +1,4 @@
-"""`hvmesh up|api|conductor|scheduler|metadata|agent` and `config sample`: running the services."""
+"""`hvmesh up|api|rest|conductor|scheduler|metadata|agent` and `config sample`: running the services."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from hvmesh.core.metadata import service as metadata_service
     from hvmesh.core.ops import launcher
     from hvmesh.core.ops import up as ops_up
+    from hvmesh.core.rest import app as rest_app
     from hvmesh.schedulers import service as scheduler_service
 else:
     api_service = lazy.module("hvmesh.core.api.service")
@@ -34,6 +35,7 @@ else:
     launcher = lazy.module("hvmesh.core.ops.launcher")
     metadata_service = lazy.module("hvmesh.core.metadata.service")
     ops_up = lazy.module("hvmesh.core.ops.up")
+    rest_app = lazy.module("hvmesh.core.rest.app")
     scheduler_service = lazy.module("hvmesh.schedulers.service")
 
 
@@ -89,6 +91,11 @@ def starting(args: argparse.Namespace, run: Callable[[], None]) -> None:
 def cmd_api(args: argparse.Namespace) -> None:
     service = api_service.ApiService  # read now: its module loads before connecting
     run_service(args, lambda nc, cfg, guard: [guard.component("api", lambda: service(nc, cfg))])
+
+
+def cmd_rest(args: argparse.Namespace) -> None:
+    service = rest_app.RestService  # read now: its module loads before connecting
+    run_service(args, lambda nc, cfg, guard: [guard.component("rest", lambda: service(nc, cfg))])
 
 
 def cmd_conductor(args: argparse.Namespace) -> None:
@@ -212,6 +219,7 @@ def add_parsers(sub: Any, leaf: Any) -> None:
 
     services = [
         leaf(sub, "api", cmd_api, "run the API service"),
+        leaf(sub, "rest", cmd_rest, "run the OpenStack REST API (Keystone v3 tokens, compute)"),
         leaf(sub, "conductor", cmd_conductor, "run a conductor"),
         leaf(sub, "scheduler", cmd_scheduler, "run a scheduler"),
         leaf(sub, "metadata", cmd_metadata, "run the metadata service guests read (cloud-init)"),

@@ -29,6 +29,7 @@ from hvmesh.core.metadata.service import MetadataService
 from hvmesh.core.ops import agent_credentials, launcher, natsserver
 from hvmesh.core.ops import tls as nats_tls
 from hvmesh.core.protocol import subjects
+from hvmesh.core.rest.app import RestService
 from hvmesh.schedulers.service import SchedulerService
 
 LOG = log.get_logger(__name__)
@@ -83,6 +84,7 @@ def banner(
     metadata_port: int,
     hvmesh: str | None = None,
     nats_cli: bool | None = None,
+    rest_auth_url: str | None = None,
 ) -> str:
     """What `hvmesh up` prints once it is up.
 
@@ -116,6 +118,11 @@ def banner(
         f"http://{_url_host(metadata_address)}:{metadata_port}, NATS monitoring at "
         f"http://127.0.0.1:{server.monitor_port}/varz"
         + (f" (TLS: clients check NATS against {server.tls.ca})." if server.tls else "."),
+        *(
+            [f"  OpenStack clients (openstack CLI, openstacksdk): OS_AUTH_URL={rest_auth_url}"]
+            if rest_auth_url
+            else []
+        ),
         "",
         "  NATS CLI contexts written:",
         *(f"    {name:<13} {path}" for name, path in made.items()),
@@ -247,6 +254,13 @@ async def _run(
             tls_ca=str(server.tls.ca) if server.tls else cfg.nats.tls_ca,
         ),
         metadata=msgspec.structs.replace(cfg.metadata, listen=metadata_listen),
+        # The REST front door on loopback: its port if free, else any free one (the banner
+        # prints which).
+        rest=msgspec.structs.replace(
+            cfg.rest,
+            listen="127.0.0.1",
+            port=cfg.rest.port if natsserver.port_free(cfg.rest.port) else 0,
+        ),
     )
     if not cfg.compute.image_cache_dir:  # simulated hosts cache images under data_dir
         cfg = msgspec.structs.replace(
@@ -267,11 +281,13 @@ async def _run(
                 hosts_cfg = msgspec.structs.replace(cfg, nats=fleet_nats)
             plugins = launcher.load_plugins(cfg)  # once, for the scheduler and the hosts
             metadata = guard.component("metadata", lambda: MetadataService(nc, cfg))
+            rest = guard.component("rest", lambda: RestService(nc, cfg))
             components: list[launcher.Component] = [
                 guard.component("api", lambda: ApiService(nc, cfg)),
                 guard.component("scheduler", lambda: SchedulerService(nc, cfg, plugins)),
                 guard.component("conductor", lambda: Conductor(nc, cfg)),
                 metadata,
+                rest,
                 launcher.retried_fleet(guard, hosts_nc, hosts_cfg, fake_hosts, registry=plugins)
                 if fake_hosts
                 else launcher.Fleet([]),
@@ -281,7 +297,11 @@ async def _run(
             def ready() -> None:
                 assert metadata.current is not None
                 address, port = metadata.current.address, metadata.current.port
-                print(banner(server, fake_hosts, made, address, port), flush=True)
+                auth_url = rest.current.auth_url if rest.current is not None else None
+                print(
+                    banner(server, fake_hosts, made, address, port, rest_auth_url=auth_url),
+                    flush=True,
+                )
 
             await launcher.serve(components, on_ready=ready, stop=stop)
         finally:

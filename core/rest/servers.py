@@ -1,0 +1,241 @@
+"""Compute servers: list, detail, show, create, delete and actions, on hvmesh.api.servers.*."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from hvmesh.core.rest import server_views
+from hvmesh.core.rest.calls import Compute, json_body, ref_id
+from hvmesh.core.rest.errors import RestError
+
+STATUSES = frozenset(
+    [
+        "ACTIVE",
+        "BUILD",
+        "SHUTOFF",
+        "PAUSED",
+        "SUSPENDED",
+        "VERIFY_RESIZE",
+        "SHELVED",
+        "SHELVED_OFFLOADED",
+        "ERROR",
+        "DELETED",
+        "REBOOT",
+        "HARD_REBOOT",
+        "REBUILD",
+        "MIGRATING",
+        "RESIZE",
+        "REVERT_RESIZE",
+        "UNKNOWN",
+    ]
+)
+# Nova's query parameter -> hvmesh.api.servers.list's field (values passed as they are).
+FILTERS = {
+    "name": "name",
+    "host": "host",
+    "flavor": "flavor",
+    "image": "image",
+    "changes-since": "changes_since",
+    "sort_dir": "sort_dir",
+    "marker": "marker",
+}
+FALSE = ("0", "false", "no", "off")
+# Nova's action -> (hvmesh action, {Nova's body key: hvmesh's}); all answer 202 with no body.
+ACTIONS: dict[str, tuple[str, dict[str, str]]] = {
+    "os-start": ("start", {}),
+    "os-stop": ("stop", {}),
+    "reboot": ("reboot", {"type": "type"}),
+    "pause": ("pause", {}),
+    "unpause": ("unpause", {}),
+    "suspend": ("suspend", {}),
+    "resume": ("resume", {}),
+    "lock": ("lock", {}),
+    "unlock": ("unlock", {}),
+    "os-resetState": ("reset-state", {"state": "state"}),
+    "resize": ("resize", {"flavorRef": "flavor"}),
+    "confirmResize": ("confirm-resize", {}),
+    "revertResize": ("revert-resize", {}),
+    "migrate": ("migrate", {}),
+    "os-migrateLive": ("live-migrate", {"host": "host"}),
+    "shelve": ("shelve", {}),
+    "shelveOffload": ("shelve-offload", {}),
+    "unshelve": ("unshelve", {}),
+}
+
+
+def list_request(c: Compute) -> dict[str, Any]:
+    """hvmesh.api.servers.list's body from Nova's GET /servers query."""
+    q = c.request.query
+    body: dict[str, Any] = {FILTERS[k]: v for k, v in q.items() if k in FILTERS}
+    limit = c.int_query("limit")
+    if limit is not None:
+        body["limit"] = limit
+    if "status" in q:
+        status = q["status"].upper()
+        if status not in STATUSES:
+            raise RestError(400, f"status: {q['status']!r} is not a server status")
+        body["status"] = status
+    if "all_tenants" in q and q["all_tenants"].lower() not in FALSE:
+        body["all_projects"] = True
+    project = q.get("project_id") or q.get("tenant_id")
+    if project:
+        if body.get("all_projects"):
+            body["project"] = project
+        elif project != c.token.project:
+            raise RestError(403, "project_id: another project's servers need all_tenants")
+    return body
+
+
+async def _list(request: web.Request, detailed: bool) -> web.Response:
+    c = Compute(request)
+    reply = await c.call("servers", "list", list_request(c))
+    show = server_views.detail if detailed else server_views.brief
+    out: dict[str, Any] = {"servers": [show(c, s) for s in reply["servers"]]}
+    more = c.next_link(reply, "servers", "servers/detail" if detailed else "servers")
+    if more:
+        out["servers_links"] = more
+    return c.reply(out)
+
+
+async def index(request: web.Request) -> web.Response:
+    return await _list(request, detailed=False)
+
+
+async def detail(request: web.Request) -> web.Response:
+    return await _list(request, detailed=True)
+
+
+async def show(request: web.Request) -> web.Response:
+    c = Compute(request)
+    reply = await c.call("servers", "get", {"id": request.match_info["id"]})
+    return c.reply({"server": server_views.detail(c, reply["server"])})
+
+
+def _interfaces(c: Compute, networks: Any) -> tuple[list[str], list[str]]:
+    """(networks, ports) from Nova's "networks": a list of {uuid} or {port}, or "auto"/"none"."""
+    if networks is None:
+        if c.at_least(2, 37):
+            raise RestError(400, "server.networks is required from microversion 2.37")
+        return [], []
+    if networks in ("auto", "none"):
+        if not c.at_least(2, 37):
+            raise RestError(400, f"server.networks {networks!r}: from microversion 2.37")
+        return [], []
+    if not isinstance(networks, list):
+        raise RestError(400, "server.networks: a list, or 'auto' or 'none'")
+    nets: list[str] = []
+    ports: list[str] = []
+    for i, entry in enumerate(networks):
+        if not isinstance(entry, dict):
+            raise RestError(400, f"server.networks[{i}]: an object with uuid or port")
+        if set(entry) - {"uuid", "port"}:
+            unknown = ", ".join(sorted(set(entry) - {"uuid", "port"}))
+            raise RestError(400, f"server.networks[{i}]: {unknown} not supported")
+        if entry.get("port"):
+            ports.append(str(entry["port"]))
+        elif entry.get("uuid"):
+            nets.append(str(entry["uuid"]))
+        else:
+            raise RestError(400, f"server.networks[{i}]: needs uuid or port")
+    return nets, ports
+
+
+def create_request(c: Compute, body: dict[str, Any], hints: Any) -> dict[str, Any]:
+    """hvmesh.api.servers.create's body from Nova's POST /servers body."""
+    if body.get("block_device_mapping_v2") or body.get("block_device_mapping"):
+        raise RestError(400, "block device mappings: hvmesh boots from images only")
+    if "imageRef" not in body:
+        raise RestError(400, "server.imageRef is required: hvmesh boots from images")
+    nets, ports = _interfaces(c, body.get("networks"))
+    req: dict[str, Any] = {
+        "name": body.get("name"),
+        "flavor": ref_id(body.get("flavorRef"), "server.flavorRef"),
+        "image": ref_id(body.get("imageRef"), "server.imageRef"),
+        "networks": nets,
+        "ports": ports,
+        "metadata": body.get("metadata") or {},
+        "config_drive": str(body.get("config_drive", "")).lower() in ("true", "1", "yes"),
+    }
+    for nova, ours in (
+        ("key_name", "key_name"),
+        ("user_data", "user_data"),
+        ("availability_zone", "availability_zone"),
+        ("min_count", "min_count"),
+        ("max_count", "max_count"),
+    ):
+        if body.get(nova) is not None:
+            req[ours] = body[nova]
+    if hints:
+        req["scheduler_hints"] = hints
+    return req
+
+
+async def create(request: web.Request) -> web.Response:
+    c = Compute(request)
+    body = await json_body(request, "server")
+    raw = await request.json()
+    hints = raw.get("os:scheduler_hints") or raw.get("OS-SCH-HNT:scheduler_hints")
+    reply = await c.call("servers", "create", create_request(c, body, hints))
+    created = reply.get("server") or (reply.get("servers") or [{}])[0]
+    server = {
+        "id": created["id"],
+        "links": c.links("servers", created["id"]),
+        "OS-DCF:diskConfig": "MANUAL",
+        "security_groups": [{"name": "default"}],
+    }
+    location = server["links"][0]["href"]
+    return c.reply({"server": server}, status=202, headers={"Location": location})
+
+
+async def update(request: web.Request) -> web.Response:
+    Compute(request)
+    raise RestError(501, "updating a server (PUT /servers/{id}) is not implemented yet")
+
+
+async def delete(request: web.Request) -> web.Response:
+    c = Compute(request)
+    await c.call("servers", "delete", {"id": request.match_info["id"]})
+    return c.reply(None, status=204)
+
+
+async def action(request: web.Request) -> web.Response:
+    c = Compute(request)
+    try:
+        raw = await request.json()
+    except ValueError:
+        raise RestError(400, "malformed JSON in the request body") from None
+    if not isinstance(raw, dict) or len(raw) != 1:
+        raise RestError(400, "an action body is one object: {<action>: {...}}")
+    ((name, args),) = raw.items()
+    args = args if isinstance(args, dict) else {}
+    ident = request.match_info["id"]
+    if name == "os-getConsoleOutput":
+        body: dict[str, Any] = {"id": ident, "action": "console-log"}
+        if args.get("length") not in (None, -1, "-1"):
+            body["length"] = int(args["length"])
+        reply = await c.call("servers", "action", body)
+        return c.reply({"output": reply.get("output", "")})
+    if name not in ACTIONS:
+        raise RestError(400, f"action {name!r} is not implemented (docs/rest-api.md)")
+    ours, keys = ACTIONS[name]
+    body = {"id": ident, "action": ours}
+    for nova, key in keys.items():
+        if args.get(nova) is not None:
+            body[key] = ref_id(args[nova], nova) if nova == "flavorRef" else args[nova]
+    await c.call("servers", "action", body)
+    return c.reply(None, status=202)
+
+
+def routes() -> list[web.AbstractRouteDef]:
+    p = "/compute/v2.1/servers"
+    return [
+        web.get(p, index),
+        web.get(f"{p}/detail", detail),
+        web.post(p, create),
+        web.get(p + "/{id}", show),
+        web.put(p + "/{id}", update),
+        web.delete(p + "/{id}", delete),
+        web.post(p + "/{id}/action", action),
+    ]

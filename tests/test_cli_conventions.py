@@ -181,6 +181,42 @@ async def test_a_closed_pipe_ends_quietly(cloud: Deployment) -> None:
     assert out.decode().startswith("+--") and out.count(b"\n") == 1 and err == b""
 
 
+async def test_a_slow_reader_of_a_non_blocking_pipe_gets_everything(cloud: Deployment) -> None:
+    """Python drops, without a word, what one write cannot place in a non-blocking pipe;
+    the CLI makes its stdout block, so a reader that comes late still gets all of it."""
+    cli = Cli(cloud)
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)  # shared with the child: its stdout starts non-blocking
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            HVMESH, "api", "schema", "-f", "json", *cli.auth, stdout=write_end
+        )
+    finally:
+        os.close(write_end)
+    try:
+        # Read only once the pipe is full (64 KiB queued), when a non-blocking write would fail.
+        deadline = time.monotonic() + 60
+        while _queued(read_end) < 65536:
+            assert proc.returncode is None or _queued(read_end) > 0, "hvmesh wrote nothing"
+            assert time.monotonic() < deadline, f"only {_queued(read_end)} bytes came"
+            await asyncio.sleep(0.05)
+        chunks = []
+        while chunk := await asyncio.to_thread(os.read, read_end, 1 << 16):
+            chunks.append(chunk)
+    finally:
+        os.close(read_end)
+    assert await asyncio.wait_for(proc.wait(), timeout=60) == 0
+    text = b"".join(chunks)
+    assert len(text) > 65536
+    endpoints = json.loads(text)
+    assert "servers-list" in {e["endpoint"] for e in endpoints}
+
+
+def _queued(fd: int) -> int:
+    """How many bytes wait to be read from the pipe `fd`."""
+    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+
+
 async def test_a_refused_connection_says_so() -> None:
     url = f"nats://127.0.0.1:{natsserver.free_port()}"
     # A long --timeout: the refusal is reported as a refusal, not as a timeout.

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
+import select as select_module
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -212,7 +214,11 @@ def _csv_writer(out: TextIO) -> Any:
 
 
 def _emit_rows(
-    rows: Sequence[dict[str, Any]], columns: list[tuple[str, str]], fmt: str, out: TextIO
+    rows: Sequence[dict[str, Any]],
+    columns: list[tuple[str, str]],
+    fmt: str,
+    out: TextIO,
+    width: int | None,
 ) -> None:
     keys = [k for k, _ in columns]
     if fmt == "csv":
@@ -229,10 +235,10 @@ def _emit_rows(
             for k in keys
         ]
         header = [h for _, h in columns]
-        print(output_table.render(header, cells, right, _max_width(out)), file=out)
+        print(output_table.render(header, cells, right, width), file=out)
 
 
-def _emit_record(record: dict[str, Any], fmt: str, out: TextIO) -> None:
+def _emit_record(record: dict[str, Any], fmt: str, out: TextIO, width: int | None) -> None:
     keys = list(record)
     if SETTINGS.columns:
         keys = [k for k, _ in select(SETTINGS.columns, [(k, k) for k in keys])]
@@ -245,7 +251,6 @@ def _emit_record(record: dict[str, Any], fmt: str, out: TextIO) -> None:
             print(cell(record[key], flat=True), file=out)
     elif keys:
         rows = [[key, cell(record[key])] for key in keys]
-        width = _max_width(out)
         table = output_table.render(
             ["Field", "Value"], rows, max_width=width, min_width=output_table.RECORD_MIN_WIDTH
         )
@@ -266,23 +271,47 @@ def emit(
 ) -> None:
     """Print `data` (a record or a list of records) as `fmt`; `columns`: a list's default ones."""
     out = out or sys.stdout
+    text = io.StringIO()
     if fmt == "json":
         indent = None if SETTINGS.noindent else 2
-        print(json.dumps(_selected_data(data, columns), indent=indent, default=str), file=out)
+        print(json.dumps(_selected_data(data, columns), indent=indent, default=str), file=text)
     elif fmt == "yaml":
-        _emit_yaml(_selected_data(data, columns), out)
+        _emit_yaml(_selected_data(data, columns), text)
     elif isinstance(data, dict):
-        _emit_record(data, fmt, out)
+        _emit_record(data, fmt, text, _max_width(out))
     elif isinstance(data, list) and all(isinstance(r, dict) for r in data):
         shown = _list_columns(data, columns)
         if SETTINGS.columns:
             shown = select(SETTINGS.columns, _available(data, shown))
-        _emit_rows(data, shown, fmt, out)
+        _emit_rows(data, shown, fmt, text, _max_width(out))
     elif isinstance(data, list):
         for item in data:
-            print(cell(item, flat=True), file=out)
+            print(cell(item, flat=True), file=text)
     else:
-        print(cell(data), file=out)
+        print(cell(data), file=text)
+    write_all(text.getvalue(), out)
+
+
+def write_all(text: str, out: TextIO) -> None:
+    """Write `text` to `out` to the last byte, however slowly its reader reads.
+
+    A write to a pipe may place only part of the bytes (the pipe is full and the write is
+    interrupted, or the pipe is non-blocking), and Python's buffered stdout can drop the
+    rest without a word: a long `-f json` list would be cut at the pipe's 64 KiB. So the
+    bytes go straight to the descriptor, again and again until all are written.
+    """
+    try:
+        fd = out.fileno()
+    except (OSError, ValueError, AttributeError):
+        out.write(text)  # not a file: a StringIO
+        return
+    out.flush()
+    data = memoryview(text.encode(out.encoding or "utf-8", errors="replace"))
+    while data:
+        try:
+            data = data[os.write(fd, data) :]
+        except BlockingIOError:
+            select_module.select([], [fd], [])
 
 
 def stdout_closed() -> int:

@@ -152,7 +152,7 @@ def cmd_server_action(args: argparse.Namespace) -> None:
     reply = launcher.run(api(args, subjects.api("servers", "action"), action_body(args)))
     if "output" in reply:  # console-log
         if for_people(args.format):
-            sys.stdout.write(reply["output"])
+            output.write_all(reply["output"], sys.stdout)
         else:
             output.emit(reply, args.format)
         return

@@ -97,6 +97,17 @@ class ConductorSection(Struct, kw_only=True, forbid_unknown_fields=True):
             "waiting on such a host fails over without waiting for action_timeout.",
         ),
     ] = 5.0
+    stuck_check_interval: Annotated[
+        float,
+        Meta(
+            ge=0,
+            description="Seconds between checks for servers whose task stopped moving "
+            "(unchanged past scheduler_deadline + action_timeout while scheduling, twice "
+            "action_timeout otherwise): a build ends in ERROR, any other task is dropped, "
+            "with a fault saying since when. As Nova's instance_build_timeout, but for "
+            "every task. 0: never (`hvmesh manage audit --heal` still does it).",
+        ),
+    ] = 60.0
 
 
 class SchedulerSection(Struct, kw_only=True, forbid_unknown_fields=True):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import uuid
 from typing import Any
 
 import msgspec
@@ -18,8 +19,10 @@ from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
 from hvmesh.core.bus.worker import PullWorker, Retry, durable_pull
 from hvmesh.core.conductor import build
 from hvmesh.core.protocol import subjects
+from hvmesh.core.protocol.base import now
 from hvmesh.core.protocol.messages import AgentEvent, Task
-from hvmesh.core.state import dead_letters
+from hvmesh.core.protocol.records import Flavor, Server
+from hvmesh.core.state import action_log, dead_letters
 from tests.support import (
     ApiClient,
     Cli,
@@ -225,3 +228,40 @@ async def test_agent_work_that_keeps_failing_is_reported_failed_and_rescheduled(
     assert event.message == (
         "agent flaky gave up on spawn after 3 deliveries: ConnectionError: store unreachable"
     )
+
+
+async def test_a_server_whose_build_was_never_queued_ends_in_error(
+    deployment: Deployment,
+) -> None:
+    """An API killed between writing a server and queuing its build leaves it scheduling
+    with no build anywhere; the conductor ends it past its limit, as Nova's build timeout
+    does, and leaves a server whose task still moves alone."""
+    cfg = deployment.config(
+        conductor={"stuck_check_interval": 0.2, "scheduler_deadline": 2.0, "action_timeout": 2.0}
+    )
+    await deployment.start_core(cfg)
+    st = deployment.store
+    assert st is not None
+    flavor = Flavor(id="f1", name="m1.tiny", vcpus=1, ram_mb=64, disk_gb=1)
+
+    def orphan(name: str, updated_at: float) -> Server:
+        return Server(
+            id=str(uuid.uuid4()), name=name, project="demo", user="demo", flavor=flavor,
+            image_id=str(uuid.uuid4()), image_name="cirros", vm_state="building",
+            task_state="scheduling", request_id="req-orphan", updated_at=updated_at,
+        )  # fmt: skip
+
+    old = orphan("old", now() - 10.0)  # past scheduler_deadline + action_timeout
+    fresh = orphan("fresh", now() + 3600.0)  # moving, as far as anyone can tell
+    for server in (old, fresh):
+        await action_log.start(st, server.id, "req-orphan", "create", "demo", "demo")
+        await st.servers.create(server.id, server)
+
+    ended = await wait_server(st, old.id, lambda s: s is not None and s.task_state is None)
+    assert ended is not None and ended.vm_state == "error"
+    assert ended.fault is not None and ended.fault.message.startswith("stuck in scheduling since")
+    assert ended.fault.message.endswith("ended by the conductor")
+    actions = await action_log.for_server(st, old.id)
+    assert actions[0].finish_time is not None and actions[0].message == "Error"
+    still = (await st.servers.get(fresh.id)).value
+    assert (still.vm_state, still.task_state) == ("building", "scheduling")

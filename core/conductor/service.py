@@ -36,6 +36,7 @@ from hvmesh.core.conductor import (
 )
 from hvmesh.core.conductor.host_monitor import HostMonitor
 from hvmesh.core.conductor.lifecycle import Lifecycle
+from hvmesh.core.conductor.stuck_watch import StuckWatch
 from hvmesh.core.config import Config
 from hvmesh.core.protocol import subjects
 from hvmesh.core.protocol.base import now
@@ -59,6 +60,7 @@ class Conductor:
         for module in ACTION_MODULES:
             module.register(self.lifecycle)
         self.host_monitor = HostMonitor(self, self.lifecycle)
+        self.stuck_watch = StuckWatch(self)
 
     @property
     def st(self) -> Store:
@@ -108,6 +110,7 @@ class Conductor:
         for worker in self._workers:
             worker.start()
         self.host_monitor.start()
+        self.stuck_watch.start()
         LOG.info("conductor.started")
 
     def _worker(
@@ -130,6 +133,7 @@ class Conductor:
         await exhausted.event_given_up(self, self.lifecycle, event, why)
 
     async def stop(self) -> None:
+        await self.stuck_watch.stop()
         await self.host_monitor.stop()
         for worker in self._workers:
             await worker.stop()

@@ -47,6 +47,7 @@ def chaos_settings(workdir: Path, url: str, password: str, fail_rate: float) -> 
             "retry_delay_max": 5.0,
             "scheduler_deadline": 30.0,
             "host_check_interval": 2.0,
+            "stuck_check_interval": 5.0,
         },
         "scheduler": {"host_subset_size": 3},
         "compute": {

@@ -8,7 +8,16 @@ import pytest
 
 from hvmesh.core.ops import audit
 from hvmesh.core.protocol import errors
-from tests.support import ApiClient, Deployment, gone, make_flavor_image, settled, wait_server
+from tests.support import (
+    ApiClient,
+    Cli,
+    Deployment,
+    gone,
+    hvmesh,
+    make_flavor_image,
+    settled,
+    wait_server,
+)
 
 
 async def test_boot_show_list_delete(cloud: Deployment, admin: ApiClient) -> None:
@@ -187,3 +196,54 @@ async def test_services_answer_the_micro_protocol(cloud: Deployment, admin: ApiC
     assert by_name["flavors-get"]["last_error"] == "404:flavor missing not found"
     assert by_name["flavors-list"]["num_errors"] == 0
     assert by_name["flavors-list"]["processing_time"] > 0
+
+
+async def test_a_server_is_renamed_and_its_metadata_set(
+    cloud: Deployment, admin: ApiClient, demo: ApiClient
+) -> None:
+    await make_flavor_image(admin)
+    body = {"name": "old", "flavor": "m1.small", "image": "cirros", "metadata": {"a": "1"}}
+    server = (await demo("servers.create", body))["server"]
+    sid = server["id"]
+    await wait_server(cloud.store, sid, settled)
+
+    renamed = await demo("servers.update", {"id": sid, "name": "new", "metadata": {"b": "2"}})
+    assert (renamed["server"]["name"], renamed["server"]["metadata"]) == (
+        "new",
+        {"a": "1", "b": "2"},
+    )
+    update = {"id": sid, "metadata": {"a": None, "c": "3"}}  # null removes a key
+    assert (await demo("servers.update", update))["server"]["metadata"] == {"b": "2", "c": "3"}
+    update = {"id": sid, "metadata": {"z": "9"}, "replace_metadata": True}
+    assert (await demo("servers.update", update))["server"]["metadata"] == {"z": "9"}
+    listed = (await demo("servers.list", {"name": "^new$"}))["servers"]
+    assert [s["id"] for s in listed] == [sid]
+
+    # Bad input changes nothing; another project's server is not there; a reader may not.
+    with pytest.raises(errors.BadRequest, match="nothing to update"):
+        await demo("servers.update", {"id": sid})
+    with pytest.raises(errors.BadRequest):
+        await demo("servers.update", {"id": sid, "name": ""})
+    await admin("quotas.set", {"project": "DEMO", "metadata_items": 2})
+    too_many = {"id": sid, "metadata": {"x": "1", "y": "2"}}
+    with pytest.raises(errors.Forbidden, match="metadata_items"):
+        await demo("servers.update", too_many)
+    with pytest.raises(errors.NotFound):
+        await ApiClient(await cloud.connect("alt"))("servers.update", {"id": sid, "name": "x"})
+    with pytest.raises(errors.Forbidden):
+        await ApiClient(await cloud.connect("viewer"))("servers.update", {"id": sid, "name": "x"})
+    after = (await demo("servers.get", {"id": sid}))["server"]
+    assert (after["name"], after["metadata"]) == ("new", {"z": "9"})
+
+    # The CLI: server set --name/--property, server unset --property.
+    cli = Cli(cloud)
+    auth = ["--user", "demo", "--password", cloud.server.passwords["demo"]]
+    auth = [*cli.auth[:2], *auth]
+    code, out, err = await hvmesh("server", "set", sid, "--name", "cli", "--property", "k=v", *auth)
+    assert code == 0, err
+    code, out, err = await hvmesh("server", "unset", sid, "--property", "z", "-f", "json", *auth)
+    assert code == 0, err
+    shown = json.loads(out)
+    assert (shown["name"], shown["metadata"]) == ("cli", {"k": "v"})
+    code, out, err = await hvmesh("server", "set", sid, *auth)
+    assert code == 1 and "give --name, --property KEY=VALUE or --state" in err

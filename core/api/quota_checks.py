@@ -30,16 +30,26 @@ async def admit_servers(
     Nova's multi-create); the ids admitted. 403 when metadata has too many items or not
     even min_count servers fit."""
     limits = await limits_of(api, caller.project)
+    check_metadata_items(limits, metadata)
+    amounts = quotas.flavor_amounts(flavor)
+    holders = [(quotas.server_key(i), amounts, "") for i in ids]
+    admitted = await quotas.reserve(api.st, caller.project, limits, holders, min_count)
+    return ids[:admitted]
+
+
+def check_metadata_items(limits: dict[str, int], metadata: dict[str, str]) -> None:
+    """403 when a server's metadata has more items than the project's metadata_items."""
     most = limits.get("metadata_items", -1)
     if 0 <= most < len(metadata):
         raise errors.Forbidden(
             f"Quota exceeded for metadata_items: Requested {len(metadata)}, but the limit "
             f"is {most} metadata_items per server"
         )
-    amounts = quotas.flavor_amounts(flavor)
-    holders = [(quotas.server_key(i), amounts, "") for i in ids]
-    admitted = await quotas.reserve(api.st, caller.project, limits, holders, min_count)
-    return ids[:admitted]
+
+
+async def metadata_fits(api: ApiContext, project: str, metadata: dict[str, str]) -> None:
+    """`check_metadata_items` with the project's limits."""
+    check_metadata_items(await limits_of(api, project), metadata)
 
 
 async def release_servers(api: ApiContext, project: str, ids: list[str]) -> None:

@@ -1,4 +1,4 @@
-"""The API's server endpoints: hvmesh.api.servers.{create,get,delete}; a boot starts here.
+"""The API's server endpoints: hvmesh.api.servers.{create,get,update,delete}; a boot starts here.
 
 servers.create (ServerEndpoints.server_create) checks the flavor, image, zone, count,
 user_data and key pair, makes or binds each server's ports (core/api/networks.py), adds
@@ -30,7 +30,7 @@ from hvmesh.core.protocol import actions, errors, states
 from hvmesh.core.protocol.base import new_id, now
 from hvmesh.core.protocol.messages import Task
 from hvmesh.core.protocol.records import Flavor, Image, Server, Vif
-from hvmesh.core.protocol.requests import ServerCreate
+from hvmesh.core.protocol.requests import ServerCreate, ServerUpdate
 from hvmesh.core.state import action_log, ports
 from hvmesh.core.state.tasks import new_request_id, publish_task
 
@@ -193,6 +193,29 @@ class ServerEndpoints:
     async def server_get(self, caller: Caller, req: IdOnly) -> dict:
         return {"server": server_view(await own_server(self.api.st, req.id, caller), caller)}
 
+    async def server_update(self, caller: Caller, req: ServerUpdate) -> dict:
+        """Rename a server and set or remove its metadata items, in one compare-and-set."""
+        if req.name is None and not req.metadata and not req.replace_metadata:
+            raise errors.BadRequest("nothing to update: give name or metadata")
+        server = await own_server(self.api.st, req.id, caller)
+        if req.replace_metadata:
+            wanted = {k: v for k, v in req.metadata.items() if v is not None}
+        else:
+            wanted = _merged(server.metadata, req.metadata)
+        await quota_checks.metadata_fits(self.api, server.project, wanted)
+
+        def change(s: Server) -> Server:
+            metadata = wanted if req.replace_metadata else _merged(s.metadata, req.metadata)
+            name = req.name if req.name is not None else s.name
+            return msgspec.structs.replace(s, name=name, metadata=metadata, updated_at=now())
+
+        written = await self.api.st.servers.mutate(server.id, change)
+        if written is None:
+            raise errors.NotFound(f"server {req.id} not found")
+        await notify.updated(self.api.nc, server, written.value)
+        LOG.info("api.server_updated", server=server.id, project=caller.project)
+        return {"server": server_view(written.value, caller)}
+
     async def server_delete(self, caller: Caller, req: IdOnly) -> dict:
         """Delete at any point, also mid-build or mid-action: the delete supersedes it."""
         server = await own_server(self.api.st, req.id, caller)
@@ -225,3 +248,14 @@ class ServerEndpoints:
             self.api.js, Task(kind="delete", server_id=server.id, request_id=request_id)
         )
         return {"server": server_view(written.value, caller)}
+
+
+def _merged(metadata: dict[str, str], changes: dict[str, str | None]) -> dict[str, str]:
+    """`metadata` with `changes` applied: a value sets its key, None removes it."""
+    out = dict(metadata)
+    for key, value in changes.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = value
+    return out

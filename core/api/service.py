@@ -54,6 +54,7 @@ from hvmesh.core.protocol.requests import (
     PortCreate,
     ServerCreate,
     ServerGroupCreate,
+    ServerUpdate,
 )
 from hvmesh.core.protocol.version import VERSION
 from hvmesh.core.state.inventory import Index
@@ -153,6 +154,7 @@ class ApiService:
         ep("availability-zones-list", api("availability_zones", "list"), compute.zones, Empty)
         ep("services-list", api("services", "list"), compute.services, Empty)
         ep("servers-get", api("servers", "get"), servers.server_get, IdOnly)
+        ep("servers-update", api("servers", "update"), servers.server_update, ServerUpdate)
         ep("servers-delete", api("servers", "delete"), servers.server_delete, IdOnly)
         # server actions and their log
         ep("servers-action", api("servers", "action"), acts.action, ServerAction)

@@ -356,10 +356,26 @@ def cmd_server_delete(args: argparse.Namespace) -> None:
 
 
 def cmd_server_set(args: argparse.Namespace) -> None:
-    """`server set --state active|error`: Nova's reset-state."""
-    body = {"id": args.server, "action": "reset-state", "state": args.state}
-    reply = call(args, "servers", "action", body)
-    emit_server(args, {**reply["server"], "request_id": reply["request_id"]})
+    """`server set [--name N] [--property K=V]... [--state active|error]`: rename, set
+    metadata (servers.update) and Nova's reset-state (an admin's action)."""
+    metadata: dict[str, str | None] = dict(parse_properties(args.property, "--property"))
+    if args.name is None and not metadata and args.state is None:
+        raise CliError("give --name, --property KEY=VALUE or --state")
+    server: dict[str, Any] = {}
+    if args.name is not None or metadata:
+        body = {"id": args.server, "name": args.name, "metadata": metadata}
+        server = call(args, "servers", "update", body)["server"]
+    if args.state is not None:
+        body = {"id": args.server, "action": "reset-state", "state": args.state}
+        reply = call(args, "servers", "action", body)
+        server = {**reply["server"], "request_id": reply["request_id"]}
+    emit_server(args, server)
+
+
+def cmd_server_unset(args: argparse.Namespace) -> None:
+    """`server unset --property KEY...`: remove metadata items."""
+    body = {"id": args.server, "metadata": dict.fromkeys(args.property)}
+    emit_server(args, call(args, "servers", "update", body)["server"])
 
 
 def add_parsers(sv: Any, leaf: Any) -> None:
@@ -416,8 +432,15 @@ def add_parsers(sv: Any, leaf: Any) -> None:
     p.add_argument("--wait", action="store_true", help="wait until they are gone")
     p.add_argument("--wait-timeout", type=float, default=300.0)
 
-    p = leaf(sv, "set", cmd_server_set, "set a server's state (admin; Nova's reset-state)")
+    p = leaf(sv, "set", cmd_server_set, "rename a server, set metadata, or reset its state")
+    p.add_argument("server", help="id or name")
+    p.add_argument("--name", help="the server's new name")
+    p.add_argument("--property", action="append", metavar="KEY=VALUE", help="metadata")
+    p.add_argument(
+        "--state", choices=["active", "error"], help="the vm_state to set (admin: reset-state)"
+    )
+    p = leaf(sv, "unset", cmd_server_unset, "remove metadata items from a server")
     p.add_argument("server", help="id or name")
     p.add_argument(
-        "--state", required=True, choices=["active", "error"], help="the vm_state to set"
+        "--property", action="append", required=True, metavar="KEY", help="a metadata key"
     )

@@ -120,6 +120,15 @@ class ServerCreate(Request):
     client_token: Annotated[str, Meta(min_length=1, max_length=255)] | None = None
 
 
+class ServerUpdate(Request):
+    """A server's name and metadata, as Nova's PUT /servers/{id} and its metadata API."""
+
+    id: Name
+    name: Name | None = None
+    metadata: MetadataUpdate = field(default_factory=dict)  # null removes a key
+    replace_metadata: bool = False  # the metadata given becomes the whole set
+
+
 class AggregateCreate(Request):
     name: Name
     availability_zone: Annotated[str, Meta(min_length=1, max_length=255)] | None = None

@@ -85,6 +85,7 @@ OPERATIONS = [
         "compute:servers:list:all_projects", ADMIN, "List every project's servers (all_projects)."
     ),
     RuleDefault("compute:servers:list:host", ADMIN, "Filter servers by host."),
+    RuleDefault("compute:servers:update", MEMBER, "Rename a server, set or remove metadata."),
     *_action_rules(),
     RuleDefault("compute:servers:events:list", READER, "List a server's actions (its log)."),
     RuleDefault("compute:servers:events:show", READER, "Show one action of a server's log."),
@@ -127,6 +128,7 @@ ENDPOINTS: dict[str, str] = {
     "aggregates-add-host": "compute:aggregates:add_host",
     "aggregates-remove-host": "compute:aggregates:remove_host",
     "aggregates-set-metadata": "compute:aggregates:set_metadata",
+    "servers-update": "compute:servers:update",
     "servers-action": "compute:servers:action:*",
     "servers-events-list": "compute:servers:events:list",
     "servers-events-get": "compute:servers:events:show",

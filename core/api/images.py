@@ -116,7 +116,7 @@ class ImageEndpoints:
             raise errors.Conflict(
                 f"image {image.id}: chunk at offset {offset}, expected {image.uploaded}"
             )
-        await image_data.store_chunk(self.api.js, image.id, offset, req.data)
+        await image_data.store_chunk(self.api.js, image.id, offset, req.data, image.upload_attempt)
 
         def advance(i: Image) -> Image | None:
             if i.uploaded != offset or i.status not in ("queued", "saving"):
@@ -141,7 +141,13 @@ class ImageEndpoints:
         except errors.BadRequest:
             await self.api.st.images.mutate(
                 image.id,
-                lambda i: msgspec.structs.replace(i, status="queued", uploaded=0, updated_at=now()),
+                lambda i: msgspec.structs.replace(
+                    i,
+                    status="queued",
+                    uploaded=0,
+                    upload_attempt=i.upload_attempt + 1,
+                    updated_at=now(),
+                ),
             )
             raise
 

@@ -56,6 +56,7 @@ class Image(Record):
     size: int | None = None
     checksum: str | None = None  # sha256 of the bytes, hex
     uploaded: int = 0  # bytes received so far while "saving"
+    upload_attempt: int = 0  # one more each time an upload is discarded (names its chunks)
     project: str = ""
     visibility: str = "public"
     created_at: float = field(default_factory=now)

@@ -58,14 +58,18 @@ async def open_store(js: JetStreamContext, create: bool = True) -> ObjectStore:
         )
 
 
-async def store_chunk(js: JetStreamContext, image_id: str, offset: int, data: bytes) -> None:
-    """Publish one chunk; the message id makes a retried chunk a no-op."""
+async def store_chunk(
+    js: JetStreamContext, image_id: str, offset: int, data: bytes, attempt: int = 0
+) -> None:
+    """Publish one chunk; the message id makes a retried chunk a no-op. `attempt` (the
+    image's count of discarded uploads) keeps a new upload's chunks from being taken for
+    repeats of a discarded one's, which JetStream remembers for its duplicate window."""
     if len(data) > MAX_CHUNK:
         raise errors.TooLarge(f"a chunk holds at most {MAX_CHUNK} bytes, got {len(data)}")
     await js.publish(
         chunk_subject(image_id),
         data,
-        headers={"Nats-Msg-Id": f"{image_id}:{offset}:{len(data)}"},
+        headers={"Nats-Msg-Id": f"{image_id}:{attempt}:{offset}:{len(data)}"},
     )
 
 

@@ -239,3 +239,15 @@ async def test_keypair_and_user_data_reach_the_server(
             "servers.create",
             {"name": "b", "flavor": "m1.small", "image": "cirros", "user_data": too_big},
         )
+
+
+async def test_a_network_takes_the_id_it_is_given(cloud: Deployment, admin: ApiClient) -> None:
+    wanted = "0b6a3e4e-6f43-4d7a-9a55-5a2b1b0c9d01"
+    made = await admin("networks.create", {"name": "n1", "cidr": "10.40.0.0/24", "id": wanted})
+    assert made["network"]["id"] == wanted
+    with pytest.raises(errors.Conflict, match=f"network id {wanted} exists"):
+        await admin("networks.create", {"name": "n2", "cidr": "10.41.0.0/24", "id": wanted})
+    with pytest.raises(errors.BadRequest, match="id"):
+        await admin("networks.create", {"name": "n3", "cidr": "10.42.0.0/24", "id": "net-x"})
+    names = [n["name"] for n in (await admin("networks.list"))["networks"]]
+    assert names == ["n1"]  # the refused ones changed nothing

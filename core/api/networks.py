@@ -59,7 +59,7 @@ class NetworkEndpoints:
     async def network_create(self, caller: Caller, req: NetworkCreate) -> dict:
         planned = ipam.plan(req)
         network = Network(
-            id=new_id(),
+            id=req.id or new_id(),
             name=req.name,
             project=caller.project,
             dns_nameservers=list(req.dns_nameservers),

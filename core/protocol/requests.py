@@ -56,6 +56,9 @@ class ImageUploadFinish(Request):
 
 
 Address = Annotated[str, Meta(min_length=1, max_length=64)]
+Uuid = Annotated[
+    str, Meta(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
+]
 
 
 class NetworkCreate(Request):
@@ -72,6 +75,9 @@ class NetworkCreate(Request):
     segmentation_id: Annotated[int, Meta(ge=1, le=4094)] | None = None
     mtu: Annotated[int, Meta(ge=68, le=9216)] = 1500
     shared: bool = False
+    # The id to give the network (default: a new one); the REST API's network keeps the
+    # id it was announced under before its subnet made it an hvmesh network.
+    id: Uuid | None = None
 
 
 MacAddress = Annotated[str, Meta(pattern=r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}\Z")]

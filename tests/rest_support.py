@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import openstack as openstacksdk
 
 from hvmesh.core.rest.app import RestService
 from tests.support import Deployment
@@ -19,7 +20,7 @@ OPENSTACK = str(Path(sys.executable).parent / "openstack")
 
 async def start_rest(dep: Deployment, **rest: Any) -> RestService:
     """`hvmesh rest` in this process on a free loopback port, against the deployment."""
-    service = RestService(None, dep.config(rest={"port": 0, **rest}))
+    service = RestService(await dep.service_connection(), dep.config(rest={"port": 0, **rest}))
     await dep.start(service)
     return service
 
@@ -49,8 +50,31 @@ async def token(
         return r.headers["X-Subject-Token"]
 
 
+def sdk(rest: RestService, dep: Deployment, user: str = "demo", project: str = "DEMO") -> Any:
+    """An openstacksdk connection as `user` on `project`, through the service's catalog."""
+    return openstacksdk.connect(
+        auth_url=rest.auth_url,
+        username=user,
+        password=dep.server.passwords[user],
+        project_name=project,
+        user_domain_name="Default",
+        project_domain_name="Default",
+        region_name="RegionOne",
+    )
+
+
 def compute_url(rest: RestService) -> str:
     return rest.auth_url.replace("/identity/v3", "/compute/v2.1")
+
+
+def image_url(rest: RestService) -> str:
+    """The image service's root (version discovery); its API is under /v2."""
+    return rest.auth_url.replace("/identity/v3", "/image")
+
+
+def network_url(rest: RestService) -> str:
+    """The network service's root (version discovery); its API is under /v2.0."""
+    return rest.auth_url.replace("/identity/v3", "/network")
 
 
 def os_env(rest: RestService, dep: Deployment, user: str = "demo", project: str = "DEMO") -> dict:
@@ -69,8 +93,8 @@ def os_env(rest: RestService, dep: Deployment, user: str = "demo", project: str 
     return env
 
 
-async def openstack(env: dict[str, str], *args: str) -> Any:
-    """Run `openstack ARGS... -f json` as its own process; its JSON output (None if none)."""
+async def openstack_text(env: dict[str, str], *args: str) -> str:
+    """Run `openstack ARGS...` as its own process; its output as it printed it."""
     proc = await asyncio.create_subprocess_exec(
         OPENSTACK,
         *args,
@@ -80,5 +104,12 @@ async def openstack(env: dict[str, str], *args: str) -> Any:
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout=180)
     assert proc.returncode == 0, f"openstack {' '.join(args)} failed: {err.decode()}"
-    text = out.decode().strip()
-    return json.loads(text) if text else None
+    return out.decode()
+
+
+async def openstack(env: dict[str, str], *args: str) -> Any:
+    """Run `openstack ARGS... -f json` as its own process; its JSON output (None if none)."""
+    text = (await openstack_text(env, *args)).strip()
+    # `--wait` writes its progress ("Progress: 100Complete") to stdout before the JSON.
+    starts = [i for i in (text.find("{"), text.find("[")) if i >= 0]
+    return json.loads(text[min(starts) :]) if starts else None

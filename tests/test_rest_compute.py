@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import os
+from pathlib import Path
 
 import aiohttp
-import openstack as openstacksdk
 
-from tests.rest_support import compute_url, openstack, os_env, start_rest, token
+from tests.rest_support import (
+    compute_url,
+    openstack,
+    openstack_text,
+    os_env,
+    sdk,
+    start_rest,
+    token,
+)
 from tests.support import (
     ApiClient,
     Deployment,
@@ -32,63 +40,103 @@ async def ids(admin: ApiClient) -> tuple[str, str, str]:
     return flavor, image, network["network"]["id"]
 
 
-def sdk(rest: Any, dep: Deployment, user: str = "demo", project: str = "DEMO") -> Any:
-    return openstacksdk.connect(
-        auth_url=rest.auth_url,
-        username=user,
-        password=dep.server.passwords[user],
-        project_name=project,
-        user_domain_name="Default",
-        project_domain_name="Default",
-        region_name="RegionOne",
-    )
-
-
-async def test_the_openstack_cli_runs_servers_and_flavors(cloud: Deployment) -> None:
+async def test_an_openstack_cli_session_from_flavor_to_deleted_server(
+    cloud: Deployment, tmp_path: Path
+) -> None:
+    """What an operator and a tenant do with the openstack CLI, pointed at hvmesh."""
     rest = await start_rest(cloud)
-    admin = ApiClient(await cloud.connect("admin"))
-    flavor, image, network = await ids(admin)
     demo_env = os_env(rest, cloud)
     admin_env = os_env(rest, cloud, "admin", "admin")
 
-    made = await openstack(
-        admin_env, "flavor", "create", "m1.tiny", "--vcpus", "1", "--ram", "256", "--disk", "1",
-        "-f", "json",
+    # The admin's part: flavors, a shared network and its subnet.
+    for name, ram in (("m1.small", "256"), ("m1.medium", "512")):
+        await openstack(
+            admin_env, "flavor", "create", name, "--vcpus", "1", "--ram", ram, "--disk", "1",
+            "-f", "json",
+        )  # fmt: skip
+    net = await openstack(admin_env, "network", "create", "--share", "net1", "-f", "json")
+    await openstack(
+        admin_env, "subnet", "create", "--network", "net1", "--subnet-range", "10.50.0.0/24",
+        "sub1", "-f", "json",
     )  # fmt: skip
-    assert (made["name"], made["ram"], made["vcpus"]) == ("m1.tiny", 256, 1)
-    listed = await openstack(demo_env, "flavor", "list", "-f", "json")
-    assert {f["Name"] for f in listed} == {"m1.small", "m1.tiny"}
-    await openstack(admin_env, "flavor", "delete", made["id"])
-    listed = await openstack(demo_env, "flavor", "list", "-f", "json")
-    assert [f["Name"] for f in listed] == ["m1.small"]
 
-    # The boot itself goes through openstacksdk's compute proxy: `openstack server create`
-    # looks its image and network up in the image and network APIs, not served yet.
-    conn = sdk(rest, cloud)
-    created = await asyncio.to_thread(
-        lambda: conn.compute.create_server(
-            name="vm1", flavor_id=flavor, image_id=image, networks=[{"uuid": network}]
-        )
+    # The tenant's: an image from a file, a key pair, a server on the network.
+    data = os.urandom(1024 * 1024)
+    (tmp_path / "cirros.img").write_bytes(data)
+    image = await openstack(
+        demo_env, "image", "create", "--file", str(tmp_path / "cirros.img"), "--disk-format",
+        "qcow2", "--container-format", "bare", "cirros", "-f", "json",
+    )  # fmt: skip
+    assert image["status"] == "active"
+    await openstack(demo_env, "image", "save", "--file", str(tmp_path / "saved.img"), "cirros")
+    assert (tmp_path / "saved.img").read_bytes() == data
+    private = tmp_path / "k1.pem"
+    key = await openstack(
+        demo_env, "keypair", "create", "--private-key", str(private), "k1", "-f", "json"
     )
-    await wait_server(cloud.store, created.id, settled)
+    assert key["name"] == "k1" and private.read_text().startswith("-----BEGIN")
+    created = await openstack(
+        demo_env, "server", "create", "--flavor", "m1.small", "--image", "cirros",
+        "--network", "net1", "--key-name", "k1", "--wait", "vm1", "-f", "json",
+    )  # fmt: skip
+    sid = created["id"]
+    assert (created["name"], created["status"], created["key_name"]) == ("vm1", "ACTIVE", "k1")
+    assert cloud.store is not None
+    record = (await cloud.store.servers.get(sid)).value
+    assert record.key_name == "k1" and record.public_key
+    assert [v.network_id for v in record.network_info] == [net["id"]]
 
-    (row,) = await openstack(demo_env, "server", "list", "-f", "json")
-    assert (row["ID"], row["Name"], row["Status"]) == (created.id, "vm1", "ACTIVE")
-    assert list(row["Networks"]) == ["net1"]
-    shown = await openstack(demo_env, "server", "show", created.id, "-f", "json")
-    assert (shown["status"], shown["project_id"], shown["user_id"]) == ("ACTIVE", "DEMO", "demo")
-    assert shown["flavor"].startswith("m1.small")
+    (row,) = await openstack(demo_env, "server", "list", "--long", "-f", "json")
+    assert (row["ID"], row["Name"], row["Status"], row["Image Name"]) == (
+        sid, "vm1", "ACTIVE", "cirros",
+    )  # fmt: skip
+    assert list(row["Networks"]) == ["net1"] and row["Flavor Name"] == "m1.small"
+    shown = await openstack(demo_env, "server", "show", sid, "-f", "json")
+    assert (shown["project_id"], shown["user_id"], shown["key_name"]) == ("DEMO", "demo", "k1")
 
-    await openstack(demo_env, "server", "stop", created.id)
-    await wait_server(cloud.store, created.id, resting("stopped"))
-    shown = await openstack(demo_env, "server", "show", created.id, "-f", "json")
-    assert shown["status"] == "SHUTOFF"
-    await openstack(demo_env, "server", "start", created.id)
-    await wait_server(cloud.store, created.id, resting("active"))
+    await openstack(demo_env, "server", "stop", sid)
+    await wait_server(cloud.store, sid, resting("stopped"))
+    assert (await openstack(demo_env, "server", "show", sid, "-f", "json"))["status"] == "SHUTOFF"
+    await openstack(demo_env, "server", "start", sid)
+    await wait_server(cloud.store, sid, resting("active"))
+    await openstack(demo_env, "server", "reboot", "--wait", sid)
+    await wait_server(cloud.store, sid, resting("active"))
 
-    await openstack(demo_env, "server", "delete", "--wait", created.id)
+    await openstack(demo_env, "server", "resize", "--flavor", "m1.medium", "--wait", sid)
+    await wait_server(cloud.store, sid, resting("resized"))
+    assert (await openstack(demo_env, "server", "show", sid, "-f", "json"))["status"] == (
+        "VERIFY_RESIZE"
+    )
+    await openstack(demo_env, "server", "resize", "confirm", sid)
+    resized = await wait_server(cloud.store, sid, resting("active"))
+    assert resized is not None and resized.flavor.name == "m1.medium"
+    before = resized.host
+    await openstack(admin_env, "server", "migrate", "--wait", sid)
+    migrated = await wait_server(cloud.store, sid, resting("resized"))
+    assert migrated is not None and migrated.host != before
+    await openstack(admin_env, "server", "resize", "confirm", sid)
+    await wait_server(cloud.store, sid, resting("active"))
+
+    log = await openstack_text(demo_env, "console", "log", "show", sid)
+    assert log.strip()
+
+    # The admin's view: every project's servers, the hypervisors; the tenant's quotas.
+    everyone = await openstack(admin_env, "server", "list", "--all-projects", "-f", "json")
+    assert [r["ID"] for r in everyone] == [sid]
+    assert await openstack(admin_env, "server", "list", "-f", "json") == []
+    hypervisors = await openstack(admin_env, "hypervisor", "list", "-f", "json")
+    assert len(hypervisors) == 3
+    quota = {
+        r["Resource"]: r["Limit"] for r in await openstack(demo_env, "quota", "show", "-f", "json")
+    }
+    assert quota["instances"] == -1 and quota["cores"] == -1  # the tests' projects are unlimited
+    limits = await openstack(demo_env, "limits", "show", "--absolute", "-f", "json")
+    used = {r["Name"]: r["Value"] for r in limits}
+    assert used["instances_used"] == 1  # the CLI names them as openstacksdk does
+
+    await openstack(demo_env, "server", "delete", "--wait", sid)
     assert await openstack(demo_env, "server", "list", "-f", "json") == []
-    await wait_server(cloud.store, created.id, gone)
+    await wait_server(cloud.store, sid, gone)
 
 
 async def test_openstacksdk_pages_servers_and_waits_for_them(cloud: Deployment) -> None:
@@ -155,3 +203,65 @@ async def test_compute_errors_come_in_novas_shape(cloud: Deployment) -> None:
             assert r.status == 403 and (await r.json())["forbidden"]["code"] == 403
         async with http.get(f"{compute_url(rest)}/servers?status=SLEEPY", headers=headers) as r:
             assert r.status == 400 and "status" in (await r.json())["badRequest"]["message"]
+
+
+async def test_servers_are_renamed_rebuilt_and_snapshotted(cloud: Deployment) -> None:
+    rest = await start_rest(cloud)
+    admin = ApiClient(await cloud.connect("admin"))
+    flavor, image, _ = await ids(admin)
+    demo = ApiClient(await cloud.connect("demo"))
+    sid = (await demo("servers.create", {"name": "vm1", "flavor": flavor, "image": image}))[
+        "server"
+    ]["id"]
+    await wait_server(cloud.store, sid, settled)
+    env = os_env(rest, cloud)
+
+    await openstack(env, "server", "set", "--name", "web-1", "--property", "role=web", sid)
+    await openstack(env, "server", "set", "--property", "tier=front", sid)
+    await openstack(env, "server", "unset", "--property", "role", sid)
+    shown = await openstack(env, "server", "show", sid, "-f", "json")
+    assert (shown["name"], shown["properties"]) == ("web-1", {"tier": "front"})
+
+    await openstack(env, "server", "rebuild", "--image", image, "--wait", sid, "-f", "json")
+    rebuilt = await wait_server(cloud.store, sid, resting("active"))
+    assert rebuilt is not None and rebuilt.image_id == image
+    actions = await openstack(env, "server", "event", "list", sid, "-f", "json")
+    assert {"create", "rebuild"} <= {a["Action"] for a in actions}
+
+    snap = await openstack(
+        env, "server", "image", "create", "--name", "snap-1", "--wait", sid, "-f", "json"
+    )
+    assert (snap["name"], snap["status"]) == ("snap-1", "active")
+    assert (await demo("images.get", {"id": snap["id"]}))["image"]["status"] == "active"
+
+    async with aiohttp.ClientSession() as http:
+        headers = {
+            "X-Auth-Token": await token(http, rest, "demo", cloud.server.passwords["demo"], "DEMO")
+        }
+        server_url = f"{compute_url(rest)}/servers/{sid}"
+        bad = {"server": {"name": "x", "accessIPv4": "10.0.0.9"}}
+        async with http.put(server_url, json=bad, headers=headers) as r:
+            assert r.status == 400 and "accessIPv4" in (await r.json())["badRequest"]["message"]
+        async with http.get(f"{server_url}/metadata/nope", headers=headers) as r:
+            assert r.status == 404
+        async with http.put(
+            f"{server_url}/metadata/k", json={"meta": {"k": "v"}}, headers=headers
+        ) as r:
+            assert r.status == 200 and (await r.json()) == {"meta": {"k": "v"}}
+        async with http.put(
+            f"{server_url}/metadata", json={"metadata": {"a": "b"}}, headers=headers
+        ) as r:
+            assert (await r.json()) == {"metadata": {"a": "b"}}  # PUT replaces the set
+        admin_headers = {
+            "X-Auth-Token": await token(
+                http, rest, "admin", cloud.server.passwords["admin"], "admin"
+            )
+        }
+        evacuate = {"evacuate": {}}
+        async with http.post(f"{server_url}/action", json=evacuate, headers=admin_headers) as r:
+            # The API refuses: the server's host is up (it would still be in use).
+            assert r.status == 400 and "still in use" in (await r.json())["badRequest"]["message"]
+        async with http.post(f"{server_url}/action", json=evacuate, headers=headers) as r:
+            assert r.status == 403  # evacuate is the admin's
+    after = (await demo("servers.get", {"id": sid}))["server"]
+    assert (after["name"], after["metadata"], after["vm_state"]) == ("web-1", {"a": "b"}, "active")

@@ -8,14 +8,34 @@ from aiohttp import web
 
 from hvmesh.core import log
 from hvmesh.core.config import Config
-from hvmesh.core.rest import compute_versions, flavors, identity, servers
+from hvmesh.core.rest import (
+    aggregates,
+    compute_services,
+    compute_versions,
+    flavors,
+    hypervisors,
+    identity,
+    keypairs,
+    network_quotas,
+    networks,
+    ports,
+    projects,
+    quota_sets,
+    server_extras,
+    server_groups,
+    server_metadata,
+    servers,
+    subnets,
+)
+from hvmesh.core.rest import images as image_api
 from hvmesh.core.rest.errors import request_ids
 from hvmesh.core.rest.identity import TOKENS
+from hvmesh.core.rest.image_files import IMAGE_STORE
 from hvmesh.core.rest.tokens import Tokens
 
 LOG = log.get_logger(__name__)
 
-MAX_BODY = 1024 * 1024  # bytes a request body may hold (images are not uploaded here)
+MAX_BODY = 1024 * 1024  # bytes a body read whole may hold (image data is streamed)
 
 
 class Bound(tuple[str, int]):
@@ -33,10 +53,14 @@ class Bound(tuple[str, int]):
 def make_app(tokens: Tokens) -> web.Application:
     app = web.Application(middlewares=[request_ids], client_max_size=MAX_BODY)
     app[TOKENS] = tokens
-    app.add_routes(identity.routes())
-    app.add_routes(compute_versions.routes())
-    app.add_routes(flavors.routes())
-    app.add_routes(servers.routes())
+    for part in (
+        identity, projects,  # Keystone
+        compute_versions, flavors, servers, server_metadata, server_extras, keypairs,
+        hypervisors, compute_services, aggregates, server_groups, quota_sets,  # Nova
+        image_api,  # Glance
+        networks, subnets, ports, network_quotas,  # Neutron
+    ):  # fmt: skip
+        app.add_routes(part.routes())
     return app
 
 
@@ -44,7 +68,9 @@ class RestService:
     """`hvmesh rest`: Keystone v3 tokens and compute v2.1 on [rest] listen:port."""
 
     def __init__(self, nc: Any, cfg: Config) -> None:
-        del nc  # every request goes out on the connection of its token's user
+        # Every API request goes out on the connection of its token's user; the service's
+        # own connection only reads image bytes the API has let the caller see.
+        self.nc = nc
         self.cfg = cfg
         self.tokens = Tokens(cfg.nats, cfg.rest)
         self.runner: web.AppRunner | None = None
@@ -59,7 +85,9 @@ class RestService:
 
     async def start(self) -> None:
         await self.tokens.start()
-        self.runner = web.AppRunner(make_app(self.tokens), access_log=None)
+        app = make_app(self.tokens)
+        app[IMAGE_STORE] = self.nc
+        self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.cfg.rest.listen, self.cfg.rest.port)
         await site.start()

@@ -11,28 +11,21 @@ from hvmesh.core.bus import micro
 from hvmesh.core.protocol import subjects
 from hvmesh.core.rest import microversion
 from hvmesh.core.rest.errors import RestError
-from hvmesh.core.rest.identity import authenticated, base_url
-from hvmesh.core.rest.tokens import Token
+from hvmesh.core.rest.identity import Authenticated
 
 CALL_TIMEOUT = 30.0  # seconds one request on NATS may take
 PREFIX = "/compute/v2.1"
 
 
-class Compute:
+class Compute(Authenticated):
     """One compute request: its token, microversion and base URL."""
 
     def __init__(self, request: web.Request) -> None:
-        self.request = request
-        self.token: Token = authenticated(request)
+        super().__init__(request)
         self.version = microversion.negotiate(request.headers)
-        self.base = base_url(request)
 
     def at_least(self, major: int, minor: int) -> bool:
         return self.version >= (major, minor)
-
-    @property
-    def is_admin(self) -> bool:
-        return "admin" in self.token.roles
 
     async def call(self, resource: str, verb: str, body: dict[str, Any]) -> Any:
         """A request on hvmesh.api.<resource>.<verb> as the token's NATS user."""

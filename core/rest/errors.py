@@ -55,7 +55,7 @@ def unauthorized(message: str = "The request you have made requires authenticati
 def nova_fault(status: int, message: str) -> dict:
     """Nova's error body: {"itemNotFound": {"code": 404, "message": ...}}."""
     name = NOVA_FAULTS.get(status, "computeFault")
-    if status == 403 and "quota" in message.lower():
+    if status == 403 and "quota exceeded" in message.lower():
         name = "overLimit"
     return {name: {"code": status, "message": message}}
 
@@ -66,8 +66,36 @@ def keystone_error(status: int, message: str) -> dict:
     return {"error": {"code": status, "title": title, "message": message}}
 
 
+NEUTRON_TYPES = {
+    400: "HTTPBadRequest",
+    403: "HTTPForbidden",
+    404: "HTTPNotFound",
+    405: "HTTPMethodNotAllowed",
+    409: "HTTPConflict",
+    500: "HTTPInternalServerError",
+    501: "HTTPNotImplemented",
+    503: "HTTPServiceUnavailable",
+}
+NEUTRON_NOT_FOUND = {
+    "networks": "NetworkNotFound",
+    "subnets": "SubnetNotFound",
+    "ports": "PortNotFound",
+}
+
+
+def neutron_error(path: str, status: int, message: str) -> dict:
+    """Neutron's error body: {"NeutronError": {"type", "message", "detail"}}."""
+    kind = NEUTRON_TYPES.get(status, "HTTPInternalServerError")
+    parts = path.split("/")
+    if status == 404 and len(parts) > 4:
+        kind = NEUTRON_NOT_FOUND.get(parts[3], kind)
+    return {"NeutronError": {"type": kind, "message": message, "detail": ""}}
+
+
 def error_response(request: web.Request, status: int, message: str, identity: bool) -> web.Response:
     body = keystone_error(status, message) if identity else nova_fault(status, message)
+    if request.path.startswith("/network") and not identity:
+        body = neutron_error(request.path, status, message)
     response = web.json_response(body, status=status)
     if status == 401:
         response.headers["WWW-Authenticate"] = f'Keystone uri="{request.url.origin()}/identity"'

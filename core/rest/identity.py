@@ -131,6 +131,8 @@ def token_body(request: web.Request, token: Token) -> dict[str, Any]:
         for kind, name, url in (
             ("identity", "keystone", f"{base}/identity"),
             ("compute", "nova", f"{base}/compute/v2.1"),
+            ("image", "glance", f"{base}/image"),
+            ("network", "neutron", f"{base}/network"),
         )
     ]
     return {
@@ -197,6 +199,19 @@ async def revoke(request: web.Request) -> web.Response:
 def authenticated(request: web.Request) -> Token:
     """The live token an X-Auth-Token header names; 401 otherwise."""
     return request.app[TOKENS].get(request.headers.get("X-Auth-Token"))
+
+
+class Authenticated:
+    """One request with a live token (401 otherwise): the request, its token, the base URL."""
+
+    def __init__(self, request: web.Request) -> None:
+        self.request = request
+        self.token: Token = authenticated(request)
+        self.base = base_url(request)
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.token.roles
 
 
 def routes() -> list[web.AbstractRouteDef]:

@@ -6,7 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
-from hvmesh.core.rest import server_views
+from hvmesh.core.rest import server_moves, server_views
 from hvmesh.core.rest.calls import Compute, json_body, ref_id
 from hvmesh.core.rest.errors import RestError
 
@@ -142,17 +142,44 @@ def _interfaces(c: Compute, networks: Any) -> tuple[list[str], list[str]]:
     return nets, ports
 
 
+def _boot_image(image_ref: Any, mappings: Any) -> str:
+    """The image a server boots from: imageRef, or the one block device mapping clients
+    send for an image boot (source image, destination local, boot_index 0); hvmesh boots
+    from images only, so any other mapping is a 400."""
+    image = ref_id(image_ref, "server.imageRef") if image_ref else None
+    if mappings:
+        if (
+            not isinstance(mappings, list)
+            or len(mappings) != 1
+            or not isinstance(mappings[0], dict)
+        ):
+            raise RestError(400, "block_device_mapping_v2: hvmesh boots from one image only")
+        bdm = mappings[0]
+        local = (
+            bdm.get("source_type") == "image" and bdm.get("destination_type", "local") == "local"
+        )
+        if not local or str(bdm.get("boot_index", 0)) != "0" or not bdm.get("uuid"):
+            raise RestError(
+                400, "block_device_mapping_v2: only an image to a local disk (boot_index 0)"
+            )
+        if image is not None and bdm["uuid"] != image:
+            raise RestError(400, "block_device_mapping_v2: its image is not imageRef")
+        image = str(bdm["uuid"])
+    if image is None:
+        raise RestError(400, "server.imageRef is required: hvmesh boots from images")
+    return image
+
+
 def create_request(c: Compute, body: dict[str, Any], hints: Any) -> dict[str, Any]:
     """hvmesh.api.servers.create's body from Nova's POST /servers body."""
-    if body.get("block_device_mapping_v2") or body.get("block_device_mapping"):
-        raise RestError(400, "block device mappings: hvmesh boots from images only")
-    if "imageRef" not in body:
-        raise RestError(400, "server.imageRef is required: hvmesh boots from images")
+    if body.get("block_device_mapping"):
+        raise RestError(400, "block_device_mapping: hvmesh boots from images only")
+    image = _boot_image(body.get("imageRef"), body.get("block_device_mapping_v2"))
     nets, ports = _interfaces(c, body.get("networks"))
     req: dict[str, Any] = {
         "name": body.get("name"),
         "flavor": ref_id(body.get("flavorRef"), "server.flavorRef"),
-        "image": ref_id(body.get("imageRef"), "server.imageRef"),
+        "image": image,
         "networks": nets,
         "ports": ports,
         "metadata": body.get("metadata") or {},
@@ -190,8 +217,18 @@ async def create(request: web.Request) -> web.Response:
 
 
 async def update(request: web.Request) -> web.Response:
-    Compute(request)
-    raise RestError(501, "updating a server (PUT /servers/{id}) is not implemented yet")
+    """Nova's PUT /servers/{id}: a new name (hvmesh servers have no description)."""
+    c = Compute(request)
+    body = await json_body(request, "server")
+    unknown = set(body) - {"name"}
+    if unknown:
+        raise RestError(400, f"server: {', '.join(sorted(unknown))} cannot be updated here")
+    if "name" not in body:
+        raise RestError(400, "server.name: the only field a server update takes")
+    reply = await c.call(
+        "servers", "update", {"id": request.match_info["id"], "name": body["name"]}
+    )
+    return c.reply({"server": server_views.detail(c, reply["server"])})
 
 
 async def delete(request: web.Request) -> web.Response:
@@ -217,6 +254,8 @@ async def action(request: web.Request) -> web.Response:
             body["length"] = int(args["length"])
         reply = await c.call("servers", "action", body)
         return c.reply({"output": reply.get("output", "")})
+    if name in server_moves.ACTIONS:
+        return await server_moves.ACTIONS[name](c, ident, args)
     if name not in ACTIONS:
         raise RestError(400, f"action {name!r} is not implemented (docs/rest-api.md)")
     ours, keys = ACTIONS[name]

@@ -1,0 +1,75 @@
+"""Compute server actions with their own reply: rebuild, evacuate and createImage."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from hvmesh.core.rest import server_views
+from hvmesh.core.rest.calls import Compute, ref_id
+from hvmesh.core.rest.errors import RestError
+
+REBUILD_KEYS = {
+    "imageRef",
+    "name",
+    "metadata",
+    "adminPass",
+    "OS-DCF:diskConfig",
+    "preserve_ephemeral",
+}
+
+
+async def rebuild(c: Compute, ident: str, args: dict[str, Any]) -> web.Response:
+    """Nova's rebuild: the server's disk made again from `imageRef` (its name and metadata
+    may change with it); 202 with the server."""
+    unknown = set(args) - REBUILD_KEYS
+    if unknown:
+        raise RestError(400, f"rebuild: {', '.join(sorted(unknown))} not supported")
+    if args.get("preserve_ephemeral"):
+        raise RestError(400, "rebuild.preserve_ephemeral: hvmesh flavors have no ephemeral disk")
+    image = ref_id(args.get("imageRef"), "rebuild.imageRef")
+    changes: dict[str, Any] = {}
+    if args.get("name") is not None:
+        changes["name"] = args["name"]
+    if args.get("metadata") is not None:
+        if not isinstance(args["metadata"], dict):
+            raise RestError(400, "rebuild.metadata: an object of strings")
+        changes.update(metadata=args["metadata"], replace_metadata=True)
+    if changes:
+        await c.call("servers", "update", {"id": ident, **changes})
+    reply = await c.call("servers", "action", {"id": ident, "action": "rebuild", "image": image})
+    return c.reply({"server": server_views.detail(c, reply["server"])}, status=202)
+
+
+async def evacuate(c: Compute, ident: str, args: dict[str, Any]) -> web.Response:
+    """Nova's evacuate (admin): the server of a down host rebuilt elsewhere; `host`, or
+    the scheduler's pick. 200, no body (hvmesh sets no admin passwords)."""
+    if args.get("onSharedStorage") and c.at_least(2, 14):
+        raise RestError(400, "evacuate.onSharedStorage: removed in microversion 2.14")
+    body: dict[str, Any] = {"id": ident, "action": "evacuate"}
+    if args.get("host"):
+        body["host"] = args["host"]
+    await c.call("servers", "action", body)
+    return c.reply(None, status=200)
+
+
+async def create_image(c: Compute, ident: str, args: dict[str, Any]) -> web.Response:
+    """Nova's createImage: a snapshot as a new image; 202 with the image's URL in
+    Location (the image API's, where clients look it up)."""
+    if not isinstance(args.get("name"), str):
+        raise RestError(400, "createImage.name is required")
+    body: dict[str, Any] = {"id": ident, "action": "create-image", "name": args["name"]}
+    if args.get("metadata") is not None:
+        body["metadata"] = args["metadata"]
+    reply = await c.call("servers", "action", body)
+    location = f"{c.base}/image/v2/images/{reply['image_id']}"
+    return c.reply(None, status=202, headers={"Location": location})
+
+
+ACTIONS: dict[str, Callable[[Compute, str, dict[str, Any]], Awaitable[web.Response]]] = {
+    "rebuild": rebuild,
+    "evacuate": evacuate,
+    "createImage": create_image,
+}

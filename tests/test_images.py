@@ -168,3 +168,38 @@ async def test_fetch_rejects_bytes_that_do_not_match(cloud: Deployment, admin: A
 
 def _fields(record: object) -> dict:
     return {f: getattr(record, f) for f in record.__struct_fields__}  # type: ignore[attr-defined]
+
+
+async def test_an_image_is_renamed_and_its_properties_changed(
+    cloud: Deployment, admin: ApiClient
+) -> None:
+    demo = ApiClient(await cloud.connect("demo"))
+    body = {"name": "img", "visibility": "private", "properties": {"a": "1"}}
+    image = (await demo("images.create", body))["image"]
+    change = {
+        "id": image["id"],
+        "name": "img2",
+        "min_ram_mb": 128,
+        "properties": {"a": None, "b": "2"},
+    }
+    done = (await demo("images.update", change))["image"]
+    assert (done["name"], done["min_ram_mb"], done["properties"]) == ("img2", 128, {"b": "2"})
+
+    # Refused, and nothing changed: formats of an image with data, making it public (the
+    # admin's), another project's image, nothing to do.
+    with pytest.raises(errors.Conflict, match="its formats are set"):
+        await demo("images.update", {"id": image["id"], "disk_format": "raw"})
+    with pytest.raises(errors.Forbidden):
+        await demo("images.update", {"id": image["id"], "visibility": "public"})
+    with pytest.raises(errors.NotFound):
+        await ApiClient(await cloud.connect("alt"))(
+            "images.update", {"id": image["id"], "name": "x"}
+        )
+    with pytest.raises(errors.BadRequest, match="nothing to update"):
+        await demo("images.update", {"id": image["id"]})
+    assert (await demo("images.get", {"id": image["id"]}))["image"] == done
+
+    cli = Cli(cloud)
+    await cli.ok("image", "set", image["id"], "--public", "--property", "c=3")
+    shown = await cli.json("image", "unset", image["id"], "--property", "b")
+    assert (shown["visibility"], shown["properties"]) == ("public", {"c": "3"})

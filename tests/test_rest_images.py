@@ -53,6 +53,13 @@ async def test_the_openstack_cli_uploads_lists_saves_and_deletes_images(
     assert {i["Name"] for i in listed} == {"base", "cirros"}
     shown = await openstack(demo_env, "image", "show", "mine", "-f", "json")
     assert (shown["id"], shown["disk_format"]) == (mine["id"], "qcow2")
+    await openstack(
+        demo_env, "image", "set", "--property", "os_version=3.6", "--min-ram", "64", "mine"
+    )
+    await openstack(demo_env, "image", "unset", "--property", "os_distro", "mine")
+    native = (await admin("images.get", {"id": mine["id"]}))["image"]
+    assert (native["properties"]["os_version"], native["min_ram_mb"]) == ("3.6", 64)
+    assert "os_distro" not in native["properties"]
 
     # Another tenant neither lists nor sees the private image.
     alt_listed = await openstack(os_env(rest, cloud, "alt", "ALT"), "image", "list", "-f", "json")
@@ -141,13 +148,18 @@ async def test_openstacksdk_pages_uploads_and_downloads_images(cloud: Deployment
             headers={**auth, "Content-Type": "application/octet-stream"},
         ) as r:
             assert r.status == 409 and "active" in await r.text()
-        patch = [{"op": "replace", "path": "/name", "value": "renamed"}]
-        async with http.patch(
-            f"{images}/{made.id}",
-            json=patch,
-            headers={**auth, "Content-Type": "application/openstack-images-v2.1-json-patch"},
-        ) as r:
-            assert r.status == 501
+        patch_type = {**auth, "Content-Type": "application/openstack-images-v2.1-json-patch"}
+        for patch, status in (
+            ([{"op": "replace", "path": "/status", "value": "queued"}], 403),  # read-only
+            ([{"op": "replace", "path": "/visibility", "value": "public"}], 403),  # admin's
+            ([{"op": "remove", "path": "/no_such_property"}], 409),
+            ([{"op": "replace", "path": "/name", "value": "renamed"},
+              {"op": "move", "path": "/name"}], 400),
+        ):  # fmt: skip
+            async with http.patch(f"{images}/{made.id}", json=patch, headers=patch_type) as r:
+                assert r.status == status, (patch, await r.text())
+        async with http.patch(f"{images}/{made.id}", json=[], headers=auth) as r:
+            assert r.status == 415  # not a JSON patch
         async with http.get(images) as r:
             assert r.status == 401
     # Nothing the refused requests asked for happened.

@@ -1,4 +1,4 @@
-"""The API's image endpoints: hvmesh.api.images.{create,list,get,delete,upload,upload_finish}.
+"""The API's image endpoints: hvmesh.api.images.{create,list,get,update,delete,upload,upload_finish}.
 
 An image is created "queued" when its bytes are to be uploaded. The client then sends
 them in order, one chunk per images.upload request (headers Hvmesh-Image and
@@ -24,7 +24,7 @@ from hvmesh.core.bus.micro import Caller, Raw
 from hvmesh.core.protocol import errors
 from hvmesh.core.protocol.base import Name, new_id, now
 from hvmesh.core.protocol.records import Image
-from hvmesh.core.protocol.requests import ImageCreate, ImageUploadFinish
+from hvmesh.core.protocol.requests import ImageCreate, ImageUpdate, ImageUploadFinish
 from hvmesh.core.state import image_data
 
 LOG = log.get_logger(__name__)
@@ -80,6 +80,44 @@ class ImageEndpoints:
         if not caller.is_admin and image.project != caller.project:
             raise errors.Forbidden(f"image {image.id} belongs to another project")
         return image
+
+    async def update(self, caller: Caller, req: ImageUpdate) -> dict:
+        """Change an image in one compare-and-set; its formats only while it is queued."""
+        image = await self._own(req.id, caller)
+        formats = req.disk_format is not None or req.container_format is not None
+        changes = {
+            k: v
+            for k in ("name", "visibility", "min_ram_mb", "min_disk_gb")
+            if (v := getattr(req, k)) is not None
+        }
+        if not changes and not formats and not req.properties:
+            raise errors.BadRequest(
+                "nothing to update: give name, visibility, minimums or properties"
+            )
+
+        def change(i: Image) -> Image:
+            if formats and i.status != "queued":
+                raise errors.Conflict(f"image {i.id} is {i.status}: its formats are set")
+            properties = dict(i.properties)
+            for key, value in req.properties.items():
+                if value is None:
+                    properties.pop(key, None)
+                else:
+                    properties[key] = value
+            return msgspec.structs.replace(
+                i,
+                **changes,
+                disk_format=req.disk_format or i.disk_format,
+                container_format=req.container_format or i.container_format,
+                properties=properties,
+                updated_at=now(),
+            )
+
+        entry = await self.api.st.images.mutate(image.id, change)
+        if entry is None:
+            raise errors.NotFound(f"image {req.id} not found")
+        LOG.info("api.image_updated", image=image.id, fields=sorted([*changes, *req.properties]))
+        return {"image": entry.value}
 
     async def delete(self, caller: Caller, req: Ref) -> dict:
         check_ref(req, "image")

@@ -48,6 +48,7 @@ from hvmesh.core.protocol.requests import (
     AggregateMetadata,
     FlavorCreate,
     ImageCreate,
+    ImageUpdate,
     ImageUploadFinish,
     KeypairCreate,
     NetworkCreate,
@@ -126,6 +127,7 @@ class ApiService:
         ep("images-create", api("images", "create"), images.create, ImageCreate)
         ep("images-list", api("images", "list"), images.list, ImageList)
         ep("images-get", api("images", "get"), images.get, Ref)
+        ep("images-update", api("images", "update"), images.update, ImageUpdate)
         ep("images-delete", api("images", "delete"), images.delete, Ref)
         ep("images-upload", api("images", "upload"), images.upload, Raw)
         ep(

@@ -1,4 +1,4 @@
-"""`hvmesh image create|list|show|delete`: the image commands of the CLI, uploads included."""
+"""`hvmesh image create|list|show|set|unset|delete`: the image commands of the CLI, uploads included."""
 
 from __future__ import annotations
 
@@ -64,6 +64,28 @@ def cmd_image_show(args: argparse.Namespace) -> None:
     output.emit(call(args, "images", "get", ref(args.image))["image"], args.format)
 
 
+def cmd_image_set(args: argparse.Namespace) -> None:
+    """`image set`: name, visibility, minimums and properties (images.update)."""
+    body: dict[str, Any] = {
+        "id": args.image,
+        "properties": parse_properties(args.property, "--property"),
+    }
+    for key, value in (
+        ("name", args.name),
+        ("min_ram_mb", args.min_ram),
+        ("min_disk_gb", args.min_disk),
+        ("visibility", "public" if args.public else "private" if args.private else None),
+    ):
+        if value is not None:
+            body[key] = value
+    output.emit(call(args, "images", "update", body)["image"], args.format)
+
+
+def cmd_image_unset(args: argparse.Namespace) -> None:
+    body = {"id": args.image, "properties": dict.fromkeys(args.property)}
+    output.emit(call(args, "images", "update", body)["image"], args.format)
+
+
 def cmd_image_delete(args: argparse.Namespace) -> None:
     delete_each(args, "images", args.image, "images")
 
@@ -90,6 +112,18 @@ def add_parsers(sub: Any, leaf: Any) -> None:
     p.add_argument("--private", action="store_true")
     leaf(im, "list", cmd_image_list, "list images")
     leaf(im, "show", cmd_image_show, "show an image").add_argument("image", help="id or name")
+    p = leaf(im, "set", cmd_image_set, "change an image's name, visibility or properties")
+    p.add_argument("image", help="id or name")
+    p.add_argument("--name")
+    p.add_argument("--property", action="append", metavar="KEY=VALUE")
+    p.add_argument("--min-ram", type=int, help="MB")
+    p.add_argument("--min-disk", type=int, help="GB")
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--public", action="store_true", help="every project sees it (admin)")
+    shown.add_argument("--private", action="store_true", help="only its project sees it")
+    p = leaf(im, "unset", cmd_image_unset, "remove properties from an image")
+    p.add_argument("image", help="id or name")
+    p.add_argument("--property", action="append", required=True, metavar="KEY")
     leaf(im, "delete", cmd_image_delete, "delete images").add_argument(
         "image", nargs="+", help="id or name (several may be given)"
     )

@@ -47,6 +47,20 @@ class ImageCreate(Request):
     upload: bool = False
 
 
+class ImageUpdate(Request):
+    """An image's name, visibility, minimums and properties (null removes one); its
+    formats only while it has no data yet (queued)."""
+
+    id: Name
+    name: Name | None = None
+    visibility: Literal["public", "private"] | None = None
+    min_ram_mb: NonNegInt | None = None
+    min_disk_gb: NonNegInt | None = None
+    disk_format: DiskFormat | None = None
+    container_format: Literal["bare", "ovf", "ova", "aki", "ari", "ami"] | None = None
+    properties: MetadataUpdate = field(default_factory=dict)
+
+
 class ImageUploadFinish(Request):
     """The client's word on what it sent: the API checks the stored bytes against it."""
 

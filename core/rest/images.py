@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 from urllib.parse import urlencode
 
@@ -172,13 +173,60 @@ async def create(request: web.Request) -> web.Response:
     )
 
 
+PATCH_TYPE = "application/openstack-images-v2.1-json-patch"
+FIELDS = {"name": "name", "visibility": "visibility", "min_ram": "min_ram_mb",
+          "min_disk": "min_disk_gb", "disk_format": "disk_format",
+          "container_format": "container_format"}  # fmt: skip
+
+
+def _update_request(image_id: str, ops: Any) -> dict[str, Any]:
+    """hvmesh.api.images.update's body from a Glance JSON patch (add, replace, remove)."""
+    if not isinstance(ops, list) or not ops:
+        raise RestError(400, "the body is a JSON patch: a list of operations")
+    req: dict[str, Any] = {"id": image_id, "properties": {}}
+    for i, op in enumerate(ops):
+        kind = op.get("op") if isinstance(op, dict) else None
+        path = op.get("path") if isinstance(op, dict) else None
+        if kind not in ("add", "replace", "remove") or not isinstance(path, str):
+            raise RestError(400, f"operation {i}: op add, replace or remove, and a path")
+        key = path.removeprefix("/")
+        if not key or "/" in key:
+            raise RestError(400, f"operation {i}: path {path!r} is not an image attribute")
+        if key in READ_ONLY or key == "id":
+            raise RestError(403, f"Attribute '{key}' is read-only.")
+        if key in ("protected", "os_hidden", "tags"):
+            raise RestError(400, f"{key}: hvmesh images have none")
+        if key in FIELDS:
+            if kind == "remove":
+                raise RestError(403, f"Attribute '{key}' cannot be removed.")
+            value = op.get("value")
+            if key in ("min_ram", "min_disk"):
+                value = whole(key, value)
+            elif key == "visibility" and value not in ("public", "private"):
+                raise RestError(400, f"visibility: public or private (hvmesh has no {value!r})")
+            req[FIELDS[key]] = value
+        else:
+            value = None if kind == "remove" else property_value(key, op.get("value"))
+            req["properties"][key] = value
+    return req
+
+
 async def update(request: web.Request) -> web.Response:
-    """PATCH /image/v2/images/{id}: hvmesh's NATS API has no image update yet."""
+    """PATCH /image/v2/images/{id}: a JSON patch applied by images.update in one write."""
     c = Glance(request)
-    await c.get(request.match_info["id"])  # an unknown image is a 404 first
-    raise RestError(
-        501, "updating an image is not implemented: hvmesh.api.images has no update request"
-    )
+    if request.content_type != PATCH_TYPE:
+        raise RestError(415, f"Content-Type: {PATCH_TYPE}")
+    image = await c.get(request.match_info["id"])  # an unknown image is a 404 first
+    try:
+        ops = json.loads(await request.read())
+    except ValueError:
+        raise RestError(400, "malformed JSON in the request body") from None
+    req = _update_request(image["id"], ops)
+    for key, value in list(req["properties"].items()):
+        if value is None and key not in image.get("properties", {}):
+            raise RestError(409, f"Property {key} does not exist.")  # as Glance's remove
+    reply = await c.call("update", req)
+    return web.json_response(view(reply["image"]))
 
 
 async def delete(request: web.Request) -> web.Response:

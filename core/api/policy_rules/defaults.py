@@ -77,6 +77,8 @@ OPERATIONS = [
     *_crud("compute:images", "images", MEMBER, READER, MEMBER),
     RuleDefault("compute:images:create:public", ADMIN, "Create a public image."),
     RuleDefault("compute:images:upload", MEMBER, "Upload an image's data."),
+    RuleDefault("compute:images:update", MEMBER, "Change an image's name, minimums or properties."),
+    RuleDefault("compute:images:update:public", ADMIN, "Make an image public."),
     *_crud("network:networks", "networks", ADMIN, READER, ADMIN),
     *_crud("network:ports", "ports", MEMBER, READER, MEMBER),
     *_crud("compute:keypairs", "the caller's key pairs", MEMBER, READER, MEMBER),
@@ -119,7 +121,7 @@ ENDPOINTS: dict[str, str] = {
         ("create", "create"), ("list", "list"), ("get", "show"), ("delete", "delete"))},
     **{f"images-{v}": f"compute:images:{r}" for v, r in (
         ("create", "create"), ("list", "list"), ("get", "show"), ("delete", "delete"),
-        ("upload", "upload"), ("upload-finish", "upload"))},
+        ("upload", "upload"), ("upload-finish", "upload"), ("update", "update"))},
     **{f"{res}-{v}": f"{prefix}:{r}" for res, prefix in (
         ("networks", "network:networks"), ("ports", "network:ports"),
         ("keypairs", "compute:keypairs"), ("servers", "compute:servers"),
@@ -169,6 +171,8 @@ def rules_for(endpoint: str, body: Any, project: str) -> list[str]:
             out.append("compute:servers:list:host")
     elif endpoint == "images-create" and getattr(body, "visibility", None) == "public":
         out.append("compute:images:create:public")
+    elif endpoint == "images-update" and getattr(body, "visibility", None) == "public":
+        out.append("compute:images:update:public")
     elif endpoint in OTHER_PROJECT and getattr(body, "project", None) not in (None, project):
         out.append(OTHER_PROJECT[endpoint])
     return out

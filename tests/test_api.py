@@ -16,6 +16,7 @@ from tests.support import (
     hvmesh,
     make_flavor_image,
     settled,
+    wait_all,
     wait_server,
 )
 
@@ -247,3 +248,37 @@ async def test_a_server_is_renamed_and_its_metadata_set(
     assert (shown["name"], shown["metadata"]) == ("cli", {"k": "v"})
     code, out, err = await hvmesh("server", "set", sid, *auth)
     assert code == 1 and "give --name, --property KEY=VALUE or --state" in err
+
+
+async def test_a_disabled_compute_service_gets_no_new_servers(
+    cloud: Deployment, admin: ApiClient, demo: ApiClient
+) -> None:
+    await make_flavor_image(admin)
+    hosts = sorted((await admin("hypervisors.list"))["hypervisors"], key=lambda h: h["name"])
+    keep, *off = [h["name"] for h in hosts]
+    cli = Cli(cloud)
+    for host in off:
+        await cli.ok("compute", "service", "set", host, "--disable", "--disable-reason", "maint")
+    rows = {s["host"]: s for s in await cli.json("compute", "service", "list")}
+    assert [(rows[h]["status"], rows[h]["disabled_reason"]) for h in off] == [
+        ("disabled", "maint")
+    ] * len(off)
+
+    body = {"name": "d", "flavor": "m1.small", "image": "cirros", "min_count": 3}
+    made = await demo("servers.create", body)
+    placed = await wait_all(cloud.store, {s["id"] for s in made["servers"]}, settled)
+    assert {s.host for s in placed.values() if s is not None} == {keep}
+
+    # Bad input and a tenant change nothing; enabling again clears the reason.
+    with pytest.raises(errors.BadRequest, match="disabled_reason"):
+        await admin("services.set", {"host": keep, "status": "enabled", "disabled_reason": "x"})
+    with pytest.raises(errors.NotFound):
+        await admin("services.set", {"host": "no-such-host", "status": "disabled"})
+    with pytest.raises(errors.Forbidden):
+        await demo("services.set", {"host": keep, "status": "disabled"})
+    code, _, err = await hvmesh("compute", "service", "set", keep, *cli.auth)
+    assert code == 1 and "give --enable or --disable" in err
+    await cli.ok("compute", "service", "set", off[0], "--enable")
+    back = (await admin("hypervisors.get", {"id": off[0]}))["hypervisor"]
+    assert (back["status"], back["disabled_reason"]) == ("enabled", None)
+    assert (await admin("hypervisors.get", {"id": keep}))["hypervisor"]["status"] == "enabled"

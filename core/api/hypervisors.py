@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
+from hvmesh.core import log
 from hvmesh.core.api import paging
 from hvmesh.core.api.context import ApiContext
 from hvmesh.core.api.lookups import check_ref
@@ -21,7 +22,11 @@ from hvmesh.core.api.requests import Ref
 from hvmesh.core.bus.micro import Caller
 from hvmesh.core.protocol import errors
 from hvmesh.core.protocol.base import Request
+from hvmesh.core.protocol.records import Host
+from hvmesh.core.protocol.requests import ServiceSet
 from hvmesh.core.state import reports
+
+LOG = log.get_logger(__name__)
 
 
 class InventoryQuery(Request):
@@ -97,6 +102,30 @@ class HypervisorEndpoints:
                 ),
                 "heartbeat": self.api.index.heartbeats.get(name),
                 "servers": sorted(servers),
+            }
+        }
+
+    async def service_set(self, caller: Caller, req: ServiceSet) -> dict:
+        """Enable or disable a host for new servers, in one compare-and-set of its record."""
+        if req.status == "enabled" and req.disabled_reason is not None:
+            raise errors.BadRequest("disabled_reason: only with status disabled")
+
+        def change(h: Host) -> Host:
+            reason = req.disabled_reason if req.status == "disabled" else None
+            return msgspec.structs.replace(h, status=req.status, disabled_reason=reason)
+
+        entry = await self.api.st.hosts.mutate(req.host, change)
+        if entry is None:
+            raise errors.NotFound(f"compute service {req.host} not found")
+        LOG.info("api.service_set", host=req.host, status=req.status, reason=req.disabled_reason)
+        host = entry.value
+        return {
+            "service": {
+                "id": host.name,
+                "binary": "hvmesh-compute",
+                "host": host.name,
+                "status": host.status,
+                "disabled_reason": host.disabled_reason,
             }
         }
 

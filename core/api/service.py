@@ -56,6 +56,7 @@ from hvmesh.core.protocol.requests import (
     ServerCreate,
     ServerGroupCreate,
     ServerUpdate,
+    ServiceSet,
 )
 from hvmesh.core.protocol.version import VERSION
 from hvmesh.core.state.inventory import Index
@@ -155,6 +156,7 @@ class ApiService:
         ep("hypervisors-get", api("hypervisors", "get"), hyp.hypervisor_get, Ref)
         ep("availability-zones-list", api("availability_zones", "list"), compute.zones, Empty)
         ep("services-list", api("services", "list"), compute.services, Empty)
+        ep("services-set", api("services", "set"), hyp.service_set, ServiceSet)
         ep("servers-get", api("servers", "get"), servers.server_get, IdOnly)
         ep("servers-update", api("servers", "update"), servers.server_update, ServerUpdate)
         ep("servers-delete", api("servers", "delete"), servers.server_delete, IdOnly)

@@ -7,6 +7,7 @@ from typing import Any
 
 from hvmesh.core.cli import output
 from hvmesh.core.cli.connect import call
+from hvmesh.core.cli.errors import CliError
 from hvmesh.core.cli.resources import delete_each, ref
 from hvmesh.core.cli.servers import for_people, iso
 
@@ -51,6 +52,18 @@ def cmd_service_list(args: argparse.Namespace) -> None:
     if for_people(args.format):
         services = [{**s, "updated_at": iso(s.get("updated_at"))} for s in services]
     output.emit(services, args.format, SERVICE_COLUMNS)
+
+
+def cmd_service_set(args: argparse.Namespace) -> None:
+    """`compute service set HOST --disable [--disable-reason R] | --enable` (as openstack's)."""
+    if args.enable == args.disable:
+        raise CliError("give --enable or --disable")
+    if args.disable_reason is not None and not args.disable:
+        raise CliError("--disable-reason goes with --disable")
+    body: dict[str, Any] = {"host": args.host, "status": "enabled" if args.enable else "disabled"}
+    if args.disable_reason is not None:
+        body["disabled_reason"] = args.disable_reason
+    output.emit(call(args, "services", "set", body)["service"], args.format)
 
 
 def cmd_group_create(args: argparse.Namespace) -> None:
@@ -122,5 +135,11 @@ def add_parsers(sub: Any, leaf: Any) -> None:
         cmd_service_list,
         "API, conductor, scheduler and compute services, up or down (admin)",
     )
+    p = leaf(service, "set", cmd_service_set, "enable or disable a host for new servers (admin)")
+    p.add_argument("host", metavar="HOST")
+    p.add_argument("binary", nargs="?", choices=["hvmesh-compute"], help="as openstack's")
+    p.add_argument("--enable", action="store_true")
+    p.add_argument("--disable", action="store_true")
+    p.add_argument("--disable-reason", metavar="REASON")
 
     add_group_parsers(sub, "server-group", leaf)

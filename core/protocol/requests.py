@@ -61,6 +61,15 @@ class ImageUpdate(Request):
     properties: MetadataUpdate = field(default_factory=dict)
 
 
+class ServiceSet(Request):
+    """A compute service (a host) enabled or disabled for new servers, as Nova's
+    os-services; a disabled host keeps its servers and is skipped by the scheduler."""
+
+    host: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,128}\Z")]
+    status: Literal["enabled", "disabled"]
+    disabled_reason: Annotated[str, Meta(max_length=255)] | None = None
+
+
 class ImageUploadFinish(Request):
     """The client's word on what it sent: the API checks the stored bytes against it."""
 

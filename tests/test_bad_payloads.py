@@ -294,6 +294,7 @@ CASES: list[tuple[str, bytes, int, str]] = [
         "nested too deeply",
     ),
     ("quotas.show", b'{"project": ""}', 400, "$.project"),
+    ("quotas.delete", b"{}", 400, "missing required field `project`"),
     ("quotas.set", b'{"cores": 1}', 400, "missing required field `project`"),
     ("quotas.set", b'{"project": "DEMO", "cores": -2}', 400, "$.cores"),
     ("quotas.set", b'{"project": "DEMO", "resources": {"GPU": 1}}', 400, "$.resources"),

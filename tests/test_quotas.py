@@ -160,6 +160,12 @@ async def test_defaults_and_overrides(
         await set_quota(admin, resources={"GPU": 1})
     with pytest.raises(errors.BadRequest, match="at least one limit"):
         await set_quota(admin)
+    # Deleting the overrides: the defaults again, a tenant may not.
+    with pytest.raises(errors.Forbidden, match="compute:quotas:delete"):
+        await demo("quotas.delete", {"project": "DEMO"})
+    reverted = (await admin("quotas.delete", {"project": "DEMO"}))["quota_set"]
+    assert reverted == own and (await demo("quotas.show"))["quota_set"] == own
+    assert (await admin("quotas.delete", {"project": "DEMO"}))["quota_set"] == own  # again: same
 
 
 # --- every quota, refused -------------------------------------------------------------------

@@ -47,6 +47,12 @@ class ProjectRef(Request):
     project: Name | None = None
 
 
+class ProjectName(Request):
+    """A project (NATS account) by name."""
+
+    project: Name
+
+
 class QuotaSet(Request):
     """New limits of one project; a field not given keeps its limit."""
 
@@ -103,6 +109,14 @@ class QuotaEndpoints:
             except CasConflict:  # made meanwhile: apply to it
                 continue
         LOG.info("api.quotas_set", project=req.project, limits=given)
+        limits = await quota_checks.limits_of(self.api, req.project)
+        return {"quota_set": quota_set(req.project, limits)}
+
+    async def delete(self, caller: Caller, req: ProjectName) -> dict:
+        """Drop a project's overrides: its limits are the [quota] defaults again (and
+        follow later changes of them). Nothing to drop is not an error."""
+        await self.api.st.quotas.delete(project_key(req.project))
+        LOG.info("api.quotas_deleted", project=req.project)
         limits = await quota_checks.limits_of(self.api, req.project)
         return {"quota_set": quota_set(req.project, limits)}
 

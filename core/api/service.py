@@ -32,7 +32,7 @@ from hvmesh.core.api.list_indexes import ListIndexes
 from hvmesh.core.api.networks import KeypairRef, NetworkEndpoints, PortRef
 from hvmesh.core.api.paging import Page
 from hvmesh.core.api.policy_rules.enforcer import Policy
-from hvmesh.core.api.quotas import ProjectRef, QuotaEndpoints, QuotaSet
+from hvmesh.core.api.quotas import ProjectName, ProjectRef, QuotaEndpoints, QuotaSet
 from hvmesh.core.api.requests import Empty, IdOnly, Ref
 from hvmesh.core.api.server_actions import ActionRef, ServerActions, ServerEventList
 from hvmesh.core.api.servers import ServerEndpoints
@@ -211,6 +211,7 @@ class ApiService:
         quotas = self.quotas
         ep("quotas-show", api("quotas", "show"), quotas.show, ProjectRef)
         ep("quotas-set", api("quotas", "set"), quotas.set, QuotaSet)
+        ep("quotas-delete", api("quotas", "delete"), quotas.delete, ProjectName)
         ep("quotas-defaults", api("quotas", "defaults"), quotas.defaults, Empty)
         ep("limits-show", api("limits", "show"), quotas.limits, ProjectRef)
         ep("usage-show", api("usage", "show"), self.usage.show, UsageShow)

@@ -51,6 +51,11 @@ def cmd_quota_set(args: argparse.Namespace) -> None:
     output.emit(call(args, "quotas", "set", body)["quota_set"], args.format)
 
 
+def cmd_quota_delete(args: argparse.Namespace) -> None:
+    """`quota delete PROJECT`: its limits are the defaults again (admin)."""
+    output.emit(call(args, "quotas", "delete", {"project": args.project})["quota_set"], args.format)
+
+
 def cmd_limits_show(args: argparse.Namespace) -> None:
     body = {"project": args.project} if args.project else {}
     limits = call(args, "limits", "show", body)["limits"]
@@ -100,6 +105,8 @@ def add_parsers(sub: Any, leaf: Any) -> None:
     p.add_argument(
         "--resource", action="append", metavar="CLASS=N", help="a resource class's limit"
     )
+    p = leaf(qu, "delete", cmd_quota_delete, "revert a project's quotas to the defaults (admin)")
+    p.add_argument("project", help="project (NATS account)")
     li = sub.add_parser("limits", help="limits").add_subparsers(
         dest="action", required=True, metavar="ACTION"
     )

@@ -126,6 +126,8 @@ CASES: list[tuple[str, bytes, int, str]] = [
     ("servers.list", b'{"marker": "nope"}', 400, "marker nope not found"),
     ("servers.list", b'{"limit": -1}', 400, "$.limit"),
     ("servers.list", b'{"all_projects": "yes"}', 400, "$.all_projects"),
+    ("migrations.list", b'{"kind": "teleport"}', 400, "$.kind"),
+    ("migrations.list", b'{"marker": "nope"}', 400, "marker nope not found"),
     ("hypervisors.get", b"{}", 400, "id or name"),
     ("hypervisors.get", b'{"name": "nope"}', 404, "hypervisor nope not found"),
     ("availability_zones.list", b'{"zone": "nova"}', 400, "unknown field `zone`"),

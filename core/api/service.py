@@ -29,6 +29,7 @@ from hvmesh.core.api.hypervisors import (
 )
 from hvmesh.core.api.images import ImageEndpoints, ImageList
 from hvmesh.core.api.list_indexes import ListIndexes
+from hvmesh.core.api.migrations import MigrationEndpoints, MigrationList
 from hvmesh.core.api.networks import KeypairRef, NetworkEndpoints, PortRef
 from hvmesh.core.api.paging import Page
 from hvmesh.core.api.policy_rules.enforcer import Policy
@@ -171,6 +172,8 @@ class ApiService:
         ep("servers-events-get", api("servers", "events.get"), acts.events_get, ActionRef)
         # hypervisors
         ep("hypervisors-list", api("hypervisors", "list"), hyp.hypervisor_list, HypervisorList)
+        migrations = MigrationEndpoints(self)
+        ep("migrations-list", api("migrations", "list"), migrations.list, MigrationList)
         # server groups
         ep(
             "server-groups-create",

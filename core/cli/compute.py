@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from hvmesh.core.cli import output
+from hvmesh.core.cli import output, pages
 from hvmesh.core.cli.connect import call
 from hvmesh.core.cli.errors import CliError
 from hvmesh.core.cli.resources import delete_each, ref
@@ -82,6 +82,40 @@ def cmd_group_show(args: argparse.Namespace) -> None:
 
 def cmd_group_delete(args: argparse.Namespace) -> None:
     delete_each(args, "server_groups", args.group, "server groups", lambda r: {"id": r})
+
+
+MIGRATION_COLUMNS = ["id", "server_id", "kind", "source_host", "dest_host", "status", "created_at"]
+
+
+def cmd_migration_list(args: argparse.Namespace) -> None:
+    """`server migration list`: every move, newest first (admin), walked page by page."""
+    body: dict[str, Any] = {}
+    for key, value in (
+        ("server_id", args.server),
+        ("host", args.host),
+        ("status", args.status),
+        ("kind", args.type),
+        ("project", args.project),
+    ):
+        if value is not None:
+            body[key] = value
+    rows = pages.list_all(args, "migrations", "list", body, "migrations")
+    if for_people(args.format):
+        rows = [{**m, "created_at": iso(m.get("created_at"))} for m in rows]
+    output.emit(rows, args.format, MIGRATION_COLUMNS)
+
+
+def add_migration_parsers(sv: Any, leaf: Any) -> None:
+    """`server migration list`, under the server commands `sv`."""
+    mg = sv.add_parser("migration", help="server moves (admin)").add_subparsers(
+        dest="migration_action", required=True, metavar="ACTION"
+    )
+    p = leaf(mg, "list", cmd_migration_list, "list server moves, newest first (admin)")
+    p.add_argument("--server", help="one server's moves (its id)")
+    p.add_argument("--host", help="moves from or to this host")
+    p.add_argument("--status", help="e.g. finished, confirmed, reverted, completed, error")
+    p.add_argument("--type", choices=["resize", "migration", "live-migration", "evacuation"])
+    p.add_argument("--project", help="one project's moves")
 
 
 def add_group_parsers(parent: Any, name: str, leaf: Any) -> None:

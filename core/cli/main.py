@@ -101,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     servers.add_parsers(sv, leaf)
     server_actions.add_parsers(sub, sv, leaf)
     compute.add_group_parsers(sv, "group", leaf)
+    compute.add_migration_parsers(sv, leaf)
     compute.add_parsers(sub, leaf)  # hypervisor, availability zone, compute service, ...
 
     aggregates.add_parsers(sub, leaf)

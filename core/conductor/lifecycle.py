@@ -32,7 +32,7 @@ from hvmesh.core.protocol.action_requests import action_name
 from hvmesh.core.protocol.base import encode, now
 from hvmesh.core.protocol.messages import AgentEvent, Task, Work
 from hvmesh.core.protocol.records import Fault, Image, Server, Vif
-from hvmesh.core.state import action_log, quotas
+from hvmesh.core.state import action_log, migration_log, quotas
 from hvmesh.core.state.store import Entry, Store
 
 LOG = log.get_logger(__name__)
@@ -238,6 +238,7 @@ class Lifecycle:
         written = await self.st.servers.mutate(srv.id, guarded)
         if written is None or not before:
             return None
+        await migration_log.follow(self.st, before[0], written.value)
         await notify.updated(self.conductor.nc, before[0], written.value)
         return written
 

@@ -115,6 +115,7 @@ NAMES_BUCKET = "names"  # key "<kind>.<digest of the scope and name>": who holds
 
 QUOTAS_BUCKET = "quotas"  # key: a project's key (quota_records.project_key): its overrides
 QUOTA_USAGE_BUCKET = "quota_usage"  # same key: what the project holds, per holder
+MIGRATIONS_BUCKET = "migrations"  # key: a move's (Migration's) id: its record, kept after it ends
 USAGE_LEDGER_BUCKET = "usage_ledger"  # key "<project key>.<server id>": a deleted server's run
 
 # --- tenant discovery and notifications, idempotent creates ------------------------------------

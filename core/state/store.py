@@ -35,6 +35,7 @@ from nats.js.kv import KeyValue
 from hvmesh.core.protocol import errors, subjects
 from hvmesh.core.protocol.base import encode
 from hvmesh.core.protocol.client_tokens import ClientToken
+from hvmesh.core.protocol.migration_records import MigrationRecord
 from hvmesh.core.protocol.quota_records import QuotaLimits, QuotaUsage, UsageRecord
 from hvmesh.core.protocol.records import (
     Aggregate,
@@ -73,6 +74,7 @@ BUCKETS: dict[str, type[msgspec.Struct]] = {
     subjects.QUOTA_USAGE_BUCKET: QuotaUsage,
     subjects.USAGE_LEDGER_BUCKET: UsageRecord,
     subjects.CLIENT_TOKENS_BUCKET: ClientToken,
+    subjects.MIGRATIONS_BUCKET: MigrationRecord,
 }
 
 # Buckets whose keys expire on their own (seconds): a placement lease outlives any retry
@@ -81,6 +83,7 @@ BUCKETS: dict[str, type[msgspec.Struct]] = {
 BUCKET_TTL: dict[str, float] = {
     subjects.PLACEMENT_LEASES_BUCKET: 3600.0,
     subjects.USAGE_LEDGER_BUCKET: 366 * 24 * 3600.0,
+    subjects.MIGRATIONS_BUCKET: 366 * 24 * 3600.0,  # moves, for os-migrations, as long
     # A create's client token answers its retries for a day, as clients retry within one.
     subjects.CLIENT_TOKENS_BUCKET: 24 * 3600.0,
 }
@@ -357,6 +360,10 @@ class Store:
     @property
     def usage_ledger(self) -> Bucket[UsageRecord]:
         return self._buckets["usage_ledger"]
+
+    @property
+    def migrations(self) -> Bucket[MigrationRecord]:
+        return self._buckets[subjects.MIGRATIONS_BUCKET]
 
     @property
     def client_tokens(self) -> Bucket[ClientToken]:

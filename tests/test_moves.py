@@ -405,16 +405,18 @@ async def take_down(dep: Deployment, admin: ApiClient, agent: Any, host: str) ->
     raise AssertionError(f"{host} never counted as down")
 
 
-@pytest.mark.parametrize("stopped", [False, True])
-async def test_evacuate(deployment: Deployment, admin: ApiClient, stopped: bool) -> None:
+@pytest.mark.parametrize(("stopped", "stop"), [(False, False), (True, False), (False, True)])
+async def test_evacuate(
+    deployment: Deployment, admin: ApiClient, stopped: bool, stop: bool
+) -> None:
     s, src, dst = await two_hosts(deployment, admin, **DOWN_AFTER)
     with pytest.raises(errors.BadRequest, match="still in use"):
         await act(admin, s.id, "evacuate")
     if stopped:
         await do(deployment, admin, s.id, "stop")
     await take_down(deployment, admin, src, "src")
-    done = await do(deployment, admin, s.id, "evacuate")
-    want = S.STOPPED if stopped else S.ACTIVE
+    done = await do(deployment, admin, s.id, "evacuate", stop=stop)
+    want = S.STOPPED if stopped or stop else S.ACTIVE
     assert (done.vm_state, done.host, done.migration, done.fault) == (want, "dst", None, None)
     assert s.id in dst.driver.instances
     assert await claims(deployment) == {"dst": {s.id: SMALL}}

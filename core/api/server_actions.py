@@ -201,7 +201,10 @@ class ServerActions:
                         f"Compute service of {s.host} is still in use: evacuate only "
                         "from a host that is down"
                     )
-                return req, self.migration("evacuation", s)
+                m = self.migration("evacuation", s)
+                if req.stop:
+                    m = msgspec.structs.replace(m, old_vm_state=states.STOPPED)
+                return req, m
             kind = "migration" if isinstance(req, Migrate) else "live-migration"
             return req, self.migration(kind, s)
         if isinstance(req, AttachInterface):

@@ -83,6 +83,7 @@ class Unshelve(ActionRequest, tag="unshelve"):
 
 class Evacuate(ActionRequest, tag="evacuate"):
     host: Name | None = None
+    stop: bool = False  # the server ends stopped on its new host (Nova's from 2.95)
 
 
 class Lock(ActionRequest, tag="lock"):

@@ -90,9 +90,11 @@ async def test_an_openstack_cli_session_from_flavor_to_deleted_server(
     assert (row["ID"], row["Name"], row["Status"], row["Image Name"]) == (
         sid, "vm1", "ACTIVE", "cirros",
     )  # fmt: skip
-    assert list(row["Networks"]) == ["net1"] and row["Flavor Name"] == "m1.small"
+    assert list(row["Networks"]) == ["net1"] and row["Flavor"] == "m1.small"  # 2.47's
     shown = await openstack(demo_env, "server", "show", sid, "-f", "json")
     assert (shown["project_id"], shown["user_id"], shown["key_name"]) == ("DEMO", "demo", "k1")
+    assert shown["flavor"]["original_name"] == "m1.small" and shown["flavor"]["vcpus"] == 1
+    assert shown["pinned_availability_zone"] is None and shown["scheduler_hints"] == {}
 
     await openstack(demo_env, "server", "stop", sid)
     await wait_server(cloud.store, sid, resting("stopped"))
@@ -116,6 +118,11 @@ async def test_an_openstack_cli_session_from_flavor_to_deleted_server(
     assert migrated is not None and migrated.host != before
     await openstack(admin_env, "server", "resize", "confirm", sid)
     await wait_server(cloud.store, sid, resting("active"))
+    moves = await openstack(admin_env, "server", "migration", "list", "--server", sid, "-f", "json")
+    assert sorted((m["Type"], m["Status"]) for m in moves) == [
+        ("migration", "confirmed"),
+        ("resize", "confirmed"),
+    ]
 
     log = await openstack_text(demo_env, "console", "log", "show", sid)
     assert log.strip()

@@ -142,18 +142,18 @@ async def test_microversions_are_negotiated_as_nova_does(cloud: Deployment) -> N
         assert headers["OpenStack-API-Version"] == "compute 2.9"
         assert body["server"]["locked"] is False and "description" not in body["server"]
         status, headers, body = await show(**{"OpenStack-API-Version": "compute latest"})
-        assert headers["X-OpenStack-Nova-API-Version"] == "2.38"
+        assert headers["X-OpenStack-Nova-API-Version"] == "2.100"
         assert body["server"]["tags"] == [] and body["server"]["description"] is None
         status, headers, body = await show(**{"X-OpenStack-Nova-API-Version": "2.19"})
         assert headers["OpenStack-API-Version"] == "compute 2.19"
-        for too_far in ("compute 2.39", "compute 3.0", "compute 2.0"):
+        for too_far in ("compute 2.101", "compute 3.0", "compute 2.0"):
             status, _, body = await show(**{"OpenStack-API-Version": too_far})
             assert status == 406 and body["notAcceptable"]["code"] == 406, too_far
         status, _, body = await show(**{"OpenStack-API-Version": "compute two"})
         assert status == 400 and "microversion" in body["badRequest"]["message"]
         async with http.get(compute_url(rest).removesuffix("/v2.1") + "/") as r:
             (doc,) = (await r.json())["versions"]
-        assert (doc["min_version"], doc["version"]) == ("2.1", "2.38")
+        assert (doc["min_version"], doc["version"]) == ("2.1", "2.100")
 
 
 async def test_hvmesh_rest_runs_as_its_own_process(cloud: Deployment) -> None:

@@ -76,6 +76,31 @@ async def test_the_openstack_cli_shows_and_sets_quotas_limits_and_usage(
     assert [u["instance_id"] for u in rows["DEMO"]["Servers"]] == [server.id]
     assert "ALT" not in rows
 
+    # From 2.40 usage is paged by server: a full page links to the next.
+    url = compute_url(rest)
+    async with aiohttp.ClientSession() as http:
+        admin_token = await token(http, rest, "admin", cloud.server.passwords["admin"], "admin")
+        for version, paged in (("2.39", False), ("2.40", True)):
+            headers = {"X-Auth-Token": admin_token, "OpenStack-API-Version": f"compute {version}"}
+            async with http.get(f"{url}/os-simple-tenant-usage/DEMO?limit=1", headers=headers) as r:
+                page = await r.json()
+            assert [u["instance_id"] for u in page["tenant_usage"]["server_usages"]] == [server.id]
+            assert ("tenant_usage_links" in page) == paged
+            async with http.get(
+                f"{url}/os-simple-tenant-usage?limit=1&detailed=1", headers=headers
+            ) as r:
+                index = await r.json()
+            assert ("tenant_usages_links" in index) == paged
+            assert [u["tenant_id"] for u in index["tenant_usages"]] == ["DEMO"]
+        (link,) = page["tenant_usage_links"]
+        assert link["rel"] == "next" and f"marker={server.id}" in link["href"]
+        async with http.get(link["href"], headers=headers) as r:
+            assert await r.json() == {"tenant_usage": {}}  # nothing after the last server
+        async with http.get(index["tenant_usages_links"][0]["href"], headers=headers) as r:
+            assert await r.json() == {"tenant_usages": []}
+        async with http.get(f"{url}/os-simple-tenant-usage/DEMO?marker=nope", headers=headers) as r:
+            assert r.status == 400 and "nope" in (await r.json())["badRequest"]["message"]
+
     # openstacksdk reads the same, with usage, and the server in the usage report.
     conn = sdk(rest, cloud, "admin", "admin")
     detail = await asyncio.to_thread(lambda: conn.compute.get_quota_set("DEMO", usage=True))
@@ -135,6 +160,38 @@ async def test_quota_requests_are_checked_and_shaped_by_microversion(cloud: Depl
         async with http.get(f"{url}/os-quota-sets/DEMO/defaults", headers=as_admin) as r:
             assert (await r.json())["quota_set"]["id"] == "defaults"
 
+        # 2.39 drops maxImageMeta; 2.57 maxPersonality(Size) and the injected_file quotas.
+        def at(version: str) -> dict[str, str]:
+            return {**as_admin, "OpenStack-API-Version": f"compute {version}"}
+
+        personality = {"maxPersonality", "maxPersonalitySize"}
+        injected = {"injected_files", "injected_file_content_bytes", "injected_file_path_bytes"}
+        for version, image_meta, files in (
+            ("2.38", True, True), ("2.39", False, True), ("2.56", False, True),
+            ("2.57", False, False), ("2.100", False, False),
+        ):  # fmt: skip
+            async with http.get(f"{url}/limits", headers=at(version)) as r:
+                absolute = (await r.json())["limits"]["absolute"]
+            assert ("maxImageMeta" in absolute) == image_meta, version
+            assert personality & set(absolute) == (personality if files else set()), version
+            for path in ("", "/detail", "/defaults"):
+                async with http.get(f"{url}/os-quota-sets/DEMO{path}", headers=at(version)) as r:
+                    quota_set = (await r.json())["quota_set"]
+                assert injected & set(quota_set) == (injected if files else set()), path
+        async with http.put(
+            f"{url}/os-quota-sets/DEMO",
+            json={"quota_set": {"injected_files": 5}},
+            headers=at("2.57"),
+        ) as r:
+            assert r.status == 400 and "injected_files" in (await r.json())["badRequest"]["message"]
+
+        # From 2.75 an unknown query parameter is a 400 naming it (ignored before).
+        for path in ("/limits?foo=1", "/os-quota-sets/DEMO?foo=1", "/os-simple-tenant-usage?foo=1"):
+            async with http.get(f"{url}{path}", headers=at("2.74")) as r:
+                assert r.status == 200, path
+            async with http.get(f"{url}{path}", headers=at("2.75")) as r:
+                assert r.status == 400 and "foo" in (await r.json())["badRequest"]["message"]
+
         # A quota set to 0 refuses the next boot with Nova's overLimit.
         async with http.put(
             f"{url}/os-quota-sets/ALT",
@@ -154,7 +211,14 @@ async def test_quota_requests_are_checked_and_shaped_by_microversion(cloud: Depl
             assert "instances" in (await r.json())["overLimit"]["message"]
         assert (await ApiClient(await cloud.connect("alt"))("servers.list", {}))["servers"] == []
 
+        async with http.delete(
+            f"{url}/os-quota-sets/DEMO", headers={"X-Auth-Token": demo_token}
+        ) as r:
+            assert r.status == 403
         async with http.delete(f"{url}/os-quota-sets/DEMO", headers=as_admin) as r:
-            assert r.status == 501 and "notImplemented" in await r.json()
+            assert r.status == 202
+        reverted = await ApiClient(await cloud.connect("admin"))("quotas.show", {"project": "DEMO"})
+        defaults = await ApiClient(await cloud.connect("admin"))("quotas.defaults")
+        assert {**reverted["quota_set"], "id": "defaults"} == defaults["quota_set"]
         async with http.get(f"{url}/os-quota-sets/DEMO?user_id=demo", headers=as_admin) as r:
             assert r.status == 400 and "user_id" in (await r.json())["badRequest"]["message"]

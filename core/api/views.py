@@ -29,6 +29,16 @@ def server_view(s: Server, caller: Caller) -> dict:
         "power_state": s.power_state,
         "flavor": {"id": s.flavor.id, "name": s.flavor.name},
         "image": {"id": s.image_id, "name": s.image_name},
+        # The flavor as the server was built with it, the image properties it booted
+        # with and its scheduler hints (the compute REST API's 2.47, 2.98 and 2.100).
+        "flavor_details": {
+            "vcpus": s.flavor.vcpus,
+            "ram_mb": s.flavor.ram_mb,
+            "disk_gb": s.flavor.disk_gb,
+            "extra_specs": s.flavor.extra_specs,
+        },
+        "image_properties": s.image_properties,
+        "scheduler_hints": msgspec.to_builtins(s.scheduler_hints),
         "availability_zone": s.availability_zone,
         "project": s.project,
         "user": s.user,

@@ -1,4 +1,4 @@
-"""Compute os-aggregates: list, show, create, update, delete, actions; hvmesh.api.aggregates.*."""
+"""Compute os-aggregates: list, show, create, update, delete, actions, image caching (501)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from aiohttp import web
 from hvmesh.core.rest.calls import PREFIX, Compute, json_body
 from hvmesh.core.rest.errors import RestError
 from hvmesh.core.rest.identity import iso
-from hvmesh.core.rest.legacy_ids import every, number, resolve
+from hvmesh.core.rest.legacy_ids import every, is_uuid, number, resolve, uuid_of
 
 
 class AggregateBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -28,10 +28,23 @@ class MetadataBody(msgspec.Struct, forbid_unknown_fields=True):
     metadata: dict[str, str | None]
 
 
-def view(a: dict[str, Any]) -> dict[str, Any]:
+class CachedImage(msgspec.Struct, forbid_unknown_fields=True):
+    id: str
+
+
+class CacheBody(msgspec.Struct, forbid_unknown_fields=True):
+    """POST /os-aggregates/{id}/images' body (2.81)."""
+
+    cache: list[CachedImage]
+
+
+def view(c: Compute, a: dict[str, Any]) -> dict[str, Any]:
     metadata = dict(a.get("metadata") or {})
-    return {
-        "id": number("aggregate", a["id"]),
+    out: dict[str, Any] = {"id": number("aggregate", a["id"])}
+    if c.at_least(2, 41):
+        # hvmesh's aggregate ids are UUIDs: Nova's `uuid` is that id
+        out["uuid"] = a["id"] if is_uuid(a["id"]) else uuid_of("aggregate", a["id"])
+    return out | {
         "name": a["name"],
         "availability_zone": metadata.get("availability_zone"),
         "hosts": list(a.get("hosts") or []),
@@ -66,13 +79,13 @@ async def ref(c: Compute) -> str:
 
 async def index(request: web.Request) -> web.Response:
     c = Compute(request)
-    return c.reply({"aggregates": [view(a) for a in await every(c, "aggregates")]})
+    return c.reply({"aggregates": [view(c, a) for a in await every(c, "aggregates")]})
 
 
 async def show(request: web.Request) -> web.Response:
     c = Compute(request)
     reply = await c.call("aggregates", "get", {"id": await ref(c)})
-    return c.reply({"aggregate": view(reply["aggregate"])})
+    return c.reply({"aggregate": view(c, reply["aggregate"])})
 
 
 async def create(request: web.Request) -> web.Response:
@@ -84,7 +97,7 @@ async def create(request: web.Request) -> web.Response:
     if checked_name(body.availability_zone, "availability_zone") is not None:
         req["availability_zone"] = body.availability_zone
     reply = await c.call("aggregates", "create", req)
-    return c.reply({"aggregate": view(reply["aggregate"])})
+    return c.reply({"aggregate": view(c, reply["aggregate"])})
 
 
 async def update(request: web.Request) -> web.Response:
@@ -103,7 +116,7 @@ async def update(request: web.Request) -> web.Response:
         current = (
             await c.call("aggregates", "set_metadata", {"id": current["id"], "metadata": metadata})
         )["aggregate"]
-    return c.reply({"aggregate": view(current)})
+    return c.reply({"aggregate": view(c, current)})
 
 
 async def delete(request: web.Request) -> web.Response:
@@ -131,7 +144,26 @@ async def action(request: web.Request) -> web.Response:
     else:
         req["host"] = parse(inner, HostBody, name).host
     reply = await c.call("aggregates", name, req)
-    return c.reply({"aggregate": view(reply["aggregate"])})
+    return c.reply({"aggregate": view(c, reply["aggregate"])})
+
+
+async def images(request: web.Request) -> web.Response:
+    """POST /os-aggregates/{id}/images (2.81): checked as Nova checks it, then 501."""
+    c = Compute(request)
+    if not c.at_least(2, 81):
+        raise RestError(404, "POST /os-aggregates/{id}/images: a microversion 2.81 API")
+    try:
+        raw = await request.json()
+    except ValueError:
+        raise RestError(400, "malformed JSON in the request body") from None
+    body = parse(raw, CacheBody, "request body")
+    ids = [i.id for i in body.cache]
+    if not ids:
+        raise RestError(400, "cache: at least one image")
+    if len(set(ids)) != len(ids):
+        raise RestError(400, "Duplicate images in request")
+    await c.call("aggregates", "get", {"id": await ref(c)})
+    raise RestError(501, "cache: hvmesh's API cannot pre-cache images on an aggregate's hosts")
 
 
 def routes() -> list[web.AbstractRouteDef]:
@@ -143,4 +175,5 @@ def routes() -> list[web.AbstractRouteDef]:
         web.put(p + "/{id}", update),
         web.delete(p + "/{id}", delete),
         web.post(p + "/{id}/action", action),
+        web.post(p + "/{id}/images", images),
     ]

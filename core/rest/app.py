@@ -16,6 +16,7 @@ from hvmesh.core.rest import (
     hypervisors,
     identity,
     keypairs,
+    migrations,
     network_quotas,
     networks,
     ports,
@@ -55,7 +56,7 @@ def make_app(tokens: Tokens) -> web.Application:
     app[TOKENS] = tokens
     for part in (
         identity, projects,  # Keystone
-        compute_versions, flavors, servers, server_metadata, server_extras, keypairs,
+        compute_versions, flavors, servers, server_metadata, server_extras, migrations, keypairs,
         hypervisors, compute_services, aggregates, server_groups, quota_sets,  # Nova
         image_api,  # Glance
         networks, subnets, ports, network_quotas,  # Neutron

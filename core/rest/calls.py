@@ -78,13 +78,21 @@ def ref_id(ref: Any, what: str) -> str:
     return ref.rstrip("/").rsplit("/", 1)[-1]
 
 
-async def json_body(request: web.Request, key: str) -> dict[str, Any]:
-    """The object under `key` of a JSON request body; 400 when it is missing or not one."""
+async def json_object(request: web.Request) -> dict[str, Any]:
+    """A JSON request body that is an object; 400 otherwise."""
     try:
         body = await request.json()
     except ValueError:
         raise RestError(400, "malformed JSON in the request body") from None
-    inner = body.get(key) if isinstance(body, dict) else None
+    if not isinstance(body, dict):
+        raise RestError(400, "the request body is a JSON object")
+    return body
+
+
+async def json_body(request: web.Request, key: str) -> dict[str, Any]:
+    """The object under `key` of a JSON request body; 400 when it is missing or not one."""
+    body = await json_object(request)
+    inner = body.get(key)
     if not isinstance(inner, dict):
         raise RestError(400, f"the request body needs a {key!r} object")
     return inner

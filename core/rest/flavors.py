@@ -11,6 +11,8 @@ from hvmesh.core.rest.errors import RestError
 
 
 def view(c: Compute, f: dict[str, Any], detail: bool = True) -> dict[str, Any]:
+    """A flavor at the request's microversion: `description` (always null: hvmesh flavors
+    have none) from 2.55, `extra_specs` from 2.61, `swap` 0 rather than "" from 2.75."""
     out: dict[str, Any] = {"id": f["id"], "name": f["name"], "links": c.links("flavors", f["id"])}
     if detail:
         out.update(
@@ -19,12 +21,16 @@ def view(c: Compute, f: dict[str, Any], detail: bool = True) -> dict[str, Any]:
                 "vcpus": f["vcpus"],
                 "disk": f["disk_gb"],
                 "OS-FLV-EXT-DATA:ephemeral": 0,
-                "swap": "",
+                "swap": 0 if c.at_least(2, 75) else "",
                 "rxtx_factor": 1.0,
                 "os-flavor-access:is_public": f.get("is_public", True),
                 "OS-FLV-DISABLED:disabled": False,
             }
         )
+    if c.at_least(2, 55):
+        out["description"] = None
+    if detail and c.at_least(2, 61):
+        out["extra_specs"] = dict(f.get("extra_specs") or {})
     return out
 
 
@@ -87,6 +93,8 @@ async def create(request: web.Request) -> web.Response:
     for extra in ("swap", "OS-FLV-EXT-DATA:ephemeral"):
         if body.get(extra) not in (None, 0, "0", ""):
             raise RestError(400, f"flavor.{extra}: hvmesh flavors have none (give 0)")
+    if body.get("description") is not None:
+        raise RestError(400, "flavor.description: hvmesh flavors have no description")
     ident = body.get("id")
     req: dict[str, Any] = {
         "name": body.get("name"),
@@ -98,6 +106,23 @@ async def create(request: web.Request) -> web.Response:
     if ident not in (None, "", "auto"):
         req["id"] = str(ident)
     reply = await c.call("flavors", "create", req)
+    return c.reply({"flavor": view(c, reply["flavor"])})
+
+
+async def update(request: web.Request) -> web.Response:
+    """Nova's PUT /flavors/{id} (2.55): only its description changes, and hvmesh flavors
+    have none, so only a null description is taken."""
+    c = Compute(request)
+    if not c.at_least(2, 55):
+        raise RestError(404, "PUT /flavors/{id} needs microversion 2.55")
+    if not c.is_admin:
+        raise RestError(403, "updating a flavor is for the admin")
+    body = await json_body(request, "flavor")
+    if set(body) != {"description"}:
+        raise RestError(400, "flavor: only description may be updated")
+    if body["description"] is not None:
+        raise RestError(400, "flavor.description: hvmesh flavors have no description")
+    reply = await c.call("flavors", "get", {"id": request.match_info["id"]})
     return c.reply({"flavor": view(c, reply["flavor"])})
 
 
@@ -114,6 +139,7 @@ def routes() -> list[web.AbstractRouteDef]:
         web.get(f"{p}/detail", detail),
         web.post(p, create),
         web.get(p + "/{id}", show),
+        web.put(p + "/{id}", update),
         web.delete(p + "/{id}", delete),
         web.get(p + "/{id}/os-extra_specs", extra_specs),
     ]

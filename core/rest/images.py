@@ -12,6 +12,7 @@ from aiohttp import web
 from hvmesh.core import log
 from hvmesh.core.protocol import errors
 from hvmesh.core.rest import image_files
+from hvmesh.core.rest.calls import json_object
 from hvmesh.core.rest.errors import RestError
 from hvmesh.core.rest.image_views import (
     PREFIX,
@@ -159,12 +160,7 @@ def _create_request(c: Glance, body: dict[str, Any]) -> dict[str, Any]:
 async def create(request: web.Request) -> web.Response:
     """POST /image/v2/images: a queued image, its bytes to follow (PUT .../file)."""
     c = Glance(request)
-    try:
-        body = await request.json()
-    except ValueError:
-        raise RestError(400, "malformed JSON in the request body") from None
-    if not isinstance(body, dict):
-        raise RestError(400, "the request body is a JSON object")
+    body = await json_object(request)
     reply = await c.call("create", _create_request(c, body))
     image = reply["image"]
     LOG.info("rest.image_created", image=image["id"], project=c.token.project)

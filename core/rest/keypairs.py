@@ -1,8 +1,9 @@
-"""Compute os-keypairs: list, show, create (import or generate), delete; hvmesh.api.keypairs.*."""
+"""Compute os-keypairs: list, show, create (import; generate before 2.92), delete on NATS."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import msgspec
@@ -14,7 +15,7 @@ from hvmesh.core import log
 from hvmesh.core.rest.calls import PREFIX, Compute, json_body
 from hvmesh.core.rest.errors import RestError
 from hvmesh.core.rest.identity import iso
-from hvmesh.core.rest.legacy_ids import number
+from hvmesh.core.rest.legacy_ids import number, only_query
 
 LOG = log.get_logger(__name__)
 
@@ -24,8 +25,13 @@ class KeypairBody(msgspec.Struct, forbid_unknown_fields=True):
 
     name: str
     public_key: str | None = None
-    type: str = "ssh"
+    type: str | None = None
     user_id: str | None = None
+
+
+# Nova's keypair names: these characters, and from 2.92 also "@" and "."
+NAME = re.compile(r"[_\- a-zA-Z0-9]{1,255}")
+NAME_V292 = re.compile(r"[_\-@. a-zA-Z0-9]{1,255}")
 
 
 def view(c: Compute, k: dict[str, Any], full: bool) -> dict[str, Any]:
@@ -60,8 +66,15 @@ def own_user(c: Compute) -> None:
     raise RestError(501, "user_id: hvmesh serves a user's own keypairs only")
 
 
+def strict_query(c: Compute, *allowed: str) -> None:
+    """From 2.75 Nova refuses query parameters it does not know."""
+    if c.at_least(2, 75):
+        only_query(c, ("user_id", *allowed))
+
+
 async def index(request: web.Request) -> web.Response:
     c = Compute(request)
+    strict_query(c, "limit", "marker")
     own_user(c)
     body: dict[str, Any] = {}
     if c.at_least(2, 35):
@@ -80,6 +93,7 @@ async def index(request: web.Request) -> web.Response:
 
 async def show(request: web.Request) -> web.Response:
     c = Compute(request)
+    strict_query(c)
     own_user(c)
     reply = await c.call("keypairs", "get", {"name": request.match_info["name"]})
     return c.reply({"keypair": view(c, reply["keypair"], True)})
@@ -99,16 +113,33 @@ def generate() -> tuple[str, str]:
     return f"{public.decode()} Generated-by-hvmesh", private
 
 
+def check_name(c: Compute, name: str) -> None:
+    """Nova's keypair name rules at the request's version: 400 naming the field."""
+    new = c.at_least(2, 92)
+    chars = "letters, digits, spaces, _ - @ ." if new else "letters, digits, spaces, _ -"
+    if (NAME_V292 if new else NAME).fullmatch(name) is None or name != name.strip():
+        raise RestError(
+            400, f"keypair.name: 1 to 255 {chars}, no leading or trailing space; not {name!r}"
+        )
+
+
 async def create(request: web.Request) -> web.Response:
     c = Compute(request)
     try:
         body = msgspec.convert(await json_body(request, "keypair"), KeypairBody)
     except msgspec.ValidationError as exc:
         raise RestError(400, f"keypair: {exc}") from None
-    if body.type != "ssh":
-        if not c.at_least(2, 2):
-            raise RestError(400, "keypair.type: a field from microversion 2.2")
+    check_name(c, body.name)
+    if body.type is not None and not c.at_least(2, 2):
+        raise RestError(400, "keypair.type: a field from microversion 2.2")
+    if body.type not in (None, "ssh"):
         raise RestError(400, f"keypair.type: hvmesh keeps ssh keypairs only, not {body.type!r}")
+    if body.user_id is not None and not c.at_least(2, 10):
+        raise RestError(400, "keypair.user_id: a field from microversion 2.10")
+    if body.public_key is None and c.at_least(2, 92):
+        raise RestError(
+            400, "keypair.public_key: required from microversion 2.92 (keys are not generated)"
+        )
     if body.user_id not in (None, c.token.user):
         raise RestError(501, "keypair.user_id: hvmesh creates keypairs for their own user only")
     private = None
@@ -126,6 +157,7 @@ async def create(request: web.Request) -> web.Response:
 
 async def delete(request: web.Request) -> web.Response:
     c = Compute(request)
+    strict_query(c)
     own_user(c)
     await c.call("keypairs", "delete", {"name": request.match_info["name"]})
     return c.reply(None, status=204 if c.at_least(2, 2) else 202)

@@ -10,7 +10,7 @@ from hvmesh.core.rest.errors import RestError
 MIN_VERSION = (2, 1)
 # The highest version whose every change in what this service implements it honours
 # (docs/rest-api.md lists them).
-MAX_VERSION = (2, 38)
+MAX_VERSION = (2, 100)
 HEADER = "OpenStack-API-Version"
 LEGACY_HEADER = "X-OpenStack-Nova-API-Version"
 _VERSION = re.compile(r"^([1-9]\d{0,3})\.(0|[1-9]\d{0,3})$")

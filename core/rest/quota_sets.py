@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 
 from hvmesh.core import log
-from hvmesh.core.rest.calls import Compute, json_body
+from hvmesh.core.rest.calls import PREFIX, Compute, json_body
 from hvmesh.core.rest.errors import RestError
+from hvmesh.core.rest.server_extras import only_query
 
 LOG = log.get_logger(__name__)
 
@@ -32,18 +34,29 @@ IN_USE = {
     "ram": "totalRAMUsed",
     "server_groups": "totalServerGroupsUsed",
 }
-# Absolute limits Nova shows up to 2.35 (network proxies) and 2.38 (image metadata).
+# Absolute limits Nova shows up to 2.35 (network proxies).
 PROXY_LIMITS = ("maxSecurityGroupRules", "maxSecurityGroups", "maxTotalFloatingIps")
 PROXY_USED = ("totalFloatingIpsUsed", "totalSecurityGroupsUsed")
 TRUE = ("1", "true", "yes", "on")
+MAX_LIMIT = 1000  # the most server usages one page holds (Nova's default [api] max_limit)
 
 
 def _uncounted(c: Compute) -> tuple[str, ...]:
-    """Nova's quotas hvmesh does not count, at this microversion (2.36 drops the proxies)."""
+    """Nova's quotas hvmesh does not count, at this microversion (2.36 drops the network
+    proxies, 2.57 the injected files)."""
+    if c.at_least(2, 57):
+        return ()
     return INJECTED if c.at_least(2, 36) else INJECTED + NETWORK_PROXIES
 
 
+def _strict(c: Compute, allowed: set[str]) -> None:
+    """From 2.75 a query parameter the request does not take is a 400, as Nova's."""
+    if c.at_least(2, 75):
+        only_query(c, allowed)
+
+
 def _no_user(c: Compute) -> None:
+    _strict(c, {"user_id"})
     if "user_id" in c.request.query:
         raise RestError(400, "user_id: hvmesh quotas are per project, not per user")
 
@@ -127,20 +140,27 @@ async def update(request: web.Request) -> web.Response:
 
 
 async def revert(request: web.Request) -> web.Response:
-    Compute(request)
-    raise RestError(
-        501, "reverting a project's quotas to the defaults (DELETE) is not implemented yet"
-    )
+    """DELETE /os-quota-sets/{project}: the project's limits are the defaults again (202)."""
+    c = Compute(request)
+    _no_user(c)
+    project = request.match_info["project"]
+    await c.call("quotas", "delete", {"project": project})
+    LOG.info("rest.quotas_deleted", project=project, by=c.token.user)
+    return c.reply(None, status=202)
 
 
 async def limits(request: web.Request) -> web.Response:
-    """GET /limits: the absolute limits and usage (of `tenant_id`'s project, for the admin)."""
+    """GET /limits: the absolute limits and usage (of `tenant_id`'s project, for the admin);
+    maxImageMeta until 2.38, maxPersonality and maxPersonalitySize until 2.56."""
     c = Compute(request)
+    _strict(c, {"tenant_id"})
     project = request.query.get("tenant_id") or request.query.get("project_id")
     reply = await c.call("limits", "show", {"project": project} if project else {})
     absolute: dict[str, Any] = dict(reply["limits"]["absolute"])
-    absolute.update({"maxPersonality": -1, "maxPersonalitySize": -1})
-    absolute["maxImageMeta"] = absolute.get("maxServerMeta", -1)
+    if not c.at_least(2, 57):
+        absolute.update({"maxPersonality": -1, "maxPersonalitySize": -1})
+    if not c.at_least(2, 39):
+        absolute["maxImageMeta"] = absolute.get("maxServerMeta", -1)
     if not c.at_least(2, 36):
         absolute.update({name: -1 for name in PROXY_LIMITS})
         absolute.update({name: 0 for name in PROXY_USED})
@@ -151,17 +171,68 @@ def _window(request: web.Request) -> dict[str, Any]:
     return {k: request.query[k] for k in ("start", "end") if request.query.get(k)}
 
 
-def usage_view(usage: dict[str, Any], detailed: bool) -> dict[str, Any]:
-    """Nova's tenant_usage; without `detailed`, no server_usages (as Nova's index)."""
-    return usage if detailed else {k: v for k, v in usage.items() if k != "server_usages"}
+TOTALS = {  # a tenant usage's totals: each server's hours times one of its sizes
+    "total_hours": None,
+    "total_vcpus_usage": "vcpus",
+    "total_memory_mb_usage": "memory_mb",
+    "total_local_gb_usage": "local_gb",
+}
+
+
+def usage_view(usage: dict[str, Any], rows: list[dict[str, Any]], detailed: bool) -> dict[str, Any]:
+    """Nova's tenant_usage for these server usages, totals summed over them; without
+    `detailed`, no server_usages (as Nova's index)."""
+    out: dict[str, Any] = {k: usage[k] for k in ("tenant_id", "start", "stop")}
+    for name, size in TOTALS.items():
+        out[name] = sum(r["hours"] * (r[size] if size else 1) for r in rows)
+    if detailed:
+        out["server_usages"] = rows
+    return out
+
+
+class UsagePage:
+    """The server usages one answer holds: from 2.40 `limit` and `marker` (an instance
+    id) page them, before then the first 1000, as Nova silently limits them."""
+
+    def __init__(self, c: Compute, allowed: set[str]) -> None:
+        _strict(c, allowed)
+        self.c = c
+        self.limit, self.marker = MAX_LIMIT, None
+        if c.at_least(2, 40):
+            asked = c.int_query("limit")
+            self.limit = MAX_LIMIT if asked is None else min(asked, MAX_LIMIT)
+            self.marker = c.request.query.get("marker")
+
+    def select(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if self.marker is not None:
+            ids = [r["instance_id"] for r in rows]
+            if self.marker not in ids:
+                raise RestError(400, f"marker {self.marker} not found")
+            rows = rows[ids.index(self.marker) + 1 :]
+        return rows[: self.limit]
+
+    def links(self, page: list[dict[str, Any]], path: str) -> list[dict[str, str]]:
+        """The next page's link from 2.40, when this one is full."""
+        if not self.c.at_least(2, 40) or not self.limit or len(page) < self.limit:
+            return []
+        query = {k: v for k, v in self.c.request.query.items() if k != "marker"}
+        query["marker"] = page[-1]["instance_id"]
+        return [{"rel": "next", "href": f"{self.c.base}{PREFIX}/{path}?{urlencode(query)}"}]
 
 
 async def usage_show(request: web.Request) -> web.Response:
     """GET /os-simple-tenant-usage/{project}: one project's usage, server by server."""
     c = Compute(request)
-    body = {"project": request.match_info["project"], **_window(request)}
-    usage = (await c.call("usage", "show", body))["tenant_usage"]
-    return c.reply({"tenant_usage": usage if usage.get("server_usages") else {}})
+    paging = UsagePage(c, {"start", "end", "limit", "marker"})
+    project = request.match_info["project"]
+    usage = (await c.call("usage", "show", {"project": project, **_window(request)}))[
+        "tenant_usage"
+    ]
+    page = paging.select(usage.get("server_usages") or [])
+    out: dict[str, Any] = {"tenant_usage": usage_view(usage, page, True) if page else {}}
+    if links := paging.links(page, f"os-simple-tenant-usage/{project}"):
+        out["tenant_usage_links"] = links
+    return c.reply(out)
 
 
 async def _projects(c: Compute) -> list[str]:
@@ -178,18 +249,30 @@ async def _projects(c: Compute) -> list[str]:
 
 
 async def usage_index(request: web.Request) -> web.Response:
-    """GET /os-simple-tenant-usage (admin): every project's usage that has any."""
+    """GET /os-simple-tenant-usage (admin): the usage of every project that has any, its
+    server usages in one order across projects (paged from 2.40), grouped by project."""
     c = Compute(request)
     if not c.is_admin:
         raise RestError(403, "listing every project's usage is for the admin")
+    paging = UsagePage(c, {"start", "end", "detailed", "limit", "marker"})
     detailed = request.query.get("detailed", "").lower() in TRUE
-    usages = []
+    reports: dict[str, dict[str, Any]] = {}
+    rows: list[dict[str, Any]] = []
     for project in await _projects(c):
         body = {"project": project, **_window(request)}
         usage = (await c.call("usage", "show", body))["tenant_usage"]
-        if usage.get("server_usages"):
-            usages.append(usage_view(usage, detailed))
-    return c.reply({"tenant_usages": usages})
+        reports[project] = usage
+        rows.extend(usage.get("server_usages") or [])
+    rows.sort(key=lambda r: (r["started_at"], r["instance_id"]))
+    page = paging.select(rows)
+    by_project: dict[str, list[dict[str, Any]]] = {}
+    for r in page:
+        by_project.setdefault(r["tenant_id"], []).append(r)
+    usages = [usage_view(reports[p], mine, detailed) for p, mine in by_project.items()]
+    out: dict[str, Any] = {"tenant_usages": usages}
+    if links := paging.links(page, "os-simple-tenant-usage"):
+        out["tenant_usages_links"] = links
+    return c.reply(out)
 
 
 def routes() -> list[web.AbstractRouteDef]:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 
 from hvmesh.core import log
-from hvmesh.core.rest.calls import Compute, json_body
+from hvmesh.core.rest import microversion
+from hvmesh.core.rest.calls import PREFIX, Compute, json_body
 from hvmesh.core.rest.errors import RestError
 from hvmesh.core.rest.network_views import subnet_id
 
@@ -26,6 +29,7 @@ ACTION_NAMES = {
     "reset-state": "resetState",
 }
 ATTACH_FIELDS = frozenset(["port_id", "net_id", "fixed_ips"])
+MAX_LIMIT = 1000  # the most actions one page holds (Nova's default [api] max_limit)
 
 
 def when(t: float | None) -> str | None:
@@ -35,8 +39,16 @@ def when(t: float | None) -> str | None:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
 
 
-def action_view(a: dict[str, Any]) -> dict[str, Any]:
-    return {
+def updated_at(a: dict[str, Any]) -> float:
+    """When an action last changed: its start, an event's start or end, or its end."""
+    times = [a.get("start_time"), a.get("finish_time")]
+    for e in a.get("events") or []:
+        times += [e.get("start_time"), e.get("finish_time")]
+    return max(t for t in times if t is not None)
+
+
+def action_view(c: Compute, a: dict[str, Any]) -> dict[str, Any]:
+    out = {
         "action": ACTION_NAMES.get(a["action"], a["action"]),
         "instance_uuid": a["server_id"],
         "message": a.get("message"),
@@ -45,53 +57,153 @@ def action_view(a: dict[str, Any]) -> dict[str, Any]:
         "start_time": when(a.get("start_time")),
         "user_id": a["user"],
     }
+    if c.at_least(2, 58):
+        out["updated_at"] = when(updated_at(a))
+    return out
 
 
-def event_view(e: dict[str, Any]) -> dict[str, Any]:
-    return {
+def host_id(host: str | None, project: str) -> str:
+    """Nova's hashed host id: sha224 of the project and the host, empty without a host."""
+    return hashlib.sha224((project + host).encode()).hexdigest() if host else ""
+
+
+def event_view(c: Compute, e: dict[str, Any], project: str) -> dict[str, Any]:
+    """One event: traceback, host and details (2.84) for the admin; hostId from 2.62."""
+    out = {
         "event": e["event"],
         "start_time": when(e.get("start_time")),
         "finish_time": when(e.get("finish_time")),
         "result": e.get("result"),
-        "traceback": e.get("details") or None,
     }
+    host = e.get("host") if c.is_admin else None  # tenants are never told the host
+    if c.is_admin:
+        out["traceback"] = e.get("details") or None
+    if c.at_least(2, 62):
+        if c.is_admin:
+            out["host"] = host or ""
+        out["hostId"] = host_id(host, project)
+    if c.at_least(2, 84) and c.is_admin:
+        out["details"] = e.get("details") or None
+    return out
 
 
-async def actions_index(request: web.Request) -> web.Response:
-    """GET /servers/{id}/os-instance-actions: every action on the server, newest first."""
-    c = Compute(request)
+def only_query(c: Compute, allowed: set[str]) -> None:
+    """A 400 naming the first query parameter this request does not take at its version."""
+    unknown = sorted(set(c.request.query) - allowed)
+    if unknown:
+        raise RestError(
+            400,
+            f"{unknown[0]}: not a query parameter of this request at microversion "
+            f"{microversion.text(c.version)}",
+        )
+
+
+def moment(c: Compute, name: str) -> float | None:
+    """A time filter of the query string (ISO 8601, UTC when no zone is given)."""
+    raw = c.request.query.get(name)
+    if raw is None:
+        return None
+    try:
+        t = datetime.fromisoformat(raw)
+    except ValueError:
+        raise RestError(400, f"{name}: {raw!r} is not an ISO 8601 date and time") from None
+    return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
+
+
+async def _all_actions(c: Compute, server: str) -> list[dict[str, Any]]:
+    """Every action on the server, newest first, read page by page."""
     found: list[dict[str, Any]] = []
-    body: dict[str, Any] = {"id": request.match_info["id"]}
-    while True:  # Nova pages these only from 2.58: here the whole log
+    body: dict[str, Any] = {"id": server}
+    while True:
         reply = await c.call("servers", "events.list", body)
         found.extend(reply["instance_actions"])
         more = reply.get("instance_actions_links") or []
         if not more or not reply["instance_actions"]:
-            break
-        body = {"id": request.match_info["id"], "marker": more[0]["marker"]}
-    return c.reply({"instanceActions": [action_view(a) for a in found]})
+            return found
+        body = {"id": server, "marker": more[0]["marker"]}
+
+
+class ActionPage:
+    """From 2.58, a list's query: `limit`, `marker`, changes-since (and -before from 2.66)."""
+
+    def __init__(self, c: Compute) -> None:
+        allowed = {"limit", "marker", "changes-since"}
+        if c.at_least(2, 66):
+            allowed.add("changes-before")
+        only_query(c, allowed)
+        self.since, self.before = moment(c, "changes-since"), moment(c, "changes-before")
+        if self.since is not None and self.before is not None and self.before < self.since:
+            raise RestError(400, "changes-before: must not be earlier than changes-since")
+        asked = c.int_query("limit")
+        self.limit = MAX_LIMIT if asked is None else min(asked, MAX_LIMIT)
+        self.marker = c.request.query.get("marker")
+
+    def select(self, found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The actions after the marker whose update time passes the filters, up to limit."""
+        if self.marker is not None:
+            ids = [a["request_id"] for a in found]
+            if self.marker not in ids:
+                raise RestError(400, f"marker {self.marker} not found")
+            found = found[ids.index(self.marker) + 1 :]
+        kept = [
+            a
+            for a in found
+            if (self.since is None or updated_at(a) >= self.since)
+            and (self.before is None or updated_at(a) <= self.before)
+        ]
+        return kept[: self.limit]
+
+
+async def actions_index(request: web.Request) -> web.Response:
+    """GET /servers/{id}/os-instance-actions: the actions on the server, newest first;
+    paged and filtered by update time from 2.58 (the whole log before)."""
+    c = Compute(request)
+    server = request.match_info["id"]
+    if not c.at_least(2, 58):
+        found = await _all_actions(c, server)
+        return c.reply({"instanceActions": [action_view(c, a) for a in found]})
+    paging = ActionPage(c)
+    found = await _all_actions(c, server)
+    for i, a in enumerate(found):
+        if a.get("finish_time") is None:  # a running action's last change is in its events
+            body = {"id": server, "request_id": a["request_id"]}
+            found[i] = (await c.call("servers", "events.get", body))["instance_action"]
+    page = paging.select(found)
+    out: dict[str, Any] = {"instanceActions": [action_view(c, a) for a in page]}
+    if paging.limit and len(page) == paging.limit:
+        query = {k: v for k, v in request.query.items() if k != "marker"}
+        query["marker"] = page[-1]["request_id"]
+        href = f"{c.base}{PREFIX}/servers/{server}/os-instance-actions?{urlencode(query)}"
+        out["links"] = [{"rel": "next", "href": href}]
+    return c.reply(out)
 
 
 async def action_show(request: web.Request) -> web.Response:
-    """GET /servers/{id}/os-instance-actions/{request_id}; its events for the admin only."""
+    """GET /servers/{id}/os-instance-actions/{request_id}: its events for the admin, and
+    from 2.51 for whoever sees the server (without traceback, host and details)."""
     c = Compute(request)
     body = {"id": request.match_info["id"], "request_id": request.match_info["request_id"]}
     a = (await c.call("servers", "events.get", body))["instance_action"]
-    # Events are the admin's until 2.51, as Nova's policy; a tenant gets an empty list
-    # where Nova leaves the key out, which the openstack CLI cannot show.
-    events = (a.get("events") or []) if c.is_admin else []
-    out = {**action_view(a), "events": [event_view(e) for e in events]}
+    # Before 2.51 a tenant gets an empty list where Nova leaves the key out, which the
+    # openstack CLI cannot show.
+    shown = c.is_admin or c.at_least(2, 51)
+    events = (a.get("events") or []) if shown else []
+    out = {**action_view(c, a), "events": [event_view(c, e, a["project"]) for e in events]}
     return c.reply({"instanceAction": out})
 
 
-def interface_view(port: dict[str, Any]) -> dict[str, Any]:
-    return {
+def interface_view(c: Compute, port: dict[str, Any]) -> dict[str, Any]:
+    """Nova's interfaceAttachment; from 2.70 with `tag`, null: hvmesh tags no devices."""
+    out: dict[str, Any] = {
         "port_id": port["id"],
         "net_id": port["network_id"],
         "mac_addr": port["mac"],
         "port_state": port.get("status", "DOWN"),
         "fixed_ips": [{"subnet_id": subnet_id(port["network_id"]), "ip_address": port["ip"]}],
     }
+    if c.at_least(2, 70):
+        out["tag"] = None
+    return out
 
 
 async def server_ports(c: Compute, server_id: str) -> list[dict[str, Any]]:
@@ -122,17 +234,19 @@ async def _attached(c: Compute, server_id: str, port: str) -> dict[str, Any]:
 async def interfaces_index(request: web.Request) -> web.Response:
     c = Compute(request)
     ports = await server_ports(c, await _server_id(c))
-    return c.reply({"interfaceAttachments": [interface_view(p) for p in ports]})
+    return c.reply({"interfaceAttachments": [interface_view(c, p) for p in ports]})
 
 
 async def interface_show(request: web.Request) -> web.Response:
     c = Compute(request)
     port = await _attached(c, await _server_id(c), request.match_info["port_id"])
-    return c.reply({"interfaceAttachment": interface_view(port)})
+    return c.reply({"interfaceAttachment": interface_view(c, port)})
 
 
 def attach_request(body: dict[str, Any]) -> dict[str, Any]:
     """The attach-interface action's fields from Nova's interfaceAttachment."""
+    if "tag" in body:
+        raise RestError(400, "interfaceAttachment.tag: hvmesh cannot tag a server's devices")
     unknown = sorted(set(body) - ATTACH_FIELDS)
     if unknown:
         raise RestError(400, f"interfaceAttachment: {', '.join(unknown)} not supported")
@@ -176,7 +290,7 @@ async def interface_attach(request: web.Request) -> web.Response:
             raise RestError(500, f"the port attached to server {server_id} was not found")
         port = new[-1]
     LOG.info("rest.interface_attached", server=server_id, port=port["id"])
-    return c.reply({"interfaceAttachment": interface_view(port)})
+    return c.reply({"interfaceAttachment": interface_view(c, port)})
 
 
 async def interface_detach(request: web.Request) -> web.Response:
@@ -189,11 +303,6 @@ async def interface_detach(request: web.Request) -> web.Response:
     return c.reply(None, status=202)
 
 
-async def migrations(request: web.Request) -> web.Response:
-    Compute(request)
-    raise RestError(501, "listing migrations (os-migrations) is not implemented yet")
-
-
 def routes() -> list[web.AbstractRouteDef]:
     s = "/compute/v2.1/servers/{id}"
     return [
@@ -203,5 +312,4 @@ def routes() -> list[web.AbstractRouteDef]:
         web.post(f"{s}/os-interface", interface_attach),
         web.get(f"{s}/os-interface/{{port_id}}", interface_show),
         web.delete(f"{s}/os-interface/{{port_id}}", interface_detach),
-        web.get("/compute/v2.1/os-migrations", migrations),
     ]

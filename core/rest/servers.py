@@ -6,42 +6,10 @@ from typing import Any
 
 from aiohttp import web
 
-from hvmesh.core.rest import server_moves, server_views
+from hvmesh.core.rest import server_moves, server_queries, server_views
 from hvmesh.core.rest.calls import Compute, json_body, ref_id
 from hvmesh.core.rest.errors import RestError
 
-STATUSES = frozenset(
-    [
-        "ACTIVE",
-        "BUILD",
-        "SHUTOFF",
-        "PAUSED",
-        "SUSPENDED",
-        "VERIFY_RESIZE",
-        "SHELVED",
-        "SHELVED_OFFLOADED",
-        "ERROR",
-        "DELETED",
-        "REBOOT",
-        "HARD_REBOOT",
-        "REBUILD",
-        "MIGRATING",
-        "RESIZE",
-        "REVERT_RESIZE",
-        "UNKNOWN",
-    ]
-)
-# Nova's query parameter -> hvmesh.api.servers.list's field (values passed as they are).
-FILTERS = {
-    "name": "name",
-    "host": "host",
-    "flavor": "flavor",
-    "image": "image",
-    "changes-since": "changes_since",
-    "sort_dir": "sort_dir",
-    "marker": "marker",
-}
-FALSE = ("0", "false", "no", "off")
 # Nova's action -> (hvmesh action, {Nova's body key: hvmesh's}); all answer 202 with no body.
 ACTIONS: dict[str, tuple[str, dict[str, str]]] = {
     "os-start": ("start", {}),
@@ -51,46 +19,36 @@ ACTIONS: dict[str, tuple[str, dict[str, str]]] = {
     "unpause": ("unpause", {}),
     "suspend": ("suspend", {}),
     "resume": ("resume", {}),
-    "lock": ("lock", {}),
+    "lock": ("lock", {"locked_reason": "reason"}),
     "unlock": ("unlock", {}),
     "os-resetState": ("reset-state", {"state": "state"}),
     "resize": ("resize", {"flavorRef": "flavor"}),
     "confirmResize": ("confirm-resize", {}),
     "revertResize": ("revert-resize", {}),
-    "migrate": ("migrate", {}),
+    "migrate": ("migrate", {"host": "host"}),
     "os-migrateLive": ("live-migrate", {"host": "host"}),
     "shelve": ("shelve", {}),
     "shelveOffload": ("shelve-offload", {}),
     "unshelve": ("unshelve", {}),
 }
-
-
-def list_request(c: Compute) -> dict[str, Any]:
-    """hvmesh.api.servers.list's body from Nova's GET /servers query."""
-    q = c.request.query
-    body: dict[str, Any] = {FILTERS[k]: v for k, v in q.items() if k in FILTERS}
-    limit = c.int_query("limit")
-    if limit is not None:
-        body["limit"] = limit
-    if "status" in q:
-        status = q["status"].upper()
-        if status not in STATUSES:
-            raise RestError(400, f"status: {q['status']!r} is not a server status")
-        body["status"] = status
-    if "all_tenants" in q and q["all_tenants"].lower() not in FALSE:
-        body["all_projects"] = True
-    project = q.get("project_id") or q.get("tenant_id")
-    if project:
-        if body.get("all_projects"):
-            body["project"] = project
-        elif project != c.token.project:
-            raise RestError(403, "project_id: another project's servers need all_tenants")
-    return body
+# (action, argument) -> the microversion Nova takes it from (ignored before, as Nova's
+# null bodies of those versions).
+ARG_SINCE = {("lock", "locked_reason"): (2, 73), ("migrate", "host"): (2, 56)}
+# (action, argument) -> (the microversion it is refused from, why): what hvmesh cannot
+# do, and what Nova no longer takes.
+REFUSED = {
+    ("unshelve", "availability_zone"): (
+        (2, 77),
+        "hvmesh unshelves a server in its own availability zone",
+    ),
+    ("unshelve", "host"): ((2, 91), "hvmesh's unshelve takes no host"),
+    ("os-migrateLive", "force"): ((2, 68), "removed in microversion 2.68"),
+}
 
 
 async def _list(request: web.Request, detailed: bool) -> web.Response:
     c = Compute(request)
-    reply = await c.call("servers", "list", list_request(c))
+    reply = await c.call("servers", "list", server_queries.list_request(c))
     show = server_views.detail if detailed else server_views.brief
     out: dict[str, Any] = {"servers": [show(c, s) for s in reply["servers"]]}
     more = c.next_link(reply, "servers", "servers/detail" if detailed else "servers")
@@ -110,7 +68,7 @@ async def detail(request: web.Request) -> web.Response:
 async def show(request: web.Request) -> web.Response:
     c = Compute(request)
     reply = await c.call("servers", "get", {"id": request.match_info["id"]})
-    return c.reply({"server": server_views.detail(c, reply["server"])})
+    return c.reply({"server": await server_views.shown(c, reply["server"])})
 
 
 def _interfaces(c: Compute, networks: Any) -> tuple[list[str], list[str]]:
@@ -162,6 +120,12 @@ def _boot_image(image_ref: Any, mappings: Any) -> str:
             raise RestError(
                 400, "block_device_mapping_v2: only an image to a local disk (boot_index 0)"
             )
+        for key in ("tag", "volume_type"):
+            if bdm.get(key) is not None:
+                raise RestError(
+                    400,
+                    f"block_device_mapping_v2.{key}: not supported (no device tags, no volumes)",
+                )
         if image is not None and bdm["uuid"] != image:
             raise RestError(400, "block_device_mapping_v2: its image is not imageRef")
         image = str(bdm["uuid"])
@@ -170,8 +134,24 @@ def _boot_image(image_ref: Any, mappings: Any) -> str:
     return image
 
 
+# Fields of Nova's POST /servers that hvmesh cannot honour: a 400 naming the field when
+# given a value (Nova's "none": null, "" or empty).
+CREATE_REFUSED = {
+    "personality": "hvmesh injects no files (removed in microversion 2.57)",
+    "description": "hvmesh servers have no description",
+    "tags": "hvmesh servers have no tags",
+    "trusted_image_certificates": "hvmesh does not verify image signatures",
+    "host": "hvmesh's servers.create takes no host (use availability_zone)",
+    "hypervisor_hostname": "hvmesh's servers.create takes no host (use availability_zone)",
+    "hostname": "the hostname is the server's name as one DNS label",
+}
+
+
 def create_request(c: Compute, body: dict[str, Any], hints: Any) -> dict[str, Any]:
     """hvmesh.api.servers.create's body from Nova's POST /servers body."""
+    for key, why in CREATE_REFUSED.items():
+        if body.get(key) not in (None, "", [], {}):
+            raise RestError(400, f"server.{key}: {why}")
     if body.get("block_device_mapping"):
         raise RestError(400, "block_device_mapping: hvmesh boots from images only")
     image = _boot_image(body.get("imageRef"), body.get("block_device_mapping_v2"))
@@ -228,7 +208,7 @@ async def update(request: web.Request) -> web.Response:
     reply = await c.call(
         "servers", "update", {"id": request.match_info["id"], "name": body["name"]}
     )
-    return c.reply({"server": server_views.detail(c, reply["server"])})
+    return c.reply({"server": await server_views.shown(c, reply["server"])})
 
 
 async def delete(request: web.Request) -> web.Response:
@@ -260,7 +240,13 @@ async def action(request: web.Request) -> web.Response:
         raise RestError(400, f"action {name!r} is not implemented (docs/rest-api.md)")
     ours, keys = ACTIONS[name]
     body = {"id": ident, "action": ours}
+    for arg in args:
+        refused = REFUSED.get((name, arg))
+        if refused is not None and c.version >= refused[0]:
+            raise RestError(400, f"{name}.{arg}: {refused[1]}")
     for nova, key in keys.items():
+        if c.version < ARG_SINCE.get((name, nova), (2, 1)):
+            continue
         if args.get(nova) is not None:
             body[key] = ref_id(args[nova], nova) if nova == "flavorRef" else args[nova]
     await c.call("servers", "action", body)

@@ -306,10 +306,21 @@ class RestSection(Struct, kw_only=True, forbid_unknown_fields=True):
         Meta(
             ge=1,
             le=1000,
-            description="Most live tokens (each holding one NATS connection) one user may "
-            "have; a new one beyond that revokes the oldest.",
+            description="Most NATS connections one user's tokens hold in one instance; "
+            "past that the least recently used is closed (opened again when its token "
+            "comes back).",
         ),
     ] = 16
+    token_keys: Annotated[
+        list[str],
+        Meta(
+            description="Fernet keys tokens are sealed with (the first) and opened with "
+            "(any: add a new key first, drop the old one after token_ttl). Give every "
+            "instance behind one load balancer the same keys; none: each instance makes "
+            "its own at start, and its tokens end with it. Keep them as secret as "
+            "passwords: a token holds its user's password, sealed with them.",
+        ),
+    ] = msgspec.field(default_factory=list)
 
 
 class ApiSection(Struct, kw_only=True, forbid_unknown_fields=True):

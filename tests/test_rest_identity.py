@@ -5,8 +5,11 @@ from __future__ import annotations
 import time
 
 import aiohttp
+import pytest
+from cryptography.fernet import Fernet
 
 from hvmesh.core.ops import natsserver
+from hvmesh.core.rest.app import RestService
 from tests.rest_support import compute_url, password_auth, start_rest, token
 from tests.support import ApiClient, Deployment, boot, make_flavor_image, until
 
@@ -46,7 +49,7 @@ async def test_a_password_gets_a_token_that_validates_and_revokes(cloud: Deploym
             assert (await r.json())["error"]["code"] == 401
         async with http.get(f"{rest.auth_url}/auth/tokens", headers=both) as r:
             assert r.status == 404  # the revoked token is no more
-    assert len(rest.tokens) == 1  # the admin's; the revoked one's connection closed
+    assert len(rest.tokens) == 1  # the admin's connection; the revoked one's closed
 
 
 async def test_a_bad_password_or_a_foreign_project_is_401(cloud: Deployment) -> None:
@@ -74,7 +77,7 @@ async def test_an_expired_token_is_401(cloud: Deployment) -> None:
     rest = await start_rest(cloud, token_ttl=1.0)
     async with aiohttp.ClientSession() as http:
         demo = await token(http, rest, "demo", cloud.server.passwords["demo"], "DEMO")
-        expires = rest.tokens.get(demo).expires_at
+        expires = (await rest.tokens.resolve(demo)).expires_at
 
         async def refused() -> bool:
             async with http.get(
@@ -86,15 +89,14 @@ async def test_an_expired_token_is_401(cloud: Deployment) -> None:
         assert time.time() >= expires  # refused because it expired, not before
 
 
-async def test_a_user_holds_a_bounded_number_of_tokens(cloud: Deployment) -> None:
+async def test_a_user_holds_a_bounded_number_of_connections(cloud: Deployment) -> None:
     rest = await start_rest(cloud, max_tokens_per_user=2)
     password = cloud.server.passwords["demo"]
     async with aiohttp.ClientSession() as http:
         first, second, third = [await token(http, rest, "demo", password, "DEMO") for _ in "abc"]
+        assert len(rest.tokens) == 2  # the first token's connection made room
         url = f"{compute_url(rest)}/flavors"
-        async with http.get(url, headers={"X-Auth-Token": first}) as r:
-            assert r.status == 401  # the oldest made room for the third
-        for live in (second, third):
+        for live in (first, second, third):  # each token still works: its connection reopens
             async with http.get(url, headers={"X-Auth-Token": live}) as r:
                 assert r.status == 200
     assert len(rest.tokens) == 2
@@ -177,3 +179,45 @@ async def test_hvmesh_rest_runs_as_its_own_process(cloud: Deployment) -> None:
         url = auth_url.replace("/identity/v3", "/compute/v2.1/servers")
         async with http.get(url, headers={"X-Auth-Token": demo}) as r:
             assert r.status == 200 and (await r.json())["servers"] == []
+
+
+async def test_instances_with_the_same_keys_share_tokens_and_revocations(
+    cloud: Deployment,
+) -> None:
+    """Behind a load balancer: a token from one instance works on another holding the
+    same keys, and on one started later; revoked on one, it is refused on every one."""
+    keys = [Fernet.generate_key().decode()]
+    first = await start_rest(cloud, token_keys=keys)
+    second = await start_rest(cloud, token_keys=keys)
+    stranger = await start_rest(cloud)  # keys of its own
+    async with aiohttp.ClientSession() as http:
+        demo = await token(http, first, "demo", cloud.server.passwords["demo"], "DEMO")
+        admin = await token(http, first, "admin", cloud.server.passwords["admin"], "admin")
+
+        async def status(rest: RestService, auth: str) -> int:
+            async with http.get(
+                f"{compute_url(rest)}/servers", headers={"X-Auth-Token": auth}
+            ) as r:
+                return r.status
+
+        assert await status(second, demo) == 200
+        assert await status(stranger, demo) == 401  # not sealed with its keys
+        tampered = demo[:-8] + ("A" * 8 if not demo.endswith("A" * 8) else "B" * 8)
+        assert await status(first, tampered) == 401
+        later = await start_rest(cloud, token_keys=keys)  # a restarted instance
+        assert await status(later, demo) == 200
+
+        both = {"X-Auth-Token": admin, "X-Subject-Token": demo}
+        async with http.delete(f"{second.auth_url}/auth/tokens", headers=both) as r:
+            assert r.status == 204
+
+        async def refused_everywhere() -> bool:
+            return all([await status(r, demo) == 401 for r in (first, second, later)])
+
+        await until(refused_everywhere, what="every instance to know the token is revoked")
+        assert await status(first, admin) == 200  # the others stay live
+
+
+async def test_bad_token_keys_stop_the_service_naming_them(cloud: Deployment) -> None:
+    with pytest.raises(ValueError, match=r"\[rest\] token_keys: not a Fernet key"):
+        await start_rest(cloud, token_keys=["not-a-key"])

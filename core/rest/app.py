@@ -30,7 +30,7 @@ from hvmesh.core.rest import (
 )
 from hvmesh.core.rest import images as image_api
 from hvmesh.core.rest.errors import request_ids
-from hvmesh.core.rest.identity import TOKENS
+from hvmesh.core.rest.identity import TOKENS, authenticate
 from hvmesh.core.rest.image_files import IMAGE_STORE
 from hvmesh.core.rest.tokens import Tokens
 
@@ -52,7 +52,7 @@ class Bound(tuple[str, int]):
 
 
 def make_app(tokens: Tokens) -> web.Application:
-    app = web.Application(middlewares=[request_ids], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[request_ids, authenticate], client_max_size=MAX_BODY)
     app[TOKENS] = tokens
     for part in (
         identity, projects,  # Keystone
@@ -73,7 +73,7 @@ class RestService:
         # own connection only reads image bytes the API has let the caller see.
         self.nc = nc
         self.cfg = cfg
-        self.tokens = Tokens(cfg.nats, cfg.rest)
+        self.tokens = Tokens(cfg.nats, cfg.rest, nc)
         self.runner: web.AppRunner | None = None
         self.current: Bound | None = None
 

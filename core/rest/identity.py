@@ -159,46 +159,69 @@ async def issue(request: web.Request) -> web.Response:
     user, password, project = _credentials(body)
     token = await request.app[TOKENS].issue(user, password, project)
     response = web.json_response(token_body(request, token), status=201)
-    response.headers["X-Subject-Token"] = token.id
+    response.headers["X-Subject-Token"] = token.text
     return response
 
 
-def _subject(request: web.Request) -> tuple[Tokens, Token | None]:
-    """The store and the X-Subject-Token's token (None when it is not live), once the
+async def _subject(request: web.Request) -> tuple[Tokens, Token | None]:
+    """The tokens and the X-Subject-Token's token (None when it is not live), once the
     caller's own X-Auth-Token is found live."""
     tokens = request.app[TOKENS]
-    tokens.get(request.headers.get("X-Auth-Token"))
+    authenticated(request)
     subject = request.headers.get("X-Subject-Token")
     if not subject:
         raise RestError(400, "X-Subject-Token: the token to look at", identity=True)
     try:
-        return tokens, tokens.get(subject)
+        return tokens, await tokens.resolve(subject)
     except RestError:
         return tokens, None
 
 
 async def validate(request: web.Request) -> web.Response:
     """GET (and HEAD) /identity/v3/auth/tokens: the subject token's body, 404 if not live."""
-    _, token = _subject(request)
+    _, token = await _subject(request)
     if token is None:
         raise RestError(404, "the token is unknown, expired or revoked", identity=True)
     response = web.json_response(token_body(request, token))
-    response.headers["X-Subject-Token"] = token.id
+    response.headers["X-Subject-Token"] = token.text
     return response
 
 
 async def revoke(request: web.Request) -> web.Response:
     """DELETE /identity/v3/auth/tokens: the subject token ends now."""
-    tokens, token = _subject(request)
+    tokens, token = await _subject(request)
     if token is None:
         raise RestError(404, "the token is unknown, expired or revoked", identity=True)
-    await tokens.revoke(token.id)
+    await tokens.revoke(token)
     return web.Response(status=204)
 
 
+LIVE = "hvmesh.token"  # the request's live token, set by `authenticate`
+REFUSED = "hvmesh.token_refused"  # or why its X-Auth-Token is not one
+
+
+@web.middleware
+async def authenticate(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Open the X-Auth-Token of a request before its handler runs (it may have to connect
+    to NATS as the token's user); handlers read the outcome with `authenticated`."""
+    text = request.headers.get("X-Auth-Token")
+    if text:
+        try:
+            request[LIVE] = await request.app[TOKENS].resolve(text)
+        except RestError as exc:
+            request[REFUSED] = exc
+    return await handler(request)
+
+
 def authenticated(request: web.Request) -> Token:
-    """The live token an X-Auth-Token header names; 401 otherwise."""
-    return request.app[TOKENS].get(request.headers.get("X-Auth-Token"))
+    """The live token of the request's X-Auth-Token; 401 otherwise."""
+    token = request.get(LIVE)
+    if isinstance(token, Token):
+        return token
+    refused = request.get(REFUSED)
+    if isinstance(refused, RestError):
+        raise refused
+    raise unauthorized("The request you have made requires authentication.")
 
 
 class Authenticated:

@@ -170,6 +170,28 @@ async def test_flavor_and_image_crud(cloud: Deployment, admin: ApiClient, demo: 
             await demo("flavors.get", ref)
     with pytest.raises(errors.BadRequest, match="flavor secret not found"):
         await demo("servers.create", {"name": "x", "flavor": "secret", "image": "cirros"})
+    # Extra specs are set and removed by the admin, checked as at create.
+    specs = {"id": "m1.tiny", "extra_specs": {"quota:cpu_shares": "512", "hw:a": "b"}}
+    assert (await admin("flavors.set_extra_specs", specs))["flavor"]["extra_specs"] == {
+        "quota:cpu_shares": "512",
+        "hw:a": "b",
+    }
+    gone = {"id": "m1.tiny", "extra_specs": {"hw:a": None}}
+    assert (await admin("flavors.set_extra_specs", gone))["flavor"]["extra_specs"] == {
+        "quota:cpu_shares": "512"
+    }
+    with pytest.raises(errors.Forbidden):
+        await demo("flavors.set_extra_specs", specs)
+    bad = {"id": "m1.tiny", "extra_specs": {"resources:CUSTOM_GPU": "0"}}
+    with pytest.raises(errors.BadRequest, match="extra_specs"):
+        await admin("flavors.set_extra_specs", bad)
+    assert (await admin("flavors.get", {"name": "m1.tiny"}))["flavor"]["extra_specs"] == {
+        "quota:cpu_shares": "512"
+    }
+    cli = Cli(cloud)
+    await cli.ok("flavor", "set", "m1.tiny", "--property", "quota:vif_inbound_average=10")
+    shown = await cli.json("flavor", "unset", "m1.tiny", "--property", "quota:cpu_shares")
+    assert shown["extra_specs"] == {"quota:vif_inbound_average": "10"}
     await admin("flavors.delete", {"name": "m1.tiny"})
     with pytest.raises(errors.NotFound):
         await admin("flavors.get", {"id": flavor["id"]})

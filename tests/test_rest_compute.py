@@ -54,6 +54,18 @@ async def test_an_openstack_cli_session_from_flavor_to_deleted_server(
             admin_env, "flavor", "create", name, "--vcpus", "1", "--ram", ram, "--disk", "1",
             "-f", "json",
         )  # fmt: skip
+    await openstack(admin_env, "flavor", "set", "--property", "quota:cpu_shares=1024", "m1.small")
+    shown = await openstack(admin_env, "flavor", "show", "m1.medium", "-f", "json")
+    assert shown["properties"] == {}
+    await openstack(
+        admin_env, "flavor", "set", "--property", "quota:cpu_shares=512", "--property",
+        "quota:disk_read_iops_sec=100", "m1.medium",
+    )  # fmt: skip
+    await openstack(
+        admin_env, "flavor", "unset", "--property", "quota:disk_read_iops_sec", "m1.medium"
+    )
+    shown = await openstack(demo_env, "flavor", "show", "m1.medium", "-f", "json")
+    assert shown["properties"] == {"quota:cpu_shares": "512"}
     net = await openstack(admin_env, "network", "create", "--share", "net1", "-f", "json")
     await openstack(
         admin_env, "subnet", "create", "--network", "net1", "--subnet-range", "10.50.0.0/24",

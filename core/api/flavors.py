@@ -1,4 +1,4 @@
-"""The API's flavor endpoints: hvmesh.api.flavors.{create,list,get,delete}.
+"""The API's flavor endpoints: hvmesh.api.flavors.{create,list,get,delete,set_extra_specs}.
 
 Flavors are made and deleted by the admin; a private flavor (is_public false) is seen by
 the admin project only. A flavor's name is unique, also under concurrent creates
@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import msgspec
 from msgspec import Meta
 
+from hvmesh.core import log
 from hvmesh.core.api import paging
 from hvmesh.core.api.context import ApiContext
 from hvmesh.core.api.list_indexes import PUBLIC
@@ -21,9 +23,11 @@ from hvmesh.core.bus.micro import Caller
 from hvmesh.core.protocol import errors
 from hvmesh.core.protocol.base import new_id
 from hvmesh.core.protocol.records import Flavor
-from hvmesh.core.protocol.requests import FlavorCreate
+from hvmesh.core.protocol.requests import FlavorCreate, FlavorExtraSpecs
 from hvmesh.core.protocol.resources import custom_resources, standard_overrides
 from hvmesh.core.state import names
+
+LOG = log.get_logger(__name__)
 
 
 class FlavorList(Page):
@@ -39,13 +43,7 @@ class FlavorEndpoints:
         self.api = api
 
     async def flavor_create(self, caller: Caller, req: FlavorCreate) -> dict:
-        try:
-            custom = custom_resources(req.extra_specs)
-            standard_overrides(req.extra_specs)
-        except ValueError as exc:
-            raise errors.BadRequest(f"extra_specs: {exc}") from None
-        if any(n < 1 for n in custom.values()):
-            raise errors.BadRequest("extra_specs: resources:CUSTOM_* amounts must be 1 or more")
+        check_extra_specs(req.extra_specs)
         flavor = Flavor(
             id=req.id or new_id(),
             name=req.name,
@@ -83,9 +81,42 @@ class FlavorEndpoints:
         check_ref(req, "flavor")
         return {"flavor": await find_flavor(self.api.st, req.id or req.name or "", caller)}
 
+    async def flavor_set_extra_specs(self, caller: Caller, req: FlavorExtraSpecs) -> dict:
+        """Set or remove extra specs, in one compare-and-set; checked as at create."""
+        if not req.extra_specs:
+            raise errors.BadRequest("extra_specs: give at least one to set or remove")
+        flavor = await find_flavor(self.api.st, req.id, caller)
+
+        def change(f: Flavor) -> Flavor:
+            specs = dict(f.extra_specs)
+            for key, value in req.extra_specs.items():
+                if value is None:
+                    specs.pop(key, None)
+                else:
+                    specs[key] = value
+            check_extra_specs(specs)
+            return msgspec.structs.replace(f, extra_specs=specs)
+
+        entry = await self.api.st.flavors.mutate(flavor.id, change)
+        if entry is None:
+            raise errors.NotFound(f"flavor {req.id} not found")
+        LOG.info("api.flavor_extra_specs_set", flavor=flavor.id, keys=sorted(req.extra_specs))
+        return {"flavor": entry.value}
+
     async def flavor_delete(self, caller: Caller, req: Ref) -> dict:
         check_ref(req, "flavor")
         flavor = await find_flavor(self.api.st, req.id or req.name or "", caller)
         await self.api.st.flavors.delete(flavor.id)
         await names.give_up(self.api.st, "flavor", flavor.name, flavor.id)
         return {"deleted": flavor.id}
+
+
+def check_extra_specs(extra_specs: dict[str, str]) -> None:
+    """400 for extra specs whose resource amounts are not what a flavor can ask for."""
+    try:
+        custom = custom_resources(extra_specs)
+        standard_overrides(extra_specs)
+    except ValueError as exc:
+        raise errors.BadRequest(f"extra_specs: {exc}") from None
+    if any(n < 1 for n in custom.values()):
+        raise errors.BadRequest("extra_specs: resources:CUSTOM_* amounts must be 1 or more")

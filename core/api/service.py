@@ -48,6 +48,7 @@ from hvmesh.core.protocol.requests import (
     AggregateHost,
     AggregateMetadata,
     FlavorCreate,
+    FlavorExtraSpecs,
     ImageCreate,
     ImageUpdate,
     ImageUploadFinish,
@@ -125,6 +126,12 @@ class ApiService:
         ep("flavors-list", api("flavors", "list"), flavors.flavor_list, FlavorList)
         ep("flavors-get", api("flavors", "get"), flavors.flavor_get, Ref)
         ep("flavors-delete", api("flavors", "delete"), flavors.flavor_delete, Ref)
+        ep(
+            "flavors-set-extra-specs",
+            api("flavors", "set_extra_specs"),
+            flavors.flavor_set_extra_specs,
+            FlavorExtraSpecs,
+        )
         # images
         ep("images-create", api("images", "create"), images.create, ImageCreate)
         ep("images-list", api("images", "list"), images.list, ImageList)

@@ -34,6 +34,17 @@ def cmd_flavor_show(args: argparse.Namespace) -> None:
     output.emit(call(args, "flavors", "get", ref(args.flavor))["flavor"], args.format)
 
 
+def cmd_flavor_set(args: argparse.Namespace) -> None:
+    specs: dict[str, str | None] = dict(parse_properties(args.property, "--property"))
+    body = {"id": args.flavor, "extra_specs": specs}
+    output.emit(call(args, "flavors", "set_extra_specs", body)["flavor"], args.format)
+
+
+def cmd_flavor_unset(args: argparse.Namespace) -> None:
+    body = {"id": args.flavor, "extra_specs": dict.fromkeys(args.property)}
+    output.emit(call(args, "flavors", "set_extra_specs", body)["flavor"], args.format)
+
+
 def cmd_flavor_delete(args: argparse.Namespace) -> None:
     delete_each(args, "flavors", args.flavor, "flavors")
 
@@ -53,6 +64,12 @@ def add_parsers(sub: Any, leaf: Any) -> None:
     p.add_argument("--private", action="store_true")
     leaf(fl, "list", cmd_flavor_list, "list flavors")
     leaf(fl, "show", cmd_flavor_show, "show a flavor").add_argument("flavor", help="id or name")
+    p = leaf(fl, "set", cmd_flavor_set, "set a flavor's extra specs (admin)")
+    p.add_argument("flavor", help="id or name")
+    p.add_argument("--property", action="append", required=True, metavar="KEY=VALUE")
+    p = leaf(fl, "unset", cmd_flavor_unset, "remove a flavor's extra specs (admin)")
+    p.add_argument("flavor", help="id or name")
+    p.add_argument("--property", action="append", required=True, metavar="KEY")
     leaf(fl, "delete", cmd_flavor_delete, "delete flavors (admin)").add_argument(
         "flavor", nargs="+", help="id or name (several may be given)"
     )

@@ -33,6 +33,14 @@ class FlavorCreate(Request):
     id: FlavorId | None = None
 
 
+class FlavorExtraSpecs(Request):
+    """Extra specs set (a string) or removed (null) on a flavor; servers built from it
+    keep the flavor they were built with."""
+
+    id: Name  # id or name
+    extra_specs: MetadataUpdate
+
+
 class ImageCreate(Request):
     name: Name
     disk_format: DiskFormat = "qcow2"

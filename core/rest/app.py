@@ -12,6 +12,7 @@ from hvmesh.core.rest import (
     aggregates,
     compute_services,
     compute_versions,
+    flavor_specs,
     flavors,
     hypervisors,
     identity,
@@ -56,7 +57,7 @@ def make_app(tokens: Tokens) -> web.Application:
     app[TOKENS] = tokens
     for part in (
         identity, projects,  # Keystone
-        compute_versions, flavors, servers, server_metadata, server_extras, migrations, keypairs,
+        compute_versions, flavors, flavor_specs, servers, server_metadata, server_extras, migrations, keypairs,
         hypervisors, compute_services, aggregates, server_groups, quota_sets,  # Nova
         image_api,  # Glance
         networks, subnets, ports, network_quotas,  # Neutron

@@ -70,12 +70,6 @@ async def show(request: web.Request) -> web.Response:
     return c.reply({"flavor": view(c, reply["flavor"])})
 
 
-async def extra_specs(request: web.Request) -> web.Response:
-    c = Compute(request)
-    reply = await c.call("flavors", "get", {"id": request.match_info["id"]})
-    return c.reply({"extra_specs": reply["flavor"].get("extra_specs", {})})
-
-
 def _whole(body: dict[str, Any], key: str, required: bool = True) -> int | None:
     value: Any = body.get(key)
     if value is None and not required:
@@ -141,5 +135,4 @@ def routes() -> list[web.AbstractRouteDef]:
         web.get(p + "/{id}", show),
         web.put(p + "/{id}", update),
         web.delete(p + "/{id}", delete),
-        web.get(p + "/{id}/os-extra_specs", extra_specs),
     ]

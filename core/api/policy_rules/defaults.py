@@ -74,6 +74,7 @@ def _action_rules() -> list[RuleDefault]:
 
 OPERATIONS = [
     *_crud("compute:flavors", "flavors", ADMIN, READER, ADMIN),
+    RuleDefault("compute:flavors:extra_specs:update", ADMIN, "Set or remove flavor extra specs."),
     *_crud("compute:images", "images", MEMBER, READER, MEMBER),
     RuleDefault("compute:images:create:public", ADMIN, "Create a public image."),
     RuleDefault("compute:images:upload", MEMBER, "Upload an image's data."),
@@ -134,6 +135,7 @@ ENDPOINTS: dict[str, str] = {
     "aggregates-remove-host": "compute:aggregates:remove_host",
     "aggregates-set-metadata": "compute:aggregates:set_metadata",
     "servers-update": "compute:servers:update",
+    "flavors-set-extra-specs": "compute:flavors:extra_specs:update",
     "servers-action": "compute:servers:action:*",
     "servers-events-list": "compute:servers:events:list",
     "servers-events-get": "compute:servers:events:show",

@@ -30,6 +30,7 @@ from tests.support import (
     drained,
     make_flavor_image,
     settled,
+    until,
     wait_server,
 )
 
@@ -261,7 +262,11 @@ async def test_a_server_whose_build_was_never_queued_ends_in_error(
     assert ended is not None and ended.vm_state == "error"
     assert ended.fault is not None and ended.fault.message.startswith("stuck in scheduling since")
     assert ended.fault.message.endswith("ended by the conductor")
-    actions = await action_log.for_server(st, old.id)
-    assert actions[0].finish_time is not None and actions[0].message == "Error"
+
+    async def closed() -> bool:  # the action log is closed just after the record is written
+        (action,) = await action_log.for_server(st, old.id)
+        return action.finish_time is not None and action.message == "Error"
+
+    await until(closed, what="the create action to be closed with its error")
     still = (await st.servers.get(fresh.id)).value
     assert (still.vm_state, still.task_state) == ("building", "scheduling")

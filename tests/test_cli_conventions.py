@@ -439,7 +439,7 @@ def test_bash_completion_offers_commands_options_and_choices() -> None:
         "table", "json", "yaml", "value", "csv"
     ]  # fmt: skip
     assert bash_complete("hvmesh", "-f", "json", "flavor", "") == [
-        "create", "list", "show", "delete"
+        "create", "list", "show", "set", "unset", "delete"
     ]  # fmt: skip
     assert bash_complete("hvmesh", "complete", "--shell", "") == ["bash", "zsh"]
     assert "--max-width" in bash_complete("hvmesh", "server", "show", "x", "--")

@@ -67,6 +67,33 @@ class ImageSource(Protocol):
 
 PowerListener = Callable[[str, int], Awaitable[None]]
 
+#: Console protocols a driver may open (capabilities supports_serial_console and
+#: supports_vnc_console): "serial" is the guest's first serial port, "vnc" the RFB stream
+#: of its graphical console, both as raw bytes.
+CONSOLE_PROTOCOLS = ("serial", "vnc")
+#: The most bytes one ConsoleChannel.read returns.
+CONSOLE_CHUNK = 16384
+
+
+class ConsoleChannel(Protocol):
+    """A guest console a driver opened: raw bytes both ways until either end closes it.
+
+    The runtime reads only as fast as the viewer takes the bytes (flow control), so a
+    channel must not buffer more than a chunk itself: the hypervisor holds the rest.
+    """
+
+    async def read(self) -> bytes:
+        """The next bytes from the guest, at most CONSOLE_CHUNK; b"" once the console closed."""
+        ...
+
+    async def write(self, data: bytes) -> None:
+        """Bytes to the guest (keystrokes, a VNC client's messages)."""
+        ...
+
+    async def close(self) -> None:
+        """Release the console; safe to call twice."""
+        ...
+
 
 class ComputeDriver:
     """Base class of every hypervisor driver.
@@ -293,6 +320,16 @@ class ComputeDriver:
         Answered on a request, not as work, so it must be quick. DriverError when the
         instance is not here (the API answers 404); NotImplementedError when the driver
         keeps no console log (the API answers 409).
+        """
+        raise NotImplementedError
+
+    async def open_console(self, server_id: str, protocol: str) -> ConsoleChannel:
+        """Open the instance's live console, `protocol` one of CONSOLE_PROTOCOLS.
+
+        Declared by the capabilities supports_serial_console and supports_vnc_console.
+        Answered on a request, so it must be quick. DriverError when the instance is not
+        here or not running (the proxy refuses the session naming it); NotImplementedError
+        when the driver has no such console (409).
         """
         raise NotImplementedError
 

@@ -6,7 +6,7 @@ the host's own durable queue (hvmesh.work.<host>), runs it through the driver an
 reports the outcome as events (hvmesh.events.<host>.<server>). It never writes a server
 record: the conductor applies the events. It also reports every instance's power state
 now and then (the hypervisor's truth, for the conductor's power-state sync), answers
-quick requests on hvmesh.agent.<host>.<op> (console log), and on start and every
+quick requests on hvmesh.agent.<host>.<op> (console log, live consoles), and on start and every
 [compute] reconcile_interval removes instances the hypervisor runs that are no longer
 this host's (agents/reconcile.py).
 """
@@ -29,6 +29,7 @@ from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
 from hvmesh.agents import orphans
+from hvmesh.agents.consoles import ConsoleSessions
 from hvmesh.agents.driver import ComputeDriver, DriverError, NodeInventory
 from hvmesh.agents.image_cache import ImageCache
 from hvmesh.agents.reconcile import reconcile as reconcile_guests
@@ -104,6 +105,7 @@ class AgentRuntime:
         self._users: defaultdict[str, int] = defaultdict(int)  # work items holding a lock
         self._subs: list[Any] = []
         self.images: ImageCache | None = None
+        self.consoles = ConsoleSessions(self)
 
     def image_cache_dir(self) -> Path:
         """One directory per host under [compute] image_cache_dir (or the state dir)."""
@@ -129,6 +131,7 @@ class AgentRuntime:
             await self.nc.subscribe(subjects.agent(self.host, "console_log"), cb=self._console_log)
         )
         self._subs += await orphans.subscribe(self)  # the audit's requests
+        self._subs += await self.consoles.subscribe()  # live consoles (agents/consoles.py)
         retry = Retry.of(self.cfg.conductor)
         sub = await durable_pull(
             self.js,
@@ -156,6 +159,7 @@ class AgentRuntime:
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+        await self.consoles.stop()
         await stop_tasks(self._tasks)
         if self._worker is not None:
             await self._worker.stop()

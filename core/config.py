@@ -30,6 +30,7 @@ from hvmesh.core.config_sections import (
     ApiSection,
     ComputeSection,
     ConductorSection,
+    ConsoleSection,
     MetadataSection,
     RestSection,
     SchedulerSection,
@@ -41,6 +42,7 @@ __all__ = [
     "ConductorSection",
     "Config",
     "ConfigError",
+    "ConsoleSection",
     "DefaultSection",
     "FakeSection",
     "HypervSection",
@@ -140,6 +142,7 @@ class Config(Struct, kw_only=True, forbid_unknown_fields=True):
     quota: QuotaSection = msgspec.field(default_factory=QuotaSection)
     api: ApiSection = msgspec.field(default_factory=ApiSection)
     rest: RestSection = msgspec.field(default_factory=RestSection)
+    console: ConsoleSection = msgspec.field(default_factory=ConsoleSection)
     policy: PolicySection = msgspec.field(default_factory=PolicySection)
     plugins: PluginsSection = msgspec.field(default_factory=PluginsSection)
 

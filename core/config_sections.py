@@ -334,3 +334,55 @@ class ApiSection(Struct, kw_only=True, forbid_unknown_fields=True):
             "stops at half of NATS's max payload, whatever this says.",
         ),
     ] = 1000
+
+
+class ConsoleSection(Struct, kw_only=True, forbid_unknown_fields=True):
+    listen: Annotated[
+        str, Meta(description="Address the console proxy (hvmesh console-proxy) listens on.")
+    ] = "127.0.0.1"
+    port: Annotated[
+        int, Meta(ge=0, le=65535, description="Its TCP port (Nova's novncproxy 6080).")
+    ] = 6080
+    base_url: Annotated[
+        str,
+        Meta(
+            description="The proxy's URL as viewers reach it, which console URLs start with "
+            "(Nova's novncproxy_base_url, without the page); default http://<listen>:<port>. "
+            "Set it when the proxy sits behind a load balancer or TLS terminator.",
+        ),
+    ] = ""
+    token_ttl: Annotated[
+        float,
+        Meta(
+            gt=0,
+            le=3600,
+            description="Seconds a console URL's one-time token stays valid (Nova's "
+            "[consoleauth] token_ttl).",
+        ),
+    ] = 600.0
+    stall_timeout: Annotated[
+        float,
+        Meta(
+            gt=0,
+            description="A viewer that takes no console bytes for this many seconds while "
+            "some wait for it is disconnected.",
+        ),
+    ] = 60.0
+    novnc_dir: Annotated[
+        str, Meta(description="noVNC's files, served for VNC consoles (Debian's novnc package).")
+    ] = "/usr/share/novnc"
+    xterm_dir: Annotated[
+        str,
+        Meta(
+            description="xterm.js's package (lib/xterm.js, css/xterm.css), served for the "
+            "serial console's web terminal: npm's @xterm/xterm unpacked here "
+            "(tests/setup_xterm.sh does it)."
+        ),
+    ] = "/usr/local/share/hvmesh/xterm"
+
+    def url(self) -> str:
+        """Where viewers reach the proxy: base_url, else http://<listen>:<port>."""
+        if self.base_url:
+            return self.base_url.rstrip("/")
+        host = "127.0.0.1" if self.listen in ("0.0.0.0", "") else self.listen
+        return f"http://{host}:{self.port}"

@@ -27,7 +27,10 @@ apt_install() {
 #   openssl         makes the certificates of the TLS connection test and of the WinRM
 #                   test peer (tests/winrm; pywinrm comes with the test extra)
 #   zsh             runs the generated zsh completion script
+#   chromium, chromium-driver  the headless browser the console pages are tested in
+#   novnc           noVNC, the VNC console page the console proxy serves
 wanted_debs="python3-venv libxml2-utils cloud-init util-linux iproute2 openssl zsh"
+wanted_debs="$wanted_debs chromium chromium-driver novnc"
 missing_debs=""
 for pkg in $wanted_debs; do
   if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
@@ -47,6 +50,9 @@ bash tests/setup_libvirt.sh
 # (golang-github-vmware-govmomi-dev), not the program; tests/vcsim/build.sh builds ours.
 vcsim_bin="$(bash tests/vcsim/build.sh)"
 echo "setup: vCenter simulator: $vcsim_bin"
+
+# xterm.js (npm registry) for the serial console's web terminal.
+bash tests/setup_xterm.sh
 
 # A standalone OpenStack Ironic (PyPI) in a virtualenv of its own, for the Ironic driver.
 bash tests/ironic/setup.sh

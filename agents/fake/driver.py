@@ -11,13 +11,21 @@ tests of what the API refuses on such hosts.
 from __future__ import annotations
 
 import asyncio
+import collections
 import random
 import shutil
 import time
 from pathlib import Path
 from typing import Any, ClassVar
 
-from hvmesh.agents.driver import ComputeDriver, DriverError, InstanceInfo, NodeInventory
+from hvmesh.agents.driver import (
+    ComputeDriver,
+    ConsoleChannel,
+    DriverError,
+    InstanceInfo,
+    NodeInventory,
+)
+from hvmesh.agents.fake.console import FakeConsole
 from hvmesh.core.protocol import states
 from hvmesh.core.protocol.records import Flavor, Image, Server, Vif
 from hvmesh.core.protocol.resources import parse_counts, pci_class
@@ -37,6 +45,8 @@ class FakeDriver(ComputeDriver):
         "supports_live_migration": True,
         "supports_pci_passthrough": True,  # [fake] pci_devices, claimed as resources
         "supports_snapshot": True,  # a header naming the guest, then its disk's bytes
+        "supports_serial_console": True,  # an echoing terminal (agents/fake/console.py)
+        "supports_vnc_console": False,
         "supports_multiattach": False,
         # confirm_migration drops the instance: a move must leave the host
         "supports_migrate_to_same_host": False,
@@ -70,6 +80,8 @@ class FakeDriver(ComputeDriver):
         self.consoles: dict[str, list[str]] = {}
         self.disks: dict[str, Path] = {}  # server id -> the cached image file it boots from
         self.interfaces: dict[str, list[str]] = {}  # server id -> MACs plugged in
+        # The last consoles opened, for tests to look into.
+        self.open_consoles: collections.deque[FakeConsole] = collections.deque(maxlen=8)
         self._rng = random.Random()
 
     # --- helpers ----------------------------------------------------------------------------
@@ -216,6 +228,14 @@ class FakeDriver(ComputeDriver):
     async def get_console_output(self, server_id: str) -> str:
         self._require(server_id)
         return "\n".join(self.consoles.get(server_id, [])) + "\n"
+
+    async def open_console(self, server_id: str, protocol: str) -> ConsoleChannel:
+        if protocol != "serial":
+            raise NotImplementedError
+        self._from(server_id, "open the console of", (states.RUNNING,))
+        console = FakeConsole(server_id)
+        self.open_consoles.append(console)
+        return console
 
     async def migrate_disk_and_power_off(self, server: Server, dest: str, flavor: Flavor) -> None:
         await self._step("migrate_disk_and_power_off")

@@ -19,6 +19,7 @@ from nats.aio.client import Client
 from hvmesh.core import log
 from hvmesh.core.api.aggregates import AggregateEndpoints
 from hvmesh.core.api.compute import ComputeEndpoints, ServerList
+from hvmesh.core.api.consoles import ConsoleEndpoints
 from hvmesh.core.api.flavors import FlavorEndpoints, FlavorList
 from hvmesh.core.api.groups import ServerGroupEndpoints
 from hvmesh.core.api.hypervisors import (
@@ -43,6 +44,7 @@ from hvmesh.core.bus.micro import MicroService, Raw
 from hvmesh.core.config import Config
 from hvmesh.core.protocol import limits, subjects
 from hvmesh.core.protocol.action_requests import ServerAction
+from hvmesh.core.protocol.consoles import ServerConsole
 from hvmesh.core.protocol.requests import (
     AggregateCreate,
     AggregateHost,
@@ -168,6 +170,8 @@ class ApiService:
         ep("servers-get", api("servers", "get"), servers.server_get, IdOnly)
         ep("servers-update", api("servers", "update"), servers.server_update, ServerUpdate)
         ep("servers-delete", api("servers", "delete"), servers.server_delete, IdOnly)
+        consoles = ConsoleEndpoints(self)
+        ep("servers-console", api("servers", "console"), consoles.server_console, ServerConsole)
         # server actions and their log
         ep("servers-action", api("servers", "action"), acts.action, ServerAction)
         ep(

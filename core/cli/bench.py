@@ -1,4 +1,4 @@
-"""`hvmesh bench scheduler|chaos`: the scheduler benchmark and the chaos run from the CLI."""
+"""`hvmesh bench scheduler|console|chaos`: the scheduler benchmark and the chaos run from the CLI."""
 
 from __future__ import annotations
 
@@ -15,11 +15,12 @@ from hvmesh.core.cli.errors import CliError
 # Imported when first used: parsing the command line (and --help) needs none of them.
 if TYPE_CHECKING:
     from hvmesh.core.ops import bench as ops_bench
+    from hvmesh.core.ops import bench_console, launcher
     from hvmesh.core.ops import chaos as ops_chaos
-    from hvmesh.core.ops import launcher
 else:
     launcher = lazy.module("hvmesh.core.ops.launcher")
     ops_bench = lazy.module("hvmesh.core.ops.bench")
+    bench_console = lazy.module("hvmesh.core.ops.bench_console")
     ops_chaos = lazy.module("hvmesh.core.ops.chaos")
 
 
@@ -81,6 +82,16 @@ def cmd_bench_chaos(args: argparse.Namespace) -> None:
         )
 
 
+def cmd_bench_console(args: argparse.Namespace) -> None:
+    if args.url or args.context:
+        raise CliError("hvmesh bench console runs its own nats-server: no --url or --context")
+    if args.keystrokes < 1 or args.seconds <= 0:
+        raise CliError("--keystrokes must be at least 1 and --seconds more than 0")
+    quiet = not output.for_people(args.format)
+    result = launcher.run(bench_console.run(args.keystrokes, args.seconds, quiet=quiet))
+    output.emit(msgspec.to_builtins(result), args.format)
+
+
 def add_parsers(sub: Any, leaf: Any) -> None:
     """The bench command group."""
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(
@@ -96,6 +107,14 @@ def add_parsers(sub: Any, leaf: Any) -> None:
     p.add_argument("--requests", type=int, default=5000, help="placements to make")
     p.add_argument("--schedulers", type=int, default=1, help="scheduler processes")
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight")
+    p = leaf(
+        bench,
+        "console",
+        cmd_bench_console,
+        "a keystroke's round trip and bulk throughput through the console proxy, NATS and an agent",
+    )
+    p.add_argument("--keystrokes", type=int, default=2000, help="keystrokes timed one by one")
+    p.add_argument("--seconds", type=float, default=10.0, help="seconds of bulk output")
     p = leaf(
         bench,
         "chaos",

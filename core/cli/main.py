@@ -21,6 +21,7 @@ from hvmesh.core.cli import (
     bench,
     completion,
     compute,
+    consoles,
     flavors,
     images,
     inventory,
@@ -115,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = consoles.with_default_attach(sys.argv[1:] if argv is None else argv)
     args = cli_args.parse(build_parser(), argv)
     log.setup("debug" if args.debug else "error")
     output.configure(args)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from hvmesh.core.cli import lazy, output, server_image
+from hvmesh.core.cli import consoles, lazy, output, server_image
 from hvmesh.core.cli.connect import api, call
 from hvmesh.core.cli.errors import CliError
 from hvmesh.core.cli.servers import emit_server, for_people, iso, wait_for_server
@@ -258,4 +258,5 @@ def add_parsers(sub: Any, sv: Any, leaf: Any) -> None:
     for flags, kwargs in spec.options:
         p.add_argument(*flags, **kwargs)
     p.set_defaults(spec="console-log")
+    consoles.add_parsers(console, leaf)
     server_image.add_parsers(sv, leaf)

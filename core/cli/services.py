@@ -1,4 +1,4 @@
-"""`hvmesh up|api|rest|conductor|scheduler|metadata|agent` and `config sample`: running the services."""
+"""`hvmesh up|api|rest|console-proxy|conductor|scheduler|metadata|agent` and `config sample`: running the services."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from hvmesh.core.api import service as api_service
     from hvmesh.core.bus import start_retry
     from hvmesh.core.conductor import service as conductor_service
+    from hvmesh.core.consoles import proxy as console_proxy
     from hvmesh.core.metadata import service as metadata_service
     from hvmesh.core.ops import launcher
     from hvmesh.core.ops import up as ops_up
@@ -36,6 +37,7 @@ else:
     metadata_service = lazy.module("hvmesh.core.metadata.service")
     ops_up = lazy.module("hvmesh.core.ops.up")
     rest_app = lazy.module("hvmesh.core.rest.app")
+    console_proxy = lazy.module("hvmesh.core.consoles.proxy")
     scheduler_service = lazy.module("hvmesh.schedulers.service")
 
 
@@ -91,6 +93,13 @@ def starting(args: argparse.Namespace, run: Callable[[], None]) -> None:
 def cmd_api(args: argparse.Namespace) -> None:
     service = api_service.ApiService  # read now: its module loads before connecting
     run_service(args, lambda nc, cfg, guard: [guard.component("api", lambda: service(nc, cfg))])
+
+
+def cmd_console_proxy(args: argparse.Namespace) -> None:
+    service = console_proxy.ConsoleProxy  # read now: its module loads before connecting
+    run_service(
+        args, lambda nc, cfg, guard: [guard.component("console-proxy", lambda: service(nc, cfg))]
+    )
 
 
 def cmd_rest(args: argparse.Namespace) -> None:
@@ -220,6 +229,7 @@ def add_parsers(sub: Any, leaf: Any) -> None:
     services = [
         leaf(sub, "api", cmd_api, "run the API service"),
         leaf(sub, "rest", cmd_rest, "run the OpenStack REST API (Keystone v3 tokens, compute)"),
+        leaf(sub, "console-proxy", cmd_console_proxy, "run the console proxy (noVNC, serial)"),
         leaf(sub, "conductor", cmd_conductor, "run a conductor"),
         leaf(sub, "scheduler", cmd_scheduler, "run a scheduler"),
         leaf(sub, "metadata", cmd_metadata, "run the metadata service guests read (cloud-init)"),

@@ -96,6 +96,7 @@ def _host_publish(host: str) -> list[str]:
     return [
         subjects.events(host, "*"),  # its events (stream HVMESH_EVENTS)
         subjects.dead_letter(f"agent-{host}"),  # work it gave up on
+        subjects.console_out(host, "*"),  # its console sessions' bytes, towards the proxy
         _kv_key(subjects.HOSTS_BUCKET, host),  # its host record (create, CAS update)
         _kv_key(subjects.HEARTBEATS_BUCKET, host),  # its heartbeat
         f"{JS_API}.DIRECT.GET.{_kv_stream(subjects.HOSTS_BUCKET)}."

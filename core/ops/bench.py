@@ -273,17 +273,22 @@ async def run(
         finally:
             if beats is not None:
                 beats.cancel()
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            stop_processes(procs)
             await nc.close()
             if server is not None:
                 server.stop()
         return result
+
+
+def stop_processes(procs: list[subprocess.Popen[bytes]], grace: float = 10.0) -> None:
+    """Terminate every process, then kill the ones not gone within `grace` seconds."""
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(grace)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 async def place(

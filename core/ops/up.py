@@ -25,6 +25,7 @@ from hvmesh.core.bus import contexts
 from hvmesh.core.bus.start_retry import RetryPolicy, StartGuard
 from hvmesh.core.conductor.service import Conductor
 from hvmesh.core.config import Config, NatsSection
+from hvmesh.core.consoles.proxy import ConsoleProxy
 from hvmesh.core.metadata.service import MetadataService
 from hvmesh.core.ops import agent_credentials, launcher, natsserver
 from hvmesh.core.ops import tls as nats_tls
@@ -85,6 +86,7 @@ def banner(
     hvmesh: str | None = None,
     nats_cli: bool | None = None,
     rest_auth_url: str | None = None,
+    console_url: str | None = None,
 ) -> str:
     """What `hvmesh up` prints once it is up.
 
@@ -108,6 +110,7 @@ def banner(
         operator += [
             f"{hv} server create vm1 --flavor m1.small --image cirros --network net1 --wait",
             f"{hv} server list",
+            f"{hv} console url vm1 --type serial",
         ]
     operator.append(f"{hv} hypervisor list")
     if nats_cli:
@@ -121,6 +124,11 @@ def banner(
         *(
             [f"  OpenStack clients (openstack CLI, openstacksdk): OS_AUTH_URL={rest_auth_url}"]
             if rest_auth_url
+            else []
+        ),
+        *(
+            [f"  Consoles (hvmesh console SERVER, console url SERVER): proxy at {console_url}"]
+            if console_url
             else []
         ),
         "",
@@ -261,6 +269,15 @@ async def _run(
             listen="127.0.0.1",
             port=cfg.rest.port if natsserver.port_free(cfg.rest.port) else 0,
         ),
+        # The console proxy likewise; its port is chosen now, since the API writes it
+        # into the console URLs it hands out.
+        console=msgspec.structs.replace(
+            cfg.console,
+            listen="127.0.0.1",
+            port=cfg.console.port
+            if natsserver.port_free(cfg.console.port)
+            else natsserver.free_port(),
+        ),
     )
     if not cfg.compute.image_cache_dir:  # simulated hosts cache images under data_dir
         cfg = msgspec.structs.replace(
@@ -282,12 +299,14 @@ async def _run(
             plugins = launcher.load_plugins(cfg)  # once, for the scheduler and the hosts
             metadata = guard.component("metadata", lambda: MetadataService(nc, cfg))
             rest = guard.component("rest", lambda: RestService(nc, cfg))
+            consoles = guard.component("console-proxy", lambda: ConsoleProxy(nc, cfg))
             components: list[launcher.Component] = [
                 guard.component("api", lambda: ApiService(nc, cfg)),
                 guard.component("scheduler", lambda: SchedulerService(nc, cfg, plugins)),
                 guard.component("conductor", lambda: Conductor(nc, cfg)),
                 metadata,
                 rest,
+                consoles,
                 launcher.retried_fleet(guard, hosts_nc, hosts_cfg, fake_hosts, registry=plugins)
                 if fake_hosts
                 else launcher.Fleet([]),
@@ -299,7 +318,15 @@ async def _run(
                 address, port = metadata.current.address, metadata.current.port
                 auth_url = rest.current.auth_url if rest.current is not None else None
                 print(
-                    banner(server, fake_hosts, made, address, port, rest_auth_url=auth_url),
+                    banner(
+                        server,
+                        fake_hosts,
+                        made,
+                        address,
+                        port,
+                        rest_auth_url=auth_url,
+                        console_url=cfg.console.url(),
+                    ),
                     flush=True,
                 )
 

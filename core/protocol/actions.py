@@ -107,6 +107,14 @@ CAPABILITY_TRAITS: dict[str, str] = {
     "supports_pause": "CUSTOM_HVMESH_SUPPORTS_PAUSE",
     "supports_suspend": "CUSTOM_HVMESH_SUPPORTS_SUSPEND",
     "supports_resize": "CUSTOM_HVMESH_SUPPORTS_RESIZE",
+    "supports_serial_console": "CUSTOM_HVMESH_SUPPORTS_SERIAL_CONSOLE",
+    "supports_vnc_console": "CUSTOM_HVMESH_SUPPORTS_VNC_CONSOLE",
+}
+
+# Console protocol (servers.console) -> the driver capability the server's host needs.
+CONSOLE_CAPABILITIES: dict[str, str] = {
+    "serial": "supports_serial_console",
+    "vnc": "supports_vnc_console",
 }
 
 # Action (a RULES name) -> the driver capability the server's host needs for it. Nova

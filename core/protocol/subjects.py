@@ -138,6 +138,22 @@ API_INFO = f"$SRV.INFO.{API_SERVICE}"
 
 CLIENT_TOKENS_BUCKET = "client_tokens"  # key: digest of (project, client_token): a create's reply
 
+# --- console sessions (core/protocol/consoles.py) ------------------------------------------------
+
+CONSOLE_TOKENS_BUCKET = "console_tokens"  # key: SHA-256 of a console token: its ConsoleToken
+CONSOLE_OPEN = "console_open"  # the agent op (hvmesh.agent.<host>.console_open) opening one
+
+
+def console_in(host: str, session: str) -> str:
+    """hvmesh.agent.<host>.console_<session>: a console session's bytes towards the agent."""
+    return agent(host, f"console_{session}")
+
+
+def console_out(host: str, session: str) -> str:
+    """hvmesh.console.<host>.<session>: a console session's bytes from the agent."""
+    return f"hvmesh.console.{host}.{session}"
+
+
 # --- agents' own NATS users ----------------------------------------------------------------------
 
 

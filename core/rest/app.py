@@ -7,11 +7,13 @@ from typing import Any
 from aiohttp import web
 
 from hvmesh.core import log
+from hvmesh.core.bus.listening import Bound
 from hvmesh.core.config import Config
 from hvmesh.core.rest import (
     aggregates,
     compute_services,
     compute_versions,
+    consoles,
     flavor_specs,
     flavors,
     hypervisors,
@@ -40,24 +42,12 @@ LOG = log.get_logger(__name__)
 MAX_BODY = 1024 * 1024  # bytes a body read whole may hold (image data is streamed)
 
 
-class Bound(tuple[str, int]):
-    """Where the service listens: (address, port)."""
-
-    @property
-    def address(self) -> str:
-        return self[0]
-
-    @property
-    def port(self) -> int:
-        return self[1]
-
-
 def make_app(tokens: Tokens) -> web.Application:
     app = web.Application(middlewares=[request_ids, authenticate], client_max_size=MAX_BODY)
     app[TOKENS] = tokens
     for part in (
         identity, projects,  # Keystone
-        compute_versions, flavors, flavor_specs, servers, server_metadata, server_extras, migrations, keypairs,
+        compute_versions, flavors, flavor_specs, servers, server_metadata, server_extras, consoles, migrations, keypairs,
         hypervisors, compute_services, aggregates, server_groups, quota_sets,  # Nova
         image_api,  # Glance
         networks, subnets, ports, network_quotas,  # Neutron

@@ -6,7 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
-from hvmesh.core.rest import server_moves, server_queries, server_views
+from hvmesh.core.rest import consoles, server_moves, server_queries, server_views
 from hvmesh.core.rest.calls import Compute, json_body, ref_id
 from hvmesh.core.rest.errors import RestError
 
@@ -234,6 +234,8 @@ async def action(request: web.Request) -> web.Response:
             body["length"] = int(args["length"])
         reply = await c.call("servers", "action", body)
         return c.reply({"output": reply.get("output", "")})
+    if name in consoles.ACTIONS:
+        return await consoles.legacy_action(c, ident, name, args)
     if name in server_moves.ACTIONS:
         return await server_moves.ACTIONS[name](c, ident, args)
     if name not in ACTIONS:

@@ -35,6 +35,7 @@ from nats.js.kv import KeyValue
 from hvmesh.core.protocol import errors, subjects
 from hvmesh.core.protocol.base import encode
 from hvmesh.core.protocol.client_tokens import ClientToken
+from hvmesh.core.protocol.consoles import MAX_TOKEN_TTL, ConsoleToken
 from hvmesh.core.protocol.migration_records import MigrationRecord
 from hvmesh.core.protocol.quota_records import QuotaLimits, QuotaUsage, UsageRecord
 from hvmesh.core.protocol.records import (
@@ -75,6 +76,7 @@ BUCKETS: dict[str, type[msgspec.Struct]] = {
     subjects.USAGE_LEDGER_BUCKET: UsageRecord,
     subjects.CLIENT_TOKENS_BUCKET: ClientToken,
     subjects.MIGRATIONS_BUCKET: MigrationRecord,
+    subjects.CONSOLE_TOKENS_BUCKET: ConsoleToken,
 }
 
 # Buckets whose keys expire on their own (seconds): a placement lease outlives any retry
@@ -86,6 +88,7 @@ BUCKET_TTL: dict[str, float] = {
     subjects.MIGRATIONS_BUCKET: 366 * 24 * 3600.0,  # moves, for os-migrations, as long
     # A create's client token answers its retries for a day, as clients retry within one.
     subjects.CLIENT_TOKENS_BUCKET: 24 * 3600.0,
+    subjects.CONSOLE_TOKENS_BUCKET: MAX_TOKEN_TTL,  # a token lives at most this long
 }
 
 
@@ -364,6 +367,10 @@ class Store:
     @property
     def migrations(self) -> Bucket[MigrationRecord]:
         return self._buckets[subjects.MIGRATIONS_BUCKET]
+
+    @property
+    def console_tokens(self) -> Bucket[ConsoleToken]:
+        return self._buckets[subjects.CONSOLE_TOKENS_BUCKET]
 
     @property
     def client_tokens(self) -> Bucket[ClientToken]:

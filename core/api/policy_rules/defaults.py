@@ -89,6 +89,9 @@ OPERATIONS = [
     ),
     RuleDefault("compute:servers:list:host", ADMIN, "Filter servers by host."),
     RuleDefault("compute:servers:update", MEMBER, "Rename a server, set or remove metadata."),
+    RuleDefault(
+        "compute:servers:console", MEMBER, "Get a one-time URL to a server's live console."
+    ),
     *_action_rules(),
     RuleDefault("compute:servers:events:list", READER, "List a server's actions (its log)."),
     RuleDefault("compute:servers:events:show", READER, "Show one action of a server's log."),
@@ -135,6 +138,7 @@ ENDPOINTS: dict[str, str] = {
     "aggregates-remove-host": "compute:aggregates:remove_host",
     "aggregates-set-metadata": "compute:aggregates:set_metadata",
     "servers-update": "compute:servers:update",
+    "servers-console": "compute:servers:console",
     "flavors-set-extra-specs": "compute:flavors:extra_specs:update",
     "servers-action": "compute:servers:action:*",
     "servers-events-list": "compute:servers:events:list",

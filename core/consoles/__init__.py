@@ -1,0 +1,1 @@
+"""The console front door: the console proxy and the pages it serves."""

@@ -79,6 +79,20 @@ class LibvirtSection(Struct, kw_only=True, forbid_unknown_fields=True):
             "that VLAN, with {bridge} and {vlan} replaced (br{vlan}, {bridge}v{vlan})."
         ),
     ] = ""
+    vnc_enabled: Annotated[
+        bool,
+        Meta(
+            description="Give each guest a VNC server for its graphical console (Nova's "
+            "[vnc] enabled)."
+        ),
+    ] = True
+    vnc_server_listen: Annotated[
+        str,
+        Meta(
+            description="Address the guests' VNC servers listen on; only the host's agent "
+            "connects to it (Nova's [vnc] server_listen)."
+        ),
+    ] = "127.0.0.1"
 
 
 class VmwareSection(Struct, kw_only=True, forbid_unknown_fields=True):

@@ -2,9 +2,10 @@
 
 Needs what tests/setup_libvirt.sh sets up (run by the README's test command): libvirtd
 and virtlogd running, QEMU, and the tiny guest of tests/guest/ (a Debian kernel and a
-busybox initramfs whose /init prints a marker on the serial console). The guest's
-kernel, initramfs and root disk are uploaded through the CLI as three images and booted
-from the agent's image cache, by direct kernel boot under software emulation.
+busybox initramfs whose /init prints a marker on the serial console and runs a shell
+there). The guest's kernel, initramfs and root disk are uploaded through the CLI as three
+images and booted from the agent's image cache, by direct kernel boot under software
+emulation; a command is typed at its shell through `hvmesh console`.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ import pytest
 from hvmesh.agents.libvirt.driver import LibvirtDriver
 from hvmesh.agents.runtime import AgentRuntime
 from hvmesh.core.bus.connection import connect as nats_connect
+from hvmesh.core.ops import natsserver
 from hvmesh.core.ops.launcher import make_agent
 from hvmesh.core.protocol import states
 from hvmesh.core.protocol.subjects import IMAGE_STORE
+from tests.console_support import Terminal, start_proxy
 from tests.support import ApiClient, Cli, Deployment, act, gone, idle, settled, wait_server
 
 libvirt = pytest.importorskip("libvirt")
@@ -76,8 +79,10 @@ async def test_real_guest_boots_and_follows_the_api(deployment: Deployment, host
             "shutdown_timeout": 20,
         },
         conductor={"action_timeout": 240},
+        console={"listen": "127.0.0.1", "port": natsserver.free_port()},
     )
     await deployment.start_core(cfg)
+    await start_proxy(deployment, cfg)
     nc = await nats_connect(cfg.nats, "test-libvirt-agent")
     deployment.connections.append(nc)
     agent = make_agent(nc, cfg, "libvirt", "kvm-e2e")
@@ -106,7 +111,8 @@ async def _boot_and_drive(dep: Deployment, agent: AgentRuntime, cfg) -> None:  #
         "--disk-format", "qcow2",
         "--property", f"kernel_id={kernel['id']}",
         "--property", f"ramdisk_id={ramdisk['id']}",
-        "--property", f"os_command_line=console=ttyS0 hvmesh.marker={marker} hvmesh.heartbeat=0",
+        "--property",
+        f"os_command_line=console=ttyS0 hvmesh.marker={marker} hvmesh.heartbeat=0 hvmesh.shell=1",
     )  # fmt: skip
     assert {kernel["status"], ramdisk["status"], disk["status"]} == {"active"}
     await admin("flavors.create", {"name": "tiny", "vcpus": 1, "ram_mb": 192, "disk_gb": 1})
@@ -131,6 +137,20 @@ async def _boot_and_drive(dep: Deployment, agent: AgentRuntime, cfg) -> None:  #
         xml = conn.lookupByUUIDString(server_id).XMLDesc(0)
     assert str(agent.images.path(kernel["checksum"])) in xml
     assert "disk.config" in xml  # the config drive, as a cdrom
+
+    # Its live serial console through `hvmesh console`, the proxy, NATS and the agent: a
+    # command typed at the guest's shell runs there (the typed line echoes "$((6*7))").
+    term = Terminal(dep, "guest")
+    try:
+        at = await term.expect(b"escape character is ^]")
+        term.type(b"\r")
+        at = await term.expect(b"guest# ", start=at, timeout=60)
+        term.type(b"echo HV-$((6*7))\r")
+        await term.expect(b"HV-42", start=at, timeout=60)
+        term.type(b"\x1d")
+        assert await term.exit_code() == 0
+    finally:
+        term.close()
 
     await act(admin, server_id, "stop")
     stopped = await wait_server(dep.store, server_id, idle, timeout=BOOT_TIMEOUT)

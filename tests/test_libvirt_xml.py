@@ -163,6 +163,39 @@ def test_vlan_interfaces(tmp_path: Path) -> None:
     assert iface.find("source").get("bridge") == "br100" and iface.find("vlan") is None
 
 
+def test_vnc_graphics_on_by_default(tmp_path: Path) -> None:
+    root = ET.fromstring(domain_xml(spec(server(), tmp_path), config()))
+    graphics = root.findall("devices/graphics")
+    assert [g.attrib for g in graphics] == [
+        {"type": "vnc", "autoport": "yes", "listen": "127.0.0.1"}
+    ]
+    assert root.find("devices/video/model").get("type") == "vga"
+    # The serial console stays as it was, logged, beside the graphical one.
+    assert root.find("devices/serial").get("type") == "pty"
+    assert root.find("devices/serial/log").get("file") == str(tmp_path / "console.log")
+    assert root.find("devices/console/target").attrib == {"type": "serial", "port": "0"}
+    root = ET.fromstring(
+        domain_xml(spec(server(), tmp_path), config(vnc_server_listen="192.0.2.10"))
+    )
+    assert root.find("devices/graphics").get("listen") == "192.0.2.10"
+
+
+def test_vnc_graphics_off(tmp_path: Path) -> None:
+    cfg = config()
+    cfg.libvirt.vnc_enabled = False
+    root = ET.fromstring(domain_xml(spec(server(), tmp_path), cfg))
+    assert root.find("devices/graphics") is None and root.find("devices/video") is None
+    assert root.find("devices/serial/log") is not None and root.find("devices/console") is not None
+
+
+@needs_validator
+def test_schema_vnc_graphics(tmp_path: Path) -> None:
+    validate(domain_xml(spec(server(), tmp_path), config(vnc_server_listen="::1")), tmp_path)
+    cfg = config()
+    cfg.libvirt.vnc_enabled = False
+    validate(domain_xml(spec(server(), tmp_path), cfg), tmp_path)
+
+
 @needs_validator
 def test_schema_topology_flavor(tmp_path: Path) -> None:
     s = server(**{"hw:cpu_sockets": "1", "hw:cpu_cores": "2", "hw:cpu_threads": "2"})

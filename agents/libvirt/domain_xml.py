@@ -8,7 +8,8 @@ DomainSpec.
 From the flavor: vCPUs, memory, CPU topology (hw:cpu_sockets, hw:cpu_cores,
 hw:cpu_threads). From the image properties: machine type (hw_machine_type), disk bus
 (hw_disk_bus), NIC model (hw_vif_model) and, for direct kernel boot, the command line
-(os_command_line). From [libvirt]: domain type (virt_type) and CPU mode and model.
+(os_command_line). From [libvirt]: domain type (virt_type), CPU mode and model, and the
+VNC server of the graphical console (vnc_enabled, vnc_server_listen).
 """
 
 from __future__ import annotations
@@ -198,6 +199,18 @@ def _console(devices: ET.Element, spec: DomainSpec) -> None:
     ET.SubElement(console, "target", type="serial", port="0")
 
 
+def _graphics(devices: ET.Element, cfg: Config) -> None:
+    """A VNC server on [libvirt] vnc_server_listen, its port picked when the guest starts,
+    and the VGA card it shows."""
+    if not cfg.libvirt.vnc_enabled:
+        return
+    ET.SubElement(
+        devices, "graphics", type="vnc", autoport="yes", listen=cfg.libvirt.vnc_server_listen
+    )
+    video = ET.SubElement(devices, "video")
+    ET.SubElement(video, "model", type="vga")
+
+
 def domain_xml(spec: DomainSpec, cfg: Config) -> str:
     """The domain XML of `spec`; DriverError names a bad flavor spec, image property or
     option."""
@@ -229,6 +242,7 @@ def domain_xml(spec: DomainSpec, cfg: Config) -> str:
     for vif in spec.server.network_info:
         devices.append(interface_element(vif, cfg, model))
     _console(devices, spec)
+    _graphics(devices, cfg)
     _hostdevs(devices, spec)
     ET.SubElement(devices, "memballoon", model="virtio")
     ET.indent(root)

@@ -5,7 +5,8 @@ server id, with its root disk a volume in the [libvirt] storage pool. Lifecycle 
 from libvirtd become power-state reports (emit_power) and are what power-off waits on.
 Calls that can take long (starting, saving, migrating, waiting) run in a thread so the
 agent's event loop keeps serving. This module holds the actions on one host; base.py
-the connection and domain building, moves.py resize and migration.
+the connection and domain building, moves.py resize and migration, console.py the live
+serial and VNC consoles.
 """
 
 from __future__ import annotations
@@ -19,8 +20,14 @@ from typing import Any, ClassVar
 
 import libvirt
 
-from hvmesh.agents.driver import DriverError, InstanceInfo, NodeInventory
-from hvmesh.agents.libvirt import disks, inventory, power
+from hvmesh.agents.driver import (
+    CONSOLE_PROTOCOLS,
+    ConsoleChannel,
+    DriverError,
+    InstanceInfo,
+    NodeInventory,
+)
+from hvmesh.agents.libvirt import console, disks, inventory, power
 from hvmesh.agents.libvirt.base import CONSOLE_TAIL_BYTES, UNSUPPORTED, failing
 from hvmesh.agents.libvirt.domain_xml import server_id_of
 from hvmesh.agents.libvirt.interfaces import interface_xml, nic_model
@@ -49,6 +56,9 @@ class LibvirtDriver(LibvirtMoves):
         "supports_image_type_raw": True,
         "supports_image_type_aki": True,
         "supports_image_type_ari": True,
+        "supports_serial_console": True,
+        # Declared either way; a guest only has a VNC server with [libvirt] vnc_enabled.
+        "supports_vnc_console": True,
     }
 
     # --- the contract: inventory, listing -------------------------------------------------
@@ -203,6 +213,24 @@ class LibvirtDriver(LibvirtMoves):
                 return fh.read().decode("utf-8", errors="replace")
         except FileNotFoundError:
             return ""
+
+    async def open_console(self, server_id: str, protocol: str) -> ConsoleChannel:
+        """The serial port (libvirt's console stream) or the VNC server of a running or
+        paused instance."""
+        if protocol not in CONSOLE_PROTOCOLS:
+            raise NotImplementedError(f"the libvirt driver has no {protocol!r} console")
+        dom = self._require(server_id)
+        with failing(f"reading the state of {server_id}"):
+            active = dom.isActive()
+        if not active:
+            raise DriverError(f"server {server_id} is not running: its console is closed")
+        if protocol == "serial":
+            return await console.open_serial(self._conn.get(), dom, server_id)
+        if not self.config.libvirt.vnc_enabled:
+            raise DriverError(
+                f"server {server_id} has no VNC console: [libvirt] vnc_enabled is off"
+            )
+        return await console.open_vnc(dom, server_id)
 
     # --- interfaces and snapshots -------------------------------------------------------------
 

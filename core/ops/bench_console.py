@@ -20,9 +20,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import msgspec
+from nats.aio.client import Client
 
 from hvmesh.core import config
 from hvmesh.core.api.service import ApiService
@@ -49,12 +51,12 @@ class ConsoleBench(msgspec.Struct, kw_only=True):
     bulk_mb_per_s: float
 
 
-async def _api(nc: object, verb: str, body: dict) -> dict:
+async def _api(nc: Client, verb: str, body: dict) -> dict:
     resource, action = verb.split(".")
     return dict(await bus.call(nc, subjects.api(resource, action), body, timeout=30))
 
 
-async def _active(nc: object, server_id: str) -> None:
+async def _active(nc: Client, server_id: str) -> None:
     async with asyncio.timeout(START_TIMEOUT):
         while True:
             server = (await _api(nc, "servers.get", {"id": server_id}))["server"]
@@ -65,7 +67,7 @@ async def _active(nc: object, server_id: str) -> None:
             await asyncio.sleep(0.2)  # noqa: sleep - polls a server another process builds
 
 
-async def _ready(nc: object, url: str, server_id: str) -> str:
+async def _ready(nc: Client, url: str, server_id: str) -> str:
     """A console URL once the proxy answers and the agent's host runs the server."""
     async with asyncio.timeout(START_TIMEOUT):
         while True:
@@ -156,7 +158,7 @@ async def run(keystrokes: int = 2000, seconds: float = 10.0, quiet: bool = False
             ),
         ]
         nc = await connection.connect(cfg.nats, "hvmesh-bench-console")
-        services = [ApiService(nc, cfg), SchedulerService(nc, cfg), Conductor(nc, cfg)]
+        services: list[Any] = [ApiService(nc, cfg), SchedulerService(nc, cfg), Conductor(nc, cfg)]
         try:
             await Store(nc.jetstream()).open()
             for s in services:
@@ -184,7 +186,7 @@ async def run(keystrokes: int = 2000, seconds: float = 10.0, quiet: bool = False
             server.stop()
 
 
-async def _wait_host(nc: object) -> None:
+async def _wait_host(nc: Client) -> None:
     """Until the fake host's agent (another process) is up in the API's view."""
     async with asyncio.timeout(START_TIMEOUT):
         while True:

@@ -5,7 +5,9 @@
 #   initrd.img   a busybox-static initramfs whose /init prints
 #                "HVMESH-GUEST-BOOTED <hvmesh.marker from the kernel command line>"
 #                on the serial console, then stays up printing a heartbeat and
-#                powers off when the ACPI power button is pressed
+#                powers off when the ACPI power button is pressed; with
+#                hvmesh.shell=1 it also runs an interactive shell on the
+#                serial console and on the first virtual terminal (VGA)
 #   disk.qcow2   a small empty qcow2 image used as the guest's root disk
 # Safe to run again: only builds what is missing or out of date.
 # Environment: HVMESH_GUEST_KERNEL_PKG forces the kernel package
@@ -93,6 +95,9 @@ else
 # PID 1 of the test guest. Kernel command line parameters read here:
 #   hvmesh.marker=VALUE     echoed in the boot line
 #   hvmesh.heartbeat=SECS   heartbeat period (default 10, 0 = none)
+#   hvmesh.shell=1          after the boot lines, an interactive shell (prompt
+#                           "guest# ") on /dev/ttyS0 and /dev/tty1, run again
+#                           whenever it exits
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc
@@ -105,10 +110,12 @@ exec </dev/null >"$out" 2>&1
 
 marker=none
 heartbeat=10
+shell=0
 for word in $(cat /proc/cmdline); do
   case "$word" in
     hvmesh.marker=*) marker="${word#hvmesh.marker=}" ;;
     hvmesh.heartbeat=*) heartbeat="${word#hvmesh.heartbeat=}" ;;
+    hvmesh.shell=*) shell="${word#hvmesh.shell=}" ;;
   esac
 done
 
@@ -139,6 +146,20 @@ echo "HVMESH-GUEST-ACPI ${acpi:-none}"
 for disk in /sys/block/vd*; do
   [ -e "$disk" ] && echo "HVMESH-GUEST-DISK ${disk##*/} $(cat "$disk/size") sectors"
 done
+
+# hvmesh.shell=1: a shell on each terminal, in a session of its own with the terminal
+# as its controlling tty (setsid -c), so ^C and job control work; when it exits
+# (exit, ^D) a new one starts. (cttyhack would pick the last console= for both.)
+if [ "$shell" = 1 ]; then
+  for tty in /dev/ttyS0 /dev/tty1; do
+    [ -c "$tty" ] || continue
+    ( export HOME=/ PS1='guest# ' TERM=linux
+      while :; do
+        setsid -c sh -i <"$tty" >"$tty" 2>&1
+        sleep 1
+      done ) &
+  done
+fi
 
 n=0
 while :; do

@@ -23,7 +23,12 @@ if digest != integrity:
 tmp = dest.with_name(dest.name + ".tmp")
 shutil.rmtree(tmp, ignore_errors=True)
 with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-    tar.extractall(tmp, filter="data")
+    # Only plain files and folders under package/ (Debian 12's Python has no extract filter).
+    for member in tar.getmembers():
+        parts = pathlib.PurePosixPath(member.name).parts
+        if parts[:1] != ("package",) or ".." in parts or not (member.isfile() or member.isdir()):
+            sys.exit(f"setup_xterm: unexpected entry {member.name!r} in {url}")
+    tar.extractall(tmp)
 package = tmp / "package"
 (package / "VERSION").write_text(version + "\n")
 shutil.rmtree(dest, ignore_errors=True)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from hvmesh.core.cli import lazy, output
+from hvmesh.core.cli.connect import connect_cli
 from hvmesh.core.cli.errors import CliError
 
 # Imported when first used: parsing the command line (and --help) needs none of them.
@@ -82,9 +83,27 @@ def cmd_bench_chaos(args: argparse.Namespace) -> None:
         )
 
 
+async def _bench_vnc(args: argparse.Namespace) -> Any:
+    nc = await connect_cli(args)
+    try:
+        return await bench_console.vnc(nc, args.vnc, args.seconds, args.direct)
+    finally:
+        await nc.close()
+
+
 def cmd_bench_console(args: argparse.Namespace) -> None:
+    if args.vnc:
+        if args.seconds <= 0:
+            raise CliError("--seconds must be more than 0")
+        output.emit(msgspec.to_builtins(launcher.run(_bench_vnc(args))), args.format)
+        return
+    if args.direct:
+        raise CliError("--direct goes with --vnc")
     if args.url or args.context:
-        raise CliError("hvmesh bench console runs its own nats-server: no --url or --context")
+        raise CliError(
+            "hvmesh bench console runs its own nats-server: no --url or --context "
+            "(except with --vnc, against a running deployment)"
+        )
     if args.keystrokes < 1 or args.seconds <= 0:
         raise CliError("--keystrokes must be at least 1 and --seconds more than 0")
     quiet = not output.for_people(args.format)
@@ -115,6 +134,15 @@ def add_parsers(sub: Any, leaf: Any) -> None:
     )
     p.add_argument("--keystrokes", type=int, default=2000, help="keystrokes timed one by one")
     p.add_argument("--seconds", type=float, default=10.0, help="seconds of bulk output")
+    p.add_argument(
+        "--vnc",
+        metavar="SERVER",
+        help="measure SERVER's VNC console in the running deployment instead: whole screens "
+        "per second through the proxy",
+    )
+    p.add_argument(
+        "--direct", metavar="HOST:PORT", help="with --vnc: its VNC server, measured straight too"
+    )
     p = leaf(
         bench,
         "chaos",

@@ -32,6 +32,7 @@ from hvmesh.core.protocol import errors, subjects
 from hvmesh.core.protocol.base import encode
 from hvmesh.core.state import action_log, console_tokens
 from hvmesh.core.state.store import Store
+from hvmesh.core.state.tasks import new_request_id
 
 LOG = log.get_logger(__name__)
 
@@ -120,7 +121,7 @@ class ConsoleProxy:
         pipe.credit = opened.window
         session = ProxySession(session_id, token, pipe)
         self.sessions[session_id] = session
-        request_id = f"req-{session_id}"
+        request_id = new_request_id()
         await self._record_start(token, request_id)
         LOG.info(
             "console_proxy.opened",

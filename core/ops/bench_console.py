@@ -8,6 +8,9 @@ them; boots one server and opens its serial console through the proxy's WebSocke
 - throughput: the fake console's `yes` floods the session for a while, and the bytes the
   viewer receives per second are the bridge's bulk rate, the path a VNC framebuffer
   stream takes (flow control included).
+With `--vnc SERVER` it measures instead a running deployment's real VNC console: whole
+raw screens from the server's VNC server, one after another, through the proxy, and with
+`--direct` straight from that VNC server too, for the ratio.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from hvmesh.core.api.service import ApiService
 from hvmesh.core.bus import connection
 from hvmesh.core.bus import micro as bus
 from hvmesh.core.conductor.service import Conductor
-from hvmesh.core.ops import natsserver
+from hvmesh.core.ops import natsserver, rfb
 from hvmesh.core.ops.bench import stop_processes
 from hvmesh.core.protocol import subjects
 from hvmesh.core.state.store import Store
@@ -194,3 +197,47 @@ async def _wait_host(nc: Client) -> None:
             if any(h["name"] == HOST and h["state"] == "up" for h in rows):
                 return
             await asyncio.sleep(0.2)  # noqa: sleep - waits for the agent process to register
+
+
+class VncBench(msgspec.Struct, kw_only=True):
+    width: int
+    height: int
+    bits_per_pixel: int
+    seconds: float
+    proxied_frames_per_s: float
+    proxied_mb_per_s: float
+    direct_frames_per_s: float | None = None
+    direct_mb_per_s: float | None = None
+    proxied_to_direct: float | None = None
+
+
+async def vnc(nc: Client, server: str, seconds: float, direct: str | None) -> VncBench:
+    """Whole-screen updates of a running server's VNC console through the proxy for
+    `seconds`, and with `direct` ("host:port" of its VNC server) straight from it too."""
+    body = {"id": server, "protocol": "vnc"}
+    console = (await _api(nc, "servers.console", body))["console"]
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(console["websocket_url"], protocols=("binary",)) as ws,
+    ):
+        proxied = await rfb.screen_rate(rfb.WebSocketTransport(ws), seconds)
+    result = VncBench(
+        width=proxied.width,
+        height=proxied.height,
+        bits_per_pixel=proxied.bits_per_pixel,
+        seconds=seconds,
+        proxied_frames_per_s=proxied.frames_per_s,
+        proxied_mb_per_s=proxied.mb_per_s,
+    )
+    if direct:
+        host, _, port = direct.rpartition(":")
+        reader, writer = await asyncio.open_connection(host or "127.0.0.1", int(port))
+        try:
+            straight = await rfb.screen_rate(rfb.TcpTransport(reader, writer), seconds)
+        finally:
+            writer.close()
+        result.direct_frames_per_s = straight.frames_per_s
+        result.direct_mb_per_s = straight.mb_per_s
+        if straight.frames_per_s:
+            result.proxied_to_direct = round(proxied.frames_per_s / straight.frames_per_s, 2)
+    return result

@@ -37,6 +37,7 @@ from hvmesh.agents.reconcile import remove_failed_spawn
 from hvmesh.agents.steps import IMAGE_STEPS, STEPS
 from hvmesh.core import log
 from hvmesh.core.bus import micro as bus
+from hvmesh.core.bus.reconnects import signal_of
 from hvmesh.core.bus.worker import PullWorker, Retry, durable_pull
 from hvmesh.core.config import Config, state_dir
 from hvmesh.core.protocol import states, subjects
@@ -53,6 +54,9 @@ HOST_NAME = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 # A work item held by an agent that died is handed out again after this long; a live
 # agent keeps its items in progress meanwhile, however long a step runs.
 WORK_ACK_WAIT = 30.0
+# An idle agent's pull request for work waits this long before it is renewed: the cost of
+# an idle host (one request per window) falls with it, while work still arrives at once.
+WORK_FETCH_WINDOW = 30.0
 
 
 def check_host_name(name: str) -> str:
@@ -151,6 +155,7 @@ class AgentRuntime:
         self._worker = PullWorker(
             f"agent-{self.host}", sub, Work, self._handle, self.cfg.compute.workers,
             retry=retry, on_exhausted=self._give_up, keep=keep,
+            fetch_window=WORK_FETCH_WINDOW, reconnects=signal_of(self.nc),
         )  # fmt: skip
         self._worker.start()
         LOG.info("agent.started", host=self.host, driver=self.driver.name)

@@ -23,6 +23,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from hvmesh.core import log
+from hvmesh.core.bus.reconnects import ReconnectSignal
 from hvmesh.core.tasks import stop_tasks
 
 LOG = log.get_logger(__name__)
@@ -33,6 +34,7 @@ RETRY_DELAY_MAX = 60.0
 MAX_DELIVERIES = 8
 SAFETY_FACTOR = 4  # the consumer's own max_deliver, as a multiple of max_deliveries
 TRACKED = 10_000  # messages whose fault count one worker remembers at most
+FETCH_WINDOW = 2.0  # seconds one pull request waits for work, by default
 
 # on_exhausted(item, msg, "after N deliveries: KeyError: 'x'"): the owner ends the work.
 Exhausted = Callable[[Any, Msg, str], Awaitable[None]]
@@ -131,8 +133,16 @@ class PullWorker(Generic[T]):
         retry: Retry | None = None,
         on_exhausted: Exhausted | None = None,
         keep: Keeper | None = None,
+        fetch_window: float = FETCH_WINDOW,
+        reconnects: ReconnectSignal | None = None,
     ) -> None:
-        """The consumer's max_deliver must be `retry.max_deliver`: its last delivery is known."""
+        """The consumer's max_deliver must be `retry.max_deliver`: its last delivery is known.
+
+        Each fetch is a pull request that waits up to `fetch_window` seconds for work; an
+        idle worker costs one request per window. A reconnect loses a pull request the
+        server held, so with `reconnects` (its connection's signal) a waiting fetch is
+        asked again as soon as the connection reconnected, whatever the window.
+        """
         retry = retry or Retry()
         if retry.max_deliveries < 1:
             raise ValueError(f"max_deliveries must be at least 1, not {retry.max_deliveries}")
@@ -150,6 +160,8 @@ class PullWorker(Generic[T]):
         self._stopping = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
         self._decoder = msgspec.json.Decoder(type_)
+        self.fetch_window = fetch_window
+        self.reconnects = reconnects
 
     def start(self) -> None:
         self._loop = asyncio.create_task(self._fetch_loop(), name=f"{self.name}-fetch")
@@ -169,7 +181,7 @@ class PullWorker(Generic[T]):
             async with self._sem:  # wait for room before asking for more
                 pass
             try:
-                msgs: list[Msg] = await self.sub.fetch(batch=self.batch, timeout=2.0)
+                msgs: list[Msg] = await self._fetch()
             except (NatsTimeout, TimeoutError):
                 continue  # nothing to do within the fetch window
             except asyncio.CancelledError:
@@ -185,6 +197,26 @@ class PullWorker(Generic[T]):
                 task = asyncio.create_task(self._run(msg))
                 self._running.add(task)
                 task.add_done_callback(self._finished)
+
+    async def _fetch(self) -> list[Msg]:
+        """One fetch; TimeoutError when the window passed, or a reconnect lost the request."""
+        fetching = asyncio.ensure_future(
+            self.sub.fetch(batch=self.batch, timeout=self.fetch_window)
+        )
+        if self.reconnects is None:
+            return await fetching
+        reconnected = asyncio.ensure_future(self.reconnects.changed.wait())
+        try:
+            await asyncio.wait({fetching, reconnected}, return_when=asyncio.FIRST_COMPLETED)
+            if fetching.done():
+                return fetching.result()
+            raise TimeoutError  # reconnected: the server may have forgotten the request
+        finally:
+            reconnected.cancel()
+            if not fetching.done():
+                fetching.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await fetching
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)

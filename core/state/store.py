@@ -32,6 +32,7 @@ from nats.js.errors import (
 )
 from nats.js.kv import KeyValue
 
+from hvmesh.core import log
 from hvmesh.core.protocol import errors, subjects
 from hvmesh.core.protocol.base import encode
 from hvmesh.core.protocol.client_tokens import ClientToken
@@ -92,6 +93,11 @@ BUCKET_TTL: dict[str, float] = {
 }
 
 
+LOG = log.get_logger(__name__)
+
+#: The most hosts (each with its durable consumer on HVMESH_WORK) one deployment runs.
+MAX_HOSTS = 100_000
+
 STREAMS = [
     StreamConfig(
         name=subjects.TASKS_STREAM,
@@ -125,6 +131,9 @@ STREAMS = [
         retention=RetentionPolicy.WORK_QUEUE,
         storage=StorageType.FILE,
         duplicate_window=120.0,
+        # One durable consumer per host: nats-server 2.15 caps a stream at 1,000 unless
+        # the stream sets its own limit (-1 no longer means unlimited).
+        max_consumers=MAX_HOSTS,
     ),
     StreamConfig(
         name=subjects.EVENTS_STREAM,
@@ -157,6 +166,20 @@ class Entry(msgspec.Struct, Generic[T]):
     key: str
     value: T
     revision: int
+
+
+async def _raise_consumer_limit(
+    js: JetStreamContext, have: StreamConfig, want: StreamConfig
+) -> None:
+    """A stream made before its consumer limit was set gets it (nats-server allows the change)."""
+    wanted = want.max_consumers
+    if wanted is None or have.max_consumers == wanted:
+        return
+    try:
+        await js.update_stream(have.evolve(max_consumers=wanted))
+        LOG.info("store.stream_updated", stream=have.name, max_consumers=wanted)
+    except Exception as exc:  # a user not allowed to (an agent): its services will
+        LOG.debug("store.stream_not_updated", stream=have.name, error=str(exc))
 
 
 def conflict_pause(attempt: int) -> float:
@@ -400,7 +423,9 @@ class Store:
             await image_data.open_store(self.js)
             for cfg in STREAMS:
                 try:
-                    await self.js.stream_info(cfg.name or "")
+                    info = await self.js.stream_info(cfg.name or "")
                 except NotFoundError:
                     await self.js.add_stream(cfg)
+                    continue
+                await _raise_consumer_limit(self.js, info.config, cfg)
         return self

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import random
 import re
 import uuid
 from collections import defaultdict
@@ -31,6 +32,7 @@ from nats.js.api import DeliverPolicy
 from hvmesh.agents import orphans
 from hvmesh.agents.consoles import ConsoleSessions
 from hvmesh.agents.driver import ComputeDriver, DriverError, NodeInventory
+from hvmesh.agents.host_servers import HostServers
 from hvmesh.agents.image_cache import ImageCache
 from hvmesh.agents.reconcile import reconcile as reconcile_guests
 from hvmesh.agents.reconcile import remove_failed_spawn
@@ -43,7 +45,7 @@ from hvmesh.core.config import Config, state_dir
 from hvmesh.core.protocol import states, subjects
 from hvmesh.core.protocol.base import encode, now
 from hvmesh.core.protocol.messages import AgentEvent, Work
-from hvmesh.core.protocol.records import Heartbeat, Host, Inventory, Server
+from hvmesh.core.protocol.records import Heartbeat, Host, Inventory
 from hvmesh.core.state import dead_letters
 from hvmesh.core.state.store import CasConflict, Store
 from hvmesh.core.tasks import stop_tasks
@@ -110,6 +112,7 @@ class AgentRuntime:
         self._subs: list[Any] = []
         self.images: ImageCache | None = None
         self.consoles = ConsoleSessions(self)
+        self.host_servers: HostServers | None = None
 
     def image_cache_dir(self) -> Path:
         """One directory per host under [compute] image_cache_dir (or the state dir)."""
@@ -118,6 +121,7 @@ class AgentRuntime:
 
     async def start(self) -> None:
         self.store = await Store(self.js).open()
+        self.host_servers = HostServers(self.nc, self.store, self.host)
         self.images = ImageCache(
             self.js,
             self.store,
@@ -228,6 +232,8 @@ class AgentRuntime:
     # --- work ---------------------------------------------------------------------------------
 
     async def _handle(self, work: Work, msg: Msg) -> None:
+        if self.host_servers is not None:
+            self.host_servers.seen(work.server_id)
         keepalive = asyncio.create_task(self._keep_in_progress(msg))
         try:
             async with self.hold(work.server_id):
@@ -366,29 +372,27 @@ class AgentRuntime:
         Each report carries when the agent started looking (`at`), before it read anything:
         the conductor ignores one older than the server record's last change.
         """
-        assert self.store is not None
+        assert self.host_servers is not None
         seen = now()
         running = set(await self.driver.list_instances())
-        mine = [s async for s in self._servers_here()]
+        mine = await self.host_servers.placed_here(running)
         for s in mine:
             power = await self.power_state(s.id) if s.id in running else states.NOSTATE
             await self.publish_event(
                 AgentEvent(kind="power", server_id=s.id, host=self.host, power_state=power, at=seen)
             )
 
-    async def _servers_here(self) -> AsyncIterator[Server]:
-        assert self.store is not None
-        async for entry in self.store.servers.entries():
-            if entry.value.host == self.host:
-                yield entry.value
-
     async def _power_sync_loop(self) -> None:
+        # The first report comes at a random point of the interval, so the hosts of a
+        # fleet (or of one process) spread theirs over it instead of all at once.
+        interval = self.cfg.compute.sync_power_state_interval
+        await asyncio.sleep(random.uniform(0, interval))
         while True:
-            await asyncio.sleep(self.cfg.compute.sync_power_state_interval)
             try:
                 await self.report_power_states()
             except Exception:
                 LOG.exception("agent.power_sync_failed", host=self.host)
+            await asyncio.sleep(interval)
 
     async def reconcile(self) -> None:
         """Remove instances this hypervisor runs that no server places here (agents/reconcile.py)."""

@@ -166,3 +166,33 @@ def test_synced_leaves_alone() -> None:
     stopped = record(vm_state=S.STOPPED, power_state=S.SHUTDOWN)
     new = synced(stopped, "h1", S.RUNNING, now())
     assert new is not None and new.vm_state == S.STOPPED and new.power_state == S.RUNNING
+
+
+async def test_a_host_syncs_by_reading_its_own_servers_only(
+    deployment: Deployment, admin: ApiClient
+) -> None:
+    """After the first report (which starts from one scan shared by the process's hosts),
+    a host reads the records of its own servers, not the servers bucket."""
+    agent = await one_host(deployment, admin)
+    await deployment.start_agent("h2")
+    for i in range(6):
+        await boot(deployment, admin, f"vm{i}")
+    await agent.report_power_states()
+    store = agent.store
+    mine = {s.id for s in await store.servers.values() if s.host == "h1"}
+    assert mine and len(mine) < 6  # both hosts have some
+
+    reads: list[str] = []
+    real_get = store.servers.get
+
+    async def get(key: str) -> Any:
+        reads.append(key)
+        return await real_get(key)
+
+    def no_scan(*_: Any, **__: Any) -> Any:
+        raise AssertionError("the power-state sync read the whole servers bucket")
+
+    store.servers.get = get  # type: ignore[method-assign]
+    store.servers.entries = no_scan  # type: ignore[method-assign]
+    await agent.report_power_states()
+    assert set(reads) == mine

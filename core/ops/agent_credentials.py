@@ -127,7 +127,7 @@ def _shared_publish() -> list[str]:
         *(f"{JS_API}.STREAM.MSG.GET.{stream}" for stream in reads),
         *(f"{JS_API}.DIRECT.GET.{stream}.>" for stream in reads[1:]),
         # Ephemeral ordered consumers (the server refuses a durable on this subject): every
-        # server record in one read (the power-state sync picks its host's), image bytes.
+        # server record in one read (the power-state sync's first scan), image bytes.
         f"{JS_API}.CONSUMER.CREATE.{reads[1]}",
         f"{JS_API}.CONSUMER.CREATE.{OBJ_STREAM}",
         # Image bytes: downloaded to the image cache; snapshots uploaded, sealed, discarded.

@@ -11,6 +11,7 @@ emulation; a command is typed at its shell through `hvmesh console`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,6 +64,20 @@ async def console_until(admin: ApiClient, server_id: str, text: str, count: int 
             if out.count(text) >= count:
                 return out
             await asyncio.sleep(1.0)  # noqa: sleep - polls the guest's console, which has no event
+
+
+async def _prompt(term: Terminal, at: int, tries: int = 4) -> int:
+    """Enter until the guest's shell answers with its prompt; the offset past it.
+
+    The guest runs under emulation on a busy machine: its shell may still be starting
+    when the first Enter arrives, so Enter is pressed again if no prompt follows.
+    """
+    for _ in range(tries - 1):
+        term.type(b"\r")
+        with contextlib.suppress(AssertionError):
+            return await term.expect(b"guest# ", start=at, timeout=20)
+    term.type(b"\r")
+    return await term.expect(b"guest# ", start=at, timeout=20)
 
 
 async def test_real_guest_boots_and_follows_the_api(deployment: Deployment, host_dir: Path) -> None:
@@ -140,11 +155,11 @@ async def _boot_and_drive(dep: Deployment, agent: AgentRuntime, cfg) -> None:  #
 
     # Its live serial console through `hvmesh console`, the proxy, NATS and the agent: a
     # command typed at the guest's shell runs there (the typed line echoes "$((6*7))").
+    await console_until(admin, server_id, "guest# ")  # the shell is up (the console log)
     term = Terminal(dep, "guest")
     try:
         at = await term.expect(b"escape character is ^]")
-        term.type(b"\r")
-        at = await term.expect(b"guest# ", start=at, timeout=60)
+        at = await _prompt(term, at)
         term.type(b"echo HV-$((6*7))\r")
         await term.expect(b"HV-42", start=at, timeout=60)
         term.type(b"\x1d")

@@ -120,7 +120,7 @@ class AgentRuntime:
         return Path(base).expanduser() / self.host
 
     async def start(self) -> None:
-        self.store = await Store(self.js).open()
+        self.store = await Store(self.js, replicas=self.cfg.nats.replicas).open()
         self.host_servers = HostServers(self.nc, self.store, self.host)
         self.images = ImageCache(
             self.js,

@@ -110,6 +110,15 @@ class NatsSection(Struct, kw_only=True, forbid_unknown_fields=True):
     request_timeout: Annotated[
         float, Meta(description="Seconds to wait for a reply to a request between services.")
     ] = 5.0
+    replicas: Annotated[
+        int,
+        Meta(
+            ge=1,
+            le=5,
+            description="Copies JetStream keeps of every stream and bucket hvmesh makes: 1 on "
+            "one nats-server, 3 on a core cluster (the conductor scales existing ones).",
+        ),
+    ] = 1
 
 
 class PluginsSection(Struct, kw_only=True, forbid_unknown_fields=True):

@@ -56,7 +56,7 @@ class SchedulerService:
         self.service.endpoint("select", subjects.SCHED_SELECT, self.select, RequestSpec)
 
     async def start(self) -> None:
-        self.store = await Store(self.nc.jetstream()).open()
+        self.store = await Store(self.nc.jetstream(), replicas=self.cfg.nats.replicas).open()
         await self.index.start(self.store)
         await self.service.start()
         LOG.info("scheduler.started", driver=self.cfg.scheduler.driver)

@@ -11,6 +11,7 @@ must prove that the tests against real peers ran. Outside CI they skip with the 
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,11 @@ from tests.vcsim_peer import vcsim, vcsim_factory  # noqa: F401  (fixtures for e
 from tests.winrm.peer import hyperv_sim, hyperv_sim_factory  # noqa: F401  (fixtures)
 
 IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+# NATS CLI contexts (which hvmesh's CLI prefers to its config file) live in a directory of
+# the run's own: the machine's ~/.config/nats, where `hvmesh up` writes hvmesh-admin, must
+# neither steer the CLI the tests run nor be written by them.
+os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="hvmesh-tests-xdg-")
 
 
 def _skip_reason(longrepr: Any) -> str:

@@ -15,8 +15,8 @@ from hvmesh.core.config import Config
 from hvmesh.core.ops import audit
 from hvmesh.core.protocol import states
 from hvmesh.core.protocol.base import now
-from hvmesh.core.protocol.records import Heartbeat, Host, Network, Port, Server
-from hvmesh.core.state import ipam, ports
+from hvmesh.core.protocol.records import Heartbeat, Host, Migration, Network, Port, Server
+from hvmesh.core.state import ipam, placement, ports
 from hvmesh.core.state.store import Store
 from tests.support import ApiClient, Deployment, make_flavor_image, settled, wait_server
 from tests.test_cli import Cli, hvmesh
@@ -284,6 +284,23 @@ async def test_stuck_servers_found_and_ended(deployment: Deployment, admin: ApiC
 
     await store.servers.mutate(building, stall("building", "spawning"))
     await store.servers.mutate(rebooting, stall("active", "rebooting"))
+    # A resize accepted whose task never ran far: the source's allocation already held
+    # by the move, no destination yet.
+    resizing = await boot(cloud, admin, "resizing")
+    before = (await store.servers.get(resizing)).value
+    assert before.host is not None
+    move = Migration(
+        id="mig-stuck",
+        kind="resize",
+        source_host=before.host,
+        old_flavor=before.flavor,
+        new_flavor=msgspec.structs.replace(before.flavor, ram_mb=1024),
+    )
+    await store.servers.mutate(
+        resizing,
+        lambda s: msgspec.structs.replace(stall("active", "resize_prep")(s), migration=move),
+    )
+    await placement.move(store, before.host, resizing, move.id)
     fresh = await boot(cloud, admin, "fresh")  # moving, but not for long: left alone
     await store.servers.mutate(
         fresh, lambda s: msgspec.structs.replace(s, task_state="rebooting", updated_at=now())
@@ -294,9 +311,10 @@ async def test_stuck_servers_found_and_ended(deployment: Deployment, admin: ApiC
     assert {(f["kind"], f["server_id"]) for f in found} == {
         ("stuck", building),
         ("stuck", rebooting),
+        ("stuck", resizing),
     }
     out = await cli.ok("manage", "audit", "--heal")
-    assert "healed 2 of 2 finding(s)" in out
+    assert "healed 3 of 3 finding(s)" in out
     b = (await store.servers.get(building)).value
     assert (b.vm_state, b.task_state) == ("error", None)
     assert b.fault is not None and b.fault.message.startswith("stuck in spawning since ")
@@ -304,6 +322,15 @@ async def test_stuck_servers_found_and_ended(deployment: Deployment, admin: ApiC
     r = (await store.servers.get(rebooting)).value
     assert (r.vm_state, r.task_state, r.request_id) == ("active", None, None)
     assert r.fault is not None and "stuck in rebooting" in r.fault.message
+    # The move that never left its source is no move: the server rests where it was,
+    # holding its allocation again, with its flavor; the move's record is ended.
+    z = (await store.servers.get(resizing)).value
+    assert (z.vm_state, z.task_state, z.migration, z.host) == ("active", None, None, before.host)
+    assert z.flavor == before.flavor
+    allocations = (await store.hosts.get(before.host)).value.allocations
+    assert resizing in allocations and move.id not in allocations
+    record = await store.migrations.get(move.id)
+    assert record is not None and record.value.status != "pre-migrating"
     await store.servers.mutate(fresh, lambda s: msgspec.structs.replace(s, task_state=None))
     assert await audit.audit(store) == []
 

@@ -236,7 +236,7 @@ class ApiService:
         return self.store
 
     async def start(self) -> None:
-        self.store = await Store(self.js).open()
+        self.store = await Store(self.js, replicas=self.cfg.nats.replicas).open()
         await self.index.start(self.store)
         await self.compute.servers_index.start(self.store.servers)
         await self.lists.start(self.store)

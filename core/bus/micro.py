@@ -27,6 +27,7 @@ from nats.aio.subscription import Subscription
 from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
+from nats.js.errors import NoStreamResponseError
 from nats.js.errors import ServiceUnavailableError as JetStreamUnavailable
 from nats.nuid import NUID
 
@@ -174,6 +175,8 @@ BUS_UNAVAILABLE: tuple[type[Exception], ...] = (
     NatsTimeout,
     NoRespondersError,
     JetStreamUnavailable,
+    # A publish no stream answered: on a cluster, while a new leader is elected.
+    NoStreamResponseError,
     nats_errors.ConnectionClosedError,
     nats_errors.NoServersError,
 )

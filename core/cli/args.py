@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hvmesh.core.cli import output
+from hvmesh.core.cli.errors import CliError
 
 
 def add_output_options(group: Any, default: Callable[[Any], Any]) -> None:
@@ -53,3 +54,24 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
         target = getattr(args, "command_parser", None) or parser
         target.error(f"unrecognized arguments: {' '.join(extra)}")
     return args
+
+
+def add_cluster_option(parser: Any, what: str) -> None:
+    """`--cluster [NODES]`: NATS as a cluster of 3 (the default) or 5 nodes; `what` says
+    what else the option does."""
+    parser.add_argument(
+        "--cluster",
+        type=int,
+        nargs="?",
+        const=3,
+        default=0,
+        metavar="NODES",
+        help=f"run NATS as a cluster of 3 (or 5) nodes, every stream and bucket kept on "
+        f"each; {what}",
+    )
+
+
+def check_cluster(nodes: int) -> None:
+    """A CliError unless `nodes` is 0 (no cluster), 3 or 5."""
+    if nodes and nodes not in (3, 5):
+        raise CliError(f"--cluster must be 3 or 5 nodes, not {nodes}")

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from hvmesh.core.cli import lazy, output
+from hvmesh.core.cli.args import add_cluster_option, check_cluster
 from hvmesh.core.cli.connect import connect_cli
 from hvmesh.core.cli.errors import CliError
 
@@ -62,6 +63,7 @@ def cmd_bench_chaos(args: argparse.Namespace) -> None:
         raise CliError("--settle-limit must be more than 0")
     if not 0 <= args.fail_rate < 1:
         raise CliError("--fail-rate must be from 0 to less than 1")
+    check_cluster(args.cluster)
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
     report = launcher.run(
         ops_chaos.run(
@@ -73,6 +75,7 @@ def cmd_bench_chaos(args: argparse.Namespace) -> None:
             settle_limit=args.settle_limit,
             workdir=Path(args.workdir).expanduser() if args.workdir else None,
             quiet=not output.for_people(args.format),
+            cluster=args.cluster,
         )
     )
     output.emit(msgspec.to_builtins(report), args.format)
@@ -168,3 +171,4 @@ def add_parsers(sub: Any, leaf: Any) -> None:
         help="keep the store and the processes' logs here (default: a temporary "
         "directory, kept only when a check fails)",
     )
+    add_cluster_option(p, "the nats-server killed is one node")

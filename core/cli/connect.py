@@ -64,3 +64,41 @@ async def api(args: argparse.Namespace, subject: str, body: dict[str, Any]) -> A
 
 def call(args: argparse.Namespace, resource: str, verb: str, body: dict[str, Any]) -> Any:
     return launcher.run(api(args, subjects.api(resource, verb), body))
+
+
+#: Tries of a request that is safe to repeat, while the bus does not answer (a NATS node
+#: lost, leaders moving): the pause that follows is seconds, the tries span more than that.
+REPEATS = 4
+REPEAT_PAUSE = 1.0
+
+
+async def api_repeatable(
+    args: argparse.Namespace, subject: str, body: dict[str, Any], version: str
+) -> Any:
+    """A request whose body makes repeating it harmless (a create's client_token): asked
+    again, on a new connection, when no answer came, up to REPEATS times."""
+    from hvmesh.core.bus.microversion import HEADER
+    from hvmesh.core.protocol import errors
+
+    for attempt in range(REPEATS):
+        try:
+            nc = await connect_cli(args)
+        except CliError:
+            if attempt == REPEATS - 1:
+                raise
+        else:
+            try:
+                return await bus.call(nc, subject, body, args.timeout, {HEADER: version})
+            except errors.ServiceUnavailable:
+                if attempt == REPEATS - 1:
+                    raise
+            finally:
+                await nc.close()
+        await asyncio.sleep(REPEAT_PAUSE * (attempt + 1))  # backing off before the next try
+    raise AssertionError("unreachable")
+
+
+def call_repeatable(
+    args: argparse.Namespace, resource: str, verb: str, body: dict[str, Any], version: str
+) -> Any:
+    return launcher.run(api_repeatable(args, subjects.api(resource, verb), body, version))

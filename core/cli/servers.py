@@ -6,16 +6,19 @@ import argparse
 import base64
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hvmesh.core.cli import lazy, output, pages
-from hvmesh.core.cli.connect import call, connect_cli
+from hvmesh.core.cli.connect import call, call_repeatable, connect_cli
 from hvmesh.core.cli.errors import CliError
 from hvmesh.core.cli.resources import delete_all, parse_properties
 from hvmesh.core.protocol import errors, subjects
 from hvmesh.core.protocol.states import POWER_STATE_NAMES
+
+CLIENT_TOKEN_VERSION = "1.1"  # the API version that takes a create's client_token
 
 # Imported when first used: parsing the command line (and --help) needs none of them.
 if TYPE_CHECKING:
@@ -224,7 +227,11 @@ def cmd_server_create(args: argparse.Namespace) -> None:
         body["min_count"] = args.min
     if args.max is not None:
         body["max_count"] = args.max
-    reply = call(args, "servers", "create", body)
+    # A token of its own makes the create safe to ask again when no answer came (the API
+    # answers a repeat with the first one's servers): asked again at once, and by a
+    # script running the same command with the same --client-token.
+    body["client_token"] = args.client_token or str(uuid.uuid4())
+    reply = call_repeatable(args, "servers", "create", body, CLIENT_TOKEN_VERSION)
     if "servers" in reply:
         create_many(args, reply["servers"])
         return
@@ -399,6 +406,13 @@ def add_parsers(sv: Any, leaf: Any) -> None:
     p.add_argument("--config-drive", action="store_true", help="also give a config drive")
     p.add_argument("--min", type=int, metavar="N", help="multi-create: at least N servers")
     p.add_argument("--max", type=int, metavar="N", help="multi-create: at most N servers")
+    p.add_argument(
+        "--client-token",
+        metavar="TOKEN",
+        help="make the create idempotent: the same TOKEN again (from a retry of this "
+        "command) gets the first create's server instead of a second one "
+        "(default: a new token, so only this command's own retries are merged)",
+    )
     p.add_argument("--wait", action="store_true", help="show progress until ACTIVE or ERROR")
     p.add_argument("--wait-timeout", type=float, default=300.0)
 

@@ -13,6 +13,7 @@ import msgspec
 
 from hvmesh.core import config, log
 from hvmesh.core.cli import lazy
+from hvmesh.core.cli.args import add_cluster_option, check_cluster
 from hvmesh.core.cli.connect import nats_settings
 from hvmesh.core.cli.errors import CliError
 
@@ -163,6 +164,7 @@ def cmd_up(args: argparse.Namespace) -> None:
         )
     if args.fake_hosts < 0:
         raise CliError("--fake-hosts must be 0 or more")
+    check_cluster(args.cluster)
     if args.monitor_port is not None and not 0 <= args.monitor_port < 65536:
         raise CliError("--monitor-port must be a TCP port (1-65535, or 0 for any free one)")
     data_dir = Path(args.data_dir).expanduser()
@@ -185,6 +187,7 @@ def cmd_up(args: argparse.Namespace) -> None:
                 metadata_listen=args.metadata_listen,
                 monitor_port=args.monitor_port,
                 tls_files=tls_files,
+                cluster=args.cluster,
             )
         ),
     )
@@ -225,6 +228,7 @@ def add_parsers(sub: Any, leaf: Any) -> None:
     p.add_argument("--tls-cert", default="", help="your own server certificate (PEM), for TLS")
     p.add_argument("--tls-key", default="", help="its key (PEM)")
     p.add_argument("--tls-ca", default="", help="the CA (PEM) clients check the server against")
+    add_cluster_option(p, "the core survives losing a node (docs/sites.md)")
 
     services = [
         leaf(sub, "api", cmd_api, "run the API service"),

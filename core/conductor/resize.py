@@ -265,3 +265,14 @@ class _Resize(MoveSteps):
             )
 
         await self.lc.finish(srv, ev.action, reverted)
+
+
+async def after_stuck(lc: Lifecycle, seen: Server) -> None:
+    """A server left RESIZED by a task the conductor ended as stuck (a confirm or revert
+    whose task never ran: its timer found it busy and passed) gets its auto-confirm again,
+    so it does not wait for a confirm forever."""
+    window = lc.cfg.conductor.resize_confirm_window
+    if seen.vm_state != S.RESIZED or seen.migration is None or not seen.request_id:
+        return
+    if window > 0:
+        await lc.timer(seen, AUTO_CONFIRM, window, migration=seen.migration.id)

@@ -60,7 +60,9 @@ class Conductor:
         for module in ACTION_MODULES:
             module.register(self.lifecycle)
         self.host_monitor = HostMonitor(self, self.lifecycle)
-        self.stuck_watch = StuckWatch(self)
+        self.stuck_watch = StuckWatch(
+            self, after_end=lambda seen: resize.after_stuck(self.lifecycle, seen)
+        )
 
     @property
     def st(self) -> Store:
@@ -68,7 +70,8 @@ class Conductor:
         return self.store
 
     async def start(self) -> None:
-        self.store = await Store(self.js).open()
+        self.store = await Store(self.js, replicas=self.cfg.nats.replicas).open()
+        await self.store.scale()  # streams made before [nats] replicas changed
         ack_wait = self.cfg.conductor.task_ack_wait
         n = self.cfg.conductor.workers
         # A build waiting for a scheduler is nak'd on purpose: room for those deliveries too.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from hvmesh.core import log
@@ -27,8 +28,13 @@ LOG = log.get_logger(__name__)
 
 
 class StuckWatch:
-    def __init__(self, ctx: ConductorContext) -> None:
+    def __init__(
+        self,
+        ctx: ConductorContext,
+        after_end: Callable[[Server], Awaitable[None]] | None = None,
+    ) -> None:
         self.ctx = ctx
+        self.after_end = after_end  # what follows an ended task (re-arming a timer), if any
         self.busy: dict[str, Server] = {}  # servers with a task_state, by id
         self._tasks: list[asyncio.Task[None]] = []
         self._watchers: list[Any] = []
@@ -80,4 +86,6 @@ class StuckWatch:
                     task_state=seen.task_state,
                     since=stuck_servers.since(seen.updated_at),
                 )
+                if self.after_end is not None:
+                    await self.after_end(seen)
         return ended

@@ -74,7 +74,7 @@ class ConsoleProxy:
         return app
 
     async def start(self) -> None:
-        self.store = await Store(self.nc.jetstream()).open()
+        self.store = await Store(self.nc.jetstream(), replicas=self.cfg.nats.replicas).open()
         self.runner = web.AppRunner(self.make_app(), access_log=None)
         await self.runner.setup()
         c = self.cfg.console

@@ -160,7 +160,7 @@ class MetadataService:
 
     async def start(self) -> None:
         self.vendor_data = load_vendor_data(self.cfg.metadata.vendor_data)
-        self.store = await Store(self.nc.jetstream()).open()
+        self.store = await Store(self.nc.jetstream(), replicas=self.cfg.nats.replicas).open()
         self._watch_task = asyncio.create_task(self._watch_ports())
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(10.0):

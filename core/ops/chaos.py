@@ -50,6 +50,9 @@ class ChaosReport(msgspec.Struct, kw_only=True):
     seed: int
     hosts: int
     duration_s: float
+    cluster: int = 0  # nodes of the core's NATS cluster; 0: one nats-server
+    longest_pause_s: float = 0.0  # the longest the API answered nothing during the load
+    catch_up_s: float = 0.0  # until every stream's copies were current again (a cluster)
     load_s: float = 0.0
     settle_s: float = 0.0
     drain_s: float = 0.0
@@ -156,17 +159,22 @@ async def run(
     settle_limit: float = 150.0,
     workdir: Path | None = None,
     quiet: bool = False,
+    cluster: int = 0,
 ) -> ChaosReport:
     """The whole run; keeps its directory (logs, store) when a check failed, or when
-    `workdir` is given."""
+    `workdir` is given. With `cluster`, NATS is a cluster of that many nodes, every stream
+    replicated on each, and the nats-server killed is one node; the run also waits for
+    every stream's copies to be current again."""
     print(f"chaos seed {seed}", file=sys.stderr, flush=True)
     began = time.monotonic()
     keep = workdir is not None
     workdir = workdir or Path(tempfile.mkdtemp(prefix="hvmesh-chaos-"))
     rng = random.Random(seed)
-    report = ChaosReport(seed=seed, hosts=hosts, duration_s=duration, logs=str(workdir))
+    report = ChaosReport(
+        seed=seed, hosts=hosts, duration_s=duration, logs=str(workdir), cluster=cluster
+    )
     status = Status(quiet)
-    dep = ChaosDeployment(workdir, hosts, fail_rate=fail_rate)
+    dep = ChaosDeployment(workdir, hosts, fail_rate=fail_rate, cluster=cluster)
     checks = chaos_checks.Checks(workdir / "logs")
     try:
         status("starting nats-server and the services")
@@ -174,7 +182,7 @@ async def run(
         admin = await dep.connect("admin")
         service = await dep.connect("service")
         try:
-            store = await Store(service.jetstream()).open()
+            store = await Store(service.jetstream(), replicas=cluster or 1).open()
             await dep.wait_ready(admin, store)
             await chaos_load.prepare(admin)
             plan = schedule(rng, duration, dep.roles())
@@ -191,11 +199,11 @@ async def run(
                 stop.set()
                 await killer
             report.load_s = round(time.monotonic() - t0, 1)
+            report.longest_pause_s = load.longest_pause()
             fill(report, load, ledger)
             for text in ledger.failures:  # a 500 is an unhandled error, whatever the chaos
                 checks.add("load" if text.startswith("load:") else "api-failure", text)
-            if not dep.nats_running():  # the schedule's pause outlasted the load
-                await dep.restart("nats", 0)
+            await dep.restore_nats()  # in case the schedule's pause outlasted the load
 
             def settling(busy: int) -> None:
                 for gone in dep.check_exits():
@@ -203,6 +211,11 @@ async def run(
                 status(f"settling: {busy} servers busy")
 
             report.settle_s = await chaos_checks.settle(store, settle_limit, settling)
+            if cluster:
+                status("waiting for every stream's copies to catch up")
+                report.catch_up_s = await chaos_checks.caught_up(
+                    service.jetstream(), cluster, settle_limit, checks
+                )
             report.outcomes, report.faults = await chaos_checks.check_servers(store, ledger, checks)
             await chaos_checks.check_state(store, checks)
             assert dep.cfg is not None

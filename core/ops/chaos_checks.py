@@ -206,3 +206,41 @@ async def drain(
     for p in await store.ports.values():
         checks.add("drain", f"port {p.id} ({p.ip}) left, bound to {p.server_id}")
     return round(loop.time() - started, 1)
+
+
+def replicas_behind(infos: list[Any], copies: int) -> list[str]:
+    """Streams that do not have `copies` current copies: no leader, a peer offline or
+    behind, or fewer replicas than asked for."""
+    behind: list[str] = []
+    for info in infos:
+        name = info.config.name
+        cluster = info.cluster
+        peers = (cluster.replicas or []) if cluster is not None else []
+        if info.config.num_replicas != copies:
+            behind.append(f"{name}: {info.config.num_replicas} replicas, not {copies}")
+        elif cluster is None or not cluster.leader:
+            behind.append(f"{name}: no leader")
+        elif len(peers) != copies - 1:
+            behind.append(f"{name}: {len(peers) + 1} of {copies} copies")
+        else:
+            late = [p.name for p in peers if not p.current or p.offline or p.lag]
+            if late:
+                behind.append(f"{name}: {', '.join(late)} behind")
+    return behind
+
+
+async def caught_up(js: Any, copies: int, limit: float, checks: Checks) -> float:
+    """Wait until every stream has `copies` current copies (a killed node rejoined and
+    caught up); a finding for each that has not within `limit` seconds. Returns the wait."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while True:
+        behind = replicas_behind(await js.streams_info(), copies)
+        if not behind:
+            return round(loop.time() - started, 1)
+        if loop.time() - started > limit:
+            for line in behind:
+                checks.add("replica", line)
+            return round(loop.time() - started, 1)
+        # Catching up raises no event a client can wait on: polled, within the limit.
+        await asyncio.sleep(0.5)

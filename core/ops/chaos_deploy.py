@@ -19,7 +19,7 @@ import msgspec
 import nats
 
 from hvmesh.core import config
-from hvmesh.core.ops import natsserver
+from hvmesh.core.ops import natscluster, natsserver
 from hvmesh.core.protocol import subjects
 from hvmesh.core.protocol.base import now
 from hvmesh.core.state.store import Store
@@ -28,7 +28,9 @@ HOSTS_PER_AGENT = 4  # simulated hosts per agent process: an agent kill takes se
 SERVICE_DOWN_TIME = 6.0
 
 
-def chaos_settings(workdir: Path, url: str, password: str, fail_rate: float) -> config.Config:
+def chaos_settings(
+    workdir: Path, url: str, password: str, fail_rate: float, replicas: int = 1
+) -> config.Config:
     """Short timeouts everywhere, so every fault the run causes ends within its bounds."""
     raw: dict[str, dict[str, Any]] = {
         "DEFAULT": {
@@ -37,7 +39,13 @@ def chaos_settings(workdir: Path, url: str, password: str, fail_rate: float) -> 
             "service_down_time": SERVICE_DOWN_TIME,
             "start_timeout": 120.0,
         },
-        "nats": {"url": url, "user": "hvmesh", "password": password, "request_timeout": 5.0},
+        "nats": {
+            "url": url,
+            "user": "hvmesh",
+            "password": password,
+            "request_timeout": 5.0,
+            "replicas": replicas,
+        },
         "conductor": {
             "task_ack_wait": 5.0,
             "action_timeout": 20.0,
@@ -98,15 +106,17 @@ class Exit:
 
 @dataclass
 class ChaosDeployment:
-    """nats-server (JetStream, its store under `workdir`), the API, conductors, schedulers
-    and agent processes running `hosts` simulated hosts in all."""
+    """nats-server (JetStream, its store under `workdir`), or with `cluster` a core cluster of
+    that many nodes, the API, conductors, schedulers and agent processes running `hosts`
+    simulated hosts in all."""
 
     workdir: Path
     hosts: int
     fail_rate: float = 0.05
     conductors: int = 2
     schedulers: int = 2
-    server: natsserver.NatsServer | None = None
+    cluster: int = 0
+    server: natsserver.NatsServer | natscluster.NatsCluster | None = None
     cfg: config.Config | None = None
     procs: list[Proc] = field(default_factory=list)
     exits: list[Exit] = field(default_factory=list)
@@ -131,8 +141,8 @@ class ChaosDeployment:
         return names
 
     def roles(self) -> dict[str, int]:
-        """How many processes each role has (nats-server: one)."""
-        counts: dict[str, int] = {"nats": 1}
+        """How many processes each role has (nats-server: one, or each node of a cluster)."""
+        counts: dict[str, int] = {"nats": self.cluster or 1}
         for p in self.procs:
             counts[p.role] = counts.get(p.role, 0) + 1
         return counts
@@ -143,7 +153,11 @@ class ChaosDeployment:
         await self.start_nats()
         assert self.server is not None
         self.cfg = chaos_settings(
-            self.workdir, self.server.address, self.server.passwords["service"], self.fail_rate
+            self.workdir,
+            self.server.address,
+            self.server.passwords["service"],
+            self.fail_rate,
+            replicas=self.cluster or 1,
         )
         config.write(self.cfg, self.workdir / "chaos.ini")
         agents = max(1, math.ceil(self.hosts / HOSTS_PER_AGENT))
@@ -163,6 +177,9 @@ class ChaosDeployment:
             self.launch(proc)
 
     async def start_nats(self) -> None:
+        if self.cluster:
+            self.server = await natscluster.start(self.nats_dir, nodes=self.cluster)
+            return
         self.server = await natsserver.start(
             self.nats_dir, port=self.nats_port, leaf_port=self.leaf_port, name="chaos"
         )
@@ -192,10 +209,13 @@ class ChaosDeployment:
         raise ValueError(f"no {role} process {index}")
 
     def kill(self, role: str, index: int) -> None:
-        """SIGKILL one service process (or nats-server, role "nats")."""
+        """SIGKILL one service process (or nats-server, role "nats": a cluster's node `index`)."""
         if role == "nats":
-            assert self.server is not None
-            self.server.kill()
+            if isinstance(self.server, natscluster.NatsCluster):
+                self.server.kill(index)
+            else:
+                assert self.server is not None
+                self.server.kill()
             return
         proc = self.find(role, index)
         proc.down = True
@@ -204,7 +224,9 @@ class ChaosDeployment:
             proc.process.wait()
 
     async def restart(self, role: str, index: int) -> None:
-        if role == "nats":
+        if role == "nats" and isinstance(self.server, natscluster.NatsCluster):
+            await self.server.restart(index)
+        elif role == "nats":
             await self.start_nats()
         else:
             self.launch(self.find(role, index))
@@ -221,7 +243,19 @@ class ChaosDeployment:
         return found
 
     def nats_running(self) -> bool:
+        """Whether nats-server runs (every node of a cluster)."""
+        if isinstance(self.server, natscluster.NatsCluster):
+            return len(self.server.running()) == len(self.server.nodes)
         return self.server is not None and self.server.process.poll() is None
+
+    async def restore_nats(self) -> None:
+        """Start again whatever of nats-server is down (each node of a cluster that is)."""
+        if isinstance(self.server, natscluster.NatsCluster):
+            for node in self.server.nodes:
+                if not node.running():
+                    await self.server.restart(node.index)
+        elif not self.nats_running():
+            await self.start_nats()
 
     def process_starts(self) -> int:
         """Starts beyond the first of each process, nats-server's not counted."""
@@ -243,10 +277,13 @@ class ChaosDeployment:
             self.server.stop()
 
     async def connect(self, user: str) -> Any:
-        """A client connection that rides out nats-server restarts."""
+        """A client connection that rides out nats-server restarts (and moves to another node
+        of a cluster when its own goes)."""
         assert self.server is not None
         return await nats.connect(
-            self.server.url_for(user),
+            servers=self.server.address.split(","),
+            user="hvmesh" if user == "service" else user,
+            password=self.server.passwords[user],
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
             error_cb=_quiet,

@@ -4,6 +4,7 @@ recording every request the API acknowledged and what it answered."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 from collections import Counter
 from typing import Any
@@ -100,9 +101,13 @@ class Load:
         self.live_target = live_target
         self.sent = 0
         self._names = 0
+        self.started = 0.0
+        self.ended = 0.0
+        self.answered: list[float] = []  # when each answer came (any answer, 4xx and 5xx too)
 
     async def run(self, seconds: float) -> None:
         loop = asyncio.get_running_loop()
+        self.started = loop.time()
         end = loop.time() + seconds
         slots = asyncio.Semaphore(self.concurrency)
         running: set[asyncio.Task[None]] = set()
@@ -117,6 +122,12 @@ class Load:
             await asyncio.sleep(max(0.0, next_at - loop.time()))
         if running:
             await asyncio.gather(*running)
+        self.ended = loop.time()
+
+    def longest_pause(self) -> float:
+        """The longest time in the load (seconds) during which the API answered nothing."""
+        times = [self.started, *sorted(self.answered), self.ended]
+        return round(max(b - a for a, b in itertools.pairwise(times)), 1)
 
     async def _one(self, slots: asyncio.Semaphore) -> None:
         try:
@@ -186,6 +197,7 @@ class Load:
         except errors.ServiceUnavailable:
             self.ledger.count(kind, "unanswered")
         except errors.HvmeshError as exc:
+            self.answered.append(asyncio.get_running_loop().time())
             if exc.code < 500:
                 self.ledger.count(kind, "refused")
             else:
@@ -195,6 +207,7 @@ class Load:
         except Exception:  # the connection went away with nats-server: no answer
             self.ledger.count(kind, "unanswered")
         else:
+            self.answered.append(asyncio.get_running_loop().time())
             self.ledger.count(kind, "acknowledged")
             return reply
         return None

@@ -28,7 +28,8 @@ import nats
 from hvmesh.core.ops import agent_credentials
 from hvmesh.core.ops import tls as nats_tls
 
-USERS = ("service", "admin", "demo", "viewer", "alt", "sys")
+# "route": what the nodes of a cluster (natscluster) authenticate their routes with.
+USERS = ("service", "admin", "demo", "viewer", "alt", "sys", "route")
 
 
 class NatsServerError(RuntimeError):
@@ -167,6 +168,72 @@ class NatsServer:
             self.process.wait()
 
 
+def write_conf(data_dir: Path, tls_files: nats_tls.TlsFiles | None, cluster: str = "") -> Path:
+    """nats.conf copied into `data_dir` beside what it includes: the HVMESH account's users
+    (agents' included, agent_credentials), the TLS blocks (`tls_files`, or none) and the
+    cluster block (`cluster`, written by natscluster, or none)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    conf = data_dir / "nats.conf"
+    conf.write_text(config_path().read_text(encoding="utf-8"), encoding="utf-8")
+    agent_credentials.write_users_conf(data_dir)
+    nats_tls.write_includes(data_dir, tls_files)
+    header = "# Written by hvmesh (`hvmesh up --cluster`): edits here are overwritten.\n"
+    fd = os.open(data_dir / CLUSTER_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:  # it holds the routes' password
+        fh.write(header + (cluster or "# No cluster: one nats-server.\n"))
+    return conf
+
+
+CLUSTER_FILE = "cluster.conf"
+
+
+def spawn(
+    conf: Path,
+    env_vars: dict[str, str],
+    log_path: Path,
+    tied: bool = False,
+) -> subprocess.Popen[bytes]:
+    """One nats-server process on `conf` with `env_vars` set, its output in `log_path`."""
+    env = {**os.environ, **env_vars}
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log_file:
+        return subprocess.Popen(
+            [find_binary(), "-c", str(conf)],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent() if tied else None,
+        )
+
+
+def node_env(
+    passwords: dict[str, str],
+    *,
+    host: str,
+    port: int,
+    leaf_port: int,
+    monitor_port: int,
+    store_dir: Path,
+    name: str,
+) -> dict[str, str]:
+    """The variables nats.conf reads, for one server."""
+    return {
+        "HVMESH_NATS_HOST": host,
+        "HVMESH_NATS_PORT": str(port),
+        "HVMESH_LEAF_PORT": str(leaf_port),
+        "HVMESH_STORE_DIR": str(store_dir),
+        "HVMESH_SERVER_NAME": name,
+        "HVMESH_SERVICE_PASSWORD": passwords["service"],
+        "HVMESH_ADMIN_PASSWORD": passwords["admin"],
+        "HVMESH_DEMO_PASSWORD": passwords["demo"],
+        "HVMESH_VIEWER_PASSWORD": passwords["viewer"],
+        "HVMESH_ALT_PASSWORD": passwords["alt"],
+        "HVMESH_SYS_PASSWORD": passwords["sys"],
+        "HVMESH_MONITOR": f"127.0.0.1:{monitor_port}",
+    }
+
+
 async def start(
     data_dir: Path,
     port: int = 4222,
@@ -181,48 +248,28 @@ async def start(
 ) -> NatsServer:
     """Start nats-server with hvmesh's configuration; returns once it accepts clients.
 
-    The shipped nats.conf runs as a copy in `data_dir`, beside the files it includes:
-    the HVMESH account's users (agents' included, agent_credentials) and the TLS blocks
-    (`tls_files`, or none). Monitoring listens on 127.0.0.1:`monitor_port` (a free port
-    if None). If the wait fails or is cancelled, the process is stopped before this
-    returns. With `tied`, the kernel also stops it when this process dies (see
-    die_with_parent).
+    The shipped nats.conf runs as a copy in `data_dir` (write_conf). Monitoring listens
+    on 127.0.0.1:`monitor_port` (a free port if None). If the wait fails or is cancelled,
+    the process is stopped before this returns. With `tied`, the kernel also stops it
+    when this process dies (see die_with_parent).
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     passwords = load_secrets(data_dir)
     if conf is None:
-        conf = data_dir / "nats.conf"
-        conf.write_text(config_path().read_text(encoding="utf-8"), encoding="utf-8")
-        agent_credentials.write_users_conf(data_dir)
-        nats_tls.write_includes(data_dir, tls_files)
+        conf = write_conf(data_dir, tls_files)
     monitor_port = monitor_port or free_port(avoid={port, leaf_port})
-    env = dict(os.environ)
-    env.update(
-        HVMESH_NATS_HOST=host,
-        HVMESH_NATS_PORT=str(port),
-        HVMESH_LEAF_PORT=str(leaf_port),
-        HVMESH_STORE_DIR=str(data_dir / "jetstream"),
-        HVMESH_SERVER_NAME=name,
-        HVMESH_SERVICE_PASSWORD=passwords["service"],
-        HVMESH_ADMIN_PASSWORD=passwords["admin"],
-        HVMESH_DEMO_PASSWORD=passwords["demo"],
-        HVMESH_VIEWER_PASSWORD=passwords["viewer"],
-        HVMESH_ALT_PASSWORD=passwords["alt"],
-        HVMESH_SYS_PASSWORD=passwords["sys"],
-        HVMESH_MONITOR=f"127.0.0.1:{monitor_port}",
+    env = node_env(
+        passwords,
+        host=host,
+        port=port,
+        leaf_port=leaf_port,
+        monitor_port=monitor_port,
+        store_dir=data_dir / "jetstream",
+        name=name,
     )
     log_path = data_dir / "nats-server.log"
-    with open(log_path, "ab") as log_file:
-        proc = subprocess.Popen(
-            [find_binary(), "-c", str(conf)],
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=die_with_parent() if tied else None,
-        )
     server = NatsServer(
-        process=proc,
+        process=spawn(conf, env, log_path, tied),
         host=host,
         port=port,
         leaf_port=leaf_port,
@@ -232,14 +279,14 @@ async def start(
         tls=tls_files,
     )
     try:
-        await _wait_ready(server, ready_timeout)
+        await wait_ready(server, ready_timeout)
     except BaseException:
         server.stop()  # failed, or cancelled (SIGINT/SIGTERM): never leave it running
         raise
     return server
 
 
-async def _wait_ready(server: NatsServer, ready_timeout: float) -> None:
+async def wait_ready(server: NatsServer, ready_timeout: float) -> None:
     """Return once `server` accepts clients and JetStream answers; raise if it never does."""
     proc, port, log_path = server.process, server.port, server.log_path
     deadline = asyncio.get_running_loop().time() + ready_timeout

@@ -27,7 +27,7 @@ from hvmesh.core.conductor.service import Conductor
 from hvmesh.core.config import Config, NatsSection
 from hvmesh.core.consoles.proxy import ConsoleProxy
 from hvmesh.core.metadata.service import MetadataService
-from hvmesh.core.ops import agent_credentials, launcher, natsserver
+from hvmesh.core.ops import agent_credentials, launcher, natscluster, natsserver
 from hvmesh.core.ops import tls as nats_tls
 from hvmesh.core.protocol import subjects
 from hvmesh.core.rest.app import RestService
@@ -40,8 +40,11 @@ DRAIN_TIMEOUT = 10.0  # seconds the services' connection may take to drain when 
 FLEET_CREDENTIAL = "up-fake-hosts"
 MONITOR_PORT = 8222  # NATS monitoring's usual port, taken when free and none is asked for
 
+#: What the services run on: one nats-server, or a core cluster of them (`--cluster`).
+Nats = natsserver.NatsServer | natscluster.NatsCluster
 
-def write_contexts(server: natsserver.NatsServer) -> dict[str, Path]:
+
+def write_contexts(server: Nats) -> dict[str, Path]:
     made = {}
     for name, user, what in (
         ("hvmesh-admin", "admin", "hvmesh operator (admin project)"),
@@ -78,7 +81,7 @@ def _url_host(address: str) -> str:
 
 
 def banner(
-    server: natsserver.NatsServer,
+    server: Nats,
     fake_hosts: int,
     made: dict[str, Path],
     metadata_address: str,
@@ -115,11 +118,21 @@ def banner(
     operator.append(f"{hv} hypervisor list")
     if nats_cli:
         operator.append("nats --context hvmesh-admin micro ls")
+    if isinstance(server, natscluster.NatsCluster):
+        nats_line = (
+            f"hvmesh is up: NATS cluster of {len(server.nodes)} nodes at {server.address} "
+            f"(every stream and bucket kept {len(server.nodes)} times; leaf nodes: ports "
+            f"{server.ports_for('leaf_port')}), "
+        )
+        monitor = f"ports {server.ports_for('monitor_port')} of 127.0.0.1"
+    else:
+        nats_line = (
+            f"hvmesh is up: NATS at {server.address} (leaf nodes: port {server.leaf_port}), "
+        )
+        monitor = f"http://127.0.0.1:{server.monitor_port}/varz"
     lines = [
-        f"hvmesh is up: NATS at {server.address} (leaf nodes: port {server.leaf_port}), "
-        f"{fake_hosts} simulated host(s), metadata service at "
-        f"http://{_url_host(metadata_address)}:{metadata_port}, NATS monitoring at "
-        f"http://127.0.0.1:{server.monitor_port}/varz"
+        nats_line + f"{fake_hosts} simulated host(s), metadata service at "
+        f"http://{_url_host(metadata_address)}:{metadata_port}, NATS monitoring at {monitor}"
         + (f" (TLS: clients check NATS against {server.tls.ca})." if server.tls else "."),
         *(
             [f"  OpenStack clients (openstack CLI, openstacksdk): OS_AUTH_URL={rest_auth_url}"]
@@ -178,11 +191,74 @@ def tls_files(
     return None
 
 
-async def _stop_when_exits(server: natsserver.NatsServer, stop: asyncio.Event) -> None:
-    """Stop everything if nats-server dies under us: the services cannot work without it."""
-    await asyncio.to_thread(server.process.wait)
-    LOG.error("up.nats_server_exited", code=server.process.returncode)
+def _processes(server: Nats) -> list[natsserver.NatsServer]:
+    if isinstance(server, natscluster.NatsCluster):
+        return [n.server for n in server.nodes if n.server is not None]
+    return [server]
+
+
+def _alive(server: Nats) -> bool:
+    return any(p.process.poll() is None for p in _processes(server))
+
+
+async def _stop_when_exits(server: Nats, stop: asyncio.Event) -> None:
+    """Stop everything if nats-server dies under us: the services cannot work without it.
+
+    A cluster carries on while any node runs (with a quorum, JetStream too); each node
+    that exits is logged.
+    """
+
+    async def watch(node: natsserver.NatsServer) -> None:
+        await asyncio.to_thread(node.process.wait)
+        LOG.error("up.nats_server_exited", code=node.process.returncode, log=str(node.log_path))
+
+    await asyncio.gather(*(watch(p) for p in _processes(server)))
     stop.set()
+
+
+async def start_nats(
+    data_dir: Path,
+    nats_port: int,
+    leaf_port: int,
+    listen: str,
+    monitor_port: int,
+    tls_files: nats_tls.TlsFiles | None,
+    cluster: int,
+) -> Nats:
+    """One nats-server, or with `cluster` that many nodes: the first on the given ports,
+    the others on the next ports up where they are free."""
+    if not cluster:
+        return await natsserver.start(
+            data_dir,
+            port=nats_port,
+            leaf_port=leaf_port,
+            host=listen,
+            tied=True,
+            monitor_port=monitor_port,
+            tls_files=tls_files,
+        )
+    taken: set[int] = set()
+
+    def near(first: int) -> list[int]:
+        chosen = [first]
+        for i in range(1, cluster):
+            port = first + i
+            if first == 0 or port in taken or not natsserver.port_free(port, listen):
+                port = natsserver.free_port(avoid=taken | set(chosen))
+            chosen.append(port)
+        taken.update(chosen)
+        return chosen
+
+    return await natscluster.start(
+        data_dir,
+        nodes=cluster,
+        ports=near(nats_port),
+        leaf_ports=near(leaf_port),
+        monitor_ports=near(monitor_port or natsserver.free_port()),
+        host=listen,
+        tied=True,
+        tls_files=tls_files,
+    )
 
 
 async def up(
@@ -195,6 +271,7 @@ async def up(
     metadata_listen: str | None = None,
     monitor_port: int | None = None,
     tls_files: nats_tls.TlsFiles | None = None,
+    cluster: int = 0,
 ) -> None:
     """Run everything until SIGINT/SIGTERM; the metadata service binds on `metadata_listen`,
     else on `listen` (the NATS client address).
@@ -202,7 +279,9 @@ async def up(
     NATS monitoring listens on 127.0.0.1:`monitor_port` (by default 8222, or a free port
     when something else holds 8222, as the banner says); with `tls_files`, NATS takes
     clients and leaf nodes over TLS only and every service checks it against their CA.
-    The simulated hosts connect as their own NKEY user (FLEET_CREDENTIAL).
+    The simulated hosts connect as their own NKEY user (FLEET_CREDENTIAL). With `cluster`
+    (3 or 5), NATS is a cluster of that many nodes and every stream and bucket is kept
+    on as many ([nats] replicas).
     A signal at any moment of the start stops what has started, nats-server included, and
     raises launcher.StoppedWhileStarting; so does an error, which is raised as it is.
     """
@@ -215,21 +294,17 @@ async def up(
     stop = asyncio.Event()
     with launcher.signals(stop):
         server = await launcher.until_stopped(
-            natsserver.start(
-                data_dir,
-                port=nats_port,
-                leaf_port=leaf_port,
-                host=listen,
-                tied=True,
-                monitor_port=monitor_port,
-                tls_files=tls_files,
-            ),
+            start_nats(data_dir, nats_port, leaf_port, listen, monitor_port, tls_files, cluster),
             stop,
         )
+        if cluster:
+            cfg = msgspec.structs.replace(
+                cfg, nats=msgspec.structs.replace(cfg.nats, replicas=cluster)
+            )
         try:
             await _run(server, cfg, data_dir, fake_hosts, metadata_listen or listen, stop)
         except launcher.StoppedWhileStarting:
-            if server.process.poll() is not None:  # not a signal: nats-server died
+            if not _alive(server):  # not a signal: nats-server died
                 raise _exited(server) from None
             raise
         finally:
@@ -237,14 +312,13 @@ async def up(
     print("hvmesh stopped.", file=sys.stderr, flush=True)
 
 
-def _exited(server: natsserver.NatsServer) -> natsserver.NatsServerError:
-    return natsserver.NatsServerError(
-        f"nats-server exited (code {server.process.returncode}); see {server.log_path}"
-    )
+def _exited(server: Nats) -> natsserver.NatsServerError:
+    codes = ", ".join(str(p.process.returncode) for p in _processes(server))
+    return natsserver.NatsServerError(f"nats-server exited (code {codes}); see {server.log_path}")
 
 
 async def _run(
-    server: natsserver.NatsServer,
+    server: Nats,
     cfg: Config,
     data_dir: Path,
     fake_hosts: int,
@@ -338,5 +412,5 @@ async def _run(
                         await connection.drain()
     finally:
         watchdog.cancel()
-    if server.process.poll() is not None:
+    if not _alive(server):
         raise _exited(server)

@@ -35,6 +35,7 @@ from hvmesh.core.rest import images as image_api
 from hvmesh.core.rest.errors import request_ids
 from hvmesh.core.rest.identity import TOKENS, authenticate
 from hvmesh.core.rest.image_files import IMAGE_STORE
+from hvmesh.core.rest.pending_networks import PendingNetworks
 from hvmesh.core.rest.tokens import Tokens
 
 LOG = log.get_logger(__name__)
@@ -77,6 +78,8 @@ class RestService:
 
     async def start(self) -> None:
         await self.tokens.start()
+        # Made here, with [nats] replicas, rather than by the first request to need it.
+        await PendingNetworks(self.nc, self.cfg.nats.replicas).ensure()
         app = make_app(self.tokens)
         app[IMAGE_STORE] = self.nc
         self.runner = web.AppRunner(app, access_log=None)

@@ -49,8 +49,9 @@ def as_network(p: Pending) -> dict[str, Any]:
 class PendingNetworks:
     """The bucket on one (admin) NATS connection."""
 
-    def __init__(self, nc: Any) -> None:
+    def __init__(self, nc: Any, replicas: int = 1) -> None:
         self.js = nc.jetstream()
+        self.replicas = replicas  # copies of the bucket, when this makes it
 
     async def _kv(self, create: bool = False) -> Any:
         try:
@@ -63,8 +64,13 @@ class PendingNetworks:
                 history=1,
                 storage=StorageType.FILE,
                 description="hvmesh rest: networks without a subnet yet",
+                replicas=self.replicas,
             )
             return await self.js.create_key_value(config)
+
+    async def ensure(self) -> None:
+        """Make the bucket now if it does not exist yet."""
+        await self._kv(create=True)
 
     async def all(self) -> list[Pending]:
         kv = await self._kv()

@@ -127,6 +127,7 @@ class Tokens:
                 ttl=MAX_TTL,
                 storage=StorageType.FILE,
                 description="hvmesh rest: ids of revoked identity tokens",
+                replicas=self.nats_cfg.replicas,
             )
             self._kv = await js.create_key_value(config)
 

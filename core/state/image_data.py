@@ -21,7 +21,7 @@ from typing import IO
 
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from nats.js.api import ObjectInfo, ObjectMetaOptions, StorageType
+from nats.js.api import ObjectInfo, ObjectMetaOptions, ObjectStoreConfig, StorageType
 from nats.js.errors import BucketNotFoundError, NotFoundError, ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
@@ -46,15 +46,21 @@ def _meta_subject(image_id: str) -> str:
     return f"$O.{IMAGE_STORE}.M.{name}"
 
 
-async def open_store(js: JetStreamContext, create: bool = True) -> ObjectStore:
-    """The image object store, made on first use (file storage)."""
+async def open_store(js: JetStreamContext, create: bool = True, replicas: int = 1) -> ObjectStore:
+    """The image object store, made on first use (file storage, `replicas` copies)."""
     try:
         return await js.object_store(IMAGE_STORE)
     except (BucketNotFoundError, NotFoundError):
         if not create:
             raise
         return await js.create_object_store(
-            IMAGE_STORE, description="hvmesh image bytes", storage=StorageType.FILE
+            IMAGE_STORE,
+            config=ObjectStoreConfig(
+                bucket=IMAGE_STORE,
+                description="hvmesh image bytes",
+                storage=StorageType.FILE,
+                replicas=replicas,
+            ),
         )
 
 

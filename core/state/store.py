@@ -24,6 +24,7 @@ from nats.js.api import (
     StreamConfig,
 )
 from nats.js.errors import (
+    APIError,
     BucketNotFoundError,
     InvalidKeyError,
     KeyNotFoundError,
@@ -158,6 +159,15 @@ STREAMS = [
 ]
 
 
+#: JetStream's "wrong last sequence" error codes: 10071 from one server, 10164 from a
+#: replicated stream. Either is a lost compare-and-set.
+WRONG_LAST_SEQUENCE = (10071, 10164)
+
+
+class ReplicasError(RuntimeError):
+    """JetStream cannot keep as many copies of a stream as [nats] replicas asks."""
+
+
 class CasConflict(Exception):
     """Another writer changed the record since it was read."""
 
@@ -242,6 +252,10 @@ class Bucket(Generic[T]):
             await self.kv.delete(key, last=revision)
         except KeyWrongLastSequenceError:
             raise CasConflict(key) from None
+        except APIError as exc:  # nats-py passes a delete's stale revision on unconverted
+            if exc.err_code in WRONG_LAST_SEQUENCE:
+                raise CasConflict(key) from None
+            raise
 
     async def mutate(
         self,
@@ -319,8 +333,9 @@ class Bucket(Generic[T]):
 class Store:
     """The buckets and streams of one hvmesh deployment."""
 
-    def __init__(self, js: JetStreamContext) -> None:
+    def __init__(self, js: JetStreamContext, replicas: int = 1) -> None:
         self.js = js
+        self.replicas = replicas  # copies of each stream and bucket this store makes
         self._buckets: dict[str, Bucket] = {}
 
     @property
@@ -414,18 +429,48 @@ class Store:
                         ttl=BUCKET_TTL.get(name),
                         storage=StorageType.FILE,
                         description=f"hvmesh {name} records",
+                        replicas=self.replicas,
                     )
                 )
             self._buckets[name] = Bucket(kv, type_)
         if create:
             from hvmesh.core.state import image_data  # it uses this module's names
 
-            await image_data.open_store(self.js)
+            await image_data.open_store(self.js, replicas=self.replicas)
             for cfg in STREAMS:
                 try:
                     info = await self.js.stream_info(cfg.name or "")
                 except NotFoundError:
-                    await self.js.add_stream(cfg)
+                    await self.js.add_stream(cfg.evolve(num_replicas=self.replicas))
                     continue
                 await _raise_consumer_limit(self.js, info.config, cfg)
         return self
+
+    async def scale(self) -> list[str]:
+        """Give every stream behind this store `replicas` copies, as [nats] replicas asks:
+        streams made on one nats-server are scaled up when the core becomes a cluster
+        (JetStream copies their messages to the new peers). Returns those changed."""
+        changed: list[str] = []
+        ours = {cfg.name for cfg in STREAMS}
+        for info in await self.js.streams_info():
+            name = info.config.name or ""
+            # hvmesh's own: its streams, and the buckets and object stores whose
+            # description it wrote (every one starts "hvmesh").
+            mine = name in ours or (info.config.description or "").startswith("hvmesh")
+            if not mine or info.config.num_replicas == self.replicas:
+                continue
+            try:
+                await self.js.update_stream(info.config.evolve(num_replicas=self.replicas))
+            except APIError as exc:
+                raise ReplicasError(
+                    f"stream {name}: cannot keep {self.replicas} copies as [nats] replicas "
+                    f"asks ({exc.description}); a cluster needs at least that many nodes"
+                ) from exc
+            LOG.info(
+                "store.stream_scaled",
+                stream=name,
+                replicas=self.replicas,
+                was=info.config.num_replicas,
+            )
+            changed.append(name)
+        return changed

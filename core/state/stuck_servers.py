@@ -19,7 +19,7 @@ from hvmesh.core.config import Config
 from hvmesh.core.protocol import states
 from hvmesh.core.protocol.base import now
 from hvmesh.core.protocol.records import Fault, Server
-from hvmesh.core.state import action_log, placement
+from hvmesh.core.state import action_log, migration_log, placement, quotas
 from hvmesh.core.state.store import Store
 
 
@@ -49,9 +49,24 @@ def _end(s: Server, seen: Server, by: str) -> Server | None:
         message=f"stuck in {s.task_state} since {since(s.updated_at)}, ended by {by}",
     )
     vm_state = states.ERROR if s.vm_state == states.BUILDING else s.vm_state
+    # A move accepted but never begun (its task lost on the way) is no move: the server
+    # stays where and as it was. One under way keeps its migration for the operator.
+    migration = None if unbegun(s) else s.migration
     return msgspec.structs.replace(
-        s, vm_state=vm_state, task_state=None, request_id=None, fault=fault, updated_at=now()
+        s,
+        vm_state=vm_state,
+        task_state=None,
+        request_id=None,
+        fault=fault,
+        migration=migration,
+        updated_at=now(),
     )
+
+
+def unbegun(s: Server) -> bool:
+    """Whether the server holds a move that has not left its source yet."""
+    m = s.migration
+    return m is not None and m.status == "pre-migrating" and m.dest_host is None
 
 
 async def end_stuck(store: Store, seen: Server, by: str) -> bool:
@@ -70,4 +85,11 @@ async def end_stuck(store: Store, seen: Server, by: str) -> bool:
         await placement.not_in_progress(store, seen.host, seen.id)
     if seen.request_id and ended[0].fault is not None:
         await action_log.finish(store, seen.id, seen.request_id, error=ended[0].fault.message)
+    m = seen.migration
+    if m is not None and ended[0].migration is None:
+        # The source's allocation back to the server (if the conductor had handed it to
+        # the move), the move's record ended, and what a resize reserved counted again.
+        await placement.move(store, m.source_host, m.id, seen.id)
+        await migration_log.follow(store, seen, ended[0])
+        await quotas.settle(store, ended[0])
     return True

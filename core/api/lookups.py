@@ -17,6 +17,7 @@ from hvmesh.core.protocol.records import (
     Server,
     ServerGroup,
 )
+from hvmesh.core.state.record_index import RecordIndex
 from hvmesh.core.state.store import Bucket, Store
 
 Named = TypeVar("Named", Flavor, Image, Aggregate, Network)
@@ -37,17 +38,23 @@ async def resolve(lookup: Awaitable[Found], what: str) -> Found:
         raise errors.BadRequest(f"{what}: {exc.message}") from None
 
 
-async def find_flavor(st: Store, ref: str, caller: Caller) -> Flavor:
+async def find_flavor(
+    st: Store, ref: str, caller: Caller, index: RecordIndex[Flavor] | None = None
+) -> Flavor:
     """A flavor by id or unique name; private flavors only for the admin project."""
-    return await by_id_or_name(st.flavors, ref, "flavor", lambda f: f.is_public or caller.is_admin)
+    return await by_id_or_name(
+        st.flavors, ref, "flavor", lambda f: f.is_public or caller.is_admin, index
+    )
 
 
 def visible_image(image: Image, caller: Caller) -> bool:
     return caller.is_admin or image.visibility == "public" or image.project == caller.project
 
 
-async def find_image(st: Store, ref: str, caller: Caller) -> Image:
-    return await by_id_or_name(st.images, ref, "image", lambda i: visible_image(i, caller))
+async def find_image(
+    st: Store, ref: str, caller: Caller, index: RecordIndex[Image] | None = None
+) -> Image:
+    return await by_id_or_name(st.images, ref, "image", lambda i: visible_image(i, caller), index)
 
 
 async def own_server(st: Store, server_id: str, caller: Caller) -> Server:
@@ -55,12 +62,29 @@ async def own_server(st: Store, server_id: str, caller: Caller) -> Server:
 
 
 async def by_id_or_name(
-    bucket: Bucket[Named], ref: str, what: str, visible: Callable[[Named], bool]
+    bucket: Bucket[Named],
+    ref: str,
+    what: str,
+    visible: Callable[[Named], bool],
+    index: RecordIndex[Named] | None = None,
 ) -> Named:
-    """The record keyed `ref`, else the one record named `ref`, of those `visible` admits."""
+    """The record keyed `ref`, else the one record named `ref`, of those `visible` admits.
+
+    With the bucket's `index` (the API's list index, fed by a watch), a name is looked up
+    there and its record read again by key, fresh; only a name the index does not hold
+    yet (made a moment ago) costs a read of the whole bucket.
+    """
     entry = await bucket.get(ref) if is_key(ref) else None
     if entry is not None and visible(entry.value):
         return entry.value
+    if index is not None and index.ready.is_set():
+        keys = [k for k, e in index.records.items() if e.value.name == ref and visible(e.value)]
+        if len(keys) == 1:
+            fresh = await bucket.get(keys[0])
+            if fresh is not None and fresh.value.name == ref and visible(fresh.value):
+                return fresh.value
+        elif len(keys) > 1:
+            raise errors.Conflict(f"more than one {what} is named {ref!r}; use its id")
     matches = [r for r in await bucket.values() if r.name == ref and visible(r)]
     if len(matches) > 1:
         raise errors.Conflict(f"more than one {what} is named {ref!r}; use its id")

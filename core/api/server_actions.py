@@ -176,11 +176,15 @@ class ServerActions:
     ) -> tuple[ServerAction, Migration | None]:
         """Action-specific checks; references resolved to ids; the move a migration starts."""
         if isinstance(req, Rebuild):
-            image = await resolve(find_image(self.api.st, req.image, caller), "image")
+            image = await resolve(
+                find_image(self.api.st, req.image, caller, self.api.lists.images), "image"
+            )
             check_fits(s.flavor, image)
             return msgspec.structs.replace(req, image=image.id), None
         if isinstance(req, Resize):
-            flavor = await resolve(find_flavor(self.api.st, req.flavor, caller), "flavor")
+            flavor = await resolve(
+                find_flavor(self.api.st, req.flavor, caller, self.api.lists.flavors), "flavor"
+            )
             if flavor.id == s.flavor.id:
                 raise errors.BadRequest(f"server {s.id} already has flavor {flavor.name}")
             image_entry = await self.api.st.images.get(s.image_id)

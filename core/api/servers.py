@@ -58,8 +58,12 @@ class ServerEndpoints:
         return await self._boot(caller, req)
 
     async def _boot(self, caller: Caller, req: ServerCreate) -> dict:
-        flavor = await resolve(find_flavor(self.api.st, req.flavor, caller), "flavor")
-        image = await resolve(find_image(self.api.st, req.image, caller), "image")
+        flavor = await resolve(
+            find_flavor(self.api.st, req.flavor, caller, self.api.lists.flavors), "flavor"
+        )
+        image = await resolve(
+            find_image(self.api.st, req.image, caller, self.api.lists.images), "image"
+        )
         if image.status != "active":
             raise errors.BadRequest(f"image {image.name} is {image.status}: upload its data first")
         check_fits(flavor, image)

@@ -17,12 +17,13 @@ from hvmesh.core.cli.errors import CliError
 # Imported when first used: parsing the command line (and --help) needs none of them.
 if TYPE_CHECKING:
     from hvmesh.core.ops import bench as ops_bench
-    from hvmesh.core.ops import bench_console, launcher
+    from hvmesh.core.ops import bench_boot, bench_console, launcher
     from hvmesh.core.ops import chaos as ops_chaos
 else:
     launcher = lazy.module("hvmesh.core.ops.launcher")
     ops_bench = lazy.module("hvmesh.core.ops.bench")
     bench_console = lazy.module("hvmesh.core.ops.bench_console")
+    bench_boot = lazy.module("hvmesh.core.ops.bench_boot")
     ops_chaos = lazy.module("hvmesh.core.ops.chaos")
 
 
@@ -86,6 +87,34 @@ def cmd_bench_chaos(args: argparse.Namespace) -> None:
         )
 
 
+def cmd_bench_boot(args: argparse.Namespace) -> None:
+    if args.url or args.context:
+        raise CliError("hvmesh bench boot runs its own deployment: no --url or --context")
+    for flag in ("hosts", "servers", "concurrency", "decisions"):
+        if getattr(args, flag) < 1:
+            raise CliError(f"--{flag} must be at least 1")
+    result = launcher.run(
+        bench_boot.run(
+            hosts=args.hosts,
+            servers=args.servers,
+            concurrency=args.concurrency,
+            decisions=args.decisions,
+            quiet=not output.for_people(args.format),
+        )
+    )
+    data = msgspec.to_builtins(result)
+    if output.for_people(args.format):  # a table cell each: "p50 / p99 ms"
+        data["stages"] = ", ".join(
+            f"{name} {t['p50_ms']:g}/{t['p99_ms']:g}" for name, t in data["stages"].items()
+        )
+        data["writes_by_stream"] = ", ".join(
+            f"{name} {n:g}" for name, n in data["writes_by_stream"].items()
+        )
+    output.emit(data, args.format)
+    if result.errors:
+        raise CliError(f"{result.errors} of {result.servers} boots did not reach ACTIVE")
+
+
 async def _bench_vnc(args: argparse.Namespace) -> Any:
     nc = await connect_cli(args)
     try:
@@ -129,6 +158,19 @@ def add_parsers(sub: Any, leaf: Any) -> None:
     p.add_argument("--requests", type=int, default=5000, help="placements to make")
     p.add_argument("--schedulers", type=int, default=1, help="scheduler processes")
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight")
+    p = leaf(
+        bench,
+        "boot",
+        cmd_bench_boot,
+        "boots/s API to ACTIVE through every service (fake driver, no spawn time), each "
+        "stage's latency, deletes/s, and the scheduler's decisions/s in the same run",
+    )
+    p.add_argument("--hosts", type=int, default=1000, help="simulated hosts, in one agent")
+    p.add_argument("--servers", type=int, default=2000, help="servers to boot, then delete")
+    p.add_argument("--concurrency", type=int, default=50, help="requests in flight")
+    p.add_argument(
+        "--decisions", type=int, default=2000, help="scheduler placements measured afterwards"
+    )
     p = leaf(
         bench,
         "console",

@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -299,7 +300,11 @@ async def place(
     schedulers: int,
     concurrency: int,
     quiet: bool,
+    request: Callable[[int], RequestSpec] | None = None,
 ) -> BenchResult:
+    """`requests` placements, `concurrency` at a time (the i-th is `request(i)`, by
+    default bench_request's), then the host records audited."""
+    make = request or bench_request
     latencies = np.zeros(requests, dtype=np.float64)
     outcome = {"placed": 0, "none": 0, "errors": 0}
     progress = Progress("placing", requests, quiet)
@@ -313,7 +318,7 @@ async def place(
                 i = queue.get_nowait()
             except asyncio.QueueEmpty:
                 return
-            spec = bench_request(i)
+            spec = make(i)
             t0 = time.perf_counter()
             try:
                 msg = await nc.request(subjects.SCHED_SELECT, encode(spec), timeout=30)

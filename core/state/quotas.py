@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -36,6 +37,7 @@ from hvmesh.core.protocol.base import now
 from hvmesh.core.protocol.quota_records import QuotaHolding, QuotaUsage, project_key
 from hvmesh.core.protocol.records import Flavor, Server
 from hvmesh.core.protocol.resources import custom_resources
+from hvmesh.core.state.coalesce import Coalescer
 from hvmesh.core.state.store import Bucket, CasConflict, Store
 
 LOG = log.get_logger(__name__)
@@ -51,7 +53,6 @@ RESOURCES = (
     "metadata_items",
 )
 GRACE = 300.0  # seconds a holder without its record counts as a create in progress
-ATTEMPTS = 400  # compare-and-set tries on one project's usage record
 
 # A holder: its key, its amounts, its user.
 Holder = tuple[str, dict[str, int], str]
@@ -126,21 +127,28 @@ async def usage(store: Store, project: str) -> QuotaUsage:
     return entry.value if entry is not None else QuotaUsage(project=project)
 
 
+_WRITERS: weakref.WeakKeyDictionary[Bucket[QuotaUsage], Coalescer[QuotaUsage]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def writer(store: Store) -> Coalescer[QuotaUsage]:
+    """The usage records' writes from this process, batched per project (a project's
+    record is as hot as its busiest moment: every create, resize and delete in it)."""
+    bucket = store.quota_usage
+    found = _WRITERS.get(bucket)
+    if found is None:
+        found = _WRITERS[bucket] = Coalescer(bucket)
+    return found
+
+
 async def _mutate(
     store: Store, project: str, change: Callable[[QuotaUsage], QuotaUsage | None]
 ) -> None:
     """`change` the project's usage record by compare-and-set, making it when missing."""
-    key = project_key(project)
-    for _ in range(ATTEMPTS):
-        if await store.quota_usage.mutate(key, change, attempts=ATTEMPTS) is not None:
-            return
-        first = change(QuotaUsage(project=project))  # a refusal raises: nothing is written
-        if first is None:
-            return
-        with contextlib.suppress(CasConflict):  # made meanwhile: change that one
-            await store.quota_usage.create(key, first)
-            return
-    raise CasConflict(f"quota usage of {project}: gave up after {ATTEMPTS} conflicting writes")
+    await writer(store).mutate(
+        project_key(project), change, make=lambda: QuotaUsage(project=project)
+    )
 
 
 async def reserve(
@@ -229,7 +237,7 @@ async def _drop(
 ) -> None:
     """Release by `drop`; a record left with no holders goes (as if never made)."""
     key = project_key(project)
-    written = await store.quota_usage.mutate(key, drop, attempts=ATTEMPTS)
+    written = await writer(store).mutate(key, drop)
     if written is not None and not written.value.holdings:
         with contextlib.suppress(CasConflict):  # a holder came meanwhile: it stays
             await store.quota_usage.delete(key, revision=written.revision)
@@ -249,7 +257,7 @@ async def settle(store: Store, server: Server) -> None:
         holdings = {**u.holdings, key: msgspec.structs.replace(held, amounts=amounts)}
         return msgspec.structs.replace(u, holdings=holdings)
 
-    await store.quota_usage.mutate(project_key(server.project), apply, attempts=ATTEMPTS)
+    await writer(store).mutate(project_key(server.project), apply)
 
 
 async def prune(store: Store, project: str) -> int:

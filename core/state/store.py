@@ -26,8 +26,6 @@ from nats.js.api import (
 from nats.js.errors import (
     APIError,
     BucketNotFoundError,
-    InvalidKeyError,
-    KeyNotFoundError,
     KeyWrongLastSequenceError,
     NotFoundError,
 )
@@ -55,6 +53,7 @@ from hvmesh.core.protocol.records import (
     Server,
     ServerGroup,
 )
+from hvmesh.core.state import kv_read
 
 T = TypeVar("T", bound=msgspec.Struct)
 
@@ -216,13 +215,12 @@ class Bucket(Generic[T]):
         return self._decoder.decode(data)
 
     async def get(self, key: str) -> Entry[T] | None:
-        try:
-            e = await self.kv.get(key)
-        except (KeyNotFoundError, InvalidKeyError):  # deleted keys too; no such key can exist
+        """The key's record as its stream's leader holds it now; None if none or deleted."""
+        found = await kv_read.last_value(self.kv, key)
+        if found is None:
             return None
-        if not e.value:
-            return None
-        return Entry(key=key, value=self.decode(e.value), revision=e.revision or 0)
+        data, revision = found
+        return Entry(key=key, value=self.decode(data), revision=revision)
 
     async def must_get(self, key: str, what: str) -> Entry[T]:
         entry = await self.get(key)

@@ -270,3 +270,22 @@ async def test_a_server_whose_build_was_never_queued_ends_in_error(
     await until(closed, what="the create action to be closed with its error")
     still = (await st.servers.get(fresh.id)).value
     assert (still.vm_state, still.task_state) == ("building", "scheduling")
+
+
+async def test_a_delete_whose_task_was_lost_is_queued_again(deployment: Deployment) -> None:
+    """An acknowledged delete whose task never reached a conductor (an API killed after
+    writing `deleting`, a publish no stream took) is not dropped as other stuck tasks are:
+    the conductor queues its task again and the server goes."""
+    cfg = deployment.config(conductor={"stuck_check_interval": 0.2, "action_timeout": 2.0})
+    await deployment.start_core(cfg)
+    st = deployment.store
+    assert st is not None
+    flavor = Flavor(id="f1", name="m1.tiny", vcpus=1, ram_mb=64, disk_gb=1)
+    server = Server(
+        id=str(uuid.uuid4()), name="doomed", project="demo", user="demo", flavor=flavor,
+        image_id=str(uuid.uuid4()), image_name="cirros", vm_state="stopped",
+        task_state="deleting", request_id="req-lost-delete", updated_at=now() - 10.0,
+    )  # fmt: skip
+    await action_log.start(st, server.id, "req-lost-delete", "delete", "demo", "demo")
+    await st.servers.create(server.id, server)
+    assert await wait_server(st, server.id, lambda s: s is None) is None

@@ -37,6 +37,7 @@ from tests.support import (
     make_flavor_image,
     settled,
     stopped,
+    until,
     wait_all,
     wait_for_services,
 )
@@ -259,3 +260,38 @@ PUBLIC_KEY = (
     + base64.b64encode(b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x20" + bytes(32)).decode()
     + " test"
 )
+
+
+async def test_a_claim_for_a_server_deleted_meanwhile_is_given_back(cloud: Deployment) -> None:
+    """A conductor died between the scheduler's claim and writing the host into the record,
+    and a delete removed the record (it had no host to release): the build's redelivered
+    task finds the record gone and gives back the claim its lease names."""
+    from hvmesh.core.protocol.messages import Task
+    from hvmesh.core.protocol.records import PlacementLease
+    from hvmesh.core.state.tasks import publish_task
+
+    st = cloud.store
+    assert st is not None
+    gone = new_id()
+    host = "fake-0001"
+
+    def claimed(h: Any) -> Any:
+        return msgspec.structs.replace(
+            h,
+            allocations={**h.allocations, gone: {"VCPU": 1}},
+            in_progress=[*h.in_progress, gone],
+        )
+
+    await st.hosts.mutate(host, claimed)
+    await st.placement_leases.create(
+        leases.build_key(gone, 0, 0), PlacementLease(server_id=gone, host=host)
+    )
+    await publish_task(cloud.nc.jetstream(), Task(kind="build", server_id=gone))
+
+    async def given_back() -> bool:
+        entry = await st.hosts.get(host)
+        return entry is not None and gone not in entry.value.allocations
+
+    await until(given_back, 30, "the claim of the deleted server given back")
+    record = (await st.hosts.get(host)).value
+    assert gone not in record.in_progress

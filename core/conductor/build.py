@@ -58,7 +58,8 @@ async def build(ctx: ConductorContext, task: Task) -> float | None:
     if task.server_ids:
         return await build_reservation(ctx, task)
     entry = await ctx.st.servers.get(task.server_id)
-    if entry is None:
+    if entry is None:  # deleted: a claim made for it may be left (leases.release_for_gone)
+        await leases.release_for_gone(ctx.st, task.server_id)
         return None
     srv = entry.value
     if srv.vm_state != states.BUILDING or srv.attempt != task.attempt:

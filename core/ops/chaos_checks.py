@@ -93,15 +93,17 @@ def discarded(sid: str, servers: dict[str, Server], ledger: Ledger) -> bool:
 async def check_servers(
     store: Store, ledger: Ledger, checks: Checks
 ) -> tuple[dict[str, int], dict[str, int]]:
-    """Acknowledged creates exist (unless an acknowledged delete took them) and every
-    server rests, in ERROR with a fault; returns the outcomes by status and the faults."""
+    """Acknowledged creates exist (unless a delete took them: an acknowledged one, or
+    one that got no answer, which may or may not take effect) and every server rests,
+    in ERROR with a fault; returns the outcomes by status and the faults."""
     servers = {s.id: s for s in await store.servers.values()}
     outcomes: Counter[str] = Counter()
     faults: Counter[str] = Counter()
     for sid, kind in ledger.created.items():
         s = servers.get(sid)
         if s is None:
-            if sid in ledger.deleted:
+            # Deleted as asked: acknowledged, or a delete that got no answer took effect.
+            if sid in ledger.deleted or sid in ledger.maybe_deleted:
                 outcomes["deleted"] += 1
             elif discarded(sid, servers, ledger):
                 outcomes["discarded"] += 1

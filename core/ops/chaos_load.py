@@ -49,6 +49,9 @@ class Ledger(msgspec.Struct, kw_only=True):
     #: multi-create server id -> every server id its request answered with
     together: dict[str, list[str]] = msgspec.field(default_factory=dict)
     deleted: set[str] = msgspec.field(default_factory=set)
+    # Servers a delete was sent for that got no answer (no reply, or a 503: it may or
+    # may not have taken effect): gone or still there, either is right.
+    maybe_deleted: set[str] = msgspec.field(default_factory=set)
     requests: dict[str, dict[str, int]] = msgspec.field(default_factory=dict)
     failures: list[str] = msgspec.field(default_factory=list)  # 5xx answers, first ones
 
@@ -187,8 +190,11 @@ class Load:
         await self.request(body["action"], "servers", "action", {"id": server_id, **body})
 
     async def delete(self, server_id: str) -> None:
+        unanswered = self.ledger.requests.get("delete", {}).get("unanswered", 0)
         if await self.request("delete", "servers", "delete", {"id": server_id}) is not None:
             self.ledger.deleted.add(server_id)
+        elif self.ledger.requests.get("delete", {}).get("unanswered", 0) > unanswered:
+            self.ledger.maybe_deleted.add(server_id)
 
     async def request(self, kind: str, resource: str, verb: str, body: dict[str, Any]) -> Any:
         """The reply, or None when the API refused, failed or did not answer."""

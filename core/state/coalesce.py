@@ -14,8 +14,9 @@ still meet by compare-and-set: a conflict re-reads and applies the whole batch a
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import msgspec
 
@@ -119,3 +120,14 @@ class Coalescer(Generic[T]):
                     w.future.set_exception(outcome)
             return
         raise CasConflict(f"{key}: gave up after {ATTEMPTS} conflicting writes")
+
+
+_WRITERS: weakref.WeakKeyDictionary[Bucket[Any], Coalescer[Any]] = weakref.WeakKeyDictionary()
+
+
+def for_bucket(bucket: Bucket[T]) -> Coalescer[T]:
+    """This process's one Coalescer of `bucket` (made on first use)."""
+    found = _WRITERS.get(bucket)
+    if found is None:
+        found = _WRITERS[bucket] = Coalescer(bucket)
+    return found

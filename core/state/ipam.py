@@ -3,7 +3,8 @@
 A network record holds its allocations (`ips`: address -> port id), so taking an
 address is one compare-and-set write of that record: two ports allocated at once on one
 network can never get the same address; the loser of a race re-reads and takes the
-next free one. Addresses come from the allocation range (by default every host address
+next free one. Allocations made at once from one process are applied in turn and
+written together (core/state/coalesce.py), so a busy network costs one write a batch. Addresses come from the allocation range (by default every host address
 of the CIDR after the gateway); MACs are random, locally administered (fa:16:3e:..., as
 Neutron's base MAC).
 
@@ -28,6 +29,7 @@ from hvmesh.core.protocol import errors
 from hvmesh.core.protocol.base import now
 from hvmesh.core.protocol.records import Network, Port
 from hvmesh.core.protocol.requests import NetworkCreate
+from hvmesh.core.state import coalesce
 from hvmesh.core.state.store import Bucket
 
 MAC_PREFIX = "fa:16:3e"
@@ -182,7 +184,7 @@ async def allocate(
             n, ips={**n.ips, addr: port_id}, pending={**n.pending, addr: now()}
         )
 
-    if await networks.mutate(network_id, take) is None:
+    if await coalesce.for_bucket(networks).mutate(network_id, take) is None:
         raise errors.NotFound(f"network {network_id} not found")
     return chosen[0]
 
@@ -200,7 +202,7 @@ async def confirm(networks: Bucket[Network], network_id: str, address: str, port
         del pending[address]
         return msgspec.structs.replace(n, pending=pending)
 
-    await networks.mutate(network_id, clear)
+    await coalesce.for_bucket(networks).mutate(network_id, clear)
     return held[0]
 
 
@@ -215,4 +217,4 @@ async def release(networks: Bucket[Network], network_id: str, address: str, port
         pending = {a: t for a, t in n.pending.items() if a != address}
         return msgspec.structs.replace(n, ips=ips, pending=pending)
 
-    await networks.mutate(network_id, give_back)
+    await coalesce.for_bucket(networks).mutate(network_id, give_back)

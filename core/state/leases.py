@@ -128,6 +128,23 @@ async def _follow(store: Store, lease: PlacementLease, server_id: str) -> Placed
     )
 
 
+async def release_for_gone(store: Store, server_id: str) -> int:
+    """Give back every claim a lease records for `server_id`, whose record is gone; on how
+    many hosts one was looked for.
+
+    A conductor that dies between a scheduler's claim and writing the host into the
+    server record, while a delete removes the record (it had no host to release), leaves
+    a claim only the lease knows of; the build's redelivered task finds the record gone
+    and gives it back here.
+    """
+    hosts = {entry.value.host async for entry in store.placement_leases.entries(server_id)}
+    for host in hosts:
+        await placement.release(store, host, server_id)  # a no-op where it holds nothing
+    if hosts:
+        LOG.info("leases.released_for_gone", server=server_id, hosts=sorted(hosts))
+    return len(hosts)
+
+
 def build_key(server_id: str, attempt: int, round_: int) -> str:
     """A build's claim key: its attempt, and the round of group-conflict re-selections."""
     return f"{server_id}.b{attempt}.{round_}"

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -37,6 +36,7 @@ from hvmesh.core.protocol.base import now
 from hvmesh.core.protocol.quota_records import QuotaHolding, QuotaUsage, project_key
 from hvmesh.core.protocol.records import Flavor, Server
 from hvmesh.core.protocol.resources import custom_resources
+from hvmesh.core.state import coalesce
 from hvmesh.core.state.coalesce import Coalescer
 from hvmesh.core.state.store import Bucket, CasConflict, Store
 
@@ -127,19 +127,10 @@ async def usage(store: Store, project: str) -> QuotaUsage:
     return entry.value if entry is not None else QuotaUsage(project=project)
 
 
-_WRITERS: weakref.WeakKeyDictionary[Bucket[QuotaUsage], Coalescer[QuotaUsage]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
 def writer(store: Store) -> Coalescer[QuotaUsage]:
     """The usage records' writes from this process, batched per project (a project's
     record is as hot as its busiest moment: every create, resize and delete in it)."""
-    bucket = store.quota_usage
-    found = _WRITERS.get(bucket)
-    if found is None:
-        found = _WRITERS[bucket] = Coalescer(bucket)
-    return found
+    return coalesce.for_bucket(store.quota_usage)
 
 
 async def _mutate(

@@ -32,7 +32,7 @@ from hvmesh.core import config
 from hvmesh.core.api.service import ApiService
 from hvmesh.core.bus import connection
 from hvmesh.core.ops import natsserver
-from tests.support import HVMESH, Cli, Deployment, hvmesh
+from tests.support import HVMESH, Cli, Deployment, hvmesh, until
 
 BIN = str(Path(HVMESH).parent)
 
@@ -195,11 +195,11 @@ async def test_a_slow_reader_of_a_non_blocking_pipe_gets_everything(cloud: Deplo
         os.close(write_end)
     try:
         # Read only once the pipe is full (64 KiB queued), when a non-blocking write would fail.
-        deadline = time.monotonic() + 60
-        while _queued(read_end) < 65536:
+        def full() -> bool:
             assert proc.returncode is None or _queued(read_end) > 0, "hvmesh wrote nothing"
-            assert time.monotonic() < deadline, f"only {_queued(read_end)} bytes came"
-            await asyncio.sleep(0.05)
+            return _queued(read_end) >= 65536
+
+        await until(full, 60, "64 KiB queued in the pipe")
         chunks = []
         while chunk := await asyncio.to_thread(os.read, read_end, 1 << 16):
             chunks.append(chunk)

@@ -18,7 +18,6 @@ import contextlib
 import functools
 import random
 import re
-import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -32,6 +31,7 @@ from nats.js.api import DeliverPolicy
 from hvmesh.agents import orphans
 from hvmesh.agents.consoles import ConsoleSessions
 from hvmesh.agents.driver import ComputeDriver, DriverError, NodeInventory
+from hvmesh.agents.heartbeats import Heartbeats
 from hvmesh.agents.host_servers import HostServers
 from hvmesh.agents.image_cache import ImageCache
 from hvmesh.agents.reconcile import reconcile as reconcile_guests
@@ -45,8 +45,8 @@ from hvmesh.core.config import Config, state_dir
 from hvmesh.core.protocol import states, subjects
 from hvmesh.core.protocol.base import encode, now
 from hvmesh.core.protocol.messages import AgentEvent, Work
-from hvmesh.core.protocol.records import Heartbeat, Host, Inventory
-from hvmesh.core.state import dead_letters
+from hvmesh.core.protocol.records import Host, Inventory
+from hvmesh.core.state import dead_letters, store_cache
 from hvmesh.core.state.store import CasConflict, Store
 from hvmesh.core.tasks import stop_tasks
 
@@ -97,13 +97,19 @@ def inventories_for(node: NodeInventory, cfg: Config) -> dict[str, Inventory]:
 
 
 class AgentRuntime:
-    def __init__(self, nc: Client, cfg: Config, driver: ComputeDriver) -> None:
+    def __init__(
+        self, nc: Client, cfg: Config, driver: ComputeDriver, beats: Heartbeats | None = None
+    ) -> None:
         self.nc = nc
         self.js = nc.jetstream()
         self.cfg = cfg
         self.driver = driver
         self.host = check_host_name(driver.host)
-        self.agent_id = uuid.uuid4().hex[:12]
+        # The heartbeat group this host beats in: the process's (shared by its hosts), or
+        # one of its own.
+        self.beats = beats or Heartbeats(cfg.compute.heartbeat_interval)
+        self.beats.plan([self.host])
+        self._beating = False
         self.store: Store | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._worker: PullWorker[Work] | None = None
@@ -120,7 +126,7 @@ class AgentRuntime:
         return Path(base).expanduser() / self.host
 
     async def start(self) -> None:
-        self.store = await Store(self.js, replicas=self.cfg.nats.replicas).open()
+        self.store = await store_cache.for_connection(self.nc, self.cfg.nats.replicas)
         self.host_servers = HostServers(self.nc, self.store, self.host)
         self.images = ImageCache(
             self.js,
@@ -134,7 +140,8 @@ class AgentRuntime:
         await self.driver.init_host()
         await self.register()
         await self.reconcile()
-        await self.heartbeat()
+        await self.beats.join(self, self.store.heartbeats)
+        self._beating = True
         self._subs.append(
             await self.nc.subscribe(subjects.agent(self.host, "console_log"), cb=self._console_log)
         )
@@ -151,7 +158,6 @@ class AgentRuntime:
             deliver_policy=DeliverPolicy.ALL,
             max_deliver=retry.max_deliver,
         )
-        self._tasks.append(asyncio.create_task(self._heartbeat_loop()))
         self._tasks.append(asyncio.create_task(self._power_sync_loop()))
         if self.cfg.compute.reconcile_interval > 0:  # 0: only at start, above
             self._tasks.append(asyncio.create_task(self._reconcile_loop()))
@@ -165,6 +171,9 @@ class AgentRuntime:
         LOG.info("agent.started", host=self.host, driver=self.driver.name)
 
     async def stop(self) -> None:
+        if self._beating:
+            await self.beats.leave(self)
+            self._beating = False
         for sub in self._subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
@@ -198,6 +207,7 @@ class AgentRuntime:
                 hypervisor_type=node.hypervisor_type,
                 hypervisor_version=node.hypervisor_version,
                 cpu_arch=node.cpu_arch,
+                beat_key=self.beats.key_of(self.host),
                 updated_at=now(),
             )
 
@@ -211,23 +221,9 @@ class AgentRuntime:
             except CasConflict:
                 continue  # created meanwhile by another start: refresh it instead
 
-    async def heartbeat(self) -> None:
-        """Say the host is up, unless the driver cannot reach its hypervisor now."""
-        assert self.store is not None
-        if not self.driver.healthy():
-            LOG.warning("agent.hypervisor_unreachable", host=self.host)
-            return
-        await self.store.heartbeats.put(
-            self.host, Heartbeat(host=self.host, at=now(), agent_id=self.agent_id)
-        )
-
-    async def _heartbeat_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.cfg.compute.heartbeat_interval)
-            try:
-                await self.heartbeat()
-            except Exception:
-                LOG.exception("agent.heartbeat_failed", host=self.host)
+    def healthy(self) -> bool:
+        """Whether the host may say it is up: not while its hypervisor is unreachable."""
+        return self.driver.healthy()
 
     # --- work ---------------------------------------------------------------------------------
 

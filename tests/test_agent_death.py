@@ -16,6 +16,7 @@ from hvmesh.core.protocol import states as S
 from hvmesh.core.protocol.base import now
 from hvmesh.core.protocol.records import Server
 from hvmesh.core.protocol.subjects import WORK_STREAM
+from hvmesh.core.state import liveness
 from tests.support import ApiClient, Deployment, boot, drained, gone, make_flavor_image, wait_server
 
 TIMEOUT = 1.5  # [conductor] action_timeout: how long a dead host is waited for
@@ -68,8 +69,8 @@ async def host_down(deployment: Deployment, host: str, cfg: Config, timeout: flo
     """Wait until the host's last heartbeat is older than service_down_time."""
     async with asyncio.timeout(timeout):
         while True:
-            beat = await deployment.store.heartbeats.get(host)
-            if beat is None or beat.value.at < now() - cfg.DEFAULT.service_down_time:
+            at = await liveness.last_beat(deployment.store, host)
+            if at is None or at < now() - cfg.DEFAULT.service_down_time:
                 return
             # Staleness is a clock condition: polled, within the timeout.
             await asyncio.sleep(0.1)  # noqa: sleep

@@ -20,6 +20,7 @@ from hvmesh.core.ops.launcher import make_agent
 from hvmesh.core.protocol import states
 from hvmesh.core.protocol.base import now
 from hvmesh.core.protocol.records import Server
+from hvmesh.core.state import liveness
 from tests.support import (
     ApiClient,
     Cli,
@@ -266,8 +267,8 @@ async def test_a_host_that_drops_the_connection_is_marked_down_and_nothing_stick
     hyperv_sim.host("HV1").stop()
 
     async def down() -> bool:
-        beat = await store.heartbeats.get("HV1")
-        return beat is not None and beat.value.at < now() - cfg.DEFAULT.service_down_time
+        at = await liveness.last_beat(store, "HV1")
+        return at is not None and at < now() - cfg.DEFAULT.service_down_time
 
     await until(down, TIMEOUT, "the host to be marked down")
 

@@ -17,6 +17,7 @@ from hvmesh.core.ops.launcher import NodeAgents
 from hvmesh.core.protocol import errors, states
 from hvmesh.core.protocol.base import now
 from hvmesh.core.protocol.records import Host, Server
+from hvmesh.core.state import liveness
 from hvmesh.core.state.store import Store
 from tests.drivers.ironic_peer import GOLD_SPECS
 from tests.ironic_peer import Ironic
@@ -240,8 +241,8 @@ async def test_ironic_going_away_marks_the_hosts_down_and_nothing_sticks(
 
     async def down() -> bool:
         for name in nodes:
-            beat = await store.heartbeats.get(name)
-            if beat is None or beat.value.at >= now() - cfg.DEFAULT.service_down_time:
+            at = await liveness.last_beat(store, name)
+            if at is None or at >= now() - cfg.DEFAULT.service_down_time:
                 return False
         return True
 
@@ -262,7 +263,6 @@ async def test_ironic_going_away_marks_the_hosts_down_and_nothing_sticks(
 
 async def _all_up(store: Store, names: list[str], cfg: Any) -> bool:
     for name in names:
-        beat = await store.heartbeats.get(name)
-        if beat is None or beat.value.at < now() - cfg.DEFAULT.service_down_time:
+        if not await liveness.is_up(store, name, cfg.DEFAULT.service_down_time):
             return False
     return True

@@ -21,6 +21,7 @@ from hvmesh.core.ops.launcher import NodeAgents, make_agent
 from hvmesh.core.protocol import states
 from hvmesh.core.protocol.base import now
 from hvmesh.core.protocol.records import Server
+from hvmesh.core.state import liveness
 from tests.support import (
     ApiClient,
     Cli,
@@ -235,8 +236,8 @@ async def test_a_simulator_stopped_mid_run_marks_the_host_down_and_nothing_stick
     vcsim.stop()
     async with asyncio.timeout(TIMEOUT):  # heartbeats stop: the host goes down
         while True:
-            beat = await store.heartbeats.get(HOST)
-            if beat is not None and beat.value.at < now() - cfg.DEFAULT.service_down_time:
+            at = await liveness.last_beat(store, HOST)
+            if at is not None and at < now() - cfg.DEFAULT.service_down_time:
                 break
             await asyncio.sleep(0.2)  # noqa: sleep (staleness is a clock condition: polled)
 

@@ -19,7 +19,7 @@ from hvmesh.core.protocol import errors, states, subjects
 from hvmesh.core.protocol.base import encode, now
 from hvmesh.core.protocol.messages import AgentEvent, RequestSpec, Selection, Task, Work
 from hvmesh.core.protocol.records import Fault, Host, Server
-from hvmesh.core.state import action_log, leases, placement, ports, quotas
+from hvmesh.core.state import action_log, leases, liveness, placement, ports, quotas
 from hvmesh.core.state.store import CasConflict, Entry
 from hvmesh.core.state.tasks import publish_task
 
@@ -215,8 +215,9 @@ async def claim_alternate(ctx: ConductorContext, srv: Server) -> Selection | Non
     async def pick(tried: list[str]) -> list[str]:
         up = []
         for host in untried:
-            beat = await ctx.st.heartbeats.get(host) if host not in tried else None
-            if beat is not None and beat.value.at >= now() - ctx.cfg.DEFAULT.service_down_time:
+            if host not in tried and await liveness.is_up(
+                ctx.st, host, ctx.cfg.DEFAULT.service_down_time
+            ):
                 up.append(host)
         return up
 

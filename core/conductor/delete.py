@@ -16,7 +16,7 @@ from hvmesh.core.protocol import states, subjects
 from hvmesh.core.protocol.base import encode, now
 from hvmesh.core.protocol.messages import AgentEvent, Task, Work
 from hvmesh.core.protocol.records import Fault, Server
-from hvmesh.core.state import action_log, placement, ports, quotas, usage_ledger
+from hvmesh.core.state import action_log, liveness, placement, ports, quotas, usage_ledger
 
 LOG = log.get_logger(__name__)
 
@@ -76,8 +76,7 @@ async def timed_out(ctx: ConductorContext, task: Task) -> None:
 
 
 async def host_up(ctx: ConductorContext, host: str) -> bool:
-    beat = await ctx.st.heartbeats.get(host)
-    return beat is not None and beat.value.at >= now() - ctx.cfg.DEFAULT.service_down_time
+    return await liveness.is_up(ctx.st, host, ctx.cfg.DEFAULT.service_down_time)
 
 
 async def finish_delete(ctx: ConductorContext, server_id: str, host: str | None) -> None:

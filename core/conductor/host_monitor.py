@@ -33,6 +33,7 @@ from hvmesh.core.conductor.lifecycle import Lifecycle
 from hvmesh.core.protocol import states, subjects
 from hvmesh.core.protocol.base import now
 from hvmesh.core.protocol.messages import AgentEvent, Task
+from hvmesh.core.state import liveness
 from hvmesh.core.tasks import stop_tasks
 
 LOG = log.get_logger(__name__)
@@ -43,6 +44,7 @@ class HostMonitor:
         self.ctx = ctx
         self.lifecycle = lifecycle
         self.beats: dict[str, float] = {}  # host -> its last heartbeat's time
+        self.covers: dict[str, list[str]] = {}  # heartbeat record key -> the hosts it names
         self.down: set[str] = set()  # hosts already failed over since they went down
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -66,9 +68,10 @@ class HostMonitor:
                         if e is None:
                             continue  # the initial values are in
                         if e.value and e.operation is None:
-                            self.beats[e.key] = st.heartbeats.decode(e.value).at
+                            self.take(e.key, st.heartbeats.decode(e.value).beats())
                         else:
-                            self.beats.pop(e.key, None)
+                            for host in self.covers.pop(e.key, []):
+                                self.beats.pop(host, None)
                 finally:
                     with contextlib.suppress(Exception):
                         await watcher.stop()
@@ -78,6 +81,13 @@ class HostMonitor:
                 LOG.exception("conductor.heartbeat_watch_failed")
             # The watch ended (a reconnect): follow again after a pause.
             await asyncio.sleep(self.ctx.cfg.conductor.host_check_interval)
+
+    def take(self, key: str, beats: dict[str, float]) -> None:
+        """Take the record at `key`: one host's heartbeat, or a group's."""
+        self.covers[key] = list(beats)
+        for host, at in beats.items():
+            if at > self.beats.get(host, 0.0):
+                self.beats[host] = at
 
     async def _check_loop(self) -> None:
         while True:
@@ -105,12 +115,9 @@ class HostMonitor:
         for host in self.newly_down(now()):
             # The watch can lag (it resumes some seconds after a reconnect): the host is
             # down only if its heartbeat, read now, says so too.
-            entry = await self.ctx.st.heartbeats.get(host)
-            if (
-                entry is not None
-                and entry.value.at >= now() - self.ctx.cfg.DEFAULT.service_down_time
-            ):
-                self.beats[host] = max(self.beats.get(host, 0.0), entry.value.at)
+            at = await liveness.last_beat(self.ctx.st, host)
+            if at is not None and at >= now() - self.ctx.cfg.DEFAULT.service_down_time:
+                self.beats[host] = max(self.beats.get(host, 0.0), at)
                 self.down.discard(host)
                 continue
             LOG.warning("conductor.host_down", host=host, last_heartbeat=self.beats.get(host))

@@ -28,6 +28,7 @@ from hvmesh.core.ops.audit_finding import Finding, Repair
 from hvmesh.core.protocol import errors, subjects
 from hvmesh.core.protocol.base import now
 from hvmesh.core.protocol.records import Server
+from hvmesh.core.state import liveness
 from hvmesh.core.state.store import Store
 
 # Seconds one agent may take to answer; a destroy may take longer than a listing.
@@ -51,7 +52,7 @@ async def _ask(nc: Client, host: str) -> tuple[str, dict[str, Any] | str]:
 
 async def up_hosts(store: Store, cfg: Config) -> list[str]:
     cutoff = now() - cfg.DEFAULT.service_down_time
-    return sorted(b.host for b in await store.heartbeats.values() if b.at >= cutoff)
+    return sorted(await liveness.up_since(store, cutoff))
 
 
 def findings(

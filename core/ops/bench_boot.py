@@ -39,6 +39,7 @@ from hvmesh.core.ops.bench import Progress, bench_request, cas_rate, place, stop
 from hvmesh.core.protocol import subjects
 from hvmesh.core.protocol.base import now
 from hvmesh.core.protocol.messages import RequestSpec
+from hvmesh.core.state import liveness
 from hvmesh.core.state.store import Store
 
 STAGES = ("api", "queue", "schedule", "dispatch", "agent", "events")
@@ -290,11 +291,7 @@ async def wait_hosts_up(store: Store, hosts: int, timeout: float, quiet: bool) -
     fresh = 0
     while True:
         cutoff = now() - 60.0
-        count = sum(
-            1
-            for b in await store.heartbeats.values()
-            if b.host.startswith(HOST_PREFIX) and b.at > cutoff
-        )
+        count = sum(1 for h in await liveness.up_since(store, cutoff) if h.startswith(HOST_PREFIX))
         progress.step(count - fresh)
         fresh = count
         if count >= hosts:

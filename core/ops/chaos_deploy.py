@@ -22,6 +22,7 @@ from hvmesh.core import config
 from hvmesh.core.ops import natscluster, natsserver
 from hvmesh.core.protocol import subjects
 from hvmesh.core.protocol.base import now
+from hvmesh.core.state import liveness
 from hvmesh.core.state.store import Store
 
 HOSTS_PER_AGENT = 4  # simulated hosts per agent process: an agent kill takes several down
@@ -297,11 +298,7 @@ class ChaosDeployment:
                 self.check_exits()
                 apis = await answering(nc, subjects.API_SERVICE)
                 scheds = await answering(nc, subjects.SCHEDULER_SERVICE)
-                fresh = {
-                    b.host
-                    for b in await store.heartbeats.values()
-                    if b.at > now() - SERVICE_DOWN_TIME
-                }
+                fresh = await liveness.up_since(store, now() - SERVICE_DOWN_TIME)
                 if apis >= 1 and scheds >= self.schedulers and wanted <= fresh:
                     return
 

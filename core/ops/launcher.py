@@ -12,6 +12,7 @@ import uvloop
 from nats.aio.client import Client
 
 from hvmesh.agents.driver import ComputeDriver
+from hvmesh.agents.heartbeats import Heartbeats
 from hvmesh.agents.runtime import AgentRuntime
 from hvmesh.core import log
 from hvmesh.core.bus.start_retry import Retried, StartGuard
@@ -147,26 +148,41 @@ class Fleet:
 
 class NodeAgents(Fleet):
     """The agent runtimes of one driver's nodes, found as it starts (ComputeDriver.node_drivers):
-    one for most drivers, one per ESXi host or bare-metal node for those that front many."""
+    one for most drivers, one per ESXi host or bare-metal node for those that front many.
+    Their heartbeats go in groups (`beats`, shared with the rest of the process if given)."""
 
-    def __init__(self, nc: Client, cfg: Config, driver_cls: type[ComputeDriver], host: str) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        cfg: Config,
+        driver_cls: type[ComputeDriver],
+        host: str,
+        beats: Heartbeats | None = None,
+    ) -> None:
         super().__init__([])
         self.nc, self.cfg, self.driver_cls, self.host = nc, cfg, driver_cls, host
+        self.beats = beats or Heartbeats(cfg.compute.heartbeat_interval)
 
     async def start(self) -> None:
         drivers = await self.driver_cls.node_drivers(self.host, self.cfg)
-        self.members = [AgentRuntime(self.nc, self.cfg, d) for d in drivers]
+        self.beats.plan(sorted(d.host for d in drivers))
+        self.members = [AgentRuntime(self.nc, self.cfg, d, self.beats) for d in drivers]
         LOG.info("agent.nodes", host=self.host, nodes=[d.host for d in drivers])
         await super().start()
 
 
 def make_agent(
-    nc: Client, cfg: Config, driver: str, host: str, registry: manager.Registry | None = None
+    nc: Client,
+    cfg: Config,
+    driver: str,
+    host: str,
+    registry: manager.Registry | None = None,
+    beats: Heartbeats | None = None,
 ) -> AgentRuntime:
     """An agent runtime for `host` with the registered driver called `driver`."""
     registry = registry or manager.configured(cfg)
     driver_cls = registry.driver(driver)
-    return AgentRuntime(nc, cfg, driver_cls(host, cfg))
+    return AgentRuntime(nc, cfg, driver_cls(host, cfg), beats)
 
 
 def load_plugins(cfg: Config) -> manager.Registry:
@@ -180,6 +196,13 @@ def fake_names(count: int, prefix: str = "fake") -> list[str]:
     return [f"{prefix}-{i:0{width}d}" for i in range(1, count + 1)]
 
 
+def fleet_beats(cfg: Config, hosts: list[str]) -> Heartbeats:
+    """One process's heartbeat groups for `hosts`, planned in their order."""
+    beats = Heartbeats(cfg.compute.heartbeat_interval)
+    beats.plan(hosts)
+    return beats
+
+
 def fake_fleet(
     nc: Client,
     cfg: Config,
@@ -189,7 +212,9 @@ def fake_fleet(
 ) -> list[AgentRuntime]:
     """`count` simulated hosts named <prefix>-0001 ... sharing one connection."""
     registry = registry or manager.configured(cfg)
-    return [make_agent(nc, cfg, "fake", host, registry) for host in fake_names(count, prefix)]
+    names = fake_names(count, prefix)
+    beats = fleet_beats(cfg, names)
+    return [make_agent(nc, cfg, "fake", host, registry, beats) for host in names]
 
 
 def retried_agent(
@@ -199,12 +224,13 @@ def retried_agent(
     driver: str,
     host: str,
     registry: manager.Registry | None = None,
+    beats: Heartbeats | None = None,
 ) -> Retried[NodeAgents]:
     """The agent for `host` (a runtime per node of its driver), its start retried by `guard`
     (fresh runtimes and drivers each time)."""
     registry = registry or manager.configured(cfg)
     driver_cls = registry.driver(driver)
-    return guard.component(f"agent {host}", lambda: NodeAgents(nc, cfg, driver_cls, host))
+    return guard.component(f"agent {host}", lambda: NodeAgents(nc, cfg, driver_cls, host, beats))
 
 
 def retried_fleet(
@@ -217,9 +243,6 @@ def retried_fleet(
 ) -> Fleet:
     """`count` simulated hosts named as fake_fleet names them, each start retried on its own."""
     registry = registry or manager.configured(cfg)
-    return Fleet(
-        [
-            retried_agent(guard, nc, cfg, "fake", host, registry)
-            for host in fake_names(count, prefix)
-        ]
-    )
+    names = fake_names(count, prefix)
+    beats = fleet_beats(cfg, names)
+    return Fleet([retried_agent(guard, nc, cfg, "fake", host, registry, beats) for host in names])

@@ -308,6 +308,8 @@ class Host(Record):
     # Builds claimed here and not yet finished: Nova's "io_ops", as server ids so that
     # a repeated finish removes nothing twice.
     in_progress: list[str] = field(default_factory=list)
+    # The key of the heartbeat record that speaks for this host ("": the host's name).
+    beat_key: str = ""
     created_at: float = field(default_factory=now)
     updated_at: float = field(default_factory=now)
 
@@ -351,9 +353,24 @@ class Aggregate(Record):
 
 
 class Heartbeat(Record):
+    """That hosts are up (key: the host, or the first host of a group).
+
+    An agent process running many hosts writes one record per group of them
+    (agents/heartbeats.py): `hosts` those that beat at `at`, `stale` the last beat of
+    those whose hypervisor is unreachable now. A record without `hosts` is one host's.
+    """
+
     host: str
     at: float
     agent_id: str
+    hosts: list[str] | None = None
+    stale: dict[str, float] = field(default_factory=dict)
+
+    def beats(self) -> dict[str, float]:
+        """Each host this record speaks for, with the time of its last beat."""
+        if self.hosts is None:
+            return {self.host: self.at}
+        return dict.fromkeys(self.hosts, self.at) | self.stale
 
 
 class PlacementLease(Record):

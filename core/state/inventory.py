@@ -174,9 +174,12 @@ class Index:
         return mask
 
     def apply_heartbeat(self, hb: Heartbeat) -> None:
-        if hb.at > self.heartbeats.get(hb.host, 0.0):
-            self.heartbeats[hb.host] = hb.at
-            self.columns.beat(hb.host, hb.at, fresh_since=time.time() - self.service_down_time)
+        """Take a heartbeat record: one host's, or a group's (core/state/liveness.py)."""
+        fresh_since = time.time() - self.service_down_time
+        for host, at in hb.beats().items():
+            if at > self.heartbeats.get(host, 0.0):
+                self.heartbeats[host] = at
+                self.columns.beat(host, at, fresh_since=fresh_since)
 
     async def start(self, store: Store) -> None:
         """Watch the aggregates, hosts and heartbeats buckets; returns once all are loaded."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 import msgspec
@@ -89,9 +90,9 @@ class ConsoleSessions:
         self.sessions: dict[str, Session] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def subscribe(self) -> list[Any]:
-        subject = subjects.agent(self.agent.host, subjects.CONSOLE_OPEN)
-        return [await self.agent.nc.subscribe(subject, cb=self._open)]
+    def handlers(self) -> dict[str, Callable[[Msg], Coroutine[Any, Any, None]]]:
+        """The requests this answers on the host's subjects (opening a session)."""
+        return {subjects.CONSOLE_OPEN: self._open}
 
     async def _open(self, msg: Msg) -> None:
         nc = self.agent.nc

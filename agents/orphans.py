@@ -10,6 +10,7 @@ moving to or from here meanwhile keeps its instance (agents/reconcile.py decides
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Coroutine
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
@@ -22,7 +23,6 @@ from hvmesh.agents.image_cache import ImageCache
 from hvmesh.agents.reconcile import placed_here, remove_if_not_placed
 from hvmesh.core import log
 from hvmesh.core.bus import micro as bus
-from hvmesh.core.protocol import subjects
 from hvmesh.core.protocol.base import encode
 from hvmesh.core.state.store import Store
 
@@ -47,14 +47,9 @@ class OrphanRequest(msgspec.Struct, forbid_unknown_fields=True):
     server_id: str
 
 
-async def subscribe(agent: Agent) -> list[Any]:
-    """Answer both requests for this agent's host; the subscriptions."""
-    return [
-        await agent.nc.subscribe(
-            subjects.agent(agent.host, verb), cb=functools.partial(answer, agent)
-        )
-        for verb in VERBS
-    ]
+def handlers(agent: Agent) -> dict[str, Callable[[Msg], Coroutine[Any, Any, None]]]:
+    """The handler of each request this module answers, by its subject's last token."""
+    return {verb: functools.partial(answer, agent) for verb in VERBS}
 
 
 async def list_instances(agent: Agent) -> dict[str, list[str]]:

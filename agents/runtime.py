@@ -19,7 +19,7 @@ import functools
 import random
 import re
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +116,8 @@ class AgentRuntime:
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._users: defaultdict[str, int] = defaultdict(int)  # work items holding a lock
         self._subs: list[Any] = []
+        self._requests: dict[str, Callable[[Msg], Coroutine[Any, Any, None]]] = {}
+        self._answering: set[asyncio.Task[None]] = set()
         self.images: ImageCache | None = None
         self.consoles = ConsoleSessions(self)
         self.host_servers: HostServers | None = None
@@ -142,11 +144,11 @@ class AgentRuntime:
         await self.reconcile()
         await self.beats.join(self, self.store.heartbeats)
         self._beating = True
-        self._subs.append(
-            await self.nc.subscribe(subjects.agent(self.host, "console_log"), cb=self._console_log)
-        )
-        self._subs += await orphans.subscribe(self)  # the audit's requests
-        self._subs += await self.consoles.subscribe()  # live consoles (agents/consoles.py)
+        # Quick requests to this host, on one subscription: its console log, the audit's
+        # (agents/orphans.py), live consoles (agents/consoles.py).
+        self._requests = {"console_log": self._console_log}
+        self._requests |= orphans.handlers(self) | self.consoles.handlers()
+        self._subs.append(await self.nc.subscribe(subjects.agent(self.host, "*"), cb=self._request))
         retry = Retry.of(self.cfg.conductor)
         sub = await durable_pull(
             self.js,
@@ -178,7 +180,7 @@ class AgentRuntime:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         await self.consoles.stop()
-        await stop_tasks(self._tasks)
+        await stop_tasks([*self._tasks, *self._answering])
         if self._worker is not None:
             await self._worker.stop()
         await self.driver.cleanup_host()
@@ -402,6 +404,16 @@ class AgentRuntime:
                 await self.reconcile()
             except Exception:
                 LOG.exception("agent.reconcile_failed", host=self.host)
+
+    async def _request(self, msg: Msg) -> None:
+        """Hand a quick request to its handler, on its own task: a slow one (an orphan's
+        destroy) holds up no other. A request no handler knows goes unanswered."""
+        handler = self._requests.get(msg.subject.rsplit(".", 1)[-1])
+        if handler is None:
+            return
+        task = asyncio.create_task(handler(msg))
+        self._answering.add(task)
+        task.add_done_callback(self._answering.discard)
 
     async def _console_log(self, msg: Msg) -> None:
         try:

@@ -22,7 +22,7 @@ from hvmesh.plugins import manager
 LOG = log.get_logger(__name__)
 T = TypeVar("T")
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
-FLEET_STARTS = 16  # hosts of one process starting at once
+FLEET_STARTS = 64  # hosts of one process starting at once
 
 
 class StoppedWhileStarting(Exception):

@@ -226,6 +226,19 @@ class HostColumns:
             self.touch(row)
         column[row] = at
 
+    def beat_many(self, names: list[str], at: float, fresh_since: float = math.inf) -> None:
+        """Take one heartbeat time for many hosts (a group's record), as `beat` would."""
+        rows = [self.row.get(name) for name in names]
+        known = np.fromiter((r for r in rows if r is not None), dtype=np.int64)
+        if len(known) < len(rows):
+            for name, row in zip(names, rows, strict=True):
+                if row is None:
+                    self.beat(name, at, fresh_since)
+        column = self.arrays["heartbeat"]
+        for row in known[column[known] < fresh_since]:
+            self.touch(int(row))
+        column[known] = at
+
     def view(self) -> dict[str, np.ndarray]:
         """Every column up to the last used row (views: no copy)."""
         return {c: a[: self.size] for c, a in self.arrays.items()}

@@ -176,7 +176,12 @@ class Index:
     def apply_heartbeat(self, hb: Heartbeat) -> None:
         """Take a heartbeat record: one host's, or a group's (core/state/liveness.py)."""
         fresh_since = time.time() - self.service_down_time
-        for host, at in hb.beats().items():
+        if hb.hosts:  # a group's: the hosts that beat share one time
+            last = self.heartbeats.get
+            newer = [host for host in hb.hosts if hb.at > last(host, 0.0)]
+            self.heartbeats.update(dict.fromkeys(newer, hb.at))
+            self.columns.beat_many(newer, hb.at, fresh_since=fresh_since)
+        for host, at in (hb.stale if hb.hosts is not None else {hb.host: hb.at}).items():
             if at > self.heartbeats.get(host, 0.0):
                 self.heartbeats[host] = at
                 self.columns.beat(host, at, fresh_since=fresh_since)

@@ -138,8 +138,13 @@ async def test_resize_of_a_stopped_server_stays_stopped(
     await clean(cloud)
 
 
-async def test_resize_is_confirmed_automatically(deployment: Deployment, admin: ApiClient) -> None:
-    cfg = deployment.config(conductor={"resize_confirm_window": 0.5})
+# 0.001: the timer, set just before the resize ends, is due at once and may find the
+# resize still finishing; it waits for the end instead of dropping the confirm.
+@pytest.mark.parametrize("window", [0.5, 0.001])
+async def test_resize_is_confirmed_automatically(
+    deployment: Deployment, admin: ApiClient, window: float
+) -> None:
+    cfg = deployment.config(conductor={"resize_confirm_window": window})
     await deployment.start_core(cfg, fake_hosts=2)
     await setup(admin)
     s = await boot(deployment, admin)

@@ -1,4 +1,4 @@
-"""`hvmesh bench scheduler|console|chaos`: the scheduler benchmark and the chaos run from the CLI."""
+"""`hvmesh bench scheduler|boot|idle|console|chaos`: the benchmarks and the chaos run from the CLI."""
 
 from __future__ import annotations
 
@@ -17,13 +17,14 @@ from hvmesh.core.cli.errors import CliError
 # Imported when first used: parsing the command line (and --help) needs none of them.
 if TYPE_CHECKING:
     from hvmesh.core.ops import bench as ops_bench
-    from hvmesh.core.ops import bench_boot, bench_console, launcher
+    from hvmesh.core.ops import bench_boot, bench_console, bench_idle, launcher
     from hvmesh.core.ops import chaos as ops_chaos
 else:
     launcher = lazy.module("hvmesh.core.ops.launcher")
     ops_bench = lazy.module("hvmesh.core.ops.bench")
     bench_console = lazy.module("hvmesh.core.ops.bench_console")
     bench_boot = lazy.module("hvmesh.core.ops.bench_boot")
+    bench_idle = lazy.module("hvmesh.core.ops.bench_idle")
     ops_chaos = lazy.module("hvmesh.core.ops.chaos")
 
 
@@ -115,6 +116,18 @@ def cmd_bench_boot(args: argparse.Namespace) -> None:
         raise CliError(f"{result.errors} of {result.servers} boots did not reach ACTIVE")
 
 
+def cmd_bench_idle(args: argparse.Namespace) -> None:
+    if args.url or args.context:
+        raise CliError("hvmesh bench idle runs its own deployment: no --url or --context")
+    if args.hosts < 1:
+        raise CliError("--hosts must be at least 1")
+    if args.seconds <= 0:
+        raise CliError("--seconds must be more than 0")
+    quiet = not output.for_people(args.format)
+    result = bench_idle.run(args.hosts, args.seconds, quiet=quiet)
+    output.emit(msgspec.to_builtins(result), args.format)
+
+
 async def _bench_vnc(args: argparse.Namespace) -> Any:
     nc = await connect_cli(args)
     try:
@@ -171,6 +184,15 @@ def add_parsers(sub: Any, leaf: Any) -> None:
     p.add_argument(
         "--decisions", type=int, default=2000, help="scheduler placements measured afterwards"
     )
+    p = leaf(
+        bench,
+        "idle",
+        cmd_bench_idle,
+        "what N simulated hosts cost idle: hvmesh up's start-up, then CPU and memory of "
+        "hvmesh and nats-server over S seconds",
+    )
+    p.add_argument("--hosts", type=int, default=1000, help="simulated hosts")
+    p.add_argument("--seconds", type=float, default=60.0, help="seconds of idling measured")
     p = leaf(
         bench,
         "console",

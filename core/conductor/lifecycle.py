@@ -43,6 +43,14 @@ TimerHandler = Callable[[Task, Server], Awaitable[None]]
 GoneHandler = Callable[[Task], Awaitable[None]]
 
 
+class NotYet(Exception):
+    """A timer's handler found its moment not come yet: it is delivered again in `delay` s."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(f"not yet: again in {delay:g}s")
+        self.delay = delay
+
+
 @dataclass
 class Handlers:
     """What one action does: on its task, on each agent step, on a timeout or timer."""

@@ -11,7 +11,7 @@ import msgspec
 
 from hvmesh.core import log
 from hvmesh.core.bus import notify
-from hvmesh.core.conductor.lifecycle import Handlers, Lifecycle
+from hvmesh.core.conductor.lifecycle import Handlers, Lifecycle, NotYet
 from hvmesh.core.conductor.moves import MoveSteps, power_on
 from hvmesh.core.protocol import states as S
 from hvmesh.core.protocol.action_requests import ConfirmResize, action_name
@@ -25,6 +25,7 @@ LOG = log.get_logger(__name__)
 
 AUTO_CONFIRM = "auto-confirm-resize"  # the timer that confirms a resize left unconfirmed
 COLD = ("resize", "migrate")
+FINISH_WAIT = 2.0  # seconds an auto-confirm due before its resize ended waits, each time
 
 
 def register(lc: Lifecycle) -> None:
@@ -129,10 +130,15 @@ class _Resize(MoveSteps):
                 fault=None,
             )
 
-        done = await self.lc.finish(srv, ev.action, resized)
+        # The auto-confirm is set before the action ends, as the shelve's offload is: a
+        # write that lands and a publish after it that fails (a node's election) would
+        # leave the server RESIZED with no timer, the event's retry finding the action
+        # over. Set first, a retry sets it again (the same message id); if the action
+        # never ends RESIZED, the timer finds the server otherwise and does nothing.
         window = self.lc.cfg.conductor.resize_confirm_window
-        if done is not None and window > 0:
+        if window > 0:
             await self.lc.timer(srv, AUTO_CONFIRM, window, migration=m.id)
+        await self.lc.finish(srv, ev.action, resized)
 
     async def auto_confirm(self, task: Task, srv: Server) -> None:
         """Confirm a resize left unconfirmed for the window, as an admin's confirm-resize.
@@ -142,6 +148,17 @@ class _Resize(MoveSteps):
         """
         migration_id = task.params.get("migration")
         request_id = f"req-{uuid.uuid5(uuid.NAMESPACE_OID, f'auto-confirm:{migration_id}')}"
+
+        current = await self.lc.st.servers.get(srv.id)
+        s = current.value if current is not None else None
+        finishing = s is not None and s.vm_state != S.RESIZED and s.task_state == S.RESIZE_FINISH
+        if (
+            finishing
+            and s is not None
+            and s.migration is not None
+            and s.migration.id == migration_id
+        ):
+            raise NotYet(FINISH_WAIT)  # set just before the resize ended: not ended yet
 
         def accept(s: Server) -> Server | None:
             if s.request_id == request_id:

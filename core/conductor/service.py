@@ -35,7 +35,7 @@ from hvmesh.core.conductor import (
     snapshot,
 )
 from hvmesh.core.conductor.host_monitor import HostMonitor
-from hvmesh.core.conductor.lifecycle import Lifecycle
+from hvmesh.core.conductor.lifecycle import Lifecycle, NotYet
 from hvmesh.core.conductor.stuck_watch import StuckWatch
 from hvmesh.core.config import Config
 from hvmesh.core.protocol import subjects
@@ -171,7 +171,12 @@ class Conductor:
         elif task.timer == "delete-timeout":
             await delete.timed_out(self, task)
         else:
-            await self.lifecycle.on_timer(task)
+            try:
+                await self.lifecycle.on_timer(task)
+            except NotYet as later:  # each try is a delivery: bounded by max_deliver
+                LOG.info("conductor.timer_not_yet", timer=task.timer, server=task.server_id)
+                await msg.nak(delay=later.delay)
+                return
         await msg.ack()
 
     async def handle_event(self, event: AgentEvent, msg: Msg) -> None:

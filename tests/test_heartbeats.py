@@ -14,7 +14,7 @@ from typing import Any
 from hvmesh.agents.heartbeats import Heartbeats
 from hvmesh.core.ops.launcher import fake_names, make_agent
 from hvmesh.core.protocol.base import now
-from hvmesh.core.protocol.records import Heartbeat
+from hvmesh.core.protocol.records import Heartbeat, Host
 from hvmesh.core.state import liveness
 from hvmesh.core.state.store import Store
 from tests.support import Deployment, until
@@ -135,3 +135,44 @@ async def test_a_stopped_host_keeps_its_last_beat_in_its_group(deployment: Deplo
 
 def _down(caplog: Any) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.getMessage() == "conductor.host_down"]
+
+
+async def test_a_record_speaks_only_for_hosts_that_name_it(deployment: Deployment) -> None:
+    """An agent may write only its own hosts' keys; listing another's host in its record
+    must not make that host look up (the index checks the host record's beat_key)."""
+    cfg = deployment.config(**FAST)
+    await deployment.start_core(cfg)
+    store = store_of(deployment)
+    api = next(c for c in deployment.components if type(c).__name__ == "ApiService")
+    index = api.index
+    await store.hosts.put("lonely", Host(name="lonely", driver="fake"))
+    await store.hosts.put("member", Host(name="member", driver="fake", beat_key="mallory"))
+    await index.wait_for(lambda: "lonely" in index.hosts and "member" in index.hosts)
+
+    forged = Heartbeat(
+        host="mallory", at=now(), agent_id="x", hosts=["mallory", "lonely", "member"]
+    )
+    await store.heartbeats.put("mallory", forged)
+    await index.wait_for(lambda: "mallory" in index.heartbeats)
+    assert "member" in index.heartbeats  # its record names mallory's group
+    assert "lonely" not in index.heartbeats and not index.is_up("lonely")
+
+    await store.heartbeats.put("lonely", Heartbeat(host="lonely", at=now(), agent_id="y"))
+    await index.wait_for(lambda: index.is_up("lonely"))
+
+
+async def test_a_group_record_before_its_host_records_counts_once_they_come(
+    deployment: Deployment,
+) -> None:
+    cfg = deployment.config(**FAST)
+    await deployment.start_core(cfg)
+    store = store_of(deployment)
+    api = next(c for c in deployment.components if type(c).__name__ == "ApiService")
+    index = api.index
+    beat = Heartbeat(host="first", at=now(), agent_id="x", hosts=["first", "second"])
+    await store.heartbeats.put("first", beat)
+    await index.wait_for(lambda: "first" in index.heartbeats)
+    assert "second" not in index.heartbeats  # no host record names the group yet
+
+    await store.hosts.put("second", Host(name="second", driver="fake", beat_key="first"))
+    await index.wait_for(lambda: index.is_up("second"))

@@ -1,4 +1,4 @@
-"""`hvmesh bench scheduler|boot|idle|console|chaos`: the benchmarks and the chaos run from the CLI."""
+"""`hvmesh bench scheduler|boot|idle|list|console|chaos`: the benchmarks and the chaos run from the CLI."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from hvmesh.core.cli.errors import CliError
 # Imported when first used: parsing the command line (and --help) needs none of them.
 if TYPE_CHECKING:
     from hvmesh.core.ops import bench as ops_bench
-    from hvmesh.core.ops import bench_boot, bench_console, bench_idle, launcher
+    from hvmesh.core.ops import bench_boot, bench_console, bench_idle, bench_list, launcher
     from hvmesh.core.ops import chaos as ops_chaos
 else:
     launcher = lazy.module("hvmesh.core.ops.launcher")
@@ -25,6 +25,7 @@ else:
     bench_console = lazy.module("hvmesh.core.ops.bench_console")
     bench_boot = lazy.module("hvmesh.core.ops.bench_boot")
     bench_idle = lazy.module("hvmesh.core.ops.bench_idle")
+    bench_list = lazy.module("hvmesh.core.ops.bench_list")
     ops_chaos = lazy.module("hvmesh.core.ops.chaos")
 
 
@@ -128,6 +129,25 @@ def cmd_bench_idle(args: argparse.Namespace) -> None:
     output.emit(msgspec.to_builtins(result), args.format)
 
 
+def cmd_bench_list(args: argparse.Namespace) -> None:
+    if args.url or args.context:
+        raise CliError("hvmesh bench list runs its own deployment: no --url or --context")
+    for flag in ("servers", "hosts", "page"):
+        if getattr(args, flag) < 1:
+            raise CliError(f"--{flag} must be at least 1")
+    quiet = not output.for_people(args.format)
+    result = launcher.run(bench_list.run(args.servers, args.hosts, args.page, quiet=quiet))
+    data = msgspec.to_builtins(result)
+    if output.for_people(args.format):  # a table cell each
+        for key in ("servers_list", "hypervisors_list"):
+            t = data[key]
+            data[key] = (
+                f"{t['records']} in {t['pages']} pages: p50 {t['p50_ms']:g} ms, "
+                f"p99 {t['p99_ms']:g} ms, first {t['first_page_ms']:g} ms"
+            )
+    output.emit(data, args.format)
+
+
 async def _bench_vnc(args: argparse.Namespace) -> Any:
     nc = await connect_cli(args)
     try:
@@ -193,6 +213,16 @@ def add_parsers(sub: Any, leaf: Any) -> None:
     )
     p.add_argument("--hosts", type=int, default=1000, help="simulated hosts")
     p.add_argument("--seconds", type=float, default=60.0, help="seconds of idling measured")
+    p = leaf(
+        bench,
+        "list",
+        cmd_bench_list,
+        "a page of servers.list and hypervisors.list over N servers and H hosts, walked "
+        "page by page through a real API process",
+    )
+    p.add_argument("--servers", type=int, default=100000, help="server records")
+    p.add_argument("--hosts", type=int, default=10000, help="host records")
+    p.add_argument("--page", type=int, default=1000, help="records a page asks for")
     p = leaf(
         bench,
         "console",

@@ -96,6 +96,7 @@ class Index:
         self.service_down_time = service_down_time
         self.columns = HostColumns()
         self.hosts: dict[str, Entry[Host]] = {}
+        self._groups: dict[str, Heartbeat] = {}  # group heartbeat records, by key
         self.heartbeats: dict[str, float] = {}
         self.consumers: dict[str, str] = {}  # server id -> host holding its allocation
         self.aggregates: dict[str, Aggregate] = {}
@@ -126,6 +127,11 @@ class Index:
             self.columns.remove(name)
             return
         self.hosts[name] = entry
+        group = self._groups.get(entry.value.beat_key) if name not in self.heartbeats else None
+        at = group.beats().get(name) if group is not None else None
+        if group is not None and at is not None:
+            # Its group's record came first and could not speak for it yet: now it can.
+            self.apply_heartbeat(Heartbeat(host=name, at=at, agent_id=group.agent_id), name)
         for sid in entry.value.allocations:
             # A server seen on another host first: that host's answer to host_of
             # changes too (same_host/different_host), so its row counts as changed.
@@ -173,18 +179,37 @@ class Index:
                         mask[row] = True
         return mask
 
-    def apply_heartbeat(self, hb: Heartbeat) -> None:
-        """Take a heartbeat record: one host's, or a group's (core/state/liveness.py)."""
+    def apply_heartbeat(self, hb: Heartbeat, key: str | None = None) -> None:
+        """Take a heartbeat record: one host's, or a group's (core/state/liveness.py).
+
+        With `key`, the record's own (as the watch gives it), it counts only for the
+        hosts that name that key: the key's own host, and those whose host record's
+        beat_key it is. An agent may write only its own hosts' keys and records, so it
+        cannot make another's host look up by listing it.
+        """
         fresh_since = time.time() - self.service_down_time
+        if key is not None and hb.hosts is not None:
+            self._groups[key] = hb  # for its hosts whose records come after it
+
+        def vouched(host: str) -> bool:
+            return key is None or self._vouched(key, host)
+
         if hb.hosts:  # a group's: the hosts that beat share one time
             last = self.heartbeats.get
-            newer = [host for host in hb.hosts if hb.at > last(host, 0.0)]
+            newer = [h for h in hb.hosts if hb.at > last(h, 0.0) and vouched(h)]
             self.heartbeats.update(dict.fromkeys(newer, hb.at))
             self.columns.beat_many(newer, hb.at, fresh_since=fresh_since)
         for host, at in (hb.stale if hb.hosts is not None else {hb.host: hb.at}).items():
-            if at > self.heartbeats.get(host, 0.0):
+            if at > self.heartbeats.get(host, 0.0) and vouched(host):
                 self.heartbeats[host] = at
                 self.columns.beat(host, at, fresh_since=fresh_since)
+
+    def _vouched(self, key: str, host: str) -> bool:
+        """Whether the heartbeat record at `key` may speak for `host`."""
+        if host == key:
+            return True
+        entry = self.hosts.get(host)
+        return entry is not None and entry.value.beat_key == key
 
     async def start(self, store: Store) -> None:
         """Watch the aggregates, hosts and heartbeats buckets; returns once all are loaded."""
@@ -238,7 +263,7 @@ class Index:
         self, bucket: Bucket[Heartbeat], key: str, value: bytes | None, revision: int
     ) -> None:
         if value:
-            self.apply_heartbeat(bucket.decode(value))
+            self.apply_heartbeat(bucket.decode(value), key)
 
     async def stop(self) -> None:
         await stop_tasks(self._tasks)

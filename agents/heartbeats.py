@@ -46,6 +46,7 @@ class Heartbeats:
         self.agent_id = uuid.uuid4().hex[:12]
         self.bucket: Bucket[Heartbeat] | None = None
         self._keys: dict[str, str] = {}  # host -> its group's key
+        self._planned_in: dict[str, list[str]] = {}  # key -> the hosts of its group
         self._planned: list[str] = []
         self._members: dict[str, dict[str, Beating]] = {}  # key -> host -> member
         self._last: dict[str, dict[str, float]] = {}  # key -> host -> its last beat written
@@ -65,11 +66,16 @@ class Heartbeats:
                 continue
             position = len(self._planned)
             self._planned.append(host)
-            self._keys[host] = self._planned[position - position % self.group_size]
+            key = self._keys[host] = self._planned[position - position % self.group_size]
+            self._planned_in.setdefault(key, []).append(host)
 
     def key_of(self, host: str) -> str:
         """The key of the record that speaks for `host` (its own name if never planned)."""
         return self._keys.get(host, host)
+
+    def group_of(self, host: str) -> list[str]:
+        """The hosts planned in `host`'s group, in order (the host alone if never planned)."""
+        return self._planned_in.get(self.key_of(host), [host])
 
     async def join(self, member: Beating, bucket: Bucket[Heartbeat]) -> None:
         """Count `member` in from now on; returns once a record says it is up."""

@@ -28,7 +28,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
 
-from hvmesh.agents import orphans
+from hvmesh.agents import orphans, work_groups
 from hvmesh.agents.consoles import ConsoleSessions
 from hvmesh.agents.driver import ComputeDriver, DriverError, NodeInventory
 from hvmesh.agents.heartbeats import Heartbeats
@@ -37,6 +37,7 @@ from hvmesh.agents.image_cache import ImageCache
 from hvmesh.agents.reconcile import reconcile as reconcile_guests
 from hvmesh.agents.reconcile import remove_failed_spawn
 from hvmesh.agents.steps import IMAGE_STEPS, STEPS
+from hvmesh.agents.work_groups import WORK_ACK_WAIT, WORK_FETCH_WINDOW
 from hvmesh.core import log
 from hvmesh.core.bus import micro as bus
 from hvmesh.core.bus.reconnects import signal_of
@@ -53,12 +54,6 @@ from hvmesh.core.tasks import stop_tasks
 LOG = log.get_logger(__name__)
 
 HOST_NAME = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-# A work item held by an agent that died is handed out again after this long; a live
-# agent keeps its items in progress meanwhile, however long a step runs.
-WORK_ACK_WAIT = 30.0
-# An idle agent's pull request for work waits this long before it is renewed: the cost of
-# an idle host (one request per window) falls with it, while work still arrives at once.
-WORK_FETCH_WINDOW = 30.0
 
 
 def check_host_name(name: str) -> str:
@@ -110,6 +105,10 @@ class AgentRuntime:
         self.beats = beats or Heartbeats(cfg.compute.heartbeat_interval)
         self.beats.plan([self.host])
         self._beating = False
+        # Its work: from its group's consumer if its process runs it in one, else its own.
+        self.work = work_groups.for_beats(nc, cfg, self.beats)
+        self.work_group = self.work.group_of(self.host)
+        self._slots = asyncio.Semaphore(cfg.compute.workers)  # its own items at once
         self.store: Store | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._worker: PullWorker[Work] | None = None
@@ -149,6 +148,17 @@ class AgentRuntime:
         self._requests = {"console_log": self._console_log}
         self._requests |= orphans.handlers(self) | self.consoles.handlers()
         self._subs.append(await self.nc.subscribe(subjects.agent(self.host, "*"), cb=self._request))
+        self._tasks.append(asyncio.create_task(self._power_sync_loop()))
+        if self.cfg.compute.reconcile_interval > 0:  # 0: only at start, above
+            self._tasks.append(asyncio.create_task(self._reconcile_loop()))
+        if self.work_group:
+            await self.work.join(self)
+        else:
+            await self._own_worker()
+        LOG.info("agent.started", host=self.host, driver=self.driver.name)
+
+    async def _own_worker(self) -> None:
+        """The host's own durable consumer of its work, and the worker pulling from it."""
         retry = Retry.of(self.cfg.conductor)
         sub = await durable_pull(
             self.js,
@@ -160,17 +170,13 @@ class AgentRuntime:
             deliver_policy=DeliverPolicy.ALL,
             max_deliver=retry.max_deliver,
         )
-        self._tasks.append(asyncio.create_task(self._power_sync_loop()))
-        if self.cfg.compute.reconcile_interval > 0:  # 0: only at start, above
-            self._tasks.append(asyncio.create_task(self._reconcile_loop()))
         keep = functools.partial(dead_letters.keep, self.js)
         self._worker = PullWorker(
-            f"agent-{self.host}", sub, Work, self._handle, self.cfg.compute.workers,
-            retry=retry, on_exhausted=self._give_up, keep=keep,
+            f"agent-{self.host}", sub, Work, self.handle, self.cfg.compute.workers,
+            retry=retry, on_exhausted=self.give_up, keep=keep,
             fetch_window=WORK_FETCH_WINDOW, reconnects=signal_of(self.nc),
         )  # fmt: skip
         self._worker.start()
-        LOG.info("agent.started", host=self.host, driver=self.driver.name)
 
     async def stop(self) -> None:
         if self._beating:
@@ -183,6 +189,8 @@ class AgentRuntime:
         await stop_tasks([*self._tasks, *self._answering])
         if self._worker is not None:
             await self._worker.stop()
+        if self.work_group:
+            await self.work.leave(self)
         await self.driver.cleanup_host()
 
     # --- host record and heartbeats -------------------------------------------------------
@@ -210,6 +218,7 @@ class AgentRuntime:
                 hypervisor_version=node.hypervisor_version,
                 cpu_arch=node.cpu_arch,
                 beat_key=self.beats.key_of(self.host),
+                work_group=self.work_group,
                 updated_at=now(),
             )
 
@@ -229,12 +238,13 @@ class AgentRuntime:
 
     # --- work ---------------------------------------------------------------------------------
 
-    async def _handle(self, work: Work, msg: Msg) -> None:
+    async def handle(self, work: Work, msg: Msg) -> None:
+        """Run one work item for this host; acknowledged once its event is published."""
         if self.host_servers is not None:
             self.host_servers.seen(work.server_id)
         keepalive = asyncio.create_task(self._keep_in_progress(msg))
         try:
-            async with self.hold(work.server_id):
+            async with self._slots, self.hold(work.server_id):
                 if not await self.still_wanted(work):
                     LOG.info(
                         "agent.work_dropped", host=self.host, server=work.server_id, kind=work.kind
@@ -249,7 +259,7 @@ class AgentRuntime:
         finally:
             keepalive.cancel()
 
-    async def _give_up(self, work: Work, msg: Msg, why: str) -> None:
+    async def give_up(self, work: Work, msg: Msg, why: str) -> None:
         """Work that failed every delivery is reported failed: the conductor ends it."""
         message = f"agent {self.host} gave up on {work.kind} {why}"
         event = AgentEvent(kind=work.kind, server_id=work.server_id, host=self.host, ok=False)

@@ -15,6 +15,7 @@ from hvmesh.core import log
 from hvmesh.core.bus import notify
 from hvmesh.core.conductor.context import ConductorContext
 from hvmesh.core.conductor.scheduling import group_place, group_spec, group_unplace, select
+from hvmesh.core.conductor.work_route import work_subject
 from hvmesh.core.protocol import errors, states, subjects
 from hvmesh.core.protocol.base import encode, now
 from hvmesh.core.protocol.messages import AgentEvent, RequestSpec, Selection, Task, Work
@@ -294,7 +295,7 @@ async def send_spawn(ctx: ConductorContext, srv: Server) -> None:
         image=image_entry.value if image_entry else None,
     )
     await ctx.js.publish(
-        subjects.work(srv.host),
+        await work_subject(ctx.st, srv.host),
         encode(work),
         headers={"Nats-Msg-Id": f"{srv.id}:spawn:{srv.attempt}"},
     )

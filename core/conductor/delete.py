@@ -12,6 +12,7 @@ from hvmesh.core import log
 from hvmesh.core.bus import notify
 from hvmesh.core.conductor.context import ConductorContext
 from hvmesh.core.conductor.scheduling import group_unplace
+from hvmesh.core.conductor.work_route import work_subject
 from hvmesh.core.protocol import states, subjects
 from hvmesh.core.protocol.base import encode, now
 from hvmesh.core.protocol.messages import AgentEvent, Task, Work
@@ -39,7 +40,7 @@ async def delete(ctx: ConductorContext, task: Task) -> bool:
     for host in up:
         work = Work(kind="destroy", server_id=srv.id, host=host, request_id=task.request_id)
         await ctx.js.publish(
-            subjects.work(host),
+            await work_subject(ctx.st, host),
             encode(work),
             headers={"Nats-Msg-Id": f"{srv.id}:destroy:{task.request_id}:{host}"},
         )

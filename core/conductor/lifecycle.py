@@ -27,6 +27,7 @@ import msgspec
 from hvmesh.core import log
 from hvmesh.core.bus import notify
 from hvmesh.core.conductor.context import ConductorContext
+from hvmesh.core.conductor.work_route import work_subject
 from hvmesh.core.protocol import states, subjects
 from hvmesh.core.protocol.action_requests import action_name
 from hvmesh.core.protocol.base import encode, now
@@ -196,7 +197,7 @@ class Lifecycle:
             params=params or {},
         )
         await self.conductor.js.publish(
-            subjects.work(host),
+            await work_subject(self.st, host),
             encode(work),
             headers={"Nats-Msg-Id": f"{srv.id}:{kind}:{srv.request_id}:{host}"},
         )

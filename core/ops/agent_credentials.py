@@ -93,6 +93,7 @@ def _host_publish(host: str) -> list[str]:
     """What the agent of `host` publishes for that host only."""
     durable = subjects.agent_durable(host)
     work = f"{JS_API}.CONSUMER.%s.{subjects.WORK_STREAM}.{durable}"
+    group = f"{JS_API}.CONSUMER.%s.{subjects.WORK_STREAM}.{subjects.group_durable(host)}"
     return [
         subjects.events(host, "*"),  # its events (stream HVMESH_EVENTS)
         subjects.dead_letter(f"agent-{host}"),  # work it gave up on
@@ -107,6 +108,13 @@ def _host_publish(host: str) -> list[str]:
         work % "CREATE" + "." + subjects.work(host),
         work % "MSG.NEXT",
         f"$JS.ACK.{subjects.WORK_STREAM}.{durable}.>",
+        # The consumer of the group it may lead (agents/work_groups.py): its filter is
+        # hvmesh.work.<host>.*, where only hosts whose own records name the group get
+        # their work published.
+        group % "INFO",
+        group % "CREATE" + "." + subjects.group_work(host),
+        group % "MSG.NEXT",
+        f"$JS.ACK.{subjects.WORK_STREAM}.{subjects.group_durable(host)}.>",
     ]
 
 

@@ -310,6 +310,9 @@ class Host(Record):
     in_progress: list[str] = field(default_factory=list)
     # The key of the heartbeat record that speaks for this host ("": the host's name).
     beat_key: str = ""
+    # The group whose consumer takes this host's work (hvmesh.work.<group>.<host>); "":
+    # the host's own (hvmesh.work.<host>).
+    work_group: str = ""
     created_at: float = field(default_factory=now)
     updated_at: float = field(default_factory=now)
 

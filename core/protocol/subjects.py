@@ -52,9 +52,15 @@ def notify(event_type: str) -> str:
     return f"hvmesh.notify.{event_type}"
 
 
-def work(host: str) -> str:
-    """hvmesh.work.<host>: durable work for one host's agent."""
-    return f"hvmesh.work.{host}"
+def work(host: str, group: str = "") -> str:
+    """hvmesh.work.<host>: durable work for one host's agent; hvmesh.work.<group>.<host>
+    for a host whose agent process takes its group's work from one consumer."""
+    return f"hvmesh.work.{group}.{host}" if group else f"hvmesh.work.{host}"
+
+
+def group_work(group: str) -> str:
+    """hvmesh.work.<group>.*: the work of every host of one group."""
+    return f"hvmesh.work.{group}.*"
 
 
 def events(host: str, server_id: str) -> str:
@@ -72,6 +78,11 @@ CONDUCTOR_TIMERS_DURABLE = "conductor-timers"
 def agent_durable(host: str) -> str:
     """The durable consumer on HVMESH_WORK of one host's agent."""
     return f"agent-{host}"
+
+
+def group_durable(group: str) -> str:
+    """The durable consumer on HVMESH_WORK of one group of an agent process's hosts."""
+    return f"agents-{group}"
 
 
 # --- micro services --------------------------------------------------------------------------

@@ -76,7 +76,9 @@ async def test_a_host_whose_hypervisor_is_unreachable_goes_down_alone(
     deployment: Deployment, caplog: Any
 ) -> None:
     caplog.set_level(logging.INFO)
-    cfg = deployment.config(**FAST)
+    # A down time well above the beat interval: a stall of the machine must not take the
+    # group-mates for down too (what "alone" checks).
+    cfg = deployment.config(**(FAST | {"DEFAULT": {"service_down_time": 5.0}}))
     await deployment.start_core(cfg)
     agents = await fleet(deployment, cfg, 3, group_size=10)
     store = store_of(deployment)
@@ -85,6 +87,22 @@ async def test_a_host_whose_hypervisor_is_unreachable_goes_down_alone(
     assert seen is not None
 
     sick.driver.healthy = lambda: False  # its vCenter or BMC gone: it must not say it is up
+    try:
+        await _goes_down_alone(store, cfg, caplog, sick, well, seen)
+    finally:
+        del sick.driver.healthy  # reachable again
+
+    async def sick_up() -> bool:
+        return await liveness.is_up(store, sick.host, cfg.DEFAULT.service_down_time)
+
+    await until(sick_up, 30, "the host to be up again")
+
+
+async def _goes_down_alone(
+    store: Store, cfg: Any, caplog: Any, sick: Any, well: list[Any], seen: float
+) -> None:
+    """`sick` is down, kept in its group's record with its last beat; `well` stay up;
+    the conductor's host monitor takes it, and only it, for down."""
 
     async def sick_down() -> bool:
         return not await liveness.is_up(store, sick.host, cfg.DEFAULT.service_down_time)
@@ -96,20 +114,11 @@ async def test_a_host_whose_hypervisor_is_unreachable_goes_down_alone(
     for agent in well:  # its group-mates beat on in the same record
         assert await liveness.is_up(store, agent.host, cfg.DEFAULT.service_down_time)
 
-    # The conductor's host monitor takes it, and only it, for down.
     def monitor_saw() -> bool:
         return any(getattr(r, "host", "") == sick.host for r in _down(caplog))
 
     await until(monitor_saw, 30, "the host monitor to take the host for down")
     assert {r.host for r in _down(caplog)} == {sick.host}
-
-    # Reachable again: up again with the next beat.
-    del sick.driver.healthy
-
-    async def sick_up() -> bool:
-        return await liveness.is_up(store, sick.host, cfg.DEFAULT.service_down_time)
-
-    await until(sick_up, 30, "the host to be up again")
 
 
 async def test_a_stopped_host_keeps_its_last_beat_in_its_group(deployment: Deployment) -> None:

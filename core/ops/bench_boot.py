@@ -277,6 +277,24 @@ def bench_settings(url: str, password: str, hosts: int) -> config.Config:
     return msgspec.convert(raw, config.Config, strict=False)
 
 
+HVMESH = str(Path(sys.executable).parent / "hvmesh")
+
+
+async def start_site(
+    tmp: Path, hosts: int
+) -> tuple[natsserver.NatsServer, config.Config, dict[str, str]]:
+    """A benchmark's nats-server on free ports under `tmp`, its settings written there,
+    and the environment its `hvmesh` processes run with."""
+    server = await natsserver.start(
+        tmp / "nats", port=natsserver.free_port(), leaf_port=natsserver.free_port()
+    )
+    cfg = bench_settings(server.address, server.passwords["service"], hosts)
+    cfg_path = tmp / "bench.ini"
+    config.write(cfg, cfg_path)
+    env = {**os.environ, "HVMESH_CONFIG": str(cfg_path), "HVMESH_STATE_DIR": str(tmp / "state")}
+    return server, cfg, env
+
+
 async def counters(js: Any) -> tuple[dict[str, int], int]:
     """(messages ever stored, by stream; JetStream API requests so far)."""
     stored = {info.config.name: info.state.last_seq or 0 for info in await js.streams_info()}
@@ -306,18 +324,7 @@ async def run(
 ) -> BootBenchResult:
     timeout = 120.0
     with tempfile.TemporaryDirectory(prefix="hvmesh-bench-boot-") as tmp:
-        server = await natsserver.start(
-            Path(tmp) / "nats", port=natsserver.free_port(), leaf_port=natsserver.free_port()
-        )
-        cfg = bench_settings(server.address, server.passwords["service"], hosts)
-        cfg_path = Path(tmp) / "bench.ini"
-        config.write(cfg, cfg_path)
-        env = {
-            **os.environ,
-            "HVMESH_CONFIG": str(cfg_path),
-            "HVMESH_STATE_DIR": str(Path(tmp) / "state"),
-        }
-        exe = str(Path(sys.executable).parent / "hvmesh")
+        server, cfg, env = await start_site(Path(tmp), hosts)
         procs: list[subprocess.Popen[bytes]] = []
         nc = await connection.connect(cfg.nats, "hvmesh-bench-boot")
         watch = Watch()
@@ -328,7 +335,7 @@ async def run(
             agent = ["agent", "--driver", "fake", "--count", str(hosts), "--host", HOST_PREFIX]
             for argv in (["api"], ["conductor"], ["scheduler"], agent):
                 procs.append(
-                    subprocess.Popen([exe, *argv], env=env, stdout=log, stderr=subprocess.STDOUT)
+                    subprocess.Popen([HVMESH, *argv], env=env, stdout=log, stderr=subprocess.STDOUT)
                 )
             start_s = await wait_hosts_up(store, hosts, 300 + hosts / 20, quiet)
             call = subjects.api

@@ -11,7 +11,6 @@ it over NATS. Speed is reported, never asserted.
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import tempfile
@@ -22,12 +21,10 @@ from typing import Any
 
 import msgspec
 
-from hvmesh.core import config
 from hvmesh.core.bus import connection
 from hvmesh.core.bus import micro as bus
-from hvmesh.core.ops import natsserver
 from hvmesh.core.ops.bench import Progress, seed_hosts, stop_processes
-from hvmesh.core.ops.bench_boot import bench_settings, percentiles
+from hvmesh.core.ops.bench_boot import HVMESH, percentiles, start_site
 from hvmesh.core.protocol import states, subjects
 from hvmesh.core.protocol.records import Flavor, Server
 from hvmesh.core.state.store import Store
@@ -128,15 +125,7 @@ async def wait_listed(nc: Any, servers: int, timeout: float) -> None:
 
 async def run(servers: int, hosts: int, page: int, quiet: bool = False) -> ListBenchResult:
     with tempfile.TemporaryDirectory(prefix="hvmesh-bench-list-") as tmp:
-        server = await natsserver.start(
-            Path(tmp) / "nats", port=natsserver.free_port(), leaf_port=natsserver.free_port()
-        )
-        cfg = bench_settings(server.address, server.passwords["service"], hosts)
-        cfg_path = Path(tmp) / "bench.ini"
-        config.write(cfg, cfg_path)
-        env = {**os.environ, "HVMESH_CONFIG": str(cfg_path)}
-        env["HVMESH_STATE_DIR"] = str(Path(tmp) / "state")
-        exe = str(Path(sys.executable).parent / "hvmesh")
+        server, cfg, env = await start_site(Path(tmp), hosts)
         procs: list[subprocess.Popen[bytes]] = []
         nc = await connection.connect(cfg.nats, "hvmesh-bench-list")
         try:
@@ -146,7 +135,7 @@ async def run(servers: int, hosts: int, page: int, quiet: bool = False) -> ListB
             with open(Path(tmp) / "api.log", "ab") as log:
                 started = time.perf_counter()
                 procs.append(
-                    subprocess.Popen([exe, "api"], env=env, stdout=log, stderr=subprocess.STDOUT)
+                    subprocess.Popen([HVMESH, "api"], env=env, stdout=log, stderr=subprocess.STDOUT)
                 )
                 await wait_listed(nc, servers, 600.0)
                 load_s = time.perf_counter() - started

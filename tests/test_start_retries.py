@@ -323,7 +323,9 @@ async def assert_nothing_left(up: Up) -> None:
 async def test_up_stopped_while_starting_leaves_nothing(
     tmp_path: Path, sig: signal.Signals, moment: str
 ) -> None:
-    up = Up(tmp_path, fake_hosts=100)
+    # Starting 100 simulated hosts takes about 0.1 s here, shorter than a poll can be
+    # sure to land in; 1,000 take about 1 s, which it does.
+    up = Up(tmp_path, fake_hosts=1000 if moment == "hosts" else 100)
     try:
         await until(up.nats_started, 30, "nats-server to be started")
         if moment != "nats-server":

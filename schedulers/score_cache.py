@@ -84,8 +84,11 @@ def top_cut(
 
 
 def shape_key(spec: RequestSpec) -> bytes:
-    """Everything in a request but its server id: what row-local plugins may read."""
-    return msgspec.json.encode(msgspec.structs.replace(spec, server_id=""))
+    """Everything in a request that row-local plugins may read: all but what names this one
+    request (its server, its claim, when its caller gives up)."""
+    return msgspec.json.encode(
+        msgspec.structs.replace(spec, server_id="", claim_key="", expires_at=0.0)
+    )
 
 
 def _snapshot(values: Any, n: int) -> np.ndarray:

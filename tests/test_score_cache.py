@@ -336,6 +336,27 @@ def test_only_row_local_plugins_are_cached(clock: Clock) -> None:
     assert cache.shape_for(move) is None and cache.shape_for(move) is None
 
 
+def test_requests_share_a_shape_whatever_names_each_one(clock: Clock) -> None:
+    """Server id, claim key and deadline differ in every request the conductor sends; none
+    of them may keep the next request of the same kind from using the kept shape."""
+    fleet = Fleet(clock)
+    fleet.put(make_host(0, random.Random(0)))
+    ctx = SchedulerContext(config=config.Config(), index=fleet.index, filters=[])
+    cache = FilterScheduler(ctx).cache
+    base = shapes()[0]
+
+    def request(n: int) -> RequestSpec:
+        return msgspec.structs.replace(
+            base, server_id=f"s{n}", claim_key=f"s{n}.0", expires_at=T0 + 60 + n
+        )
+
+    assert cache.shape_for(request(1)) is None  # seen once
+    kept = cache.shape_for(request(2))
+    assert kept is not None
+    assert cache.shape_for(request(3)) is kept
+    assert len(cache.shapes) == 1
+
+
 def test_extremes_follow_a_full_scan() -> None:
     rng = np.random.default_rng(5)
     values = rng.integers(0, 6, 50)

@@ -30,6 +30,7 @@ import nats
 import numpy as np
 from nats.js.api import KeyValueConfig, StorageType
 
+from hvmesh.agents.heartbeats import GROUP_SIZE
 from hvmesh.core import config
 from hvmesh.core.bus import connection
 from hvmesh.core.bus import micro as bus
@@ -127,10 +128,20 @@ def bench_request(i: int) -> RequestSpec:
     )
 
 
+def bench_name(i: int, width: int) -> str:
+    return f"bench-{i:0{width}d}"
+
+
+def beat_key(i: int, width: int) -> str:
+    """The heartbeat record that speaks for host `i`: its group's first host, as agents do."""
+    return bench_name(i - i % GROUP_SIZE, width)
+
+
 def bench_host(i: int, width: int, size: HostSize = DEFAULT_SIZE) -> Host:
     """A simulated hypervisor (64 VCPU, 256 GiB, 4 TB by default) in one of four zones."""
     return Host(
-        name=f"bench-{i:0{width}d}",
+        name=bench_name(i, width),
+        beat_key=beat_key(i, width),
         driver="fake",
         availability_zone=f"az{i % 4}",
         hypervisor_type="fake",
@@ -173,31 +184,38 @@ async def seed_hosts(store: Store, count: int, quiet: bool, size: HostSize = DEF
     for start in range(0, count, window):
         batch = [bench_host(i, width, size) for i in range(start, min(count, start + window))]
         await asyncio.gather(*(store.hosts.put(h.name, h) for h in batch))
-        at = now()
-        await asyncio.gather(
-            *(
-                store.heartbeats.put(h.name, Heartbeat(host=h.name, at=at, agent_id="bench"))
-                for h in batch
-            )
-        )
         progress.step(len(batch))
+    await beat(store, count)
+
+
+async def beat(store: Store, count: int) -> None:
+    """One heartbeat for every simulated host: one record per group of GROUP_SIZE hosts,
+    as an agent process running many hosts writes them (agents/heartbeats.py)."""
+    width = max(5, len(str(count)))
+    at = now()
+    await asyncio.gather(
+        *(
+            store.heartbeats.put(
+                bench_name(first, width),
+                Heartbeat(
+                    host=bench_name(first, width),
+                    at=at,
+                    agent_id="bench",
+                    hosts=[
+                        bench_name(i, width) for i in range(first, min(count, first + GROUP_SIZE))
+                    ],
+                ),
+            )
+            for first in range(0, count, GROUP_SIZE)
+        )
+    )
 
 
 async def keep_beating(store: Store, count: int) -> None:
     """Heartbeats for every simulated host, so none goes down during a long run."""
-    width = max(5, len(str(count)))
     while True:
         await asyncio.sleep(20.0)
-        at = now()
-        for start in range(0, count, 512):
-            await asyncio.gather(
-                *(
-                    store.heartbeats.put(name, Heartbeat(host=name, at=at, agent_id="bench"))
-                    for name in (
-                        f"bench-{i:0{width}d}" for i in range(start, min(count, start + 512))
-                    )
-                )
-            )
+        await beat(store, count)
 
 
 async def wait_ready(nc: Any, count: int, timeout: float) -> None:

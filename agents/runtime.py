@@ -128,7 +128,7 @@ class AgentRuntime:
 
     async def start(self) -> None:
         self.store = await store_cache.for_connection(self.nc, self.cfg.nats.replicas)
-        self.host_servers = HostServers(self.nc, self.store, self.host)
+        self.host_servers = HostServers(self.store, self.host)
         self.images = ImageCache(
             self.js,
             self.store,

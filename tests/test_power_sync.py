@@ -171,16 +171,19 @@ def test_synced_leaves_alone() -> None:
 async def test_a_host_syncs_by_reading_its_own_servers_only(
     deployment: Deployment, admin: ApiClient
 ) -> None:
-    """After the first report (which starts from one scan shared by the process's hosts),
-    a host reads the records of its own servers, not the servers bucket."""
+    """From its first report on, a host reads its own record and its own servers' records,
+    never the servers bucket: its allocations say which servers may be placed on it,
+    including one the hypervisor lost."""
     agent = await one_host(deployment, admin)
     await deployment.start_agent("h2")
     for i in range(6):
         await boot(deployment, admin, f"vm{i}")
-    await agent.report_power_states()
     store = agent.store
     mine = {s.id for s in await store.servers.values() if s.host == "h1"}
     assert mine and len(mine) < 6  # both hosts have some
+    lost = sorted(mine)[0]
+    del agent.driver.instances[lost]  # the hypervisor lost one
+    agent.host_servers.ids.clear()  # as a restarted agent: nothing seen yet
 
     reads: list[str] = []
     real_get = store.servers.get
@@ -194,5 +197,11 @@ async def test_a_host_syncs_by_reading_its_own_servers_only(
 
     store.servers.get = get  # type: ignore[method-assign]
     store.servers.entries = no_scan  # type: ignore[method-assign]
-    await agent.report_power_states()
+    store.servers.values = no_scan  # type: ignore[method-assign]
+    try:
+        await agent.report_power_states()
+    finally:
+        del store.servers.get, store.servers.entries, store.servers.values
     assert set(reads) == mine
+    gone = await wait_server(deployment.store, lost, resting(S.STOPPED))
+    assert gone is not None and gone.power_state == S.NOSTATE

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import random
 import re
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -37,6 +36,7 @@ from hvmesh.agents.image_cache import ImageCache
 from hvmesh.agents.reconcile import reconcile as reconcile_guests
 from hvmesh.agents.reconcile import remove_failed_spawn
 from hvmesh.agents.steps import IMAGE_STEPS, STEPS
+from hvmesh.agents.upkeep import Job, Rounds
 from hvmesh.agents.work_groups import WORK_ACK_WAIT, WORK_FETCH_WINDOW
 from hvmesh.core import log
 from hvmesh.core.bus import micro as bus
@@ -111,6 +111,7 @@ class AgentRuntime:
         self._slots = asyncio.Semaphore(cfg.compute.workers)  # its own items at once
         self.store: Store | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._upkeep: list[tuple[Rounds, Job]] = []
         self._worker: PullWorker[Work] | None = None
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._users: defaultdict[str, int] = defaultdict(int)  # work items holding a lock
@@ -148,9 +149,16 @@ class AgentRuntime:
         self._requests = {"console_log": self._console_log}
         self._requests |= orphans.handlers(self) | self.consoles.handlers()
         self._subs.append(await self.nc.subscribe(subjects.agent(self.host, "*"), cb=self._request))
-        self._tasks.append(asyncio.create_task(self._power_sync_loop()))
-        if self.cfg.compute.reconcile_interval > 0:  # 0: only at start, above
-            self._tasks.append(asyncio.create_task(self._reconcile_loop()))
+        # Periodic upkeep in one loop per kind for all of this process's hosts.
+        compute = self.cfg.compute
+        upkeep = [
+            (Rounds.of("power_sync", compute.sync_power_state_interval), self.report_power_states)
+        ]
+        if compute.reconcile_interval > 0:  # 0: only at start, above
+            upkeep.append((Rounds.of("reconcile", compute.reconcile_interval), self.reconcile))
+        for rounds, job in upkeep:
+            rounds.join(self.host, job)
+            self._upkeep.append((rounds, job))
         if self.work_group:
             await self.work.join(self)
         else:
@@ -186,6 +194,9 @@ class AgentRuntime:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         await self.consoles.stop()
+        for rounds, job in self._upkeep:
+            await rounds.leave(self.host, job)
+        self._upkeep = []
         await stop_tasks([*self._tasks, *self._answering])
         if self._worker is not None:
             await self._worker.stop()
@@ -390,30 +401,10 @@ class AgentRuntime:
                 AgentEvent(kind="power", server_id=s.id, host=self.host, power_state=power, at=seen)
             )
 
-    async def _power_sync_loop(self) -> None:
-        # The first report comes at a random point of the interval, so the hosts of a
-        # fleet (or of one process) spread theirs over it instead of all at once.
-        interval = self.cfg.compute.sync_power_state_interval
-        await asyncio.sleep(random.uniform(0, interval))
-        while True:
-            try:
-                await self.report_power_states()
-            except Exception:
-                LOG.exception("agent.power_sync_failed", host=self.host)
-            await asyncio.sleep(interval)
-
     async def reconcile(self) -> None:
         """Remove instances this hypervisor runs that no server places here (agents/reconcile.py)."""
         assert self.store is not None
         await reconcile_guests(self.store, self.driver, self.host, self.hold, self.images)
-
-    async def _reconcile_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.cfg.compute.reconcile_interval)
-            try:
-                await self.reconcile()
-            except Exception:
-                LOG.exception("agent.reconcile_failed", host=self.host)
 
     async def _request(self, msg: Msg) -> None:
         """Hand a quick request to its handler, on its own task: a slow one (an orphan's

@@ -37,6 +37,7 @@ from hvmesh.core.conductor import (
 from hvmesh.core.conductor.host_monitor import HostMonitor
 from hvmesh.core.conductor.lifecycle import Lifecycle, NotYet
 from hvmesh.core.conductor.stuck_watch import StuckWatch
+from hvmesh.core.conductor.work_consumers import WorkConsumerSweep
 from hvmesh.core.config import Config
 from hvmesh.core.protocol import subjects
 from hvmesh.core.protocol.base import now
@@ -56,6 +57,7 @@ class Conductor:
         self.cfg = cfg
         self.store: Store | None = None
         self._workers: list[PullWorker[Any]] = []
+        self.work_consumers: WorkConsumerSweep | None = None
         self.lifecycle = Lifecycle(self)
         for module in ACTION_MODULES:
             module.register(self.lifecycle)
@@ -114,6 +116,8 @@ class Conductor:
             worker.start()
         self.host_monitor.start()
         self.stuck_watch.start()
+        self.work_consumers = WorkConsumerSweep(self.js, self.store)
+        self.work_consumers.start()
         LOG.info("conductor.started")
 
     def _worker(
@@ -136,6 +140,8 @@ class Conductor:
         await exhausted.event_given_up(self, self.lifecycle, event, why)
 
     async def stop(self) -> None:
+        if self.work_consumers is not None:
+            await self.work_consumers.stop()
         await self.stuck_watch.stop()
         await self.host_monitor.stop()
         for worker in self._workers:

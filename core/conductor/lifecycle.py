@@ -274,11 +274,14 @@ class Lifecycle:
                 fault=Fault(code=500, message=error) if error and fault else s.fault,
             )
 
+        # The log is closed first: whoever sees the server at rest finds its action ended,
+        # and a conductor that dies before the record is written closes it again (a no-op)
+        # when the event or task comes back.
+        await action_log.finish(self.st, srv.id, request_id, error)
         written = await self.transition(srv, done)
         if written is None:
             return None
         await quotas.settle(self.st, written.value)  # a resize confirmed, reverted; an offload
-        await action_log.finish(self.st, srv.id, request_id, error)
         event = f"instance.{_event_name(action)}.{'error' if error else 'end'}"
         await notify.send(self.conductor.nc, event, written.value, error=error)
         LOG.info("lifecycle.finished", server=srv.id, action=action, error=error)

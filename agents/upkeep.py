@@ -14,13 +14,13 @@ runs has that job cancelled. With no host joined, the loop ends.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 import weakref
 from collections.abc import Awaitable, Callable
 
 from hvmesh.core import log
+from hvmesh.core.tasks import stop_tasks
 
 LOG = log.get_logger(__name__)
 
@@ -63,14 +63,10 @@ class Rounds:
             del self.jobs[host]
         running = self._running
         if running is not None and running[:2] == (host, job):
-            running[2].cancel()
-            with contextlib.suppress(BaseException):
-                await running[2]
+            await stop_tasks([running[2]])
         if not self.jobs and self._loop is not None:
             loop, self._loop = self._loop, None
-            loop.cancel()
-            with contextlib.suppress(BaseException):
-                await loop
+            await stop_tasks([loop])
 
     async def _run(self) -> None:
         await asyncio.sleep(random.uniform(0, self.interval))
@@ -92,9 +88,7 @@ class Rounds:
             await asyncio.shield(task)
         except asyncio.CancelledError:
             if not task.cancelled():  # this loop is cancelled, not the job: end it too
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
+                await stop_tasks([task])
                 raise
         except Exception:
             LOG.exception("agent.upkeep_failed", kind=self.kind, host=host)

@@ -35,6 +35,7 @@ from hvmesh.core.protocol import subjects
 from hvmesh.core.protocol.records import Host
 from hvmesh.core.state import dead_letters
 from hvmesh.core.state.store import Store
+from hvmesh.core.tasks import stop_tasks
 
 LOG = log.get_logger(__name__)
 
@@ -177,10 +178,7 @@ class WorkConsumerSweep:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+        await stop_tasks([task])
 
     async def _loop(self) -> None:
         suspects: set[str] = set()

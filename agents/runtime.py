@@ -155,7 +155,9 @@ class AgentRuntime:
             (Rounds.of("power_sync", compute.sync_power_state_interval), self.report_power_states)
         ]
         if compute.reconcile_interval > 0:  # 0: only at start, above
-            upkeep.append((Rounds.of("reconcile", compute.reconcile_interval), self.reconcile))
+            # Reconciled at start (above): the first round comes a whole interval later.
+            interval = compute.reconcile_interval
+            upkeep.append((Rounds.of("reconcile", interval, first_after=interval), self.reconcile))
         for rounds, job in upkeep:
             rounds.join(self.host, job)
             self._upkeep.append((rounds, job))

@@ -5,7 +5,8 @@ of upkeep, all waking on their own. Here each kind, at one interval, is one loop
 walks the hosts joined to it in rounds, spreading them evenly over the interval (host i
 of n starts at i/n of it) and running one at a time, so a round costs what the hosts'
 own jobs cost and never more at once. The first round starts at a random point of the
-interval, so processes started together do not report together; a host that joins
+interval, so processes started together do not report together (or a set time after
+the loop starts, for a kind also run when a host starts); a host that joins
 during a round waits for the next. A job that fails is logged and the round goes on; one
 that outlasts its share only delays the hosts after it. A host that leaves while its job
 runs has that job cancelled. With no host joined, the loop ends.
@@ -34,20 +35,23 @@ _rounds: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, fl
 class Rounds:
     """One kind of upkeep at one interval, for every host of this process that joins."""
 
-    def __init__(self, kind: str, interval: float) -> None:
+    def __init__(self, kind: str, interval: float, first_after: float | None = None) -> None:
         self.kind = kind
         self.interval = interval
+        # When the first round starts: this many seconds after the loop does, or (None)
+        # at a random point of the interval.
+        self.first_after = first_after
         self.jobs: dict[str, Job] = {}
         self._loop: asyncio.Task[None] | None = None
         self._running: tuple[str, Job, asyncio.Task[None]] | None = None
 
     @classmethod
-    def of(cls, kind: str, interval: float) -> Rounds:
+    def of(cls, kind: str, interval: float, first_after: float | None = None) -> Rounds:
         """The rounds of `kind` at `interval` in this process (its running event loop)."""
         by_kind = _rounds.setdefault(asyncio.get_running_loop(), {})
         rounds = by_kind.get((kind, interval))
         if rounds is None:
-            rounds = by_kind[(kind, interval)] = cls(kind, interval)
+            rounds = by_kind[(kind, interval)] = cls(kind, interval, first_after)
         return rounds
 
     def join(self, host: str, job: Job) -> None:
@@ -69,7 +73,8 @@ class Rounds:
             await stop_tasks([loop])
 
     async def _run(self) -> None:
-        await asyncio.sleep(random.uniform(0, self.interval))
+        first = self.first_after
+        await asyncio.sleep(random.uniform(0, self.interval) if first is None else first)
         while self.jobs:
             started = time.monotonic()
             hosts = list(self.jobs)

@@ -34,6 +34,7 @@ from hvmesh.core.config_sections import (
     MetadataSection,
     RestSection,
     SchedulerSection,
+    SiteSection,
 )
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "QuotaSection",
     "RestSection",
     "SchedulerSection",
+    "SiteSection",
     "VmwareSection",
 ]
 
@@ -154,6 +156,7 @@ class Config(Struct, kw_only=True, forbid_unknown_fields=True):
     console: ConsoleSection = msgspec.field(default_factory=ConsoleSection)
     policy: PolicySection = msgspec.field(default_factory=PolicySection)
     plugins: PluginsSection = msgspec.field(default_factory=PluginsSection)
+    site: SiteSection = msgspec.field(default_factory=SiteSection)
 
     def host_name(self) -> str:
         return self.compute.host or socket.gethostname()

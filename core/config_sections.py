@@ -386,3 +386,33 @@ class ConsoleSection(Struct, kw_only=True, forbid_unknown_fields=True):
             return self.base_url.rstrip("/")
         host = "127.0.0.1" if self.listen in ("0.0.0.0", "") else self.listen
         return f"http://{host}:{self.port}"
+
+
+class SiteSection(Struct, kw_only=True, forbid_unknown_fields=True):
+    name: Annotated[
+        str,
+        Meta(
+            pattern=r"^([A-Za-z0-9][A-Za-z0-9_-]{0,31})?$",
+            description="This deployment's site name (its JetStream domain); empty: the core.",
+        ),
+    ] = ""
+    availability_zones: Annotated[
+        list[str],
+        Meta(
+            description="At a site: the zones whose creates the core hands to it (default: its name)."
+        ),
+    ] = []
+    request_timeout: Annotated[
+        float,
+        Meta(
+            gt=0,
+            description="At the core: seconds a create for a cut-off site may wait for the "
+            "link before it fails (its servers go to ERROR).",
+        ),
+    ] = 3600.0
+    link_check_interval: Annotated[
+        float, Meta(gt=0, description="At the core: seconds between checks of each site's link.")
+    ] = 2.0
+
+    def zones(self) -> list[str]:
+        return self.availability_zones or ([self.name] if self.name else [])

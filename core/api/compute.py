@@ -26,6 +26,7 @@ from hvmesh.core.api.lookups import find_flavor, find_image
 from hvmesh.core.api.paging import Page
 from hvmesh.core.api.requests import Empty
 from hvmesh.core.api.server_filters import changes_since, name_pattern
+from hvmesh.core.api.sites import SiteEndpoints
 from hvmesh.core.api.views import server_view
 from hvmesh.core.bus.micro import Caller
 from hvmesh.core.protocol import errors, states, subjects
@@ -66,6 +67,7 @@ class ComputeEndpoints:
     def __init__(self, api: ApiContext) -> None:
         self.api = api
         self.servers_index = ServerIndex()  # started and stopped by the API service
+        self.sites: SiteEndpoints | None = None  # at the core: sites' servers are shown too
 
     # --- servers.list ---------------------------------------------------------------------
 
@@ -75,6 +77,7 @@ class ComputeEndpoints:
             raise errors.BadRequest("project: only together with all_projects")
         keep = await self._filter(caller, req)
         scope = req.project or (None if req.all_projects else caller.project)
+        show = self.sites.show if self.sites is not None else server_view
         return await paging.from_index(
             self.api,
             "servers",
@@ -82,7 +85,7 @@ class ComputeEndpoints:
             req,
             None if scope is None else (scope,),
             lambda s: s.id,
-            lambda s: server_view(s, caller),
+            lambda s: show(s, caller),
             keep,
             reverse=req.sort_dir == "desc",
         )

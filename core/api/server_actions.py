@@ -23,6 +23,7 @@ from hvmesh.core.api.context import ApiContext
 from hvmesh.core.api.lookups import find_flavor, find_image, own_server, resolve
 from hvmesh.core.api.networks import NetworkEndpoints
 from hvmesh.core.api.policy import check_fits
+from hvmesh.core.api.sites import SiteEndpoints, own_here
 from hvmesh.core.api.snapshot import create_image, drop_image
 from hvmesh.core.api.views import server_view
 from hvmesh.core.bus import micro as bus
@@ -75,14 +76,17 @@ class ServerActions:
     """The action endpoints, sharing the API service's store and connection; ports and
     networks of interface actions come from `net`."""
 
-    def __init__(self, api: ApiContext, net: NetworkEndpoints) -> None:
+    def __init__(
+        self, api: ApiContext, net: NetworkEndpoints, sites: SiteEndpoints | None = None
+    ) -> None:
         self.api = api
         self.net = net
+        self.sites = sites  # at the core: a site's server is acted on at its site
 
     # --- servers.action -----------------------------------------------------------------
 
     async def action(self, caller: Caller, req: ServerAction) -> dict:
-        server = await own_server(self.api.st, req.id, caller)
+        server = await own_here(self.api.st, self.sites, req.id, caller)
         req = msgspec.structs.replace(req, id=server.id)  # a name is resolved once, here
         name = actions.rule_name(req)
         rule = actions.check(name, server, caller.is_admin, caller.user)

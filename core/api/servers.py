@@ -11,6 +11,7 @@ core/api/compute.py, actions on a server in core/api/server_actions.py.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import msgspec
@@ -23,6 +24,7 @@ from hvmesh.core.api.lookups import find_flavor, find_image, is_key, own_server,
 from hvmesh.core.api.networks import NetworkEndpoints
 from hvmesh.core.api.policy import check_fits, check_user_data
 from hvmesh.core.api.requests import IdOnly
+from hvmesh.core.api.sites import SiteEndpoints, own_here
 from hvmesh.core.api.views import server_view
 from hvmesh.core.bus import notify
 from hvmesh.core.bus.micro import Caller
@@ -42,22 +44,47 @@ class ServerEndpoints:
     `groups`."""
 
     def __init__(
-        self, api: ApiContext, net: NetworkEndpoints, groups: ServerGroupEndpoints
+        self,
+        api: ApiContext,
+        net: NetworkEndpoints,
+        groups: ServerGroupEndpoints,
+        sites: SiteEndpoints | None = None,
     ) -> None:
         self.api = api
         self.net = net
         self.groups = groups
+        self.sites = sites  # at the core: creates for a site's zone go there
 
     async def server_create(self, caller: Caller, req: ServerCreate) -> dict:
         """Boot: check the request, make the ports, write the servers, queue the build.
 
         With a client_token, once: a retry gets the first request's servers
-        (core/api/idempotency.py)."""
+        (core/api/idempotency.py). A zone that is a site's: queued for that site
+        (core/api/sites.py)."""
+        site = self.sites.site_for(req.availability_zone) if self.sites else None
+        boot = self._boot if site is None else functools.partial(self._route, site)
         if req.client_token is not None:
-            return await idempotency.create_once(self.api, caller, req, self._boot)
-        return await self._boot(caller, req)
+            return await idempotency.create_once(self.api, caller, req, boot)
+        return await boot(caller, req)
 
-    async def _boot(self, caller: Caller, req: ServerCreate) -> dict:
+    async def _route(self, site: str, caller: Caller, req: ServerCreate) -> dict:
+        assert self.sites is not None
+        return await self.sites.route(site, caller, req)
+
+    async def create_given(self, caller: Caller, req: ServerCreate, ids: list[str]) -> dict:
+        """Boot with server ids chosen elsewhere (the core's, for a site): once per
+        client_token, as server_create."""
+
+        async def boot(c: Caller, r: ServerCreate) -> dict:
+            return await self._boot(c, r, ids)
+
+        if req.client_token is not None:
+            return await idempotency.create_once(self.api, caller, req, boot)
+        return await boot(caller, req)
+
+    async def _boot(
+        self, caller: Caller, req: ServerCreate, given: list[str] | None = None
+    ) -> dict:
         flavor = await resolve(
             find_flavor(self.api.st, req.flavor, caller, self.api.lists.flavors), "flavor"
         )
@@ -90,7 +117,12 @@ class ServerEndpoints:
             except errors.NotFound as exc:
                 raise errors.BadRequest(f"key_name: {exc.message}") from None
         ids = await quota_checks.admit_servers(
-            self.api, caller, flavor, [new_id() for _ in range(count)], req.min_count, req.metadata
+            self.api,
+            caller,
+            flavor,
+            given or [new_id() for _ in range(count)],
+            req.min_count,
+            req.metadata,
         )
         count = len(ids)  # a multi-create that did not fit whole: as many as fit
         nics: dict[str, list[Vif]] = {}
@@ -195,13 +227,23 @@ class ServerEndpoints:
         return reply
 
     async def server_get(self, caller: Caller, req: IdOnly) -> dict:
-        return {"server": server_view(await own_server(self.api.st, req.id, caller), caller)}
+        try:
+            server = await own_server(self.api.st, req.id, caller)
+        except errors.NotFound:
+            held = self.sites.held(req.id, caller) if self.sites else None
+            if held is None or self.sites is None:
+                raise
+            return {"server": self.sites.show(held, caller)}
+        return {"server": server_view(server, caller)}
+
+    async def _own(self, server_id: str, caller: Caller) -> Server:
+        return await own_here(self.api.st, self.sites, server_id, caller)
 
     async def server_update(self, caller: Caller, req: ServerUpdate) -> dict:
         """Rename a server and set or remove its metadata items, in one compare-and-set."""
         if req.name is None and not req.metadata and not req.replace_metadata:
             raise errors.BadRequest("nothing to update: give name or metadata")
-        server = await own_server(self.api.st, req.id, caller)
+        server = await self._own(req.id, caller)
         if req.replace_metadata:
             wanted = {k: v for k, v in req.metadata.items() if v is not None}
         else:
@@ -222,7 +264,7 @@ class ServerEndpoints:
 
     async def server_delete(self, caller: Caller, req: IdOnly) -> dict:
         """Delete at any point, also mid-build or mid-action: the delete supersedes it."""
-        server = await own_server(self.api.st, req.id, caller)
+        server = await self._own(req.id, caller)
         request_id = new_request_id()
         superseded: list[str] = []
 

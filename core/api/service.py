@@ -38,6 +38,8 @@ from hvmesh.core.api.quotas import ProjectName, ProjectRef, QuotaEndpoints, Quot
 from hvmesh.core.api.requests import Empty, IdOnly, Ref
 from hvmesh.core.api.server_actions import ActionRef, ServerActions, ServerEventList
 from hvmesh.core.api.servers import ServerEndpoints
+from hvmesh.core.api.site_inbox import SiteInbox
+from hvmesh.core.api.sites import SiteEndpoints, SiteRef
 from hvmesh.core.api.usage import UsageEndpoints, UsageShow
 from hvmesh.core.bus import microversion
 from hvmesh.core.bus.micro import MicroService, Raw
@@ -62,6 +64,7 @@ from hvmesh.core.protocol.requests import (
     ServerUpdate,
     ServiceSet,
 )
+from hvmesh.core.protocol.sites import SiteJoin, SiteOutcome
 from hvmesh.core.protocol.version import VERSION
 from hvmesh.core.state.inventory import Index
 from hvmesh.core.state.store import Store
@@ -106,9 +109,14 @@ class ApiService:
         self.images = ImageEndpoints(self)
         self.networks = NetworkEndpoints(self)
         self.groups = ServerGroupEndpoints(self)
-        self.servers = ServerEndpoints(self, self.networks, self.groups)
         self.compute = ComputeEndpoints(self)
-        self.actions = ServerActions(self, self.networks)
+        # The core keeps a view of every site and routes creates to them; a site ([site]
+        # name) takes what the core queued for it (docs/sites.md).
+        self.sites = None if cfg.site.name else SiteEndpoints(self, self.compute.servers_index)
+        self.compute.sites = self.sites
+        self.servers = ServerEndpoints(self, self.networks, self.groups, self.sites)
+        self.inbox = SiteInbox(self, self.servers) if cfg.site.name else None
+        self.actions = ServerActions(self, self.networks, self.sites)
         self.hypervisors = HypervisorEndpoints(self)
         self.aggregates = AggregateEndpoints(self)
         self.quotas = QuotaEndpoints(self)
@@ -229,6 +237,13 @@ class ApiService:
         ep("quotas-defaults", api("quotas", "defaults"), quotas.defaults, Empty)
         ep("limits-show", api("limits", "show"), quotas.limits, ProjectRef)
         ep("usage-show", api("usage", "show"), self.usage.show, UsageShow)
+        # sites, at the core: what operators ask, and what sites send
+        if self.sites is not None:
+            sites = self.sites
+            ep("sites-list", api("sites", "list"), sites.list, Empty)
+            ep("sites-delete", api("sites", "delete"), sites.delete, SiteRef)
+            ep("sites-join", subjects.SITE_JOIN, sites.join, SiteJoin)
+            ep("sites-outcome", subjects.SITE_OUTCOME, sites.outcome, SiteOutcome)
 
     @property
     def st(self) -> Store:
@@ -240,11 +255,19 @@ class ApiService:
         await self.index.start(self.store)
         await self.compute.servers_index.start(self.store.servers)
         await self.lists.start(self.store)
+        if self.sites is not None:
+            await self.sites.start()
         await self.service.start()
+        if self.inbox is not None:
+            await self.inbox.start()
         LOG.info("api.started")
 
     async def stop(self) -> None:
+        if self.inbox is not None:
+            await self.inbox.stop()
         await self.service.stop()
+        if self.sites is not None:
+            await self.sites.stop()
         await self.index.stop()
         await self.compute.servers_index.stop()
         await self.lists.stop()

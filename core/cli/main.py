@@ -36,6 +36,7 @@ from hvmesh.core.cli import (
     server_actions,
     servers,
     services,
+    sites,
 )
 from hvmesh.core.cli import args as cli_args
 from hvmesh.core.cli.errors import CliError
@@ -106,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     compute.add_parsers(sub, leaf)  # hypervisor, availability zone, compute service, ...
 
     aggregates.add_parsers(sub, leaf)
+    sites.add_parsers(sub, leaf)
     inventory.add_parsers(sub, leaf)
     manage.add_parsers(sub, leaf)
     bench.add_parsers(sub, leaf)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,8 @@ from hvmesh.core.cli import lazy
 from hvmesh.core.cli.args import add_cluster_option, check_cluster
 from hvmesh.core.cli.connect import nats_settings
 from hvmesh.core.cli.errors import CliError
+from hvmesh.core.protocol import subjects
+from hvmesh.core.protocol.sites import SITE_NAME
 
 DRAIN_TIMEOUT = 10.0  # seconds a service's connection may take to drain when stopping
 
@@ -165,6 +168,7 @@ def cmd_up(args: argparse.Namespace) -> None:
     if args.fake_hosts < 0:
         raise CliError("--fake-hosts must be 0 or more")
     check_cluster(args.cluster)
+    site = site_link(args)
     if args.monitor_port is not None and not 0 <= args.monitor_port < 65536:
         raise CliError("--monitor-port must be a TCP port (1-65535, or 0 for any free one)")
     data_dir = Path(args.data_dir).expanduser()
@@ -188,9 +192,28 @@ def cmd_up(args: argparse.Namespace) -> None:
                 monitor_port=args.monitor_port,
                 tls_files=tls_files,
                 cluster=args.cluster,
+                site=site,
             )
         ),
     )
+
+
+def site_link(args: argparse.Namespace) -> ops_up.SiteLink | None:
+    """`--site NAME --hub URL [--zone AZ ...]`, checked; None without --site."""
+    if not args.site:
+        if args.hub or args.zone:
+            raise CliError("--hub and --zone are for a site: give --site NAME too")
+        return None
+    if not re.fullmatch(SITE_NAME, args.site) or args.site == subjects.CORE_DOMAIN:
+        raise CliError(
+            f"--site {args.site!r}: a site's name is 1-32 letters, digits, - or _ "
+            f"(not {subjects.CORE_DOMAIN!r}, the core's)"
+        )
+    if not args.hub:
+        raise CliError("--site needs --hub URL: the core's leaf-node URL, with credentials")
+    if args.cluster:
+        raise CliError("--site runs one nats-server: not with --cluster")
+    return ops_up.SiteLink(name=args.site, hub=args.hub, zones=tuple(args.zone or []))
 
 
 def cmd_config_sample(args: argparse.Namespace) -> None:
@@ -229,6 +252,24 @@ def add_parsers(sub: Any, leaf: Any) -> None:
     p.add_argument("--tls-key", default="", help="its key (PEM)")
     p.add_argument("--tls-ca", default="", help="the CA (PEM) clients check the server against")
     add_cluster_option(p, "the core survives losing a node (docs/sites.md)")
+    p.add_argument(
+        "--site",
+        metavar="NAME",
+        help="make this box a site (Nova's cell) of the core at --hub, with its own "
+        "JetStream domain NAME (docs/sites.md)",
+    )
+    p.add_argument(
+        "--hub",
+        metavar="URL",
+        help="the core's leaf-node URL(s), comma-separated, with the core's service "
+        "credentials: nats-leaf://hvmesh:PASSWORD@core:7422",
+    )
+    p.add_argument(
+        "--zone",
+        action="append",
+        metavar="AZ",
+        help="an availability zone this site serves (repeatable; default: the site's name)",
+    )
 
     services = [
         leaf(sub, "api", cmd_api, "run the API service"),

@@ -27,6 +27,7 @@ import nats
 
 from hvmesh.core.ops import agent_credentials
 from hvmesh.core.ops import tls as nats_tls
+from hvmesh.core.protocol import subjects
 
 # "route": what the nodes of a cluster (natscluster) authenticate their routes with.
 USERS = ("service", "admin", "demo", "viewer", "alt", "sys", "route")
@@ -168,10 +169,17 @@ class NatsServer:
             self.process.wait()
 
 
-def write_conf(data_dir: Path, tls_files: nats_tls.TlsFiles | None, cluster: str = "") -> Path:
+def write_conf(
+    data_dir: Path,
+    tls_files: nats_tls.TlsFiles | None,
+    cluster: str = "",
+    domain: str = subjects.CORE_DOMAIN,
+    hub: str = "",
+) -> Path:
     """nats.conf copied into `data_dir` beside what it includes: the HVMESH account's users
-    (agents' included, agent_credentials), the TLS blocks (`tls_files`, or none) and the
-    cluster block (`cluster`, written by natscluster, or none)."""
+    (agents' included, agent_credentials), the TLS blocks (`tls_files`, or none), the
+    cluster block (`cluster`, written by natscluster, or none), the JetStream `domain`
+    and, at a site, the leaf-node link to the core at `hub`."""
     data_dir.mkdir(parents=True, exist_ok=True)
     conf = data_dir / "nats.conf"
     conf.write_text(config_path().read_text(encoding="utf-8"), encoding="utf-8")
@@ -181,10 +189,40 @@ def write_conf(data_dir: Path, tls_files: nats_tls.TlsFiles | None, cluster: str
     fd = os.open(data_dir / CLUSTER_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:  # it holds the routes' password
         fh.write(header + (cluster or "# No cluster: one nats-server.\n"))
+    header = (
+        "# Written by hvmesh (`hvmesh up`, `hvmesh up --site NAME`): edits here are overwritten.\n"
+    )
+    (data_dir / DOMAIN_FILE).write_text(header + f"domain: {domain}\n", encoding="utf-8")
+    header = (
+        "# Written by hvmesh (`hvmesh up --site NAME --hub URL`): edits here are overwritten.\n"
+    )
+    fd = os.open(data_dir / REMOTES_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:  # the hub's URL holds a password
+        fh.write(header + (site_link(hub) if hub else "# No link to a core.\n"))
     return conf
 
 
 CLUSTER_FILE = "cluster.conf"
+DOMAIN_FILE = "jetstream-domain.conf"
+REMOTES_FILE = "leafnode-remotes.conf"
+
+
+def site_link(hub: str) -> str:
+    """The leafnodes remotes block joining this server's HVMESH account to the core's at
+    `hub` (a comma-separated list of the core's leaf-node URLs, with credentials), carrying
+    neither side's own subjects (subjects.SITE_LINK_DENY)."""
+    urls = ", ".join(json.dumps(u.strip()) for u in hub.split(",") if u.strip())
+    deny = ", ".join(json.dumps(s) for s in subjects.SITE_LINK_DENY)
+    return (
+        "remotes: [\n"
+        "  {\n"
+        f"    urls: [{urls}]\n"
+        "    account: HVMESH\n"
+        f"    deny_imports: [{deny}]\n"
+        f"    deny_exports: [{deny}]\n"
+        "  }\n"
+        "]\n"
+    )
 
 
 def spawn(
@@ -245,8 +283,13 @@ async def start(
     tied: bool = False,
     monitor_port: int | None = None,
     tls_files: nats_tls.TlsFiles | None = None,
+    domain: str = subjects.CORE_DOMAIN,
+    hub: str = "",
 ) -> NatsServer:
     """Start nats-server with hvmesh's configuration; returns once it accepts clients.
+
+    Its JetStream is `domain`'s; with `hub`, it is a site joined to the core there as a
+    leaf node (docs/sites.md).
 
     The shipped nats.conf runs as a copy in `data_dir` (write_conf). Monitoring listens
     on 127.0.0.1:`monitor_port` (a free port if None). If the wait fails or is cancelled,
@@ -256,7 +299,7 @@ async def start(
     data_dir.mkdir(parents=True, exist_ok=True)
     passwords = load_secrets(data_dir)
     if conf is None:
-        conf = write_conf(data_dir, tls_files)
+        conf = write_conf(data_dir, tls_files, domain=domain, hub=hub)
     monitor_port = monitor_port or free_port(avoid={port, leaf_port})
     env = node_env(
         passwords,

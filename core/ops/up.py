@@ -15,6 +15,7 @@ import os
 import shlex
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
@@ -44,7 +45,18 @@ MONITOR_PORT = 8222  # NATS monitoring's usual port, taken when free and none is
 Nats = natsserver.NatsServer | natscluster.NatsCluster
 
 
-def write_contexts(server: Nats) -> dict[str, Path]:
+@dataclass(frozen=True)
+class SiteLink:
+    """`hvmesh up --site NAME --hub URL`: this box is site `name` of the core at `hub`
+    (its leaf-node URL(s), with credentials), serving availability `zones`."""
+
+    name: str
+    hub: str
+    zones: tuple[str, ...]
+
+
+def write_contexts(server: Nats, site: str = "") -> dict[str, Path]:
+    """The NATS CLI contexts of this deployment (a site's named hvmesh-<site>-...)."""
     made = {}
     for name, user, what in (
         ("hvmesh-admin", "admin", "hvmesh operator (admin project)"),
@@ -52,6 +64,8 @@ def write_contexts(server: Nats) -> dict[str, Path]:
         ("hvmesh-viewer", "viewer", "hvmesh demo tenant's reader (project DEMO)"),
         ("hvmesh-alt", "alt", "hvmesh second tenant (project ALT)"),
     ):
+        if site:
+            name, what = name.replace("hvmesh-", f"hvmesh-{site}-", 1), f"{what}, site {site}"
         made[name] = contexts.write(
             name,
             contexts.Context(
@@ -224,9 +238,11 @@ async def start_nats(
     monitor_port: int,
     tls_files: nats_tls.TlsFiles | None,
     cluster: int,
+    site: SiteLink | None = None,
 ) -> Nats:
     """One nats-server, or with `cluster` that many nodes: the first on the given ports,
-    the others on the next ports up where they are free."""
+    the others on the next ports up where they are free. With `site`, the one server is
+    that site's, joined to its core."""
     if not cluster:
         return await natsserver.start(
             data_dir,
@@ -236,6 +252,9 @@ async def start_nats(
             tied=True,
             monitor_port=monitor_port,
             tls_files=tls_files,
+            name=f"hvmesh-{site.name}" if site else "hvmesh",  # unique among the core's leaves
+            domain=site.name if site else subjects.CORE_DOMAIN,
+            hub=site.hub if site else "",
         )
     taken: set[int] = set()
 
@@ -272,6 +291,7 @@ async def up(
     monitor_port: int | None = None,
     tls_files: nats_tls.TlsFiles | None = None,
     cluster: int = 0,
+    site: SiteLink | None = None,
 ) -> None:
     """Run everything until SIGINT/SIGTERM; the metadata service binds on `metadata_listen`,
     else on `listen` (the NATS client address).
@@ -281,12 +301,17 @@ async def up(
     clients and leaf nodes over TLS only and every service checks it against their CA.
     The simulated hosts connect as their own NKEY user (FLEET_CREDENTIAL). With `cluster`
     (3 or 5), NATS is a cluster of that many nodes and every stream and bucket is kept
-    on as many ([nats] replicas).
+    on as many ([nats] replicas). With `site`, this box is a site of the core at
+    `site.hub` (docs/sites.md): its own JetStream domain, its simulated hosts in its zone.
     A signal at any moment of the start stops what has started, nats-server included, and
     raises launcher.StoppedWhileStarting; so does an error, which is raised as it is.
     """
+    if site is not None:
+        cfg = site_config(cfg, site)
     if fake_hosts:
-        agent_credentials.issue(data_dir, FLEET_CREDENTIAL, launcher.fake_names(fake_hosts))
+        agent_credentials.issue(
+            data_dir, FLEET_CREDENTIAL, launcher.fake_names(fake_hosts, host_prefix(cfg))
+        )
     else:
         agent_credentials.revoke(data_dir, FLEET_CREDENTIAL)
     if monitor_port is None:
@@ -294,7 +319,9 @@ async def up(
     stop = asyncio.Event()
     with launcher.signals(stop):
         server = await launcher.until_stopped(
-            start_nats(data_dir, nats_port, leaf_port, listen, monitor_port, tls_files, cluster),
+            start_nats(
+                data_dir, nats_port, leaf_port, listen, monitor_port, tls_files, cluster, site
+            ),
             stop,
         )
         if cluster:
@@ -310,6 +337,21 @@ async def up(
         finally:
             server.stop()
     print("hvmesh stopped.", file=sys.stderr, flush=True)
+
+
+def site_config(cfg: Config, site: SiteLink) -> Config:
+    """`cfg` for site `site`: its [site] section, and its hosts in its first zone."""
+    zones = list(site.zones) or [site.name]
+    return msgspec.structs.replace(
+        cfg,
+        site=msgspec.structs.replace(cfg.site, name=site.name, availability_zones=zones),
+        compute=msgspec.structs.replace(cfg.compute, availability_zone=zones[0]),
+    )
+
+
+def host_prefix(cfg: Config) -> str:
+    """The simulated hosts' name prefix: fake, or <site>-fake at a site."""
+    return f"{cfg.site.name}-fake" if cfg.site.name else "fake"
 
 
 def _exited(server: Nats) -> natsserver.NatsServerError:
@@ -381,28 +423,34 @@ async def _run(
                 metadata,
                 rest,
                 consoles,
-                launcher.retried_fleet(guard, hosts_nc, hosts_cfg, fake_hosts, registry=plugins)
+                launcher.retried_fleet(
+                    guard, hosts_nc, hosts_cfg, fake_hosts, host_prefix(cfg), registry=plugins
+                )
                 if fake_hosts
                 else launcher.Fleet([]),
             ]
-            made = write_contexts(server)
+            made = write_contexts(server, cfg.site.name)
 
             def ready() -> None:
                 assert metadata.current is not None
                 address, port = metadata.current.address, metadata.current.port
                 auth_url = rest.current.auth_url if rest.current is not None else None
-                print(
-                    banner(
-                        server,
-                        fake_hosts,
-                        made,
-                        address,
-                        port,
-                        rest_auth_url=auth_url,
-                        console_url=cfg.console.url(),
-                    ),
-                    flush=True,
+                site = cfg.site.name
+                hv = f"{cli_command()} --context hvmesh-{site}-admin" if site else None
+                text = banner(
+                    server,
+                    fake_hosts,
+                    made,
+                    address,
+                    port,
+                    hvmesh=hv,
+                    rest_auth_url=auth_url,
+                    console_url=cfg.console.url(),
                 )
+                if site:
+                    zones = ", ".join(cfg.site.zones())
+                    text = f"Site {site} (JetStream domain {site}, zones {zones}): " + text
+                print(text, flush=True)
 
             await launcher.serve(components, on_ready=ready, stop=stop)
         finally:

@@ -174,3 +174,44 @@ def agent_inbox(name: str) -> str:
     The dash keeps it apart from every other client's _INBOX.<nuid> (a nuid has none).
     """
     return f"_INBOX.agent-{name}"
+
+
+# --- sites (docs/sites.md) ------------------------------------------------------------------------
+# The core's JetStream domain is CORE_DOMAIN; a site's is its name. A JetStream domain's
+# API is $JS.<domain>.API from anywhere in the leaf-node topology.
+
+CORE_DOMAIN = "core"
+SITES_BUCKET = "sites"  # key: a site's name: its Site record (at the core)
+SITE_REQUESTS_STREAM = "HVMESH_SITE_REQUESTS"  # at the core: creates the core handed to a site
+SITE_REQUESTS_ALL = "hvmesh.site_requests.>"
+SITE_INBOX_STREAM = "HVMESH_SITE_INBOX"  # at a site: its requests, sourced from the core's
+SITE_INBOX_DURABLE = "site-inbox"
+SITE_OUTCOMES_BUCKET = "site_outcomes"  # at the core; key: a SiteRequest's id: why it failed
+# A site's requests to the core, answered by the core's API: outside hvmesh.> so that
+# they cross the link (SITE_LINK_DENY).
+SITE_JOIN = "hvmesh-site.join"
+SITE_OUTCOME = "hvmesh-site.outcome"
+# What a site's leaf-node link does not carry, either way: each side has its own services,
+# buckets ($KV), object stores ($O) and service discovery. Only JetStream's API
+# ($JS.<domain>.API), replies (_INBOX) and stream sourcing/mirroring cross.
+SITE_LINK_DENY = ("hvmesh.>", "$KV.>", "$O.>", "$SRV.>")
+
+
+def site_requests(site: str) -> str:
+    """hvmesh.site_requests.<site>: a create the core accepted for one site."""
+    return f"hvmesh.site_requests.{site}"
+
+
+def js_api(domain: str) -> str:
+    """$JS.<domain>.API: the JetStream API of one domain (the core's, or a site's)."""
+    return f"$JS.{domain}.API"
+
+
+def site_view(site: str) -> str:
+    """HVMESH_SITE_<site>_SERVERS: the core's mirror of one site's servers bucket."""
+    return f"HVMESH_SITE_{site}_SERVERS"
+
+
+def kv_stream(bucket: str) -> str:
+    """KV_<bucket>: the stream behind a KV bucket."""
+    return f"KV_{bucket}"

@@ -84,11 +84,17 @@ class RecordIndex(Generic[T]):
 
     # --- feeding ---------------------------------------------------------------------------
 
-    def apply(self, key: str, record: T | None, revision: int) -> None:
-        """Take a record (None: deleted) unless a newer one is held already."""
-        self.revision = max(self.revision, revision)
+    def apply(
+        self, key: str, record: T | None, revision: int, own: bool = True, force: bool = False
+    ) -> None:
+        """Take a record (None: deleted) unless a newer one is held already (with `force`:
+        whatever is held). A record not from the bucket (`own` False: another source,
+        such as a site's servers at the core) has revisions of its own source, which the
+        index's catch-up with its bucket does not count."""
+        if own:
+            self.revision = max(self.revision, revision)
         current = self.records.get(key)
-        if current is not None and current.revision >= revision:
+        if current is not None and current.revision >= revision and not force:
             return
         if not self._placed:  # loading: ordered once everything is in (place_all)
             if record is None:

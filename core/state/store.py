@@ -53,6 +53,7 @@ from hvmesh.core.protocol.records import (
     Server,
     ServerGroup,
 )
+from hvmesh.core.protocol.sites import Site, SiteOutcome
 from hvmesh.core.state import kv_read
 
 T = TypeVar("T", bound=msgspec.Struct)
@@ -78,6 +79,8 @@ BUCKETS: dict[str, type[msgspec.Struct]] = {
     subjects.CLIENT_TOKENS_BUCKET: ClientToken,
     subjects.MIGRATIONS_BUCKET: MigrationRecord,
     subjects.CONSOLE_TOKENS_BUCKET: ConsoleToken,
+    subjects.SITES_BUCKET: Site,
+    subjects.SITE_OUTCOMES_BUCKET: SiteOutcome,
 }
 
 # Buckets whose keys expire on their own (seconds): a placement lease outlives any retry
@@ -89,6 +92,7 @@ BUCKET_TTL: dict[str, float] = {
     subjects.MIGRATIONS_BUCKET: 366 * 24 * 3600.0,  # moves, for os-migrations, as long
     # A create's client token answers its retries for a day, as clients retry within one.
     subjects.CLIENT_TOKENS_BUCKET: 24 * 3600.0,
+    subjects.SITE_OUTCOMES_BUCKET: 7 * 24 * 3600.0,  # as long as the core keeps requests
     subjects.CONSOLE_TOKENS_BUCKET: MAX_TOKEN_TTL,  # a token lives at most this long
 }
 
@@ -411,6 +415,14 @@ class Store:
     @property
     def client_tokens(self) -> Bucket[ClientToken]:
         return self._buckets[subjects.CLIENT_TOKENS_BUCKET]
+
+    @property
+    def sites(self) -> Bucket[Site]:
+        return self._buckets[subjects.SITES_BUCKET]
+
+    @property
+    def site_outcomes(self) -> Bucket[SiteOutcome]:
+        return self._buckets[subjects.SITE_OUTCOMES_BUCKET]
 
     async def open(self, create: bool = True) -> Store:
         """Bind (and with `create`, make) every bucket and stream."""

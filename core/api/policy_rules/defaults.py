@@ -117,6 +117,10 @@ OPERATIONS = [
     RuleDefault("compute:limits:show:other_project", ADMIN, "Show another project's limits."),
     RuleDefault("compute:usage:show", READER, "Show the project's usage report."),
     RuleDefault("compute:usage:show:other_project", ADMIN, "Show another project's usage."),
+    RuleDefault("compute:sites:list", ADMIN, "List sites, their link and lag."),
+    RuleDefault("compute:sites:delete", ADMIN, "Forget a site (its view at the core goes)."),
+    RuleDefault("compute:sites:join", ADMIN, "Join a site to the core (sent by the site)."),
+    RuleDefault("compute:sites:outcome", ADMIN, "Report a site request's failure (by the site)."),
 ]
 
 DEFAULTS: dict[str, RuleDefault] = {r.name: r for r in [*BASE, *OPERATIONS]}
@@ -157,6 +161,10 @@ ENDPOINTS: dict[str, str] = {
     "quotas-defaults": "compute:quotas:defaults",
     "limits-show": "compute:limits:show",
     "usage-show": "compute:usage:show",
+    "sites-list": "compute:sites:list",
+    "sites-delete": "compute:sites:delete",
+    "sites-join": "compute:sites:join",
+    "sites-outcome": "compute:sites:outcome",
 }  # fmt: skip
 
 # Endpoints whose body may name another project: the extra rule that then applies.

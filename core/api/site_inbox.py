@@ -1,0 +1,155 @@
+"""A site's side of its link to the core: it joins, and boots the creates the core queued for it.
+
+Run by the API service of a site ([site] name set). The site's HVMESH_SITE_INBOX sources
+the core's HVMESH_SITE_REQUESTS (only this site's subject) across the leaf-node link, so
+requests the core accepted while the link was down arrive once it is back. Each is
+booted through the site's own servers.create with the ids the core chose, once (a
+client token made of the request's id), as the caller the core checked. A request that
+arrives after its deadline is not booted; one the site refuses (an unknown flavor, no
+quota) is not either: both are reported to the core (subjects.SITE_OUTCOME), which shows
+its servers in ERROR with the reason. A message is acknowledged only once its create has
+been made or its outcome has reached the core, so nothing is lost on a crash or a cut.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+import msgspec
+from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.errors import NotFoundError
+
+from hvmesh.core import log
+from hvmesh.core.api.context import ApiContext
+from hvmesh.core.api.servers import ServerEndpoints
+from hvmesh.core.bus import micro
+from hvmesh.core.bus.micro import Caller
+from hvmesh.core.protocol import errors, subjects
+from hvmesh.core.protocol.sites import Site, SiteJoin, SiteOutcome, SiteRequest
+from hvmesh.core.protocol.version import VERSION
+from hvmesh.core.state import sites as site_streams
+from hvmesh.core.tasks import stop_tasks
+
+LOG = log.get_logger(__name__)
+
+JOIN_EVERY = 30.0  # seconds between joins once joined (the core keeps the zones current)
+RETRY = 2.0  # seconds before a failed join, or a request whose outcome could not be sent
+FETCH_WAIT = 5.0  # seconds one fetch of the inbox waits for requests
+CORE_TIMEOUT = 5.0  # seconds a request to the core may take
+ACK_WAIT = 120.0  # seconds a taken request may take before it is delivered again
+
+
+class SiteInbox:
+    """Join the core, then boot the inbox's requests through `servers`."""
+
+    def __init__(self, api: ApiContext, servers: ServerEndpoints) -> None:
+        self.api = api
+        self.servers = servers
+        self.site = api.cfg.site.name
+        self.joined = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        js, replicas = self.api.js, self.api.cfg.nats.replicas
+        await site_streams.ensure(js, site_streams.inbox_stream(self.site, replicas))
+        try:
+            await js.consumer_info(subjects.SITE_INBOX_STREAM, subjects.SITE_INBOX_DURABLE)
+        except NotFoundError:
+            await js.add_consumer(
+                subjects.SITE_INBOX_STREAM,
+                ConsumerConfig(
+                    durable_name=subjects.SITE_INBOX_DURABLE,
+                    ack_policy=AckPolicy.EXPLICIT,
+                    ack_wait=ACK_WAIT,
+                ),
+            )
+        self._tasks += [asyncio.create_task(self._join()), asyncio.create_task(self._take())]
+
+    async def stop(self) -> None:
+        await stop_tasks(self._tasks)
+
+    async def _join(self) -> None:
+        zones = self.api.cfg.site.zones()
+        join = SiteJoin(site=Site(name=self.site, availability_zones=zones, version=VERSION))
+        while True:
+            try:
+                await micro.call(self.api.nc, subjects.SITE_JOIN, join, timeout=CORE_TIMEOUT)
+            except Exception as exc:
+                LOG.info("site.join_waiting", site=self.site, error=str(exc) or type(exc).__name__)
+                await asyncio.sleep(RETRY)
+                continue
+            if not self.joined.is_set():
+                LOG.info("site.joined", site=self.site, zones=zones)
+            self.joined.set()
+            await asyncio.sleep(JOIN_EVERY)
+
+    async def _take(self) -> None:
+        sub = await self.api.js.pull_subscribe_bind(
+            subjects.SITE_INBOX_DURABLE, stream=subjects.SITE_INBOX_STREAM
+        )
+        try:
+            while True:
+                try:
+                    msgs = await sub.fetch(10, timeout=FETCH_WAIT)
+                except TimeoutError:
+                    continue
+                except Exception:
+                    LOG.exception("site.inbox_fetch_failed")
+                    await asyncio.sleep(RETRY)
+                    continue
+                for msg in msgs:
+                    await self._one(msg)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _one(self, msg: Any) -> None:
+        try:
+            request = msgspec.json.decode(msg.data, type=SiteRequest)
+        except msgspec.DecodeError:
+            LOG.error("site.bad_request", subject=msg.subject)
+            await msg.term()
+            return
+        try:
+            await self._run(request)
+        except Exception:
+            LOG.exception("site.request_retried", request=request.request_id)
+            await msg.nak(delay=RETRY)
+            return
+        await msg.ack()
+
+    async def _run(self, request: SiteRequest) -> None:
+        """Boot one request, or report why not; raises if neither is done (retried)."""
+        if request.deadline and time.time() > request.deadline:
+            await self._report(
+                request, "expired", "the request reached the site after its deadline"
+            )
+            return
+        caller = Caller(
+            project=request.project,
+            user=request.user,
+            is_admin=request.is_admin,
+            version=(1, 1),
+            roles=tuple(request.roles),
+        )
+        create = msgspec.structs.replace(request.create, client_token=f"site:{request.request_id}")
+        try:
+            await self.servers.create_given(caller, create, request.server_ids)
+        except (errors.BadRequest, errors.NotFound, errors.Conflict, errors.Forbidden) as exc:
+            await self._report(request, "failed", f"site {self.site}: {exc.message}")
+            return
+        LOG.info("site.request_booted", request=request.request_id, servers=request.server_ids)
+
+    async def _report(self, request: SiteRequest, status: str, message: str) -> None:
+        outcome = SiteOutcome(
+            request_id=request.request_id,
+            site=self.site,
+            server_ids=request.server_ids,
+            status=status,
+            message=message,
+        )
+        await micro.call(self.api.nc, subjects.SITE_OUTCOME, outcome, timeout=CORE_TIMEOUT)
+        LOG.warning("site.request_not_booted", request=request.request_id, status=status)

@@ -1,0 +1,66 @@
+"""Sites on the wire: a site's record at the core, and a create the core hands to a site."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from msgspec import Meta, field
+
+from hvmesh.core.protocol.base import Record, now
+from hvmesh.core.protocol.requests import ServerCreate
+
+#: A site's name is its JetStream domain and part of stream names: letters, digits, - and _.
+SITE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$"
+SiteName = Annotated[str, Meta(pattern=SITE_NAME)]
+
+
+class Site(Record):
+    """A site (Nova's cell) as the core knows it: written by the site when it joins.
+
+    Its availability zones route creates to it; its records stay in its own JetStream
+    domain (named as the site), which the core mirrors for listings.
+    """
+
+    name: str
+    availability_zones: list[str] = field(default_factory=list)
+    joined_at: float = field(default_factory=now)
+    version: str = ""
+
+
+class SiteRequest(Record):
+    """A create the core's API accepted for a site, queued at the core until the site takes it.
+
+    The core chose the servers' ids (its reply named them); the site creates them with
+    these ids, once (client_token), as `project`/`user` (the caller the core checked).
+    A site that takes it after `deadline` (epoch seconds; 0: none) does not boot it: the
+    servers are recorded in ERROR with the reason, so the core sees why.
+    """
+
+    request_id: str
+    site: str
+    server_ids: list[str]
+    create: ServerCreate
+    project: str
+    user: str
+    roles: list[str] = field(default_factory=list)
+    is_admin: bool = False
+    accepted_at: float = field(default_factory=now)
+    deadline: float = 0.0
+
+
+class SiteOutcome(Record):
+    """Why a site did not boot a SiteRequest: sent by the site, kept at the core (key: its
+    request id), shown as the fault of the request's servers."""
+
+    request_id: str
+    site: str
+    server_ids: list[str]
+    status: str  # "failed" (the site refused it) or "expired" (taken after its deadline)
+    message: str
+    at: float = field(default_factory=now)
+
+
+class SiteJoin(Record):
+    """A site's join request (subjects.SITE_JOIN): its name and availability zones."""
+
+    site: Site

@@ -198,17 +198,25 @@ async def test_sites_route_by_zone_keep_working_cut_off_and_converge(tmp_path: P
 
         # Routed by zone: each boot lands at its zone's site; no zone stays at the core.
         a = await boot_at(core_api, "a", "east")
+        a2 = await boot_at(core_api, "a2", "east")
         b = await boot_at(core_api, "b", "west")
         c = await boot_at(core_api, "c", None)
-        await statuses(core_api, {a: "ACTIVE", b: "ACTIVE", c: "ACTIVE"}, "a, b, c ACTIVE")
+        want = {a: "ACTIVE", a2: "ACTIVE", b: "ACTIVE", c: "ACTIVE"}
+        await statuses(core_api, want, "a, a2, b, c ACTIVE")
         at_east, at_west = await listed(east_api), await listed(west_api)
-        assert set(at_east) == {a} and set(at_west) == {b}
+        assert set(at_east) == {a, a2} and set(at_west) == {b}
         assert at_east[a]["host"].startswith("east-fake-")
         assert at_west[b]["host"].startswith("west-fake-")
         shown = await listed(core_api)
         assert (shown[a]["site"], shown[b]["site"]) == ("east", "west")
         assert "site" not in shown[c]
         assert (await core_api("servers.get", {"id": a}))["server"]["host"] == at_east[a]["host"]
+        # Updates and actions of a site's server at the core run at the site.
+        await core_api("servers.update", {"id": b, "name": "b-renamed"})
+        await core_api("servers.action", {"id": b, "action": "stop"})
+        await statuses(west_api, {b: "SHUTOFF"}, "b stopped at west, through the core")
+        assert (await listed(west_api))[b]["name"] == "b-renamed"
+        await statuses(core_api, {b: "SHUTOFF"}, "b SHUTOFF at the core too")
 
         # A create the site refuses (no such flavor there) fails with the site's reason.
         refused = (
@@ -228,7 +236,7 @@ async def test_sites_route_by_zone_keep_working_cut_off_and_converge(tmp_path: P
             return (await sites(core_api))["east"]["link"] == "down"
 
         await until(east_down, 30, "the core to see east's link down")
-        await statuses(core_api, {a: "UNKNOWN", b: "ACTIVE"}, "east's server UNKNOWN")
+        await statuses(core_api, {a: "UNKNOWN", b: "SHUTOFF"}, "east's servers UNKNOWN")
         # East works through its own API: boots, and a delete.
         d = await boot_at(east_api, "d", None)
         e = await boot_at(east_api, "e", None)
@@ -236,19 +244,19 @@ async def test_sites_route_by_zone_keep_working_cut_off_and_converge(tmp_path: P
         await statuses(east_api, {d: "ACTIVE", e: "ACTIVE", a: "absent"}, "east's own work")
         # The other site works normally through the core.
         f = await boot_at(core_api, "f", "west")
-        await statuses(core_api, {f: "ACTIVE", b: "ACTIVE"}, "west's boot through the core")
+        await statuses(core_api, {f: "ACTIVE", b: "SHUTOFF"}, "west's boot through the core")
         # The core accepts a create for east: queued, shown BUILD, while east's are UNKNOWN.
         g = await boot_at(core_api, "g", "east")
         await statuses(core_api, {g: "BUILD", a: "UNKNOWN"}, "g queued for east")
-        with pytest.raises(errors.Conflict, match="site east"):
-            await core_api("servers.delete", {"id": a})
-        with pytest.raises(errors.Conflict, match="site east"):
-            await core_api("servers.action", {"id": a, "action": "stop"})
-        assert (await sites(core_api))["east"]["queued"] == 1
+        # ... and an action on one of east's: queued too, run when the link is back.
+        await core_api("servers.action", {"id": a2, "action": "stop"})
+        with pytest.raises(errors.Conflict, match="site east"):  # not handed to sites
+            await core_api("servers.events.list", {"id": a2})
+        assert (await sites(core_api))["east"]["queued"] == 1  # creates waiting
 
         # Restored: the queued create runs there, and the core converges to east's truth.
         east_relay.restore()
-        await statuses(east_api, {g: "ACTIVE"}, "g booted at east after the cut")
+        await statuses(east_api, {g: "ACTIVE", a2: "SHUTOFF"}, "g booted, a2 stopped at east")
         truth: dict[str, str] = {}
 
         async def converged() -> bool:
@@ -260,7 +268,8 @@ async def test_sites_route_by_zone_keep_working_cut_off_and_converge(tmp_path: P
             return at_core == truth
 
         await until(converged, 60, "the core's view of east to match east, server by server")
-        assert set(truth) == {d, e, g} and set(truth.values()) == {"ACTIVE"}
+        assert set(truth) == {a2, d, e, g}
+        assert {truth[i] for i in (d, e, g)} == {"ACTIVE"} and truth[a2] == "SHUTOFF"
         assert a not in await listed(core_api)  # deleted during the cut: gone at the core
 
         # A request that outlives [site] request_timeout while east is cut off fails with
@@ -280,6 +289,9 @@ async def test_sites_route_by_zone_keep_working_cut_off_and_converge(tmp_path: P
         i = await boot_at(core_api, "i", "east")  # the link carries new work again
         await statuses(east_api, {i: "ACTIVE"}, "i booted at east")
         assert h not in await listed(east_api)  # came too late: not booted
+        await core_api("servers.delete", {"id": i})  # a delete at the core runs at east
+        await statuses(core_api, {i: "absent"}, "i deleted at east, through the core")
+        assert i not in await listed(east_api)
 
         # The CLI shows the sites.
         env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "xdg")}

@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 from hvmesh.core import log
 from hvmesh.core.api.context import ApiContext
-from hvmesh.core.api.lookups import own_server
+from hvmesh.core.api.sites import SiteEndpoints, own_here
 from hvmesh.core.bus.micro import Caller
 from hvmesh.core.protocol import errors, states
 from hvmesh.core.protocol.actions import CONSOLE_CAPABILITIES, capability_trait
@@ -40,11 +40,12 @@ def urls(base: str, protocol: str, token: str) -> tuple[str, str]:
 
 
 class ConsoleEndpoints:
-    def __init__(self, api: ApiContext) -> None:
+    def __init__(self, api: ApiContext, sites: SiteEndpoints | None = None) -> None:
         self.api = api
+        self.sites = sites  # at the core: a site's server's console is the site's to open
 
     async def server_console(self, caller: Caller, req: ServerConsole) -> dict:
-        server = await own_server(self.api.st, req.id, caller)
+        server = await own_here(self.api.st, self.sites, req.id, caller)
         if server.vm_state != states.ACTIVE or server.host is None:
             raise errors.Conflict(
                 f"server {server.id} is {server.vm_state}: its console opens only while it is "

@@ -81,12 +81,18 @@ class ServerActions:
     ) -> None:
         self.api = api
         self.net = net
-        self.sites = sites  # at the core: a site's server is acted on at its site
+        self.sites = sites  # at the core: an action on a site's server is queued for it
 
     # --- servers.action -----------------------------------------------------------------
 
     async def action(self, caller: Caller, req: ServerAction) -> dict:
-        server = await own_here(self.api.st, self.sites, req.id, caller)
+        try:
+            server = await own_server(self.api.st, req.id, caller)
+        except errors.NotFound:
+            if self.sites is None:
+                raise
+            body = msgspec.to_builtins(req)
+            return await self.sites.hand_over("action", req.id, caller, body)
         req = msgspec.structs.replace(req, id=server.id)  # a name is resolved once, here
         name = actions.rule_name(req)
         rule = actions.check(name, server, caller.is_admin, caller.user)
@@ -367,7 +373,7 @@ class ServerActions:
         server (as Nova's os-instance-actions); tenants never see hosts (events_get).
         """
         try:
-            server_id = (await own_server(self.api.st, server_id, caller)).id
+            server_id = (await own_here(self.api.st, self.sites, server_id, caller)).id
         except errors.NotFound:
             if not caller.is_admin or not _is_token(server_id):
                 raise

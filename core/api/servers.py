@@ -24,7 +24,7 @@ from hvmesh.core.api.lookups import find_flavor, find_image, is_key, own_server,
 from hvmesh.core.api.networks import NetworkEndpoints
 from hvmesh.core.api.policy import check_fits, check_user_data
 from hvmesh.core.api.requests import IdOnly
-from hvmesh.core.api.sites import SiteEndpoints, own_here
+from hvmesh.core.api.sites import SiteEndpoints
 from hvmesh.core.api.views import server_view
 from hvmesh.core.bus import notify
 from hvmesh.core.bus.micro import Caller
@@ -236,14 +236,17 @@ class ServerEndpoints:
             return {"server": self.sites.show(held, caller)}
         return {"server": server_view(server, caller)}
 
-    async def _own(self, server_id: str, caller: Caller) -> Server:
-        return await own_here(self.api.st, self.sites, server_id, caller)
-
     async def server_update(self, caller: Caller, req: ServerUpdate) -> dict:
         """Rename a server and set or remove its metadata items, in one compare-and-set."""
         if req.name is None and not req.metadata and not req.replace_metadata:
             raise errors.BadRequest("nothing to update: give name or metadata")
-        server = await self._own(req.id, caller)
+        try:
+            server = await own_server(self.api.st, req.id, caller)
+        except errors.NotFound:
+            if self.sites is None:
+                raise
+            body = msgspec.to_builtins(req)
+            return await self.sites.hand_over("update", req.id, caller, body)
         if req.replace_metadata:
             wanted = {k: v for k, v in req.metadata.items() if v is not None}
         else:
@@ -263,8 +266,14 @@ class ServerEndpoints:
         return {"server": server_view(written.value, caller)}
 
     async def server_delete(self, caller: Caller, req: IdOnly) -> dict:
-        """Delete at any point, also mid-build or mid-action: the delete supersedes it."""
-        server = await self._own(req.id, caller)
+        """Delete at any point, also mid-build or mid-action: the delete supersedes it.
+        A site's server: queued for its site (core/api/sites.py)."""
+        try:
+            server = await own_server(self.api.st, req.id, caller)
+        except errors.NotFound:
+            if self.sites is None:
+                raise
+            return await self.sites.hand_over("delete", req.id, caller, {})
         request_id = new_request_id()
         superseded: list[str] = []
 

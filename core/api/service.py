@@ -115,8 +115,8 @@ class ApiService:
         self.sites = None if cfg.site.name else SiteEndpoints(self, self.compute.servers_index)
         self.compute.sites = self.sites
         self.servers = ServerEndpoints(self, self.networks, self.groups, self.sites)
-        self.inbox = SiteInbox(self, self.servers) if cfg.site.name else None
         self.actions = ServerActions(self, self.networks, self.sites)
+        self.inbox = SiteInbox(self, self.servers, self.actions) if cfg.site.name else None
         self.hypervisors = HypervisorEndpoints(self)
         self.aggregates = AggregateEndpoints(self)
         self.quotas = QuotaEndpoints(self)
@@ -178,7 +178,7 @@ class ApiService:
         ep("servers-get", api("servers", "get"), servers.server_get, IdOnly)
         ep("servers-update", api("servers", "update"), servers.server_update, ServerUpdate)
         ep("servers-delete", api("servers", "delete"), servers.server_delete, IdOnly)
-        consoles = ConsoleEndpoints(self)
+        consoles = ConsoleEndpoints(self, self.sites)
         ep("servers-console", api("servers", "console"), consoles.server_console, ServerConsole)
         # server actions and their log
         ep("servers-action", api("servers", "action"), acts.action, ServerAction)

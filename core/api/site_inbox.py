@@ -1,14 +1,18 @@
-"""A site's side of its link to the core: it joins, and boots the creates the core queued for it.
+"""A site's side of its link to the core: it joins, and runs the requests the core queued for it.
 
 Run by the API service of a site ([site] name set). The site's HVMESH_SITE_INBOX sources
 the core's HVMESH_SITE_REQUESTS (only this site's subject) across the leaf-node link, so
-requests the core accepted while the link was down arrive once it is back. Each is
+requests the core accepted while the link was down arrive once it is back. A create is
 booted through the site's own servers.create with the ids the core chose, once (a
-client token made of the request's id), as the caller the core checked. A request that
-arrives after its deadline is not booted; one the site refuses (an unknown flavor, no
-quota) is not either: both are reported to the core (subjects.SITE_OUTCOME), which shows
-its servers in ERROR with the reason. A message is acknowledged only once its create has
-been made or its outcome has reached the core, so nothing is lost on a crash or a cut.
+client token made of the request's id); a delete, update or action goes to the site's
+own endpoint; each as the caller the core checked. A request that arrives after its
+deadline is not run; one the site refuses (an unknown flavor, no quota, an action the
+server's state does not allow) is not either: both are reported to the core
+(subjects.SITE_OUTCOME), which shows a create's servers in ERROR with the reason. A
+message is acknowledged only once its request has run or its outcome has reached the
+core, so nothing is lost on a crash or a cut (an action delivered again after a crash
+between running and acknowledging runs again: at least once, as the site's own
+clients' retries).
 """
 
 from __future__ import annotations
@@ -24,10 +28,14 @@ from nats.js.errors import NotFoundError
 
 from hvmesh.core import log
 from hvmesh.core.api.context import ApiContext
+from hvmesh.core.api.requests import IdOnly
+from hvmesh.core.api.server_actions import ServerActions
 from hvmesh.core.api.servers import ServerEndpoints
 from hvmesh.core.bus import micro
 from hvmesh.core.bus.micro import Caller
 from hvmesh.core.protocol import errors, subjects
+from hvmesh.core.protocol.action_requests import ServerAction
+from hvmesh.core.protocol.requests import ServerUpdate
 from hvmesh.core.protocol.sites import Site, SiteJoin, SiteOutcome, SiteRequest
 from hvmesh.core.protocol.version import VERSION
 from hvmesh.core.state import sites as site_streams
@@ -45,9 +53,10 @@ ACK_WAIT = 120.0  # seconds a taken request may take before it is delivered agai
 class SiteInbox:
     """Join the core, then boot the inbox's requests through `servers`."""
 
-    def __init__(self, api: ApiContext, servers: ServerEndpoints) -> None:
+    def __init__(self, api: ApiContext, servers: ServerEndpoints, actions: ServerActions) -> None:
         self.api = api
         self.servers = servers
+        self.actions = actions
         self.site = api.cfg.site.name
         self.joined = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -122,7 +131,7 @@ class SiteInbox:
         await msg.ack()
 
     async def _run(self, request: SiteRequest) -> None:
-        """Boot one request, or report why not; raises if neither is done (retried)."""
+        """Run one request, or report why not; raises if neither is done (retried)."""
         if request.deadline and time.time() > request.deadline:
             await self._report(
                 request, "expired", "the request reached the site after its deadline"
@@ -135,13 +144,29 @@ class SiteInbox:
             version=(1, 1),
             roles=tuple(request.roles),
         )
-        create = msgspec.structs.replace(request.create, client_token=f"site:{request.request_id}")
         try:
-            await self.servers.create_given(caller, create, request.server_ids)
+            await self._do(request, caller)
         except (errors.BadRequest, errors.NotFound, errors.Conflict, errors.Forbidden) as exc:
             await self._report(request, "failed", f"site {self.site}: {exc.message}")
             return
-        LOG.info("site.request_booted", request=request.request_id, servers=request.server_ids)
+        except msgspec.ValidationError as exc:
+            await self._report(request, "failed", f"site {self.site}: {exc}")
+            return
+        LOG.info("site.request_done", request=request.request_id, kind=request.kind)
+
+    async def _do(self, request: SiteRequest, caller: Caller) -> None:
+        if request.create is not None:
+            token = f"site:{request.request_id}"  # once, however often it is delivered
+            create = msgspec.structs.replace(request.create, client_token=token)
+            await self.servers.create_given(caller, create, request.server_ids)
+        elif request.kind == "delete":
+            # Gone already (deleted here, or a delete delivered again): done.
+            with contextlib.suppress(errors.NotFound):
+                await self.servers.server_delete(caller, IdOnly(id=request.server_ids[0]))
+        elif request.kind == "update":
+            await self.servers.server_update(caller, msgspec.convert(request.body, ServerUpdate))
+        elif request.kind == "action":
+            await self.actions.action(caller, msgspec.convert(request.body, ServerAction))
 
     async def _report(self, request: SiteRequest, status: str, message: str) -> None:
         outcome = SiteOutcome(

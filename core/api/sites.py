@@ -1,4 +1,4 @@
-"""The core's side of sites: joins, routing creates by zone, the view of every site's servers, links.
+"""The core's side of sites: joins, routing requests to sites, the view of every site's servers, links.
 
 A site joins by a request on subjects.SITE_JOIN (sent by its own API service); the core
 keeps its record in the `sites` bucket and a mirror of its servers bucket
@@ -9,7 +9,8 @@ status UNKNOWN, as Nova shows servers of a down cell. A create whose availabilit
 a site's is queued for that site (HVMESH_SITE_REQUESTS, which the site sources) with
 server ids chosen here; until the site's mirror shows them, the servers are shown as
 the request describes them: BUILD, or ERROR once the site reported it failed or the
-request outlived [site] request_timeout.
+request outlived [site] request_timeout. A delete, update or action of a site's server
+is queued for its site the same way (hand_over).
 """
 
 from __future__ import annotations
@@ -33,7 +34,13 @@ from hvmesh.core.protocol import errors, subjects
 from hvmesh.core.protocol.base import Request, new_id
 from hvmesh.core.protocol.records import Fault, Flavor, Server
 from hvmesh.core.protocol.requests import ServerCreate
-from hvmesh.core.protocol.sites import SiteJoin, SiteName, SiteOutcome, SiteRequest
+from hvmesh.core.protocol.sites import (
+    SiteJoin,
+    SiteName,
+    SiteOutcome,
+    SiteRequest,
+    SiteRequestKind,
+)
 from hvmesh.core.protocol.version import VERSION
 from hvmesh.core.state import bucket_watch
 from hvmesh.core.state import sites as site_streams
@@ -55,7 +62,7 @@ async def own_here(
     st: Store, sites: SiteEndpoints | None, server_id: str, caller: Caller
 ) -> Server:
     """The caller's server at this deployment; at the core, one of a site's is a 409
-    naming the site (only creates are handed to sites)."""
+    naming the site (for requests that are not handed to sites: SiteEndpoints.hand_over)."""
     try:
         return await own_server(st, server_id, caller)
     except errors.NotFound:
@@ -155,6 +162,8 @@ class SiteEndpoints:
 
     def _on_request_data(self, data: bytes) -> None:
         request = msgspec.json.decode(data, type=SiteRequest)
+        if request.create is None:
+            return  # a delete, update or action: the site's record shows its effect
         for i, server_id in enumerate(request.server_ids, start=1):
             if server_id in self.at_site:
                 continue
@@ -196,6 +205,7 @@ class SiteEndpoints:
     def _queued_server(self, request: SiteRequest, server_id: str, i: int) -> Server:
         """A queued server as the core shows it until its site's mirror has it."""
         create = request.create
+        assert create is not None
         outcome = self.failed.get(request.request_id)
         count = len(request.server_ids)
         return Server(
@@ -239,48 +249,78 @@ class SiteEndpoints:
             view["site"] = queued.site
         return view
 
-    def held(self, server_id: str, caller: Caller) -> Server | None:
-        """A server of a site (or queued for one) the caller may see, from the index."""
-        if server_id not in self.at_site and server_id not in self.queued:
-            return None
+    def held(self, ref: str, caller: Caller) -> Server | None:
+        """A server of a site (or queued for one) the caller may see, by id or unique name."""
+        ids = [ref] if ref in self.at_site or ref in self.queued else []
+        if not ids:
+            ids = [i for i in [*self.at_site, *self.queued] if self._name(i) == ref]
+        visible = []
+        for server_id in ids:
+            entry = self.index.records.get(server_id)
+            if entry is not None and (caller.is_admin or entry.value.project == caller.project):
+                visible.append(entry.value)
+        if len(visible) > 1:
+            raise errors.Conflict(f"several servers are named {ref!r}: use an id")
+        return visible[0] if visible else None
+
+    def _name(self, server_id: str) -> str | None:
         entry = self.index.records.get(server_id)
-        if entry is None or not (caller.is_admin or entry.value.project == caller.project):
-            return None
-        return entry.value
+        return entry.value.name if entry is not None else None
+
+    def site_of(self, server_id: str) -> str:
+        return self.at_site.get(server_id) or self.queued[server_id].site
 
     def refuse_elsewhere(self, server_id: str, caller: Caller) -> None:
-        """Raise if the server lives at a site: only creates are handed to sites yet."""
+        """Raise if the server lives at a site and this request cannot be handed to it."""
         s = self.held(server_id, caller)
         if s is None:
             return
-        site = self.at_site.get(server_id) or self.queued[server_id].site
         raise errors.Conflict(
-            f"server {server_id} is at site {site}: act on it through that site's API "
-            "(the core hands only creates to sites)"
+            f"server {s.id} is at site {self.site_of(s.id)}: ask that site's API for this"
         )
 
-    async def route(self, site: str, caller: Caller, req: ServerCreate) -> dict[str, Any]:
-        """Queue a create for `site` and answer with its servers (BUILD), ids chosen here."""
-        count = req.max_count if req.max_count is not None else req.min_count
-        timeout = self.api.cfg.site.request_timeout
-        request = SiteRequest(
+    async def hand_over(
+        self, kind: SiteRequestKind, ref: str, caller: Caller, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Queue a delete, update or action of a site's server for its site; the reply
+        shows the server as the core knows it. NotFound if `ref` is no such server."""
+        s = self.held(ref, caller)
+        if s is None:
+            raise errors.NotFound(f"server {ref} not found")
+        request = self._request(self.site_of(s.id), caller, [s.id])
+        request = msgspec.structs.replace(request, kind=kind, body={**body, "id": s.id})
+        await self._publish(request)
+        LOG.info("sites.request_queued", site=request.site, server=s.id, kind=kind)
+        return {"server": self.show(s, caller), "request_id": request.request_id}
+
+    def _request(self, site: str, caller: Caller, server_ids: list[str]) -> SiteRequest:
+        return SiteRequest(
             request_id=new_request_id(),
             site=site,
-            server_ids=[new_id() for _ in range(count)],
-            create=req,
+            server_ids=server_ids,
             project=caller.project,
             user=caller.user,
             roles=list(caller.roles),
             is_admin=caller.is_admin,
-            deadline=time.time() + timeout,
+            deadline=time.time() + self.api.cfg.site.request_timeout,
         )
+
+    async def _publish(self, request: SiteRequest) -> None:
+        data = msgspec.json.encode(request)
         await self.api.js.publish(
-            subjects.site_requests(site),
-            msgspec.json.encode(request),
+            subjects.site_requests(request.site),
+            data,
             stream=subjects.SITE_REQUESTS_STREAM,
             headers={"Nats-Msg-Id": request.request_id},
         )
-        self._on_request_data(msgspec.json.encode(request))
+        self._on_request_data(data)
+
+    async def route(self, site: str, caller: Caller, req: ServerCreate) -> dict[str, Any]:
+        """Queue a create for `site` and answer with its servers (BUILD), ids chosen here."""
+        count = req.max_count if req.max_count is not None else req.min_count
+        request = self._request(site, caller, [new_id() for _ in range(count)])
+        request = msgspec.structs.replace(request, create=req)
+        await self._publish(request)
         LOG.info("sites.request_queued", site=site, server=request.server_ids[0], count=count)
         views = [
             self.show(self._queued_server(request, sid, i), caller)

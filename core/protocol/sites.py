@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from msgspec import Meta, field
 
@@ -27,21 +27,27 @@ class Site(Record):
     version: str = ""
 
 
-class SiteRequest(Record):
-    """A create the core's API accepted for a site, queued at the core until the site takes it.
+SiteRequestKind = Literal["create", "delete", "update", "action"]
 
-    The core chose the servers' ids (its reply named them); the site creates them with
-    these ids, once (client_token), as `project`/`user` (the caller the core checked).
-    A site that takes it after `deadline` (epoch seconds; 0: none) does not boot it: the
-    servers are recorded in ERROR with the reason, so the core sees why.
+
+class SiteRequest(Record):
+    """A request the core's API accepted for a site, queued at the core until the site takes it.
+
+    A create (`create`): the core chose the servers' ids (its reply named them); the
+    site creates them with these ids, once (client_token). A delete, update or action
+    of a site's server (`body`: the request as the core's API took it, with the server's
+    id). The site runs it as `project`/`user`, the caller the core checked. One it takes
+    after `deadline` (epoch seconds; 0: none) it does not run, and tells the core why.
     """
 
     request_id: str
     site: str
     server_ids: list[str]
-    create: ServerCreate
     project: str
     user: str
+    kind: SiteRequestKind = "create"
+    create: ServerCreate | None = None
+    body: dict[str, Any] = field(default_factory=dict)
     roles: list[str] = field(default_factory=list)
     is_admin: bool = False
     accepted_at: float = field(default_factory=now)

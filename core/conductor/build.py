@@ -360,7 +360,17 @@ async def fail_build(ctx: ConductorContext, server_id: str, attempt: int, messag
 async def end_build(
     ctx: ConductorContext, server_id: str, change: Any, error: str | None = None
 ) -> Entry[Server] | None:
-    """The build's last write (ACTIVE or ERROR); it also closes the "create" action."""
+    """The build's last write (ACTIVE or ERROR); it also closes the "create" action.
+
+    The action is closed first, from the record as read now, so a conductor failing
+    before the write (dead, or a NATS node lost) closes it again, a no-op, on the retry;
+    closed after, a failure in between would leave it open (the retry is rejected).
+    """
+    current = await ctx.st.servers.get(server_id)
+    held = current.value.request_id if current is not None else None
+    ending = change(current.value) if current is not None else None
+    if current is not None and held and ending and ending.vm_state != states.BUILDING:
+        await _close_create(ctx, current.value, ending, error)
     before: list[Server] = []
 
     def last(s: Server) -> Server | None:
@@ -375,17 +385,25 @@ async def end_build(
     if written is None or not before:
         return written
     old = before[0]
+    if old.request_id and old.request_id != held:  # it moved on since the read: rare
+        await _close_create(ctx, old, written.value, error)
     if error is None and written.value.vm_state == states.ERROR and written.value.fault:
         error = written.value.fault.message
-    if old.request_id:
-        await action_log.step(
-            ctx.st, server_id, old.request_id, "compute_spawn", host=old.host, error=error
-        )
-        await action_log.finish(ctx.st, server_id, old.request_id, error)
     await notify.updated(ctx.nc, old, written.value)
     event = "instance.create.error" if error else "instance.create.end"
     await notify.send(ctx.nc, event, written.value, error=error)
     return written
+
+
+async def _close_create(
+    ctx: ConductorContext, srv: Server, ending: Server, error: str | None
+) -> None:
+    """Close the create action `srv` holds, as its build ends in `ending`."""
+    if error is None and ending.vm_state == states.ERROR and ending.fault:
+        error = ending.fault.message
+    await action_log.close(
+        ctx.st, srv.id, srv.request_id or "", "compute_spawn", host=srv.host, error=error
+    )
 
 
 async def on_spawned(ctx: ConductorContext, ev: AgentEvent) -> None:

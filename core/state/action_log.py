@@ -59,21 +59,58 @@ async def step(
     )
 
     def add(a: InstanceAction) -> InstanceAction | None:
-        if any(
-            e.event == event and e.start_time == entry.start_time and e.finish_time is not None
-            for e in a.events
-        ):
-            return None
-        open_ = [i for i, e in enumerate(a.events) if e.event == event and e.finish_time is None]
-        if not open_:
-            return msgspec.structs.replace(a, events=[*a.events, entry])
-        if not done:
-            return None
-        i = open_[-1]
-        closed = msgspec.structs.replace(entry, start_time=a.events[i].start_time)
-        return msgspec.structs.replace(a, events=[*a.events[:i], closed, *a.events[i + 1 :]])
+        return _with_step(a, entry, done)
 
     await store.server_actions.mutate(key(server_id, request_id), add)
+
+
+def _with_step(a: InstanceAction, entry: ActionEvent, done: bool) -> InstanceAction | None:
+    """`a` with step `entry` recorded (finishing its open entry, if any); None if it is
+    recorded already."""
+    event = entry.event
+    if any(
+        e.event == event and e.start_time == entry.start_time and e.finish_time is not None
+        for e in a.events
+    ):
+        return None
+    open_ = [i for i, e in enumerate(a.events) if e.event == event and e.finish_time is None]
+    if not open_:
+        return msgspec.structs.replace(a, events=[*a.events, entry])
+    if not done:
+        return None
+    i = open_[-1]
+    closed = msgspec.structs.replace(entry, start_time=a.events[i].start_time)
+    return msgspec.structs.replace(a, events=[*a.events[:i], closed, *a.events[i + 1 :]])
+
+
+async def close(
+    store: Store,
+    server_id: str,
+    request_id: str,
+    event: str,
+    *,
+    host: str | None = None,
+    error: str | None = None,
+) -> None:
+    """Record the last step `event` and end the action, in one write; nothing once it
+    ended (so a retry of the step that ends it changes nothing)."""
+    t = now()
+    entry = ActionEvent(
+        event=event,
+        host=host,
+        start_time=t,
+        finish_time=t,
+        result="Error" if error else "Success",
+        details=error or "",
+    )
+
+    def last(a: InstanceAction) -> InstanceAction | None:
+        if a.finish_time is not None:
+            return None
+        a = _with_step(a, entry, done=True) or a
+        return msgspec.structs.replace(a, finish_time=t, message="Error" if error else None)
+
+    await store.server_actions.mutate(key(server_id, request_id), last)
 
 
 async def finish(store: Store, server_id: str, request_id: str, error: str | None = None) -> None:

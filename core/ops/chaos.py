@@ -25,11 +25,13 @@ from pathlib import Path
 
 import msgspec
 
+from hvmesh.core.bus.start_retry import RetryPolicy, StartGuard
 from hvmesh.core.ops import chaos_checks, chaos_load
 from hvmesh.core.ops.chaos_deploy import ChaosDeployment
 from hvmesh.core.state.store import Store
 
 ROLES = ("api", "conductor", "scheduler", "agent")
+START_TIMEOUT = 120.0  # seconds the harness retries its first requests to a starting NATS
 
 
 class Kill(msgspec.Struct, frozen=True, kw_only=True):
@@ -182,8 +184,12 @@ async def run(
         admin = await dep.connect("admin")
         service = await dep.connect("service")
         try:
-            store = await Store(service.jetstream(), replicas=cluster or 1).open()
-            await dep.wait_ready(admin, store)
+            # A cluster just started may still be electing its JetStream leaders: the
+            # harness retries its own first requests as the services retry their starts.
+            guard = StartGuard(RetryPolicy(timeout=START_TIMEOUT))
+            js = service.jetstream()
+            store = await guard.retry("chaos store", Store(js, replicas=cluster or 1).open)
+            await guard.retry("chaos deployment", lambda: dep.wait_ready(admin, store))
             await chaos_load.prepare(admin)
             plan = schedule(rng, duration, dep.roles())
             ledger = chaos_load.Ledger()

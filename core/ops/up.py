@@ -104,6 +104,7 @@ def banner(
     nats_cli: bool | None = None,
     rest_auth_url: str | None = None,
     console_url: str | None = None,
+    site: str = "",
 ) -> str:
     """What `hvmesh up` prints once it is up.
 
@@ -112,7 +113,9 @@ def banner(
     is named as this shell finds it (`hvmesh` or its path) and the nats CLI is suggested
     only when it is on PATH.
     """
-    hv = hvmesh or cli_command()
+    base = hvmesh or cli_command()
+    ctx = f"hvmesh-{site}" if site else "hvmesh"  # a site's contexts: hvmesh-<site>-admin, ...
+    hv = f"{base} --context {ctx}-admin" if site else base
     if nats_cli is None:
         nats_cli = shutil.which("nats") is not None
     demo_create = (
@@ -131,7 +134,7 @@ def banner(
         ]
     operator.append(f"{hv} hypervisor list")
     if nats_cli:
-        operator.append("nats --context hvmesh-admin micro ls")
+        operator.append(f"nats --context {ctx}-admin micro ls")
     if isinstance(server, natscluster.NatsCluster):
         nats_line = (
             f"hvmesh is up: NATS cluster of {len(server.nodes)} nodes at {server.address} "
@@ -158,28 +161,49 @@ def banner(
             if console_url
             else []
         ),
+        *([] if site else [hub_line(server)]),
         "",
         "  NATS CLI contexts written:",
         *(f"    {name:<13} {path}" for name, path in made.items()),
         "",
-        "  In another shell, as the operator (hvmesh's CLI uses the hvmesh-admin context):",
+        "  In another shell, as the operator (hvmesh's CLI uses the hvmesh-admin context):"
+        if not site
+        else f"  In another shell, as the site's operator (its context {ctx}-admin):",
         *(f"    {command}" for command in operator),
         "",
     ]
     if fake_hosts > 0:
-        raw = f"nats --context hvmesh-demo {demo_create}"
+        raw = f"nats --context {ctx}-demo {demo_create}"
         if not nats_cli:
-            raw = f"{hv} --context hvmesh-demo {demo_create}"
+            raw = f"{base} --context {ctx}-demo {demo_create}"
         lines += [
             "  Then as the demo tenant (project DEMO):",
             f"    {raw}",
-            f"    {hv} --context hvmesh-demo server list",
+            f"    {base} --context {ctx}-demo server list",
             "",
         ]
     else:
         lines += ["  No hosts: start an agent (hvmesh agent) before booting a server.", ""]
     lines.append(f"  Logs: {server.log_path.parent}   Stop: Ctrl-C")
     return "\n".join(lines)
+
+
+def hub_line(server: Nats) -> str:
+    """How a site joins this core: its leaf-node URLs, the password left for the reader."""
+    if isinstance(server, natscluster.NatsCluster):
+        ports = server.ports_for("leaf_port").split(",")
+    else:
+        ports = [str(server.leaf_port)]
+    scheme = "tls" if server.tls else "nats-leaf"
+    host = _url_host(server.host)
+    urls = ",".join(f"{scheme}://hvmesh:PASSWORD@{host}:{port}" for port in ports)
+    secrets = server.log_path.parent / "secrets.json"
+    if isinstance(server, natscluster.NatsCluster):
+        secrets = server.data_dir / "secrets.json"
+    return (
+        f"  Sites join this core (docs/sites.md): hvmesh up --site NAME --hub {urls} "
+        f'(PASSWORD: "service" in {secrets})'
+    )
 
 
 def fleet_settings(cfg: Config, data_dir: Path) -> NatsSection:
@@ -436,16 +460,15 @@ async def _run(
                 address, port = metadata.current.address, metadata.current.port
                 auth_url = rest.current.auth_url if rest.current is not None else None
                 site = cfg.site.name
-                hv = f"{cli_command()} --context hvmesh-{site}-admin" if site else None
                 text = banner(
                     server,
                     fake_hosts,
                     made,
                     address,
                     port,
-                    hvmesh=hv,
                     rest_auth_url=auth_url,
                     console_url=cfg.console.url(),
+                    site=site,
                 )
                 if site:
                     zones = ", ".join(cfg.site.zones())

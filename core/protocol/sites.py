@@ -64,6 +64,7 @@ class SiteOutcome(Record):
     status: str  # "failed" (the site refused it) or "expired" (taken after its deadline)
     message: str
     at: float = field(default_factory=now)
+    deleted: list[str] = field(default_factory=list)  # its servers deleted at the core since
 
 
 class SiteJoin(Record):

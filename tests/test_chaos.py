@@ -82,8 +82,9 @@ async def test_chaos_loses_nothing_and_leaks_nothing(tmp_path: Path, cluster: in
     assert report.audit == [], f"audit: {report.audit[:5]}; {replay}"
     assert not by_check.get("drain"), f"after deleting all: {by_check['drain'][:5]}; {replay}"
     if cluster:
-        # The API answered again after the node's loss (a bounded pause, not an outage for
-        # the rest of the run), and every stream's three copies were current afterwards.
+        # The API answered again after the node's loss: its pause bounded (here by half
+        # the load, a property of availability, not a speed), and every stream's three
+        # copies were current afterwards (the node rejoined and caught up).
         assert report.longest_pause_s < LOAD_SECONDS / 2, replay
         assert not by_check.get("replica"), f"{by_check['replica'][:5]}; {replay}"
     assert report.findings == [], replay  # and the harness's own ("load"), if any

@@ -211,6 +211,14 @@ async def test_sites_route_by_zone_keep_working_cut_off_and_converge(tmp_path: P
         assert (shown[a]["site"], shown[b]["site"]) == ("east", "west")
         assert "site" not in shown[c]
         assert (await core_api("servers.get", {"id": a}))["server"]["host"] == at_east[a]["host"]
+        # A create for a site with a client token, asked twice: one server.
+        once = {"name": "once", **BOOT, "availability_zone": "west", "client_token": "t-once"}
+        v11 = {"headers": {"Hvmesh-API-Version": "1.1"}}
+        first = (await core_api("servers.create", once, **v11))["server"]["id"]
+        again = (await core_api("servers.create", once, **v11))["server"]["id"]
+        assert first == again
+        await statuses(west_api, {first: "ACTIVE"}, "the once-created server at west")
+        assert [s["name"] for s in (await listed(west_api)).values()].count("once") == 1
         # Updates and actions of a site's server at the core run at the site.
         await core_api("servers.update", {"id": b, "name": "b-renamed"})
         await core_api("servers.action", {"id": b, "action": "stop"})
@@ -247,6 +255,7 @@ async def test_sites_route_by_zone_keep_working_cut_off_and_converge(tmp_path: P
         # The other site works normally through the core.
         f = await boot_at(core_api, "f", "west")
         await statuses(core_api, {f: "ACTIVE", b: "SHUTOFF"}, "west's boot through the core")
+        await core_api("servers.delete", {"id": first})
         # The core accepts a create for east: queued, shown BUILD, while east's are UNKNOWN.
         g = await boot_at(core_api, "g", "east")
         await statuses(core_api, {g: "BUILD", a: "UNKNOWN"}, "g queued for east")

@@ -11,11 +11,13 @@ site the same way (hand_over). The site runs them (core/api/site_inbox.py).
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any
 
 import msgspec
 
 from hvmesh.core import log
+from hvmesh.core.api import idempotency
 from hvmesh.core.api.lookups import own_server
 from hvmesh.core.api.requests import Empty
 from hvmesh.core.api.site_views import SiteViews
@@ -128,9 +130,20 @@ class SiteEndpoints(SiteViews):
         self._on_request_data(data)
 
     async def route(self, site: str, caller: Caller, req: ServerCreate) -> dict[str, Any]:
-        """Queue a create for `site` and answer with its servers (BUILD), ids chosen here."""
+        """Queue a create for `site` and answer with its servers (BUILD), ids chosen here.
+
+        With a client token, the request's id and its servers' ids follow from the token:
+        a retry of a create whose first publish did land (its answer lost) is the same
+        message (deduplicated by the stream) and the same create at the site (its
+        client token), never a second one."""
         count = req.max_count if req.max_count is not None else req.min_count
-        request = self._request(site, caller, [new_id() for _ in range(count)])
+        ids = [new_id() for _ in range(count)]
+        request = self._request(site, caller, ids)
+        if req.client_token is not None:
+            seed = idempotency.token_key(caller.project, req.client_token)
+            ids = [str(uuid.uuid5(uuid.NAMESPACE_URL, f"{seed}.{i}")) for i in range(count)]
+            rid = f"req-{uuid.uuid5(uuid.NAMESPACE_URL, seed)}"
+            request = msgspec.structs.replace(request, request_id=rid, server_ids=ids)
         request = msgspec.structs.replace(request, create=req)
         await self._publish(request)
         LOG.info("sites.request_queued", site=site, server=request.server_ids[0], count=count)

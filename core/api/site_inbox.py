@@ -58,7 +58,6 @@ class SiteInbox:
         self.servers = servers
         self.actions = actions
         self.site = api.cfg.site.name
-        self.joined = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -83,16 +82,20 @@ class SiteInbox:
     async def _join(self) -> None:
         zones = self.api.cfg.site.zones()
         join = SiteJoin(site=Site(name=self.site, availability_zones=zones, version=VERSION))
+        reached: bool | None = None  # logged when it changes, not at every try
         while True:
             try:
                 await micro.call(self.api.nc, subjects.SITE_JOIN, join, timeout=CORE_TIMEOUT)
             except Exception as exc:
-                LOG.info("site.join_waiting", site=self.site, error=str(exc) or type(exc).__name__)
+                if reached is not False:
+                    error = str(exc) or type(exc).__name__
+                    LOG.warning("site.core_unreachable", site=self.site, error=error)
+                reached = False
                 await asyncio.sleep(RETRY)
                 continue
-            if not self.joined.is_set():
+            if reached is not True:
                 LOG.info("site.joined", site=self.site, zones=zones)
-            self.joined.set()
+            reached = True
             await asyncio.sleep(JOIN_EVERY)
 
     async def _take(self) -> None:

@@ -406,8 +406,8 @@ class SiteSection(Struct, kw_only=True, forbid_unknown_fields=True):
         float,
         Meta(
             gt=0,
-            description="At the core: seconds a create for a cut-off site may wait for the "
-            "link before it fails (its servers go to ERROR).",
+            description="At the core: seconds a request for a cut-off site may wait for the "
+            "link before it fails (a create's servers go to ERROR; the site will not run it).",
         ),
     ] = 3600.0
     link_check_interval: Annotated[

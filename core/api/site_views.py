@@ -124,9 +124,13 @@ class SiteViews:
     async def _check(self) -> None:
         sites = set(self.zones)
         for name in sites - set(self._views):
-            await site_streams.ensure(
-                self.api.js, site_streams.view_stream(name, self.api.cfg.nats.replicas)
-            )
+            try:
+                await site_streams.ensure(
+                    self.api.js, site_streams.view_stream(name, self.api.cfg.nats.replicas)
+                )
+            except Exception:  # tried again at the next check; the other sites go on
+                LOG.exception("sites.view_failed", site=name)
+                continue
             loaded = asyncio.Event()
             self._views[name] = (loaded, asyncio.create_task(self._watch_view(name, loaded)))
         for name in set(self._views) - sites:

@@ -12,6 +12,7 @@ from hvmesh.core.protocol.requests import ServerCreate
 #: A site's name is its JetStream domain and part of stream names: letters, digits, - and _.
 SITE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$"
 SiteName = Annotated[str, Meta(pattern=SITE_NAME)]
+ZoneName = Annotated[str, Meta(min_length=1, max_length=255)]
 
 
 class Site(Record):
@@ -21,10 +22,10 @@ class Site(Record):
     domain (named as the site), which the core mirrors for listings.
     """
 
-    name: str
-    availability_zones: list[str] = field(default_factory=list)
+    name: SiteName
+    availability_zones: Annotated[list[ZoneName], Meta(max_length=64)] = field(default_factory=list)
     joined_at: float = field(default_factory=now)
-    version: str = ""
+    version: Annotated[str, Meta(max_length=64)] = ""
 
 
 SiteRequestKind = Literal["create", "delete", "update", "action"]
@@ -58,11 +59,11 @@ class SiteOutcome(Record):
     """Why a site did not boot a SiteRequest: sent by the site, kept at the core (key: its
     request id), shown as the fault of the request's servers."""
 
-    request_id: str
-    site: str
-    server_ids: list[str]
-    status: str  # "failed" (the site refused it) or "expired" (taken after its deadline)
-    message: str
+    request_id: Annotated[str, Meta(min_length=1, max_length=255)]
+    site: SiteName
+    server_ids: Annotated[list[Annotated[str, Meta(max_length=255)]], Meta(max_length=1000)]
+    status: Literal["failed", "expired"]  # the site refused it; it came after its deadline
+    message: Annotated[str, Meta(max_length=4096)]
     at: float = field(default_factory=now)
     deleted: list[str] = field(default_factory=list)  # its servers deleted at the core since
 

@@ -392,7 +392,7 @@ class SiteSection(Struct, kw_only=True, forbid_unknown_fields=True):
     name: Annotated[
         str,
         Meta(
-            pattern=r"^([A-Za-z0-9][A-Za-z0-9_-]{0,31})?$",
+            pattern=r"^([A-Za-z0-9][A-Za-z0-9_-]{0,31})?\Z",
             description="This deployment's site name (its JetStream domain); empty: the core.",
         ),
     ] = ""

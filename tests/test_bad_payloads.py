@@ -311,6 +311,18 @@ CASES: list[tuple[str, bytes, int, str]] = [
     ("limits.show", b'{"project": 5}', 400, "$.project"),
     ("usage.show", b'{"start": "yesterday"}', 400, "not an ISO 8601 date or time"),
     ("usage.show", b'{"start": "2025-01-02", "end": "2025-01-01"}', 400, "must be before"),
+    ("sites.list", b'{"all": true}', 400, "unknown field `all`"),
+    ("sites.delete", b'{"name": "no such/site"}', 400, "$.name"),
+    ("sites.delete", b'{"name": "nowhere"}', 404, "site nowhere not found"),
+    # A site's own requests, on hvmesh-site.* (not under hvmesh.api)
+    ("hvmesh-site.join", b"{}", 400, "missing required field `site`"),
+    ("hvmesh-site.join", b'{"site": {"name": "bad name"}}', 400, "$.site.name"),
+    (
+        "hvmesh-site.outcome",
+        b'{"request_id": "r", "site": "east", "server_ids": [], "status": "gone", "message": "m"}',
+        400,
+        "$.status",
+    ),
 ]
 
 
@@ -352,7 +364,10 @@ async def test_bad_payload_is_refused_and_changes_nothing(
     seeded: Deployment, admin: ApiClient, endpoint: str, body: bytes, code: int, text: str
 ) -> None:
     before = await snapshot(seeded)
-    msg = await admin.raw(endpoint, body)
+    if endpoint.startswith("hvmesh-site."):
+        msg = await admin.nc.request(endpoint, body, timeout=10)
+    else:
+        msg = await admin.raw(endpoint, body)
     assert msg.headers["Nats-Service-Error-Code"] == str(code)
     error = json.loads(msg.data)["error"]
     assert error["code"] == code

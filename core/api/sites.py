@@ -163,7 +163,10 @@ class SiteEndpoints(SiteViews):
         site = req.site
         await self.api.st.sites.put(site.name, site)
         self.zones[site.name] = list(site.availability_zones)
-        self._changed.set()  # its mirror is made now, not at the next check
+        # Its mirror is made before the answer, and followed from the next check (now).
+        view = site_streams.view_stream(site.name, self.api.cfg.nats.replicas)
+        await site_streams.ensure(self.api.js, view)
+        self._changed.set()
         LOG.info("sites.joined", site=site.name, zones=site.availability_zones)
         return {"site": site.name, "core_version": VERSION}
 

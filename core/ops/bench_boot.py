@@ -36,6 +36,7 @@ from hvmesh.core.bus import connection
 from hvmesh.core.bus import micro as bus
 from hvmesh.core.ops import natsserver
 from hvmesh.core.ops.bench import Progress, bench_request, cas_rate, place, stop_processes
+from hvmesh.core.ops.chaos_deploy import answering
 from hvmesh.core.protocol import subjects
 from hvmesh.core.protocol.base import now
 from hvmesh.core.protocol.messages import RequestSpec
@@ -319,6 +320,17 @@ async def wait_hosts_up(store: Store, hosts: int, timeout: float, quiet: bool) -
         await asyncio.sleep(1.0)  # heartbeats land in their own time: polled, bounded
 
 
+async def wait_services(nc: Any, timeout: float) -> None:
+    """Until the API and a scheduler answer: they start beside the hosts, in their own time."""
+    deadline = time.perf_counter() + timeout
+    while not (
+        await answering(nc, subjects.API_SERVICE)
+        and await answering(nc, subjects.SCHEDULER_SERVICE)
+    ):  # each ping waits its own bounded moment for answers
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"the API or the scheduler did not answer within {timeout:g}s")
+
+
 async def run(
     hosts: int, servers: int, concurrency: int, decisions: int = 2000, quiet: bool = False
 ) -> BootBenchResult:
@@ -338,6 +350,7 @@ async def run(
                     subprocess.Popen([HVMESH, *argv], env=env, stdout=log, stderr=subprocess.STDOUT)
                 )
             start_s = await wait_hosts_up(store, hosts, 300 + hosts / 20, quiet)
+            await wait_services(nc, timeout)
             call = subjects.api
             await bus.call(
                 nc, call("flavors", "create"), {"name": FLAVOR, "vcpus": 1, "ram_mb": 64}

@@ -10,7 +10,7 @@ from hvmesh.core.protocol.base import Record, now
 from hvmesh.core.protocol.requests import ServerCreate
 
 #: A site's name is its JetStream domain and part of stream names: letters, digits, - and _.
-SITE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$"
+SITE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}\Z"
 SiteName = Annotated[str, Meta(pattern=SITE_NAME)]
 ZoneName = Annotated[str, Meta(min_length=1, max_length=255)]
 
@@ -59,7 +59,7 @@ class SiteOutcome(Record):
     """Why a site did not boot a SiteRequest: sent by the site, kept at the core (key: its
     request id), shown as the fault of the request's servers."""
 
-    request_id: Annotated[str, Meta(min_length=1, max_length=255)]
+    request_id: Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,255}\Z")]  # a bucket key
     site: SiteName
     server_ids: Annotated[list[Annotated[str, Meta(max_length=255)]], Meta(max_length=1000)]
     status: Literal["failed", "expired"]  # the site refused it; it came after its deadline

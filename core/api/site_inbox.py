@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 from nats.js.api import AckPolicy, ConsumerConfig
@@ -48,6 +48,7 @@ RETRY = 2.0  # seconds before a failed join, or a request whose outcome could no
 FETCH_WAIT = 5.0  # seconds one fetch of the inbox waits for requests
 CORE_TIMEOUT = 5.0  # seconds a request to the core may take
 ACK_WAIT = 120.0  # seconds a taken request may take before it is delivered again
+MAX_MESSAGE = 4096  # characters of a refusal's reason the core keeps (SiteOutcome.message)
 
 
 class SiteInbox:
@@ -171,13 +172,15 @@ class SiteInbox:
         elif request.kind == "action":
             await self.actions.action(caller, msgspec.convert(request.body, ServerAction))
 
-    async def _report(self, request: SiteRequest, status: str, message: str) -> None:
+    async def _report(
+        self, request: SiteRequest, status: Literal["failed", "expired"], message: str
+    ) -> None:
         outcome = SiteOutcome(
             request_id=request.request_id,
             site=self.site,
             server_ids=request.server_ids,
             status=status,
-            message=message,
+            message=message[:MAX_MESSAGE],
         )
         await micro.call(self.api.nc, subjects.SITE_OUTCOME, outcome, timeout=CORE_TIMEOUT)
         LOG.warning("site.request_not_booted", request=request.request_id, status=status)

@@ -1,11 +1,12 @@
 """Chaos: a deployment of separate processes under load while a seeded schedule kill -9's
-the API, a conductor, a scheduler, an agent process and nats-server itself; afterwards
-nothing acknowledged is lost, nothing is stuck and nothing is leaked.
+the API, a conductor, a scheduler, an agent process and nats-server itself (one node of
+a 3-node core cluster, in the second run); afterwards nothing acknowledged is lost,
+nothing is stuck and nothing is leaked.
 
 The seed is random unless HVMESH_CHAOS_SEED sets it, and printed either way (and named in
 every failure), so each run tries another schedule and a failing one can be replayed:
     HVMESH_CHAOS_SEED=<seed> pytest tests/test_chaos.py
-or, longer, `hvmesh bench chaos --seed <seed> --duration 600`.
+or, longer, `hvmesh bench chaos --seed <seed> --duration 600 [--cluster]`.
 """
 
 from __future__ import annotations
@@ -38,7 +39,10 @@ def chaos_seed() -> int:
 
 
 @pytest.mark.timeout(480)
-async def test_chaos_loses_nothing_and_leaks_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("cluster", [0, 3], ids=["one-nats-server", "core-cluster"])
+async def test_chaos_loses_nothing_and_leaks_nothing(tmp_path: Path, cluster: int) -> None:
+    """On one nats-server (killed and started again on its store), and on a 3-node core
+    cluster (one node killed and started again: it rejoins and catches up)."""
     seed = chaos_seed()
     print(f"HVMESH_CHAOS_SEED={seed}")
     report = await chaos.run(
@@ -49,8 +53,12 @@ async def test_chaos_loses_nothing_and_leaks_nothing(tmp_path: Path) -> None:
         settle_limit=SETTLE_LIMIT,
         workdir=tmp_path / "chaos",
         quiet=True,
+        cluster=cluster,
     )
-    replay = f"seed {seed} (replay: HVMESH_CHAOS_SEED={seed}); logs in {report.logs}"
+    replay = f"seed {seed} (replay: HVMESH_CHAOS_SEED={seed}"
+    replay += (
+        f", --cluster {cluster}); logs in {report.logs}" if cluster else f"); logs in {report.logs}"
+    )
 
     # The run did what it says: every role was killed, nats-server exactly once, and a
     # few hundred requests were made, most of them acknowledged.
@@ -73,6 +81,12 @@ async def test_chaos_loses_nothing_and_leaks_nothing(tmp_path: Path) -> None:
         assert not by_check.get(check), f"leaked {check}: {by_check[check][:5]}; {replay}"
     assert report.audit == [], f"audit: {report.audit[:5]}; {replay}"
     assert not by_check.get("drain"), f"after deleting all: {by_check['drain'][:5]}; {replay}"
+    if cluster:
+        # The API answered again after the node's loss: its pause bounded (here by half
+        # the load, a property of availability, not a speed), and every stream's three
+        # copies were current afterwards (the node rejoined and caught up).
+        assert report.longest_pause_s < LOAD_SECONDS / 2, replay
+        assert not by_check.get("replica"), f"{by_check['replica'][:5]}; {replay}"
     assert report.findings == [], replay  # and the harness's own ("load"), if any
     assert report.passed
     # Every acknowledged server was accounted for: it rests, or an acknowledged delete took it.

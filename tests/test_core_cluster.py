@@ -2,8 +2,8 @@
 bucket replicated on each node, compare-and-set that stays compare-and-set, and `hvmesh up
 --cluster` carrying on without a node.
 
-The chaos run on a cluster (`hvmesh bench chaos --cluster`) is not part of the suite yet:
-it still finds work lost when a node dies mid-step (docs/sites.md, open work).
+The chaos run on a cluster (a node kill -9'd during a stream of boots and actions) is
+tests/test_chaos.py's core-cluster case; sites on a core cluster are tests/test_sites.py.
 """
 
 from __future__ import annotations
